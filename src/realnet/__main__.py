@@ -1,0 +1,3 @@
+from realnet.cli.main import main
+
+raise SystemExit(main())
