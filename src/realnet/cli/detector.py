@@ -1,0 +1,138 @@
+"""`realnet fit | test | predict | demo`: the detector's commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--data", type=Path, required=required, help="dataset root")
+    parser.add_argument("--category", required=required, help="category (object) name")
+    parser.add_argument("--dataset", choices=DATASETS, default=None if not required else "mvtec",
+                        help="dataset layout (default mvtec; also serves MPDD and magnetic_tile)")
+
+
+def register(subparsers) -> None:
+    fit = subparsers.add_parser("fit", help="train a detector from normal images")
+    add_data_arguments(fit, required=True)
+    fit.add_argument("--out", type=Path, required=True, help="run folder to create")
+    fit.add_argument("--preset", default="paper", help="paper | cpu | tiny (default paper)")
+    fit.add_argument("--config", type=Path, help="YAML file overriding the preset")
+    fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                     help="override one config value, e.g. --set train.steps=500 (repeatable)")
+    fit.add_argument("--dtd", help="DTD root for the dtd source (folder holding dtd/images or images/)")
+    fit.add_argument("--sia", help="SDAS image bank (folder holding <category>/ images)")
+    fit.add_argument("--source", action="append", metavar="NAME[:WEIGHT]",
+                     help="synthesis source(s): dtd, sia, cutpaste, nsa (repeatable; replaces the preset's)")
+    fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
+    fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    fit.add_argument("--steps", type=int, help="number of training steps (overrides epochs)")
+    fit.add_argument("--seed", type=int)
+    fit.add_argument("--resume", action="store_true", help="continue a killed run in --out")
+    fit.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    fit.add_argument("--select-on-test", action="store_true",
+                     help="paper protocol: evaluate on the TEST split every --eval-every steps and keep "
+                          "the best (test-set model selection; labelled in metrics.json)")
+    fit.add_argument("--eval-every", type=int)
+    fit.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    fit.set_defaults(func=run_fit)
+
+    test = subparsers.add_parser("test", help="evaluate a run on its test split")
+    test.add_argument("--run", type=Path, required=True)
+    add_data_arguments(test, required=False)
+    test.add_argument("--device", default="auto")
+    test.add_argument("--batch-size", type=int)
+    test.add_argument("--panels", type=int, default=6, help="panels per case kind (worst/best)")
+    test.add_argument("--skip-bad", action="store_true")
+    test.set_defaults(func=run_test)
+
+    predict = subparsers.add_parser("predict", help="score images or folders")
+    predict.add_argument("--run", type=Path, required=True)
+    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    predict.add_argument("--save-maps", type=Path, metavar="DIR", help="write anomaly maps as PNGs")
+    predict.add_argument("--device", default="auto")
+    predict.set_defaults(func=run_predict)
+
+    demo = subparsers.add_parser("demo", help="offline end-to-end run on an embedded demo dataset")
+    demo.add_argument("--out", type=Path, default=Path("demo_run"))
+    demo.add_argument("--category", default="brick", help="brick | gravel | grass")
+    demo.add_argument("--steps", type=int, help="training steps (default: the demo's budget)")
+    demo.set_defaults(func=run_demo)
+
+
+def parse_sources(specs: list[str]) -> dict[str, float]:
+    from realnet.errors import RealnetError
+
+    sources = {}
+    for spec in specs:
+        name, _, weight = spec.partition(":")
+        try:
+            sources[name] = float(weight) if weight else 1.0
+        except ValueError:
+            raise RealnetError(f"--source {spec!r}: weight must be a number") from None
+    return sources
+
+
+def config_from_args(args):
+    from realnet.config import load_config, validate_config
+
+    config = load_config(args.preset, args.config, args.overrides)
+    if args.steps is not None:
+        config.train.steps = args.steps
+    if args.seed is not None:
+        config.train.seed = args.seed
+    if args.dtd:
+        config.synthesis.dtd_root = args.dtd
+    if args.sia:
+        config.synthesis.sia_root = args.sia
+    if args.source:
+        config.synthesis.sources = parse_sources(args.source)
+    if args.backbone_weights:
+        config.backbone.weights = str(Path(args.backbone_weights).resolve())
+    if args.bf16:
+        config.train.bf16 = True
+    validate_config(config)
+    return config
+
+
+def run_fit(args) -> int:
+    from realnet.engine.fit import FitRequest, fit
+
+    meta = fit(FitRequest(
+        config=config_from_args(args), data_root=args.data, category=args.category, out=args.out,
+        dataset=args.dataset, resume=args.resume, device=args.device, skip_bad=args.skip_bad,
+        select_on_test=args.select_on_test, eval_every=args.eval_every,
+    ))
+    summary = {"run": str(args.out), "threshold": meta["threshold"], **meta["fit"]["validation"],
+               "wall_s": meta["fit"]["wall_s"]}
+    print(json.dumps(summary))
+    return 0
+
+
+def run_test(args) -> int:
+    from realnet.engine.evaluate import evaluate
+
+    metrics = evaluate(args.run, data_root=args.data, category=args.category, dataset=args.dataset,
+                       device=args.device, batch_size=args.batch_size, panels=args.panels,
+                       skip_bad=args.skip_bad)
+    shown = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "n_images", "n_anomalous")}
+    print(json.dumps(shown))
+    print(f"metrics: {args.run / 'metrics.json'}  panels: {args.run / 'panels'}")
+    return 0
+
+
+def run_predict(args) -> int:
+    from realnet.engine.predict import predict
+
+    failures = predict(args.run, args.inputs, save_maps=args.save_maps, device=args.device)
+    return 1 if failures else 0
+
+
+def run_demo(args) -> int:
+    from realnet.engine.demo import run_demo as demo
+
+    return demo(args.out, args.category, steps=args.steps)

@@ -1,0 +1,177 @@
+"""Typed configuration of a RealNet detector, built from a preset, an optional YAML file and
+command-line overrides (in that order of precedence, lowest first)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from realnet.errors import RealnetError
+
+PRESETS = ("paper", "cpu", "tiny")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "wide_resnet50_2"
+    layers: list[int] | None = None  # None: the backbone's default feature layers
+    weights: str = "auto"  # "auto" | "timm" | "torchvision" | "random" | path to a file
+
+
+@dataclass
+class SelectionConfig:
+    """Feature selection before reconstruction (paper Sec. 3.2, ablation Tab. 5a)."""
+
+    method: str = "afs"  # "afs" | "rdr" (random subset) | "rlpr" (random linear projection)
+    channels: list[int] | None = None  # m_k per layer; None keeps every channel
+    batches: int = 64
+    batch_size: int = 16
+
+
+@dataclass
+class ReconstructionConfig:
+    arch: str = "A"  # "A" | "B" | "C" (paper Fig. S2)
+    width_factor: float = 0.5
+    channel_mults: list[int] = field(default_factory=lambda: [1, 2, 4])
+    num_res_blocks: int = 2
+    attention: bool = True
+
+
+@dataclass
+class RRSConfig:
+    """Reconstruction residual selection (paper Sec. 3.3, Fig. 5)."""
+
+    mode: str = "max_avg"  # "max" | "avg" | "max_avg" | "all" (no RRS: every residual, Tab. 5a)
+    ratio: float = 1 / 3  # retention ratio P = r / sum(m_k); 1.0 keeps every residual
+
+
+@dataclass
+class DiscriminatorConfig:
+    hidden: list[int] = field(default_factory=lambda: [128, 32, 8, 4])
+    residual_units: int = 2
+
+
+@dataclass
+class SynthesisConfig:
+    sources: dict[str, float] = field(default_factory=lambda: {"dtd": 1.0})
+    normal_probability: float = 0.5
+    dtd_root: str | None = None  # folder holding dtd/images/<class>/*.jpg (or images/<class>)
+    sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
+    foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
+
+
+@dataclass
+class TrainConfig:
+    image_size: int = 256
+    batch_size: int = 16
+    learning_rate: float = 1e-4
+    steps: int | None = None  # when set, overrides epochs
+    epochs: int = 1000
+    seed: int = 100
+    holdout_fraction: float = 0.1  # normal training images kept out of fit, for calibration
+    threshold_quantile: float = 0.99  # of held-out normal scores; sets is_anomalous
+    checkpoint_every: int = 200  # steps
+    feature_cache_gb: float = 4.0  # cache the normal images' backbone features when they fit
+    num_workers: int = 0
+    bf16: bool = False  # autocast on CUDA only
+    score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
+
+
+@dataclass
+class RealNetConfig:
+    preset: str = "paper"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    selection: SelectionConfig = field(default_factory=SelectionConfig)
+    reconstruction: ReconstructionConfig = field(default_factory=ReconstructionConfig)
+    rrs: RRSConfig = field(default_factory=RRSConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RealNetConfig":
+        return _merge(cls(), values, "config")
+
+
+def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
+    """Overlay `values` on a dataclass instance, rejecting unknown keys by name."""
+    if not isinstance(values, dict):
+        raise RealnetError(f"{where}: expected a mapping, got {type(values).__name__}")
+    known = {f.name: f for f in dataclasses.fields(target)}
+    for key, value in values.items():
+        if key not in known:
+            raise RealnetError(f"unknown config key '{where}.{key}' (known: {', '.join(known)})")
+        current = getattr(target, key)
+        if dataclasses.is_dataclass(current):
+            _merge(current, value, f"{where}.{key}")
+        else:
+            setattr(target, key, value)
+    return target
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def load_config(
+    preset: str = "paper", config_file: str | Path | None = None, overrides: list[str] = ()
+) -> RealNetConfig:
+    """Preset, then YAML file, then `section.key=value` overrides."""
+    if preset not in PRESETS:
+        raise RealnetError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
+    text = resources.files("realnet.presets").joinpath(f"{preset}.yaml").read_text()
+    config = RealNetConfig.from_dict(yaml.safe_load(text) or {})
+    config.preset = preset
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise RealnetError(f"config file {path} not found")
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        _merge(config, values, "config")
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or "." not in key:
+            raise RealnetError(f"override '{override}' must look like section.key=value")
+        nested: dict[str, Any] = {}
+        cursor = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            cursor = cursor.setdefault(part, {})
+        cursor[leaf] = _parse_scalar(value)
+        _merge(config, nested, "config")
+    validate_config(config)
+    return config
+
+
+def validate_config(config: RealNetConfig) -> None:
+    checks = [
+        (config.selection.method in ("afs", "rdr", "rlpr"), "selection.method must be afs, rdr or rlpr"),
+        (config.reconstruction.arch in ("A", "B", "C"), "reconstruction.arch must be A, B or C"),
+        (config.rrs.mode in ("max", "avg", "max_avg", "all"), "rrs.mode must be max, avg, max_avg or all"),
+        (0 < config.rrs.ratio <= 1, "rrs.ratio (P) must be in (0, 1]"),
+        (0 <= config.synthesis.normal_probability < 1, "synthesis.normal_probability must be in [0, 1)"),
+        (config.synthesis.foreground in ("rule", "auto", "none"), "synthesis.foreground must be rule, auto or none"),
+        (config.train.image_size % 32 == 0, "train.image_size must be a multiple of 32"),
+        (0 <= config.train.holdout_fraction < 1, "train.holdout_fraction must be in [0, 1)"),
+        (0 < config.train.threshold_quantile <= 1, "train.threshold_quantile must be in (0, 1]"),
+        (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise RealnetError(message)
+    if not config.synthesis.sources or any(w < 0 for w in config.synthesis.sources.values()):
+        raise RealnetError("synthesis.sources must map source names to non-negative weights")
+    unknown = set(config.synthesis.sources) - {"dtd", "sia", "cutpaste", "nsa"}
+    if unknown:
+        raise RealnetError(f"unknown synthesis source(s): {', '.join(sorted(unknown))}")

@@ -1,0 +1,68 @@
+"""Builds a RealNet from a config and an already-created backbone."""
+
+from __future__ import annotations
+
+from realnet.config import RealNetConfig
+from realnet.model.afs import FeatureSelector
+from realnet.model.discriminator import Discriminator
+from realnet.model.realnet import RealNet
+from realnet.model.reconstruction import ReconstructionNetworks
+from realnet.model.rrs import ResidualSelection
+from realnet.errors import RealnetError
+
+
+def selected_channels(config: RealNetConfig, backbone_channels: list[int]) -> list[int]:
+    """m_k per layer: the configured counts, or every channel when none are configured."""
+    channels = config.selection.channels
+    if channels is None:
+        return list(backbone_channels)
+    if len(channels) != len(backbone_channels):
+        raise RealnetError(
+            f"selection.channels has {len(channels)} entries but the backbone gives "
+            f"{len(backbone_channels)} layers ({backbone_channels})"
+        )
+    for m, c in zip(channels, backbone_channels):
+        if not 0 < m <= c:
+            raise RealnetError(f"selection.channels: m_k={m} must be in [1, {c}] for that layer")
+    return list(channels)
+
+
+def check_image_size(size: int, strides: list[int]) -> None:
+    """Each reconstruction U-Net downsamples twice, so every feature map side must divide by 4."""
+    for stride in strides:
+        if size % stride or (size // stride) % 4:
+            raise RealnetError(
+                f"train.image_size={size} gives a {size / stride:g}-pixel feature map at stride {stride}; "
+                f"it must be a multiple of {4 * max(strides)} for this backbone"
+            )
+
+
+def build_model(config: RealNetConfig, backbone) -> RealNet:
+    check_image_size(config.train.image_size, backbone.strides)
+    channels = selected_channels(config, backbone.channels)
+    selector = FeatureSelector(config.selection.method, backbone.channels, channels)
+    rc = config.reconstruction
+    reconstruction = ReconstructionNetworks(
+        rc.arch,
+        channels,
+        backbone.strides,
+        width_factor=rc.width_factor,
+        channel_mults=tuple(rc.channel_mults),
+        num_res_blocks=rc.num_res_blocks,
+        attention=rc.attention,
+    )
+    residual_selection = ResidualSelection(sum(channels), config.rrs.ratio, config.rrs.mode)
+    discriminator = Discriminator(
+        residual_selection.retained,
+        hidden=tuple(config.discriminator.hidden),
+        num_residual_units=config.discriminator.residual_units,
+        output_size=config.train.image_size,
+    )
+    return RealNet(
+        backbone,
+        selector,
+        reconstruction,
+        residual_selection,
+        discriminator,
+        score_kernel=config.train.score_kernel,
+    )

@@ -1,0 +1,94 @@
+"""Run folders and checkpoints.
+
+A finished run holds `model.safetensors` (every tensor of the detector except the backbone's)
+and `model.json` (config, backbone identity and sha256, threshold, package version, fit
+summary). The backbone's weights are never stored: they are re-created from their identity and
+checked against the recorded hash. While fitting, `resume.pt` holds the optimiser state so a
+killed run can continue; it is written by us and read back with `weights_only=True`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from realnet import __version__
+from realnet.errors import RealnetError
+
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_META = "model.json"
+RESUME_STATE = "resume.pt"
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` then move the result into place, so readers never see a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"))
+
+
+def detector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every tensor of the detector but the backbone's, contiguous and on the CPU."""
+    return {
+        key: value.detach().cpu().contiguous()
+        for key, value in model.state_dict().items()
+        if not key.startswith("backbone.")
+    }
+
+
+def save_model(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
+    meta = {"format_version": FORMAT_VERSION, "realnet_version": __version__, **meta}
+    atomic_write(run_dir / MODEL_WEIGHTS, lambda tmp: save_file(detector_state(model), str(tmp)))
+    write_json(run_dir / MODEL_META, meta)
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / MODEL_META
+    if not path.is_file():
+        raise RealnetError(f"{run_dir} is not a finished realnet run ({MODEL_META} not found)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RealnetError(f"{path}: unreadable run metadata ({error.msg})") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise RealnetError(f"{path}: unsupported checkpoint format {meta.get('format_version')}")
+    return meta
+
+
+def load_detector_state(run_dir: Path, model: torch.nn.Module) -> None:
+    path = Path(run_dir) / MODEL_WEIGHTS
+    if not path.is_file():
+        raise RealnetError(f"{path} not found")
+    state = load_file(str(path))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("backbone.")]
+    if missing or unexpected:
+        raise RealnetError(f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+
+
+def save_resume_state(run_dir: Path, state: dict[str, Any]) -> None:
+    atomic_write(run_dir / RESUME_STATE, lambda tmp: torch.save(state, tmp))
+
+
+def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
+    path = Path(run_dir) / RESUME_STATE
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

@@ -1,0 +1,133 @@
+"""`realnet test`: score the test split with a finished run and write metrics, scores, panels."""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from realnet.config import RealNetConfig
+from realnet.data.layouts import load_dataset
+from realnet.data.records import Record
+from realnet.engine import checkpoint
+from realnet.engine.build import build_model
+from realnet.engine.runtime import load_samples, resolve_device
+from realnet.errors import RealnetError
+from realnet.model.realnet import RealNet
+
+
+@dataclass
+class TestSplit:
+    images: np.ndarray  # (N, S, S, 3) uint8
+    masks: np.ndarray  # (N, S, S) bool
+    records: list[Record]
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([r.label for r in self.records], dtype=np.int64)
+
+
+def load_test_split(data_root, category: str, dataset: str, size: int, folder_options: dict | None = None,
+                    *, skip_bad: bool = False, progress: bool = True) -> TestSplit:
+    records = [r for r in load_dataset(data_root, category, dataset, **(folder_options or {}))
+               if r.split == "test"]
+    if not records:
+        raise RealnetError(f"{data_root}: category '{category}' has no test images")
+    images, masks, kept, _ = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
+                                          progress=progress)
+    return TestSplit(images, masks, kept)
+
+
+def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, Any]]:
+    """Re-create a finished run's detector; the backbone must hash to the recorded sha256."""
+    from realnet.model.backbone import create_backbone
+
+    meta = checkpoint.read_meta(run_dir)
+    config = RealNetConfig.from_dict(meta["config"])
+    recorded = meta["backbone"]
+    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
+                               layers=config.backbone.layers)
+    if backbone.identity["sha256"] != recorded["sha256"]:
+        raise RealnetError(
+            f"{run_dir}: backbone weights differ from the ones this run was trained with "
+            f"(expected sha256 {recorded['sha256'][:12]}, got {backbone.identity['sha256'][:12]})"
+        )
+    model = build_model(config, backbone)
+    checkpoint.load_detector_state(run_dir, model)
+    return model.to(device).eval(), meta
+
+
+def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, with_aupro: bool = True) -> dict[str, Any]:
+    from realnet.metrics import aupro, f1_max, image_auroc, pixel_auroc
+
+    labels = split.labels
+    metrics: dict[str, Any] = {"image_auroc": image_auroc(scores, labels)}
+    has_masks = split.masks.any()
+    metrics["pixel_auroc"] = pixel_auroc(maps, split.masks) if has_masks else None
+    if with_aupro:
+        metrics["aupro"] = aupro(maps, split.masks) if has_masks else None
+        metrics["image_f1_max"] = f1_max(scores, labels)
+        defects = sorted({r.defect for r in split.records if r.label == 1})
+        normal = labels == 0
+        metrics["image_auroc_per_defect"] = {
+            defect: image_auroc(
+                scores[normal | (np.array([r.defect for r in split.records]) == defect)],
+                labels[normal | (np.array([r.defect for r in split.records]) == defect)],
+            )
+            for defect in defects
+        }
+    return metrics
+
+
+def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold: float) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "defect", "label", "score", "is_anomalous"])
+    for record, score in zip(split.records, scores):
+        writer.writerow([str(record.image), record.defect, record.label, f"{score:.6g}", int(score > threshold)])
+    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
+
+
+def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
+             device: str = "auto", batch_size: int | None = None, panels: int = 6,
+             skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
+    from realnet.engine.fit import score_images
+    from realnet.report.panels import write_panels
+
+    run_dir = Path(run_dir)
+    torch_device = resolve_device(device)
+    model, meta = load_run(run_dir, torch_device)
+    data = meta["data"]
+    size = meta["config"]["train"]["image_size"]
+    split = load_test_split(data_root or data["root"], category or data["category"], dataset or data["dataset"],
+                            size, data.get("folder_options"), skip_bad=skip_bad, progress=progress)
+    started = time.time()
+    maps, scores = score_images(model, split.images, torch_device, batch_size or meta["config"]["train"]["batch_size"],
+                                progress=progress, desc="test")
+    seconds = time.time() - started
+    metrics = {
+        **compute_metrics(maps, scores, split),
+        "n_images": len(split.records),
+        "n_anomalous": int(split.labels.sum()),
+        "protocol": meta["protocol"],
+        "preset": meta["preset"],
+        "backbone": meta["backbone"]["name"],
+        "backbone_weights_sha256": meta["backbone"]["sha256"],
+        "threshold": meta["threshold"],
+        "test_accuracy_at_threshold": float(np.mean((scores > meta["threshold"]) == (split.labels == 1))),
+        "inference_images_per_s": round(len(split.records) / max(seconds, 1e-9), 2),
+        "data": {"root": str(data_root or data["root"]), "category": category or data["category"],
+                 "dataset": dataset or data["dataset"]},
+    }
+    if meta["protocol"] == "select-on-test":
+        metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
+    write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
+    metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels)]
+    checkpoint.write_json(run_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,420 @@
+"""`realnet fit`: AFS once, then a fixed schedule of Eq. 6 steps, then threshold calibration on
+held-out normal training images. No test image is seen unless `select_on_test` is asked for."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from realnet.config import RealNetConfig
+from realnet.data.layouts import load_dataset
+from realnet.data.records import Record
+from realnet.engine import checkpoint
+from realnet.engine.build import build_model
+from realnet.engine.runtime import load_samples, resolve_device, seed_everything, to_tensor
+from realnet.errors import RealnetError
+from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
+from realnet.model.realnet import RealNet, realnet_loss
+from realnet.synthesis.foreground import foreground_mask
+
+
+@dataclass
+class FitRequest:
+    config: RealNetConfig
+    data_root: Path
+    category: str
+    out: Path
+    dataset: str = "mvtec"
+    resume: bool = False
+    device: str = "auto"
+    skip_bad: bool = False
+    select_on_test: bool = False
+    eval_every: int | None = None
+    progress: bool = True
+    folder_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingImages:
+    """Normal training images held in memory, split into fit and held-out parts."""
+
+    fit: np.ndarray  # (N, S, S, 3) uint8
+    holdout: np.ndarray
+    foreground: np.ndarray  # (N, S, S) bool, per fit image
+    records: list[Record]
+
+
+def sample_rng(seed: int, *key: int) -> np.random.Generator:
+    """Randomness for one sample depends only on (seed, key), so runs resume identically."""
+    return np.random.default_rng([seed, *key])
+
+
+def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.random.default_rng([seed, 7]).permutation(n)
+    n_holdout = min(n - 1, round(fraction * n)) if fraction > 0 else 0
+    return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
+
+
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    return max(1, n_images // batch_size)
+
+
+def batch_indices(step: int, n_images: int, batch_size: int, seed: int) -> np.ndarray:
+    """Epoch-wise shuffling without replacement, computed from (seed, epoch) alone."""
+    per_epoch = steps_per_epoch(n_images, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, 11, epoch]).permutation(n_images)
+    if n_images < batch_size:
+        order = np.resize(order, batch_size)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
+class SyntheticBatches:
+    """Builds the training batch of a given step: synthetic anomalous images A, masks M,
+    labels and the index of the normal image I each one came from."""
+
+    def __init__(self, synthesizer, images: TrainingImages, batch_size: int, seed: int):
+        self.synthesizer = synthesizer
+        self.images = images
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def make(self, indices: np.ndarray, key: tuple[int, ...], force_anomalous: bool = False):
+        size = self.images.fit.shape[1]
+        out_images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+        out_masks = np.zeros((len(indices), size, size), dtype=bool)
+        labels = np.zeros(len(indices), dtype=np.int64)
+        for slot, index in enumerate(indices):
+            sample = self.synthesizer(
+                self.images.fit[index],
+                sample_rng(self.seed, *key, slot),
+                foreground_mask=self.images.foreground[index],
+                force_anomalous=force_anomalous,
+            )
+            out_images[slot], out_masks[slot], labels[slot] = sample.image, sample.mask, sample.label
+        return out_images, out_masks, labels
+
+    def for_step(self, step: int):
+        indices = batch_indices(step, len(self.images.fit), self.batch_size, self.seed)
+        return indices, *self.make(indices, (step,))
+
+
+def make_synthesizer(config: RealNetConfig, dataset: str, category: str):
+    from realnet.synthesis.synthesizer import build_synthesizer
+
+    return build_synthesizer(config.synthesis, dataset=dataset, category=category,
+                             size=config.train.image_size)
+
+
+def foreground_rule_for(config: RealNetConfig, dataset: str, category: str):
+    from realnet.synthesis.foreground import AUTO_RULE, NO_FOREGROUND, foreground_rule
+
+    mode = config.synthesis.foreground
+    if mode == "none":
+        return NO_FOREGROUND
+    if mode == "auto":
+        return AUTO_RULE
+    return foreground_rule(dataset, category)
+
+
+def load_training_images(request: FitRequest, records: list[Record]) -> TrainingImages:
+    config = request.config
+    train = [r for r in records if r.split == "train" and r.label == 0]
+    if len(train) < 2:
+        raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(train)} normal training images; at least 2 are needed")
+    images, _, kept, skipped = load_samples(
+        train, config.train.image_size, skip_bad=request.skip_bad, desc="loading train images",
+        progress=request.progress,
+    )
+    for error in skipped:
+        tqdm.write(f"realnet: skipped {error}")
+    fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
+    rule = foreground_rule_for(config, request.dataset, request.category)
+    fit = images[fit_idx]
+    foreground = np.stack([foreground_mask(image, rule) for image in fit])
+    return TrainingImages(fit, images[holdout_idx], foreground, kept)
+
+
+def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: RealNetConfig,
+                          device: torch.device, progress: bool) -> dict[str, Any]:
+    """AFS (Eq. 4) over `selection.batches` batches of purely anomalous samples, or the RDR /
+    RLPR ablations. Stores the result in the model's selector and returns a summary."""
+    selector = model.selector
+    generator = torch.Generator().manual_seed(config.train.seed)
+    if selector.method == "rdr":
+        for k, (c, m) in enumerate(zip(selector.in_channels, selector.out_channels)):
+            selector.set_indices(k, random_subset(c, m, generator))
+        return {"method": "rdr"}
+    if selector.method == "rlpr":
+        init_random_projection(selector, generator)
+        return {"method": "rlpr"}
+    sel = config.selection
+    totals = [torch.zeros(c, dtype=torch.float64) for c in selector.in_channels]
+    n_images = len(batches.images.fit)
+    for b in tqdm(range(sel.batches), desc="AFS", disable=not progress, leave=False):
+        rng = sample_rng(config.train.seed, 1_000_003, b)
+        indices = rng.choice(n_images, size=sel.batch_size, replace=n_images < sel.batch_size)
+        anomalous, masks, _ = batches.make(indices, (1_000_003, b), force_anomalous=True)
+        with torch.no_grad():
+            normal_features = model.backbone(to_tensor(batches.images.fit[indices], device))
+            anomalous_features = model.backbone(to_tensor(anomalous, device))
+        mask_tensor = torch.from_numpy(masks).to(device)
+        for k, (a, i) in enumerate(zip(anomalous_features, normal_features)):
+            totals[k] += afs_loss(a, i, mask_tensor).double().cpu()
+    order = [rank_channels(t) for t in totals]
+    for k, m in enumerate(selector.out_channels):
+        selector.set_indices(k, order[k][:m])
+    return {"method": "afs", "losses": [t.tolist() for t in totals],
+            "indices": [o[:m].tolist() for o, m in zip(order, selector.out_channels)]}
+
+
+class NormalFeatures:
+    """varphi_k(I) of the fit images: cached once when they fit in the memory budget,
+    otherwise computed per batch."""
+
+    def __init__(self, model: RealNet, images: np.ndarray, device: torch.device, budget_gb: float,
+                 batch_size: int, progress: bool):
+        self.model, self.images, self.device = model, images, device
+        self.cache: list[torch.Tensor] | None = None
+        probe = model.select_features(to_tensor(images[:1], device))
+        per_image = sum(f[0].numel() * f.element_size() for f in probe)
+        if per_image * len(images) <= budget_gb * 2**30:
+            chunks = [model.select_features(to_tensor(images[i:i + batch_size], device))
+                      for i in tqdm(range(0, len(images), batch_size), desc="caching features",
+                                    disable=not progress, leave=False)]
+            self.cache = [torch.cat(parts) for parts in zip(*chunks)]
+
+    def __call__(self, indices: np.ndarray) -> list[torch.Tensor]:
+        if self.cache is not None:
+            index = torch.from_numpy(indices).to(self.device)
+            return [f.index_select(0, index) for f in self.cache]
+        return self.model.select_features(to_tensor(self.images[indices], self.device))
+
+
+def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features: list[torch.Tensor],
+               anomalous: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+               autocast: Callable[[], Any], reduce_gradients: Callable[[], None]) -> dict[str, float]:
+    """One step of Eq. 6. Normal samples (label 0) reuse varphi(I); only anomalous rows go
+    through the backbone again."""
+    features = [f.clone() for f in normal_features]
+    rows = labels.nonzero().flatten()
+    if rows.numel():
+        for k, f in enumerate(model.select_features(anomalous.index_select(0, rows))):
+            features[k][rows] = f.to(features[k].dtype)
+    with autocast():
+        output = model(features)
+        loss, parts = realnet_loss(output, normal_features, masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    reduce_gradients()
+    optimizer.step()
+    return {"loss": float(loss.detach()), **parts}
+
+
+def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch_size: int,
+                 progress: bool = False, desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
+    """Anomaly maps (N, S, S) float32 and image scores (N,) for uint8 images, in eval mode."""
+    model.eval()
+    maps, scores = [], []
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        batch_maps, batch_scores = model.predict(to_tensor(images[start:start + batch_size], device))
+        maps.append(batch_maps.cpu().numpy())
+        scores.append(batch_scores.cpu().numpy())
+    if not maps:
+        size = images.shape[1]
+        return np.zeros((0, size, size), np.float32), np.zeros(0, np.float32)
+    return np.concatenate(maps), np.concatenate(scores)
+
+
+def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
+    """The is_anomalous threshold: a quantile of held-out normal training scores."""
+    return float(np.quantile(scores.astype(np.float64), quantile))
+
+
+def validate_on_synthetic(model: RealNet, images: TrainingImages, batches: SyntheticBatches,
+                          config: RealNetConfig, device: torch.device) -> dict[str, float]:
+    """Image and pixel AUROC on held-out normal images versus synthetic anomalies made from the
+    same held-out images: the only signal used to choose hyperparameters (no test data)."""
+    from realnet.metrics import image_auroc, pixel_auroc
+
+    holdout = images.holdout
+    if len(holdout) < 2:
+        return {}
+    held_out = SyntheticBatches(batches.synthesizer, TrainingImages(holdout, holdout[:0], np.ones(holdout.shape[:3], bool), []),
+                                batches.batch_size, config.train.seed + 1)
+    anomalous, masks, labels = held_out.make(np.arange(len(holdout)), (2_000_003,), force_anomalous=True)
+    anomalous, masks = anomalous[labels == 1], masks[labels == 1]
+    all_images = np.concatenate([holdout, anomalous])
+    all_masks = np.concatenate([np.zeros(holdout.shape[:3], bool), masks])
+    all_labels = np.r_[np.zeros(len(holdout)), np.ones(len(anomalous))]
+    maps, scores = score_images(model, all_images, device, config.train.batch_size)
+    return {"val_image_auroc": image_auroc(scores, all_labels),
+            "val_pixel_auroc": pixel_auroc(maps, all_masks), "val_n_normal": len(holdout),
+            "val_n_synthetic": int(len(anomalous))}
+
+
+def prepare_run_dir(request: FitRequest) -> bool:
+    """Returns True when this call created the folder (so a failure can remove it)."""
+    out = request.out
+    if (out / checkpoint.MODEL_META).exists() and not request.resume:
+        raise RealnetError(f"{out} already holds a finished run; choose another --out")
+    if out.exists() and any(out.iterdir()) and not request.resume:
+        raise RealnetError(f"{out} exists and is not empty; use --resume to continue it or choose another --out")
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def fit(request: FitRequest) -> dict[str, Any]:
+    """Train a detector and write RUN/model.safetensors + RUN/model.json. Returns the metadata."""
+    from realnet.engine import distributed
+    from realnet.model.backbone import create_backbone
+
+    config = request.config
+    if request.resume and (request.out / checkpoint.MODEL_META).exists():
+        return checkpoint.read_meta(request.out)
+    created = prepare_run_dir(request)
+    try:
+        return _fit(request, create_backbone, distributed)
+    except BaseException:
+        if created and not (request.out / checkpoint.RESUME_STATE).exists():
+            shutil.rmtree(request.out, ignore_errors=True)
+        raise
+
+
+def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
+    config, tc = request.config, request.config.train
+    started = time.time()
+    context = distributed.init_distributed()
+    device = context.device if context.world_size > 1 else resolve_device(request.device)
+    main_process = context.rank == 0
+    progress = request.progress and main_process
+    seed_everything(tc.seed)
+
+    records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
+    images = load_training_images(request, records)
+    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
+                               layers=config.backbone.layers).to(device)
+    model = build_model(config, backbone).to(device)
+    synthesizer = make_synthesizer(config, request.dataset, request.category)
+    batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
+    trainable = model.trainable_modules()
+    optimizer = torch.optim.Adam(trainable.parameters(), lr=tc.learning_rate)
+
+    resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
+    if resume_state is not None:
+        model.load_state_dict(resume_state["model"], strict=False)
+        optimizer.load_state_dict(resume_state["optimizer"])
+        start_step, selection = resume_state["step"], resume_state["selection"]
+        elapsed_before = resume_state["elapsed_s"]
+    else:
+        selection = run_feature_selection(model, batches, config, device, progress)
+        start_step, elapsed_before = 0, 0.0
+    total_steps = tc.steps or tc.epochs * steps_per_epoch(len(images.fit), tc.batch_size)
+    normal_features = NormalFeatures(model, images.fit, device, tc.feature_cache_gb, tc.batch_size, progress)
+
+    use_bf16 = tc.bf16 and device.type == "cuda"
+    autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
+    reduce_gradients = lambda: distributed.average_gradients(trainable.parameters(), context)  # noqa: E731
+    selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
+
+    model.train()
+    bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc="fit",
+               disable=not progress, dynamic_ncols=True)
+    losses: dict[str, float] = {}
+    for step in bar:
+        indices, anomalous, masks, labels = batches.for_step(step)
+        shard = slice(context.rank, None, context.world_size)
+        losses = train_step(
+            model, optimizer, normal_features(indices[shard]), to_tensor(anomalous[shard], device),
+            torch.from_numpy(masks[shard]).to(device), torch.from_numpy(labels[shard]).to(device),
+            autocast, reduce_gradients,
+        )
+        bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
+        done = step + 1
+        if main_process and done < total_steps and done % tc.checkpoint_every == 0:
+            checkpoint.save_resume_state(request.out, {
+                "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
+                "step": done, "selection": selection,
+                "elapsed_s": elapsed_before + time.time() - started,
+            })
+        if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
+            selector_on_test.consider(model, done)
+            model.train()
+    bar.close()
+
+    model.eval()
+    if selector_on_test is not None:
+        selector_on_test.restore_best(model)
+    holdout_maps, holdout_scores = score_images(model, images.holdout, device, tc.batch_size)
+    threshold_source = "held-out normal training images"
+    if len(holdout_scores) == 0:
+        _, holdout_scores = score_images(model, images.fit, device, tc.batch_size)
+        threshold_source = "fit images (no held-out images: biased low)"
+    validation = validate_on_synthetic(model, images, batches, config, device)
+    meta = {
+        "config": config.to_dict(),
+        "preset": config.preset,
+        "data": {"root": str(request.data_root), "category": request.category,
+                 "dataset": request.dataset, "folder_options": request.folder_options},
+        "backbone": backbone.identity,
+        "selection": {k: v for k, v in selection.items() if k != "losses"},
+        "channels": {"backbone": backbone.channels, "selected": model.selector.out_channels,
+                     "strides": backbone.strides},
+        "threshold": calibrate_threshold(holdout_scores, tc.threshold_quantile),
+        "threshold_quantile": tc.threshold_quantile,
+        "threshold_source": threshold_source,
+        "protocol": "select-on-test" if request.select_on_test else "final-model",
+        "fit": {
+            "steps": total_steps, "n_fit_images": int(len(images.fit)),
+            "n_holdout_images": int(len(images.holdout)), "final_losses": losses,
+            "wall_s": round(time.time() - started + (elapsed_before if resume_state else 0.0), 1),
+            "device": str(device), "world_size": context.world_size,
+            "validation": validation,
+            **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics}
+               if selector_on_test else {}),
+        },
+    }
+    if main_process:
+        checkpoint.save_model(request.out, model, meta)
+        if selection.get("losses") is not None:
+            checkpoint.write_json(request.out / "afs.json", selection)
+        (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)
+    distributed.barrier(context)
+    return meta
+
+
+class TestSetSelector:
+    """The authors' protocol, only on request: evaluate on the TEST split every k steps and keep
+    the best model. This is test-set model selection; metrics.json labels it as such."""
+
+    def __init__(self, request: FitRequest, device: torch.device):
+        from realnet.engine.evaluate import load_test_split
+
+        self.split = load_test_split(request.data_root, request.category, request.dataset,
+                                     request.config.train.image_size, request.folder_options,
+                                     skip_bad=request.skip_bad, progress=request.progress)
+        self.device, self.batch_size = device, request.config.train.batch_size
+        self.best_key: tuple[float, float] | None = None
+        self.best_step, self.best_metrics, self.best_state = 0, {}, None
+
+    def consider(self, model: RealNet, step: int) -> None:
+        from realnet.engine.evaluate import compute_metrics
+
+        maps, scores = score_images(model, self.split.images, self.device, self.batch_size)
+        metrics = compute_metrics(maps, scores, self.split, with_aupro=False)
+        key = (metrics["image_auroc"], metrics["pixel_auroc"])
+        if self.best_key is None or key > self.best_key:
+            self.best_key, self.best_step, self.best_metrics = key, step, metrics
+            self.best_state = {k: v.clone() for k, v in checkpoint.detector_state(model).items()}
+
+    def restore_best(self, model: RealNet) -> None:
+        model.load_state_dict(self.best_state, strict=False)

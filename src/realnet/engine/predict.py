@@ -1,0 +1,60 @@
+"""`realnet predict`: score single images or folders with a finished run."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from realnet.data.io import read_image, resize_image
+from realnet.engine.evaluate import load_run
+from realnet.engine.runtime import resolve_device, to_tensor
+from realnet.errors import BadFileError, RealnetError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def expand_inputs(paths: list[str]) -> Iterator[Path]:
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        else:
+            yield path
+
+
+def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, device: str = "auto",
+            out=sys.stdout, err=sys.stderr) -> int:
+    """Prints one JSON line per image; returns the number of images that failed."""
+    from PIL import Image
+
+    torch_device = resolve_device(device)
+    model, meta = load_run(Path(run_dir), torch_device)
+    size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
+    failures = 0
+    paths = list(expand_inputs(inputs))
+    if not paths:
+        raise RealnetError("no input images given (pass image files or folders)")
+    for path in paths:
+        try:
+            if not path.exists():
+                raise BadFileError(path, "file not found")
+            image = resize_image(read_image(path), size)
+        except BadFileError as error:
+            print(f"realnet: error: {error}", file=err)
+            failures += 1
+            continue
+        maps, scores = model.predict(to_tensor(image[None], torch_device))
+        score = float(scores[0])
+        result = {"path": str(path), "score": round(score, 6), "is_anomalous": score > threshold,
+                  "threshold": round(threshold, 6)}
+        if save_maps is not None:
+            map_path = Path(save_maps) / f"{path.stem}_map.png"
+            map_path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((maps[0].cpu().numpy() * 255).round().astype(np.uint8)).save(map_path)
+            result["map"] = str(map_path)
+        print(json.dumps(result), file=out, flush=True)
+    return failures

@@ -1,0 +1,72 @@
+"""Devices, seeds and image batches: the small runtime pieces every command shares."""
+
+from __future__ import annotations
+
+import random
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from realnet.data.io import load_sample
+from realnet.data.records import Record
+from realnet.errors import BadFileError, RealnetError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise RealnetError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RealnetError("--device cuda was requested but CUDA is not available")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def to_tensor(images: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+    return tensor.float().div_(255.0)
+
+
+def load_samples(
+    records: list[Record], size: int, *, skip_bad: bool = False, desc: str = "loading images",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, list[Record], list[BadFileError]]:
+    """Decode and resize every record once, in parallel threads (Pillow releases the GIL).
+
+    Returns images (N, S, S, 3) uint8, masks (N, S, S) bool, the records kept, and the bad files
+    skipped (only with skip_bad; otherwise the first bad file raises)."""
+    images = np.zeros((len(records), size, size, 3), dtype=np.uint8)
+    masks = np.zeros((len(records), size, size), dtype=bool)
+    ok = np.zeros(len(records), dtype=bool)
+    skipped: list[BadFileError] = []
+
+    def decode(i: int) -> None:
+        try:
+            images[i], masks[i] = load_sample(records[i], size)
+            ok[i] = True
+        except BadFileError as error:
+            if not skip_bad:
+                raise
+            skipped.append(error)
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        for _ in tqdm(pool.map(decode, range(len(records))), total=len(records), desc=desc,
+                      disable=not progress, leave=False):
+            pass
+    kept = [r for r, good in zip(records, ok) if good]
+    return images[ok], masks[ok], kept, skipped

@@ -1,0 +1,79 @@
+"""Reconstruction Residuals Selection (paper Sec. 3.3, Fig. 5)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+RRS_MODES = ("max", "avg", "max_avg", "all")
+
+
+def reconstruction_residuals(features: list[Tensor], reconstructions: list[Tensor]) -> Tensor:
+    """E(A) of Sec. 3.3: per-layer E_k = [phi_k - G_k(phi_k)]^2, upsampled (bilinear) to the
+    finest resolution and concatenated channel-wise into (B, sum m_k, h', w')."""
+    size = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
+    residuals = []
+    for feature, reconstruction in zip(features, reconstructions):
+        residual = (feature - reconstruction).square()
+        if residual.shape[-2:] != size:
+            residual = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
+        residuals.append(residual)
+    return torch.cat(residuals, dim=1)
+
+
+def retained_count(total_channels: int, ratio: float, mode: str) -> int:
+    """r = P * sum(m_k), rounded so Max&Avg splits it into two equal halves."""
+    if mode == "all":
+        return total_channels
+    r = max(1, round(ratio * total_channels))
+    if mode == "max_avg":
+        r = max(2, 2 * math.ceil(r / 2))
+    return min(r, total_channels * (2 if mode == "max_avg" else 1))
+
+
+def select_residuals(residuals: Tensor, ranking: Tensor, r: int, mode: str) -> Tensor:
+    """E_RRS(A, r): per image, the residual channels with the r largest spatial maxima (GMP),
+    the r largest spatial means (GAP), or r/2 of each concatenated (Max&Avg).
+
+    `ranking` is the tensor the channels are ranked on (the batch-normalised residuals); the
+    values are gathered from the un-normalised `residuals`. Max&Avg may pick a channel twice,
+    once per criterion, as in the paper's concatenation.
+    """
+    if mode == "all":
+        return residuals
+    if mode == "max":
+        picks = [ranking.amax(dim=(2, 3)).topk(r, dim=1).indices]
+    elif mode == "avg":
+        picks = [ranking.mean(dim=(2, 3)).topk(r, dim=1).indices]
+    elif mode == "max_avg":
+        half = r // 2
+        picks = [
+            ranking.amax(dim=(2, 3)).topk(half, dim=1).indices,
+            ranking.mean(dim=(2, 3)).topk(half, dim=1).indices,
+        ]
+    else:
+        raise ValueError(f"unknown RRS mode {mode!r}")
+    index = torch.cat(picks, dim=1)
+    b, _, h, w = residuals.shape
+    return residuals.gather(1, index[:, :, None, None].expand(b, index.shape[1], h, w))
+
+
+class ResidualSelection(nn.Module):
+    """Ranks residual channels after a BatchNorm without affine parameters (momentum 0.9, so
+    nearly batch statistics in training; its running statistics are used at inference)."""
+
+    def __init__(self, total_channels: int, ratio: float = 1 / 3, mode: str = "max_avg"):
+        super().__init__()
+        if mode not in RRS_MODES:
+            raise ValueError(f"unknown RRS mode {mode!r}")
+        self.mode = mode
+        self.retained = retained_count(total_channels, ratio, mode)
+        self.norm = nn.BatchNorm2d(total_channels, affine=False, momentum=0.9)
+
+    def forward(self, residuals: Tensor) -> Tensor:
+        if self.mode == "all":
+            return residuals
+        return select_residuals(residuals, self.norm(residuals), self.retained, self.mode)

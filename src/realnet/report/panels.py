@@ -1,0 +1,50 @@
+"""Heatmap panels: image | ground truth | anomaly-map overlay, for the best and worst cases."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from realnet.engine.checkpoint import atomic_write
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a JET-coloured map (probabilities in [0, 1], not rescaled) over an RGB uint8 image."""
+    import cv2
+
+    heat = cv2.applyColorMap(np.clip(anomaly_map * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
+
+
+def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
+    gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
+    truth = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
+    return np.concatenate([image, gap, truth, gap, heatmap_overlay(image, anomaly_map)], axis=1)
+
+
+def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, np.ndarray]:
+    """Indices of the most instructive cases: missed anomalies and false alarms (worst), and the
+    clearest detections (best)."""
+    anomalous = np.flatnonzero(labels == 1)
+    normal = np.flatnonzero(labels == 0)
+    return {
+        "worst_anomalous": anomalous[np.argsort(scores[anomalous])][:count],
+        "worst_normal": normal[np.argsort(-scores[normal])][:count],
+        "best_anomalous": anomalous[np.argsort(-scores[anomalous])][:count],
+    }
+
+
+def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6) -> list[Path]:
+    from PIL import Image
+
+    written = []
+    for kind, indices in pick_cases(split.labels, scores, count).items():
+        for rank, index in enumerate(indices):
+            record = split.records[index]
+            path = Path(out_dir) / f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
+            picture = Image.fromarray(panel(split.images[index], split.masks[index], maps[index]))
+            atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
+            written.append(path)
+    return written
