@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from realnet.model.afs import FeatureSelector, afs_loss, init_random_projection, random_subset, rank_channels
+
+
+def planted_features(generator, channels=12, planted=(3, 7)):
+    """Normal features, and anomalous ones where only the planted channels change inside M."""
+    normal = torch.randn(8, channels, 16, 16, generator=generator)
+    mask = torch.zeros(8, 64, 64)
+    mask[:, 16:40, 8:30] = 1
+    small = torch.nn.functional.interpolate(mask[:, None], size=(16, 16), mode="nearest")[:, 0]
+    anomalous = normal + 0.05 * torch.randn(normal.shape, generator=generator)
+    for c in planted:
+        anomalous[:, c] += 3.0 * small
+    return normal, anomalous, mask
+
+
+def test_afs_ranks_planted_channels_first():
+    generator = torch.Generator().manual_seed(0)
+    normal, anomalous, mask = planted_features(generator)
+    losses = afs_loss(anomalous, normal, mask)
+    assert losses.shape == (12,)
+    assert set(rank_channels(losses)[:2].tolist()) == {3, 7}
+
+
+def test_afs_loss_matches_eq4_by_hand():
+    normal = torch.zeros(1, 1, 2, 2)
+    anomalous = torch.tensor([[[[2.0, 0.0], [1.0, 0.0]]]])
+    mask = torch.tensor([[[1.0, 0.0], [0.0, 0.0]]])
+    # d = [[4, 0], [1, 0]] -> min-max with eps: [[4/(4+1e-4), 0], [1/(4+1e-4), 0]]
+    f = torch.tensor([[4.0, 0.0], [1.0, 0.0]]) / (4 + 1e-4)
+    expected = ((f - mask[0]) ** 2).mean()
+    assert torch.allclose(afs_loss(anomalous, normal, mask), expected[None], atol=1e-7)
+
+
+def test_nan_losses_rank_last():
+    order = rank_channels(torch.tensor([0.3, float("nan"), 0.1, 0.2]))
+    assert order.tolist() == [2, 3, 0, 1]
+
+
+def test_selector_keeps_indexed_channels_and_rlpr_projects():
+    features = [torch.arange(2 * 6 * 4 * 4, dtype=torch.float32).reshape(2, 6, 4, 4)]
+    selector = FeatureSelector("afs", [6], [2])
+    selector.set_indices(0, torch.tensor([4, 1]))
+    (out,) = selector(features)
+    assert torch.equal(out, features[0][:, [4, 1]])
+    generator = torch.Generator().manual_seed(0)
+    subset = random_subset(6, 3, generator)
+    assert len(set(subset.tolist())) == 3 and subset.max() < 6
+    projector = FeatureSelector("rlpr", [6], [3])
+    init_random_projection(projector, generator)
+    (projected,) = projector(features)
+    assert projected.shape == (2, 3, 4, 4)
+    assert not any(p.requires_grad for p in projector.parameters())
+
+
+def test_selector_rejects_bad_counts():
+    with pytest.raises(ValueError):
+        FeatureSelector("afs", [4], [5])

@@ -1,0 +1,46 @@
+import pytest
+
+from realnet.config import PRESETS, load_config
+from realnet.errors import RealnetError
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_load(preset):
+    config = load_config(preset)
+    assert config.preset == preset
+    assert config.train.image_size % 32 == 0
+
+
+def test_paper_preset_matches_the_paper():
+    config = load_config("paper")
+    assert config.backbone.name == "wide_resnet50_2"
+    assert config.selection.channels == [256, 512, 512, 256]
+    assert config.selection.batches == 64 and config.selection.batch_size == 16
+    assert config.rrs.mode == "max_avg" and abs(config.rrs.ratio - 1 / 3) < 1e-9
+    assert (config.train.image_size, config.train.batch_size, config.train.learning_rate) == (256, 16, 1e-4)
+    assert config.train.epochs == 1000 and config.reconstruction.arch == "A"
+
+
+def test_file_and_overrides_apply_in_order(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {steps: 7, learning_rate: 0.01}\nrrs: {mode: max}\n")
+    config = load_config("cpu", path, ["train.steps=9", "rrs.ratio=0.5"])
+    assert config.train.steps == 9 and config.train.learning_rate == 0.01
+    assert config.rrs.mode == "max" and config.rrs.ratio == 0.5
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.nope=1", "train.nope"),
+    ("rrs.mode=median", "rrs.mode"),
+    ("notakey", "section.key=value"),
+])
+def test_bad_overrides_name_the_option(override, needle):
+    with pytest.raises(RealnetError, match=needle):
+        load_config("tiny", overrides=[override])
+
+
+def test_unknown_preset_and_missing_file(tmp_path):
+    with pytest.raises(RealnetError, match="unknown preset"):
+        load_config("huge")
+    with pytest.raises(RealnetError, match=str(tmp_path / "missing.yaml")):
+        load_config("tiny", tmp_path / "missing.yaml")

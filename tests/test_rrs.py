@@ -1,0 +1,56 @@
+import torch
+
+from realnet.model.rrs import ResidualSelection, reconstruction_residuals, retained_count, select_residuals
+
+
+def residual_batch():
+    """Channel 0: one very high pixel (large max, small mean). Channel 2: uniformly raised (large
+    mean, moderate max). Others: small noise."""
+    generator = torch.Generator().manual_seed(0)
+    residuals = 0.01 * torch.rand(2, 5, 8, 8, generator=generator)
+    residuals[:, 0, 3, 3] = 5.0
+    residuals[:, 2] += 1.0
+    return residuals
+
+
+def test_select_by_max_and_by_mean():
+    residuals = residual_batch()
+    by_max = select_residuals(residuals, residuals, 1, "max")
+    by_avg = select_residuals(residuals, residuals, 1, "avg")
+    assert torch.equal(by_max, residuals[:, [0]])
+    assert torch.equal(by_avg, residuals[:, [2]])
+    both = select_residuals(residuals, residuals, 2, "max_avg")
+    assert torch.equal(both, residuals[:, [0, 2]])
+
+
+def test_values_are_gathered_from_unnormalised_residuals_per_image():
+    residuals = residual_batch()
+    ranking = residuals.clone()
+    ranking[1, 4] = 100.0  # image 1 ranks channel 4 first; image 0 does not
+    picked = select_residuals(residuals, ranking, 1, "max")
+    assert torch.equal(picked[0], residuals[0, [0]])
+    assert torch.equal(picked[1], residuals[1, [4]])
+
+
+def test_retained_count_follows_ratio():
+    assert retained_count(1536, 1 / 3, "max_avg") == 512
+    assert retained_count(1536, 1 / 3, "max") == 512
+    assert retained_count(100, 1.0, "all") == 100
+    assert retained_count(10, 0.05, "max_avg") == 2
+
+
+def test_residuals_upsampled_and_concatenated():
+    features = [torch.ones(1, 2, 8, 8), torch.ones(1, 3, 4, 4)]
+    reconstructions = [torch.zeros(1, 2, 8, 8), 2 * torch.ones(1, 3, 4, 4)]
+    residuals = reconstruction_residuals(features, reconstructions)
+    assert residuals.shape == (1, 5, 8, 8)
+    assert torch.allclose(residuals, torch.ones_like(residuals))
+
+
+def test_module_uses_batchnorm_ranking_without_affine():
+    module = ResidualSelection(5, ratio=0.4, mode="max_avg")
+    assert module.retained == 2
+    assert not list(module.parameters())
+    out = module(residual_batch())
+    assert out.shape == (2, 2, 8, 8)
+    assert ResidualSelection(5, ratio=1.0, mode="all")(residual_batch()).shape == (2, 5, 8, 8)
