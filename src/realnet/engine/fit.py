@@ -3,7 +3,7 @@ held-out normal training images. No test image is seen unless `select_on_test` i
 
 from __future__ import annotations
 
-import math
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,7 +23,7 @@ from realnet.engine.runtime import load_samples, resolve_device, seed_everything
 from realnet.errors import RealnetError
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
-from realnet.synthesis.foreground import foreground_mask
+from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
 @dataclass
@@ -49,7 +49,8 @@ class TrainingImages:
     fit: np.ndarray  # (N, S, S, 3) uint8
     holdout: np.ndarray
     foreground: np.ndarray  # (N, S, S) bool, per fit image
-    records: list[Record]
+    holdout_foreground: np.ndarray
+    fit_records: list[Record]
 
 
 def sample_rng(seed: int, *key: int) -> np.random.Generator:
@@ -77,9 +78,24 @@ def batch_indices(step: int, n_images: int, batch_size: int, seed: int) -> np.nd
     return order[position * batch_size:(position + 1) * batch_size]
 
 
+def synthesize(synthesizer, images: np.ndarray, foregrounds: np.ndarray, indices: np.ndarray,
+               seed: int, key: tuple[int, ...], force_anomalous: bool = False):
+    """Synthetic anomalous images A, masks M and labels for images[indices]; sample `slot` uses
+    randomness from (seed, *key, slot) alone."""
+    size = images.shape[1]
+    out_images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
+    out_masks = np.zeros((len(indices), size, size), dtype=bool)
+    labels = np.zeros(len(indices), dtype=np.int64)
+    for slot, index in enumerate(indices):
+        sample = synthesizer(images[index], sample_rng(seed, *key, slot),
+                             foreground_mask=foregrounds[index], force_anomalous=force_anomalous)
+        out_images[slot], out_masks[slot], labels[slot] = sample.image, sample.mask, sample.label
+    return out_images, out_masks, labels
+
+
 class SyntheticBatches:
-    """Builds the training batch of a given step: synthetic anomalous images A, masks M,
-    labels and the index of the normal image I each one came from."""
+    """The training batch of a given step: indices of the normal images I, and the synthetic
+    anomalous images A, masks M and labels made from them."""
 
     def __init__(self, synthesizer, images: TrainingImages, batch_size: int, seed: int):
         self.synthesizer = synthesizer
@@ -88,44 +104,54 @@ class SyntheticBatches:
         self.seed = seed
 
     def make(self, indices: np.ndarray, key: tuple[int, ...], force_anomalous: bool = False):
-        size = self.images.fit.shape[1]
-        out_images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
-        out_masks = np.zeros((len(indices), size, size), dtype=bool)
-        labels = np.zeros(len(indices), dtype=np.int64)
-        for slot, index in enumerate(indices):
-            sample = self.synthesizer(
-                self.images.fit[index],
-                sample_rng(self.seed, *key, slot),
-                foreground_mask=self.images.foreground[index],
-                force_anomalous=force_anomalous,
-            )
-            out_images[slot], out_masks[slot], labels[slot] = sample.image, sample.mask, sample.label
-        return out_images, out_masks, labels
+        return synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices, self.seed,
+                          key, force_anomalous)
 
     def for_step(self, step: int):
         indices = batch_indices(step, len(self.images.fit), self.batch_size, self.seed)
         return indices, *self.make(indices, (step,))
 
 
-def make_synthesizer(config: RealNetConfig, dataset: str, category: str):
-    from realnet.synthesis.synthesizer import build_synthesizer
-
-    return build_synthesizer(config.synthesis, dataset=dataset, category=category,
-                             size=config.train.image_size)
-
-
-def foreground_rule_for(config: RealNetConfig, dataset: str, category: str):
-    from realnet.synthesis.foreground import AUTO_RULE, NO_FOREGROUND, foreground_rule
-
-    mode = config.synthesis.foreground
-    if mode == "none":
-        return NO_FOREGROUND
-    if mode == "auto":
-        return AUTO_RULE
-    return foreground_rule(dataset, category)
+def find_dtd_root(config: RealNetConfig, data_root: Path) -> Path:
+    """DTD is looked up in synthesis.dtd_root (--dtd), then $REALNET_DTD, then <data root>/dtd."""
+    candidates = [config.synthesis.dtd_root, os.environ.get("REALNET_DTD"), Path(data_root) / "dtd"]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    raise RealnetError(
+        "the dtd synthesis source needs the Describable Textures Dataset: pass --dtd DIR, set "
+        f"REALNET_DTD, or place it at {Path(data_root) / 'dtd'}"
+    )
 
 
-def load_training_images(request: FitRequest, records: list[Record]) -> TrainingImages:
+def find_sia_folder(config: RealNetConfig, category: str) -> Path:
+    """SDAS images of the category: <sia_root>/<category>/ or, if absent, <sia_root>/ itself."""
+    root = config.synthesis.sia_root
+    if not root:
+        raise RealnetError("the sia synthesis source needs an SDAS image bank: pass --sia DIR")
+    folder = Path(root) / category
+    return folder if folder.is_dir() else Path(root)
+
+
+def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_files: list[Path]):
+    """The training-time anomaly synthesizer (Eq. 3) with the configured sources."""
+    from realnet.synthesis.sources import CutPasteSource, DTDSource, NSASource, SIASource
+    from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig
+
+    size = config.train.image_size
+    factories = {
+        "dtd": lambda: DTDSource(find_dtd_root(config, data_root), size),
+        "sia": lambda: SIASource(find_sia_folder(config, category), size),
+        "cutpaste": CutPasteSource,
+        "nsa": lambda: NSASource(normal_files, size),
+    }
+    weights = {name: w for name, w in config.synthesis.sources.items() if w > 0}
+    sources = {name: factories[name]() for name in weights}
+    settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights)
+    return AnomalySynthesizer(settings, sources, rule)
+
+
+def load_training_images(request: FitRequest, records: list[Record], rule) -> TrainingImages:
     config = request.config
     train = [r for r in records if r.split == "train" and r.label == 0]
     if len(train) < 2:
@@ -137,10 +163,11 @@ def load_training_images(request: FitRequest, records: list[Record]) -> Training
     for error in skipped:
         tqdm.write(f"realnet: skipped {error}")
     fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
-    rule = foreground_rule_for(config, request.dataset, request.category)
-    fit = images[fit_idx]
-    foreground = np.stack([foreground_mask(image, rule) for image in fit])
-    return TrainingImages(fit, images[holdout_idx], foreground, kept)
+    def foregrounds(subset: np.ndarray) -> np.ndarray:
+        return np.stack([foreground_mask(image, rule) for image in subset]) if len(subset) else np.zeros((0, *subset.shape[1:3]), bool)
+
+    fit, holdout = images[fit_idx], images[holdout_idx]
+    return TrainingImages(fit, holdout, foregrounds(fit), foregrounds(holdout), [kept[i] for i in fit_idx])
 
 
 def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: RealNetConfig,
@@ -239,26 +266,24 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(np.quantile(scores.astype(np.float64), quantile))
 
 
-def validate_on_synthetic(model: RealNet, images: TrainingImages, batches: SyntheticBatches,
-                          config: RealNetConfig, device: torch.device) -> dict[str, float]:
+def validate_on_synthetic(model: RealNet, images: TrainingImages, synthesizer, config: RealNetConfig,
+                          device: torch.device) -> dict[str, float]:
     """Image and pixel AUROC on held-out normal images versus synthetic anomalies made from the
-    same held-out images: the only signal used to choose hyperparameters (no test data)."""
+    same held-out images: the signal used to choose hyperparameters (never the test split)."""
     from realnet.metrics import image_auroc, pixel_auroc
 
     holdout = images.holdout
     if len(holdout) < 2:
         return {}
-    held_out = SyntheticBatches(batches.synthesizer, TrainingImages(holdout, holdout[:0], np.ones(holdout.shape[:3], bool), []),
-                                batches.batch_size, config.train.seed + 1)
-    anomalous, masks, labels = held_out.make(np.arange(len(holdout)), (2_000_003,), force_anomalous=True)
+    anomalous, masks, labels = synthesize(synthesizer, holdout, images.holdout_foreground,
+                                          np.arange(len(holdout)), config.train.seed, (2_000_003,),
+                                          force_anomalous=True)
     anomalous, masks = anomalous[labels == 1], masks[labels == 1]
-    all_images = np.concatenate([holdout, anomalous])
+    maps, scores = score_images(model, np.concatenate([holdout, anomalous]), device, config.train.batch_size)
     all_masks = np.concatenate([np.zeros(holdout.shape[:3], bool), masks])
     all_labels = np.r_[np.zeros(len(holdout)), np.ones(len(anomalous))]
-    maps, scores = score_images(model, all_images, device, config.train.batch_size)
-    return {"val_image_auroc": image_auroc(scores, all_labels),
-            "val_pixel_auroc": pixel_auroc(maps, all_masks), "val_n_normal": len(holdout),
-            "val_n_synthetic": int(len(anomalous))}
+    return {"val_image_auroc": image_auroc(scores, all_labels), "val_pixel_auroc": pixel_auroc(maps, all_masks),
+            "val_n_normal": len(holdout), "val_n_synthetic": int(len(anomalous))}
 
 
 def prepare_run_dir(request: FitRequest) -> bool:
@@ -300,11 +325,13 @@ def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
     seed_everything(tc.seed)
 
     records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
-    images = load_training_images(request, records)
+    rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
+    images = load_training_images(request, records, rule)
     backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
                                layers=config.backbone.layers).to(device)
     model = build_model(config, backbone).to(device)
-    synthesizer = make_synthesizer(config, request.dataset, request.category)
+    synthesizer = build_synthesizer(config, rule, request.data_root, request.category,
+                                    [r.image for r in images.fit_records])
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     trainable = model.trainable_modules()
     optimizer = torch.optim.Adam(trainable.parameters(), lr=tc.learning_rate)
@@ -359,7 +386,7 @@ def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
     if len(holdout_scores) == 0:
         _, holdout_scores = score_images(model, images.fit, device, tc.batch_size)
         threshold_source = "fit images (no held-out images: biased low)"
-    validation = validate_on_synthetic(model, images, batches, config, device)
+    validation = validate_on_synthetic(model, images, synthesizer, config, device)
     meta = {
         "config": config.to_dict(),
         "preset": config.preset,

@@ -38,7 +38,7 @@ def seed_everything(seed: int) -> None:
 
 def to_tensor(images: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+    tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device).permute(0, 3, 1, 2)
     return tensor.float().div_(255.0)
 
 

@@ -1,0 +1,74 @@
+"""torch.distributed helpers for `torchrun`: one process per device, NCCL on CUDA, gloo on CPU.
+
+Without torchrun's environment (WORLD_SIZE unset or 1) everything degrades to a single process,
+so the same training and generation code runs on a laptop, one GPU or many nodes unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main_process(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(backend: str | None = None) -> DistributedContext:
+    """Join the process group described by torchrun's RANK / WORLD_SIZE / LOCAL_RANK variables.
+
+    The backend defaults to NCCL when CUDA is available and gloo otherwise; each rank uses
+    cuda:LOCAL_RANK or the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return DistributedContext()
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and backend != "gloo"
+    device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
+    return DistributedContext(rank, world_size, local_rank, device)
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistributedContext) -> None:
+    """All-reduce and average gradients across ranks (what DDP does, without wrapping modules
+    whose forward takes lists of features)."""
+    if not context.enabled:
+        return
+    for parameter in parameters:
+        if parameter.grad is not None:
+            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
+            parameter.grad.div_(context.world_size)
+
+
+def barrier(context: DistributedContext) -> None:
+    if context.enabled:
+        dist.barrier()
+
+
+def shard(indices: list[int] | range, context: DistributedContext) -> list[int]:
+    """Rank r takes the items i with position i = r (mod world size)."""
+    return list(indices)[context.rank::context.world_size]
+
+
+def cleanup(context: DistributedContext) -> None:
+    if context.enabled and dist.is_initialized():
+        dist.destroy_process_group()
