@@ -1,0 +1,1 @@
+"""Records from disk: dataset layouts, robust image IO, dataset validation."""

@@ -7,7 +7,7 @@ so the same training and generation code runs on a laptop, one GPU or many nodes
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,15 +48,34 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     return DistributedContext(rank, world_size, local_rank, device)
 
 
-def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistributedContext) -> None:
-    """All-reduce and average gradients across ranks (what DDP does, without wrapping modules
-    whose forward takes lists of features)."""
+def _buckets(tensors: list[torch.Tensor], max_elements: int) -> Iterator[list[torch.Tensor]]:
+    """Consecutive groups of same-dtype tensors holding at most `max_elements` values (or one
+    larger tensor)."""
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for tensor in tensors:
+        if bucket and (size + tensor.numel() > max_elements or tensor.dtype != bucket[0].dtype):
+            yield bucket
+            bucket, size = [], 0
+        bucket.append(tensor)
+        size += tensor.numel()
+    if bucket:
+        yield bucket
+
+
+def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistributedContext,
+                      bucket_elements: int = 1 << 24) -> None:
+    """All-reduce and average gradients across ranks, as DDP does, without wrapping modules
+    (some forwards take lists of features). Gradients travel in flat buckets so a large model
+    needs a few collective calls rather than one per tensor."""
     if not context.enabled:
         return
-    for parameter in parameters:
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)
-            parameter.grad.div_(context.world_size)
+    for bucket in _buckets([p.grad for p in parameters if p.grad is not None], bucket_elements):
+        flat = torch.cat([grad.reshape(-1) for grad in bucket])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat.div_(context.world_size)
+        for grad, part in zip(bucket, flat.split([grad.numel() for grad in bucket])):
+            grad.copy_(part.view_as(grad))
 
 
 def barrier(context: DistributedContext) -> None:

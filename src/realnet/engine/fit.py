@@ -124,29 +124,17 @@ def find_dtd_root(config: RealNetConfig, data_root: Path) -> Path:
     )
 
 
-def find_sia_folder(config: RealNetConfig, category: str) -> Path:
-    """SDAS images of the category: <sia_root>/<category>/ or, if absent, <sia_root>/ itself."""
-    root = config.synthesis.sia_root
-    if not root:
-        raise RealnetError("the sia synthesis source needs an SDAS image bank: pass --sia DIR")
-    folder = Path(root) / category
-    return folder if folder.is_dir() else Path(root)
+def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_images: np.ndarray):
+    """The training-time anomaly synthesizer (Eq. 3) with the configured sources; NSA takes its
+    donor patches from the other normal fit images."""
+    from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
-
-def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_files: list[Path]):
-    """The training-time anomaly synthesizer (Eq. 3) with the configured sources."""
-    from realnet.synthesis.sources import CutPasteSource, DTDSource, NSASource, SIASource
-    from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig
-
-    size = config.train.image_size
-    factories = {
-        "dtd": lambda: DTDSource(find_dtd_root(config, data_root), size),
-        "sia": lambda: SIASource(find_sia_folder(config, category), size),
-        "cutpaste": CutPasteSource,
-        "nsa": lambda: NSASource(normal_files, size),
-    }
     weights = {name: w for name, w in config.synthesis.sources.items() if w > 0}
-    sources = {name: factories[name]() for name in weights}
+    sources = build_sources(
+        list(weights), size=config.train.image_size, category=category,
+        dtd_root=find_dtd_root(config, data_root) if "dtd" in weights else None,
+        sia_root=config.synthesis.sia_root, normal_images=normal_images,
+    )
     settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights)
     return AnomalySynthesizer(settings, sources, rule)
 
@@ -303,7 +291,6 @@ def fit(request: FitRequest) -> dict[str, Any]:
     from realnet.engine import distributed
     from realnet.model.backbone import create_backbone
 
-    config = request.config
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
         return checkpoint.read_meta(request.out)
     created = prepare_run_dir(request)
@@ -330,8 +317,7 @@ def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
     backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
                                layers=config.backbone.layers).to(device)
     model = build_model(config, backbone).to(device)
-    synthesizer = build_synthesizer(config, rule, request.data_root, request.category,
-                                    [r.image for r in images.fit_records])
+    synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     trainable = model.trainable_modules()
     optimizer = torch.optim.Adam(trainable.parameters(), lr=tc.learning_rate)

@@ -1,0 +1,109 @@
+"""`realnet synth preview`: a grid of the synthetic anomalies the model trains on, with their masks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+from realnet.data.layouts import DATASETS
+from realnet.errors import RealnetError
+
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    synth = subparsers.add_parser("synth", help="training-time anomaly synthesis tools", description=__doc__)
+    actions = synth.add_subparsers(dest="synth_command", required=True, metavar="ACTION")
+    preview = actions.add_parser(
+        "preview",
+        help="write a grid of synthetic training anomalies and their masks",
+        description="Each column is one synthetic sample made from a random normal training image: "
+                    "the image (captioned with its source and opacity d) above the same image with its "
+                    "anomaly mask in red.",
+    )
+    preview.add_argument("--data", type=Path, required=True, help="dataset root")
+    preview.add_argument("--category", required=True, help="category (object) name")
+    preview.add_argument("--dataset", choices=DATASETS, default="mvtec", help="layout (default mvtec)")
+    preview.add_argument("--normal-dir", type=Path, help="normal images (--dataset folder only)")
+    preview.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
+                         help="anomaly source(s): dtd, sia, cutpaste, nsa (default: dtd and/or sia "
+                              "when --dtd/--sia are given)")
+    preview.add_argument("--dtd", type=Path, help="DTD root for the dtd source (searched for images)")
+    preview.add_argument("--sia", type=Path, help="SDAS image bank for the sia source (holding <category>/)")
+    preview.add_argument("--foreground", choices=("rule", "auto", "none"), default="rule",
+                         help="where anomalies may go: the category's rule (auto when unknown), auto, "
+                              "or none = whole image (default rule)")
+    preview.add_argument("--size", type=int, default=256, help="training image size (default 256)")
+    preview.add_argument("--count", type=int, default=16, help="number of samples (default 16)")
+    preview.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    preview.add_argument("--out", type=Path, required=True, help="grid image to write (.png, .jpg, ...)")
+    preview.set_defaults(func=run_preview)
+
+
+def _source_weights(args: argparse.Namespace) -> dict[str, float]:
+    from realnet.cli.detector import parse_sources
+
+    if args.source:
+        return parse_sources(args.source)
+    weights = {name: 1.0 for name, root in (("dtd", args.dtd), ("sia", args.sia)) if root is not None}
+    if not weights:
+        raise RealnetError("choose --source: dtd needs --dtd ROOT, sia needs --sia DIR; cutpaste and nsa need nothing")
+    return weights
+
+
+def _write_image_atomically(path: Path, rgb) -> None:
+    import cv2
+
+    if path.suffix.lower() not in GRID_SUFFIXES:
+        raise RealnetError(f"--out {path}: use one of {', '.join(GRID_SUFFIXES)}")
+    ok, encoded = cv2.imencode(path.suffix.lower(), rgb[..., ::-1])
+    if not ok:
+        raise RealnetError(f"--out {path}: cannot encode the grid")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(encoded.tobytes())
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from realnet.data.io import read_image, resize_image
+    from realnet.data.layouts import load_dataset
+    from realnet.data.records import NORMAL
+    from realnet.synthesis.foreground import resolve_foreground
+    from realnet.synthesis.preview import preview_grid
+    from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
+
+    if args.count < 1 or args.size < 8:
+        raise RealnetError(f"--count must be >= 1 and --size >= 8, got {args.count} and {args.size}")
+    if args.normal_dir is not None and args.dataset != "folder":
+        raise RealnetError("--normal-dir only applies to --dataset folder")
+    folder_options = {"normal_dir": args.normal_dir} if args.normal_dir is not None else {}
+    weights = _source_weights(args)
+    records = load_dataset(args.data, args.category, args.dataset, **folder_options)
+    train = [r.image for r in records if r.split == "train" and r.label == NORMAL]
+    if not train:
+        raise RealnetError(f"{args.data}: category '{args.category}' has no normal training images")
+
+    config = SynthesisConfig(source_weights=weights)
+    names = [name for name, weight in config.source_weights.items() if weight > 0]
+    sources = build_sources(names, size=args.size, category=args.category, dtd_root=args.dtd,
+                            sia_root=args.sia, normal_images=train)
+    synthesizer = AnomalySynthesizer(config, sources, resolve_foreground(args.foreground, args.dataset, args.category))
+    rng = np.random.default_rng(args.seed)
+    picks = rng.choice(len(train), size=args.count, replace=args.count > len(train))
+    loaded = {int(i): resize_image(read_image(train[int(i)]), args.size) for i in set(picks.tolist())}
+    samples = [synthesizer(loaded[int(i)], rng, force_anomalous=True) for i in picks]
+    _write_image_atomically(args.out, preview_grid(samples))
+    made = Counter(sample.source for sample in samples)
+    print(f"wrote {args.out}: {args.count} samples ({', '.join(f'{k} {v}' for k, v in sorted(made.items()))})")
+    return 0

@@ -1,0 +1,185 @@
+"""Robust image and mask reading: any Pillow-readable file becomes RGB uint8 or a bool mask.
+
+Rules (the same for every caller, so training, testing and `data check` see identical pixels):
+
+- The file is fully decoded; a truncated or corrupt file fails. Only the first frame of a
+  multi-frame file (GIF, multi-page TIFF) is used.
+- Decompression bombs are refused: an image with more than `PIL.Image.MAX_IMAGE_PIXELS` pixels
+  (Pillow's own limit, about 89.5 megapixels; raise it there if you really need more) fails
+  before its pixels are decoded.
+- The EXIF orientation tag is applied, so pixels are in display orientation.
+- Conversion to RGB uint8:
+  - L and 1 are replicated to three channels; P, YCbCr and RGBX go through Pillow's conversion;
+    CMYK uses Pillow's plain formula R = (255 - C)(255 - K) / 255 (no ICC colour management).
+  - Transparency (LA, PA, RGBA, or a palette/colour key) is composited on black:
+    each colour channel is multiplied by alpha / 255 and rounded. Fully transparent pixels are
+    black whatever colour they stored.
+  - Integer modes wider than 8 bits are scaled by their bit range, not clipped:
+    v8 = round(clip(v, 0, top) * 255 / top) with top = 2**bits - 1. `bits` is 16 for I;16 modes
+    (16-bit PNG, TIFF); for mode I it is the TIFF BitsPerSample when the file declares one (top is
+    2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (Pillow opens 16-bit PGM as I).
+  - Float images (mode F) are taken as intensities in [0, 1]: v8 = round(clip(v, 0, 1) * 255),
+    NaN becomes 0.
+- Masks: single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero
+  (no scaling first, so label values such as 1 count). Other files are converted to RGB by the
+  rules above and a pixel is a defect where any channel is nonzero.
+- Resizing is a straight resize to size x size (no crop, aspect ratio not kept): images bilinear,
+  masks nearest neighbour, both with Pillow's pixel-centre geometry so they stay aligned.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from realnet.data.records import Record
+from realnet.errors import BadFileError
+
+_ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
+_SINGLE_BAND_MODES = frozenset({"1", "L", "I", "F"})
+_TIFF_BITS_PER_SAMPLE = 258
+_TIFF_SAMPLE_FORMAT = 339
+_TIFF_SIGNED_INTEGER = 2
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Open, bomb-check, fully decode and EXIF-orient one image; any failure is a BadFileError."""
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            _refuse_bomb(path, image.size)
+            image.load()
+            # In place keeps the format's own object (a TIFF's BitsPerSample tag) and skips a copy.
+            ImageOps.exif_transpose(image, in_place=True)
+    except BadFileError:
+        raise
+    except FileNotFoundError:
+        raise BadFileError(path, "file not found") from None
+    except IsADirectoryError:
+        raise BadFileError(path, "is a directory, not an image file") from None
+    except PermissionError:
+        raise BadFileError(path, "permission denied") from None
+    except UnidentifiedImageError:
+        raise BadFileError(path, "not an image file Pillow can read") from None
+    except Image.DecompressionBombError as error:
+        raise BadFileError(path, f"refused as a decompression bomb ({error})") from None
+    except Exception as error:  # Pillow's decoders raise many types on corrupt data
+        raise BadFileError(path, f"cannot decode image: {_one_line(error)}") from None
+    return image
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read any Pillow-readable image as (H, W, 3) uint8 RGB by the module's conversion rules."""
+    path = Path(path)
+    return _to_rgb(open_image(path), path)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Read a ground-truth mask as (H, W) bool: True where the file marks a defect (nonzero)."""
+    path = Path(path)
+    image = open_image(path)
+    if image.mode in _SINGLE_BAND_MODES or image.mode.startswith("I;16"):
+        return np.asarray(image) != 0
+    return _to_rgb(image, path).any(axis=2)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear straight resize of an (H, W, 3) uint8 image to (size, size, 3); no crop."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 image, got {image.shape} {image.dtype}")
+    resized = Image.fromarray(image).resize((_check_size(size),) * 2, Image.Resampling.BILINEAR)
+    return np.asarray(resized)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour straight resize of an (H, W) bool mask to (size, size) bool."""
+    if mask.ndim != 2 or mask.dtype != np.bool_:
+        raise ValueError(f"expected an (H, W) bool mask, got {mask.shape} {mask.dtype}")
+    as_uint8 = Image.fromarray(mask.astype(np.uint8))
+    return np.asarray(as_uint8.resize((_check_size(size),) * 2, Image.Resampling.NEAREST)) != 0
+
+
+def load_sample(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The record's image (size, size, 3) uint8 and mask (size, size) bool, all False if no mask."""
+    image = read_image(record.image)
+    if record.mask is None:
+        mask = np.zeros(image.shape[:2], dtype=bool)
+    else:
+        mask = read_mask(record.mask)
+        if mask.shape != image.shape[:2]:
+            raise BadFileError(
+                record.mask,
+                f"mask is {_wxh(mask.shape)} but its image {record.image} is {_wxh(image.shape)}",
+            )
+    return resize_image(image, size), resize_mask(mask, size)
+
+
+def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    width, height = size
+    if limit is not None and width * height > limit:
+        raise BadFileError(
+            path,
+            f"refused as a decompression bomb: {width}x{height} = {width * height} pixels "
+            f"exceeds PIL.Image.MAX_IMAGE_PIXELS = {limit}",
+        )
+
+
+def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode in ("L", "1"):
+        return np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
+    if mode == "F" or mode == "I" or mode.startswith("I;16"):
+        gray = _scale_to_uint8(image)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    try:
+        if mode in _ALPHA_MODES or "transparency" in image.info:
+            rgba = np.asarray(image.convert("RGBA")).astype(np.uint16)
+            rgb, alpha = rgba[:, :, :3], rgba[:, :, 3:]
+            return ((rgb * alpha + 127) // 255).astype(np.uint8)
+        return np.asarray(image.convert("RGB"))
+    except ValueError as error:
+        raise BadFileError(path, f"cannot convert image mode {mode} to RGB ({error})") from None
+
+
+def _scale_to_uint8(image: Image.Image) -> np.ndarray:
+    values = np.asarray(image)
+    if image.mode == "F":
+        unit = np.clip(np.nan_to_num(values.astype(np.float64), nan=0.0), 0.0, 1.0)
+        return np.rint(unit * 255.0).astype(np.uint8)
+    top = float(_integer_top(image))
+    clipped = np.clip(values.astype(np.float64), 0.0, top)
+    return np.rint(clipped * (255.0 / top)).astype(np.uint8)
+
+
+def _integer_top(image: Image.Image) -> int:
+    """Largest sample value: 2**bits - 1, or 2**(bits - 1) - 1 for signed TIFF samples."""
+    if image.mode == "I":
+        tags = getattr(image, "tag_v2", {})
+        bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
+        if isinstance(bits, int) and 8 < bits <= 32:
+            signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED_INTEGER
+            return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    return 2**16 - 1
+
+
+def _first(tag_value):
+    return tag_value[0] if isinstance(tag_value, tuple) and tag_value else tag_value
+
+
+def _check_size(size: int) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    return int(size)
+
+
+def _wxh(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}x{shape[0]}"
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

@@ -1,0 +1,321 @@
+"""Dataset layouts on disk -> sorted lists of `Record`s (no pixels are read here).
+
+Supported layouts, exactly as the datasets are distributed:
+
+- ``mvtec`` (also ``mpdd`` and the Magnetic Tile set): ``<root>/<cat>/train/good/*``,
+  ``<cat>/test/<defect|good>/*``, ``<cat>/ground_truth/<defect>/<stem>_mask.png``.
+- ``btad``: ``<root>/BTech_Dataset_transformed/<01|02|03>/{train/ok, test/ok, test/ko,
+  ground_truth/ko}``, a mask having its image's stem; root may also be the
+  ``BTech_Dataset_transformed`` folder itself.
+- ``visa``: the one-class split file ``<root>/split_csv/1cls.csv`` (header
+  ``object,split,label,image,mask``, paths relative to root, mask empty for normal rows).
+  VisA's split file has no defect types, so every anomalous image has defect ``anomaly``.
+- ``folder`` (custom data): see `load_folder`.
+
+Image files are recognised by extension (`IMAGE_EXTENSIONS`, any letter case); hidden files
+(names starting with ".", such as macOS ``._x.png`` companions) are ignored. A mask is matched
+to its image by stem, trying ``<stem>_mask`` first and then ``<stem>``, with any image extension.
+An anomalous image without a mask gets ``mask=None``; masks without an image are "orphans",
+returned by `find_orphan_masks` so `realnet data check` can report both.
+
+Records are sorted: train before test, ``good`` before defect types, defect types and file
+names in code-point order.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from realnet.data.records import ANOMALOUS, NORMAL, Record
+from realnet.errors import RealnetError
+
+DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
+IMAGE_EXTENSIONS = frozenset(
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm"}
+)
+FOLDER_OPTIONS = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir", "test_ratio", "seed")
+GOOD = "good"
+FOLDER_ANOMALY = "anomaly"
+VISA_SPLIT_FILE = Path("split_csv") / "1cls.csv"
+BTAD_FOLDER = "BTech_Dataset_transformed"
+_VISA_COLUMNS = ("object", "split", "label", "image", "mask")
+_SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class _Scan:
+    records: list[Record]
+    orphan_masks: list[Path]
+
+
+def load_dataset(
+    root: str | Path, category: str, dataset: str = "mvtec", **folder_options
+) -> list[Record]:
+    """All records of one category, sorted; `folder_options` (see `load_folder`) only for 'folder'.
+
+    For ``dataset="folder"`` relative folder options are resolved against `root`.
+    """
+    return _scan(root, category, dataset, folder_options).records
+
+
+def find_orphan_masks(
+    root: str | Path, category: str, dataset: str = "mvtec", **folder_options
+) -> list[Path]:
+    """Mask files in the category's mask folders that belong to no image, sorted."""
+    return _scan(root, category, dataset, folder_options).orphan_masks
+
+
+def list_categories(root: str | Path, dataset: str = "mvtec") -> list[str]:
+    """Category names found under `root` for `dataset`, sorted."""
+    root = Path(root)
+    _check_dataset_name(dataset)
+    if dataset == "folder":
+        raise RealnetError("dataset 'folder' has no categories; pass its folders instead")
+    if dataset == "visa":
+        return sorted({row["object"] for row in _read_visa_rows(root)})
+    base = _btad_base(root) if dataset == "btad" else _require_dir(root, "data root")
+    return sorted(
+        entry.name
+        for entry in base.iterdir()
+        if not entry.name.startswith(".") and (entry / "train").is_dir()
+    )
+
+
+def load_folder(
+    normal_dir: str | Path,
+    *,
+    abnormal_dir: str | Path | None = None,
+    mask_dir: str | Path | None = None,
+    normal_test_dir: str | Path | None = None,
+    test_ratio: float = 0.2,
+    seed: int = 0,
+    category: str = "custom",
+) -> list[Record]:
+    """Records of a custom dataset made of plain folders of images (not searched recursively).
+
+    - `normal_dir`: normal images. With `normal_test_dir` they are all training images and the
+      images of `normal_test_dir` are the normal test images. Without it, a fraction `test_ratio`
+      of them goes to test: each file gets the key sha256(f"{seed}:{file name}") and the
+      round(test_ratio * n) files with the smallest keys (at least 1 when test_ratio > 0, at most
+      n - 1) are test images. The split depends only on the names and the seed, so it is the same
+      on every run and machine, and adding a file moves no other file from train to test except
+      at the cut-off.
+    - `abnormal_dir`: anomalous test images, defect type ``anomaly``.
+    - `mask_dir`: their masks, matched by file stem (``<stem>`` or ``<stem>_mask``).
+    """
+    normal_images = _images_in(_require_dir(Path(normal_dir), "normal folder"), required=True)
+    if normal_test_dir is not None:
+        test_dir = _require_dir(Path(normal_test_dir), "normal test folder")
+        train, test = normal_images, _images_in(test_dir)
+    else:
+        train, test = _split_by_hash(normal_images, test_ratio, seed)
+    records = [_normal(path, category, "train") for path in train]
+    records += [_normal(path, category, "test") for path in test]
+    if abnormal_dir is not None:
+        pairs, _ = _match_masks(_abnormal_images(abnormal_dir), _mask_folder(mask_dir))
+        records += [
+            Record(path, mask, ANOMALOUS, FOLDER_ANOMALY, category, "test") for path, mask in pairs
+        ]
+    return sort_records(records)
+
+
+def _scan(root: str | Path, category: str, dataset: str, folder_options: dict) -> _Scan:
+    root = Path(root)
+    _check_dataset_name(dataset)
+    unknown = sorted(set(folder_options) - set(FOLDER_OPTIONS))
+    if unknown:
+        raise RealnetError(f"unknown folder option(s): {', '.join(unknown)}")
+    if dataset == "folder":
+        if folder_options.get("normal_dir") is None:
+            raise RealnetError("dataset 'folder' needs normal_dir (--normal-dir)")
+        given = {
+            name: root / value if name.endswith("_dir") else value
+            for name, value in folder_options.items()
+            if value is not None
+        }
+        records = load_folder(category=category, **given)
+        orphans = _folder_orphan_masks(given.get("abnormal_dir"), given.get("mask_dir"))
+        return _Scan(records, orphans)
+    given = sorted(name for name, value in folder_options.items() if value is not None)
+    if given:
+        raise RealnetError(f"{', '.join(given)} only apply to dataset 'folder', not '{dataset}'")
+    if dataset == "visa":
+        return _scan_visa(root, category)
+    if dataset == "btad":
+        return _scan_mvtec_like(_btad_base(root), category, normal="ok")
+    return _scan_mvtec_like(_require_dir(root, "data root"), category, normal=GOOD)
+
+
+def _scan_mvtec_like(base: Path, category: str, *, normal: str) -> _Scan:
+    """MVTec/MPDD (normal folder ``good``) and BTAD (``ok``; anomalous folder ``ko``)."""
+    category_dir = _require_category(base, category)
+    train_dir = _require_dir(category_dir / "train" / normal, "training folder")
+    test_dir = _require_dir(category_dir / "test", "test folder")
+    truth_dir = category_dir / "ground_truth"
+    records = [_normal(path, category, "train") for path in _images_in(train_dir)]
+    orphans: list[Path] = []
+    defect_dirs = {entry.name: entry for entry in _subdirs(test_dir)}
+    for defect, folder in sorted(defect_dirs.items()):
+        images = _images_in(folder)
+        if defect == normal:
+            records += [_normal(path, category, "test") for path in images]
+            continue
+        masks, unmatched = _match_masks(images, truth_dir / defect)
+        orphans += unmatched
+        records += [
+            Record(path, mask, ANOMALOUS, defect, category, "test") for path, mask in masks
+        ]
+    if truth_dir.is_dir():
+        for folder in _subdirs(truth_dir):
+            if folder.name not in defect_dirs or folder.name == normal:
+                orphans += _images_in(folder)
+    return _Scan(sort_records(records), sorted(orphans))
+
+
+def _scan_visa(root: Path, category: str) -> _Scan:
+    rows = [row for row in _read_visa_rows(root) if row["object"] == category]
+    split_file = root / VISA_SPLIT_FILE
+    if not rows:
+        raise RealnetError(f"{split_file}: no rows for category '{category}'")
+    records = []
+    for row in rows:
+        split, label = row["split"].strip(), row["label"].strip()
+        if split not in _SPLITS or label not in ("normal", "anomaly"):
+            raise RealnetError(
+                f"{split_file}: bad split/label '{split}/{label}' for {row['image']}"
+            )
+        mask = row["mask"].strip()
+        records.append(
+            Record(
+                image=root / row["image"].strip(),
+                mask=root / mask if mask else None,
+                label=NORMAL if label == "normal" else ANOMALOUS,
+                defect=GOOD if label == "normal" else FOLDER_ANOMALY,
+                category=category,
+                split=split,
+            )
+        )
+    listed = {record.mask for record in records if record.mask is not None}
+    mask_dir = root / category / "Data" / "Masks" / "Anomaly"
+    orphans = [path for path in _images_in(mask_dir) if path not in listed]
+    return _Scan(sort_records(records), orphans)
+
+
+def _folder_orphan_masks(abnormal_dir: str | Path | None, mask_dir: str | Path | None) -> list:
+    masks = _mask_folder(mask_dir)
+    if masks is None:
+        return []
+    if abnormal_dir is None:
+        return _images_in(masks)
+    return _match_masks(_abnormal_images(abnormal_dir), masks)[1]
+
+
+def _abnormal_images(abnormal_dir: str | Path) -> list[Path]:
+    return _images_in(_require_dir(Path(abnormal_dir), "abnormal folder"))
+
+
+def _mask_folder(mask_dir: str | Path | None) -> Path | None:
+    return None if mask_dir is None else _require_dir(Path(mask_dir), "mask folder")
+
+
+def _split_by_hash(images: list[Path], test_ratio: float, seed: int) -> tuple[list, list]:
+    if not 0.0 <= test_ratio < 1.0:
+        raise RealnetError(f"test_ratio must be in [0, 1), got {test_ratio}")
+    n_test = 0
+    if test_ratio > 0 and len(images) > 1:
+        n_test = min(len(images) - 1, max(1, math.floor(test_ratio * len(images) + 0.5)))
+
+    def key(path: Path) -> str:
+        return hashlib.sha256(f"{seed}:{path.name}".encode()).hexdigest()
+
+    ranked = sorted(images, key=key)
+    test = set(ranked[:n_test])
+    return [path for path in images if path not in test], [path for path in images if path in test]
+
+
+def _match_masks(
+    images: list[Path], mask_dir: Path | None
+) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
+    """Pair each image with ``<stem>_mask.*`` or ``<stem>.*`` in mask_dir; also the unmatched."""
+    candidates = _images_in(mask_dir) if mask_dir is not None and mask_dir.is_dir() else []
+    by_stem = {path.stem: path for path in candidates}
+    pairs = []
+    used = set()
+    for image in images:
+        mask = by_stem.get(f"{image.stem}_mask") or by_stem.get(image.stem)
+        if mask is not None:
+            used.add(mask)
+        pairs.append((image, mask))
+    return pairs, [path for path in candidates if path not in used]
+
+
+def _read_visa_rows(root: Path) -> list[dict[str, str]]:
+    split_file = root / VISA_SPLIT_FILE
+    if not split_file.is_file():
+        _require_dir(root, "data root")
+        raise RealnetError(f"VisA split file {split_file} not found")
+    with split_file.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        missing = [name for name in _VISA_COLUMNS if name not in (reader.fieldnames or ())]
+        if missing:
+            raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
+        return [{name: row[name] or "" for name in _VISA_COLUMNS} for row in reader]
+
+
+def _btad_base(root: Path) -> Path:
+    nested = root / BTAD_FOLDER
+    return nested if nested.is_dir() else _require_dir(root, "data root")
+
+
+def _require_category(base: Path, category: str) -> Path:
+    category_dir = base / category
+    if not category_dir.is_dir():
+        found = sorted(e.name for e in _subdirs(base) if (e / "train").is_dir())
+        hint = f" (categories there: {', '.join(found)})" if found else ""
+        raise RealnetError(f"category folder {category_dir} not found{hint}")
+    return category_dir
+
+
+def _require_dir(path: Path, what: str) -> Path:
+    if not path.is_dir():
+        raise RealnetError(f"{what} {path} not found")
+    return path
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(e for e in folder.iterdir() if e.is_dir() and not e.name.startswith("."))
+
+
+def _images_in(folder: Path, *, required: bool = False) -> list[Path]:
+    images = sorted(
+        entry
+        for entry in folder.iterdir()
+        if entry.suffix.lower() in IMAGE_EXTENSIONS
+        and not entry.name.startswith(".")
+        and entry.is_file()
+    )
+    if required and not images:
+        raise RealnetError(f"no image files in {folder}")
+    return images
+
+
+def _normal(path: Path, category: str, split: str) -> Record:
+    return Record(path, None, NORMAL, GOOD, category, split)
+
+
+def sort_records(records: Iterable[Record]) -> list[Record]:
+    """The loaders' order: train before test, good before defect types, then names."""
+    def key(r: Record) -> tuple:
+        return (r.split != "train", r.split, r.defect != GOOD, r.defect, r.image.name, str(r.image))
+
+    return sorted(records, key=key)
+
+
+def _check_dataset_name(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise RealnetError(f"unknown dataset '{dataset}' (choose from {', '.join(DATASETS)})")

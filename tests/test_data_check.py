@@ -1,0 +1,233 @@
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from dataset_fixtures import make_btad_tree, make_folder_tree, make_mvtec_tree, make_visa_tree
+from realnet.cli.main import main
+from realnet.data.layouts import find_orphan_masks, load_dataset
+from realnet.data.validate import check_dataset
+from realnet.errors import BadFileError
+
+
+def _truncate(path: Path) -> Path:
+    data = path.read_bytes()
+    if path.is_symlink():
+        path.unlink()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["data", "check", *map(str, args)])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+# --- check_dataset -------------------------------------------------------------------------
+
+
+def test_clean_dataset_counts_and_no_problems(tmp_path):
+    root = make_mvtec_tree(tmp_path, n_train=3, n_test_good=2, defects={"scratch": 2, "hole": 1})
+    records = load_dataset(root, "widget")
+    report = check_dataset(records, orphan_masks=find_orphan_masks(root, "widget"))
+    assert report.counts == {"train": {"good": 3}, "test": {"good": 2, "hole": 1, "scratch": 2}}
+    assert report.mask_counts == {
+        "train": {"good": 0}, "test": {"good": 0, "hole": 1, "scratch": 2}
+    }
+    assert report.anomalous_counts == {"hole": 1, "scratch": 2}
+    assert report.anomalous_with_mask == 3
+    assert report.n_images == 8
+    assert report.problems == [] and report.skipped == [] and report.empty_masks == []
+    assert report.kept == records
+    text = report.format()
+    assert text.splitlines()[0] == "widget: 8 images"
+    assert "anomalous test images: 3 over 2 defect type(s), 3 with a mask" in text
+    assert text.endswith("no problems")
+    as_json = json.loads(json.dumps(report.to_dict()))
+    assert as_json["counts"]["test"]["scratch"] == 2 and as_json["problems"] == []
+
+
+def test_missing_masks_orphans_and_size_mismatch_are_problems(tmp_path):
+    root = make_mvtec_tree(tmp_path, defects={"scratch": 3})
+    truth = root / "widget" / "ground_truth" / "scratch"
+    (truth / "000_mask.png").unlink()
+    shutil.copy(truth / "001_mask.png", truth / "777_mask.png")
+    Image.new("L", (10, 12), 255).save(truth / "002_mask.png")
+    records = load_dataset(root, "widget")
+    report = check_dataset(records, orphan_masks=find_orphan_masks(root, "widget"))
+    test_dir = root / "widget" / "test" / "scratch"
+    assert report.missing_masks == [test_dir / "000.png"]
+    assert report.orphan_masks == [truth / "777_mask.png"]
+    assert len(report.size_mismatches) == 1
+    mismatch = report.size_mismatches[0]
+    assert (mismatch.mask, mismatch.mask_size, mismatch.image_size) == (
+        truth / "002_mask.png", (10, 12), (40, 32)
+    )
+    assert report.problems == [
+        f"anomalous image without mask: {test_dir / '000.png'}",
+        f"mask without image: {truth / '777_mask.png'}",
+        f"size mismatch: mask {truth / '002_mask.png'} is 10x12, "
+        f"image {test_dir / '002.png'} is 40x32",
+    ]
+    assert test_dir / "002.png" not in [r.image for r in report.kept]
+    assert report.counts["test"]["scratch"] == 3
+    assert "3 problem(s):" in report.format()
+
+
+def test_empty_mask_is_a_note_not_a_problem(tmp_path):
+    root = make_mvtec_tree(tmp_path, defects={"scratch": 1})
+    mask = root / "widget" / "ground_truth" / "scratch" / "000_mask.png"
+    Image.new("L", (40, 32), 0).save(mask)
+    report = check_dataset(load_dataset(root, "widget"))
+    assert report.empty_masks == [root / "widget" / "test" / "scratch" / "000.png"]
+    assert report.problems == []
+    assert "note: 1 anomalous image(s) have an empty mask" in report.format()
+
+
+def test_first_bad_file_in_record_order_raises(tmp_path):
+    root = make_mvtec_tree(tmp_path, n_train=6)
+    train = root / "widget" / "train" / "good"
+    _truncate(train / "004.png")
+    _truncate(train / "002.png")
+    with pytest.raises(BadFileError) as caught:
+        check_dataset(load_dataset(root, "widget"), workers=3)
+    assert caught.value.path == train / "002.png"
+
+
+def test_skip_bad_collects_bad_images_and_masks(tmp_path):
+    root = make_mvtec_tree(tmp_path, n_train=4, defects={"scratch": 2})
+    bad_image = _truncate(root / "widget" / "train" / "good" / "001.png")
+    bad_mask = root / "widget" / "ground_truth" / "scratch" / "001_mask.png"
+    bad_mask.write_text("not a png")
+    records = load_dataset(root, "widget")
+    report = check_dataset(records, skip_bad=True)
+    assert [s.path for s in report.skipped] == [bad_image, bad_mask]
+    assert "truncated" in report.skipped[0].reason
+    assert report.counts == {"train": {"good": 3}, "test": {"good": 2, "scratch": 1}}
+    assert len(report.kept) == len(records) - 2
+    assert report.problems == []
+    assert "skipped 2 file(s):" in report.format()
+
+
+def test_long_lists_are_shortened_in_text_only(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=2, n_abnormal=25, size=(8, 8))
+    records = load_dataset(root, "custom", "folder", normal_dir="normal", abnormal_dir="abnormal")
+    report = check_dataset(records)
+    assert len(report.missing_masks) == 25
+    assert "... and 5 more" in report.format()
+    assert len(report.to_dict()["missing_masks"]) == 25
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+def test_cli_clean_tree_exits_0(tmp_path, capsys):
+    root = make_mvtec_tree(tmp_path)
+    code, out, err = _run(capsys, "--data", root, "--category", "widget")
+    assert code == 0 and err == ""
+    assert re.search(r"^  train  good +4 +0$", out, re.MULTILINE)
+    assert re.search(r"^  test   scratch +2 +2$", out, re.MULTILINE)
+    assert out.rstrip().endswith("no problems")
+
+
+def test_cli_json(tmp_path, capsys):
+    root = make_btad_tree(tmp_path, categories=("03",))
+    code, out, _ = _run(capsys, "--data", root, "--category", "03", "--dataset", "btad", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["counts"] == {"train": {"good": 3}, "test": {"good": 2, "ko": 2}}
+    assert report["anomalous_with_mask"] == 2
+
+
+def test_cli_visa(tmp_path, capsys):
+    root = make_visa_tree(tmp_path)
+    code, out, _ = _run(capsys, "--data", root, "--category", "candle", "--dataset", "visa")
+    assert code == 0
+    assert "anomalous test images: 2 over 1 defect type(s), 2 with a mask" in out
+
+
+def test_cli_problems_exit_1(tmp_path, capsys):
+    root = make_mvtec_tree(tmp_path)
+    (root / "widget" / "ground_truth" / "scratch" / "000_mask.png").unlink()
+    code, out, _ = _run(capsys, "--data", root, "--category", "widget")
+    assert code == 1
+    assert "anomalous image without mask:" in out
+
+
+def test_cli_bad_file_one_line_and_skip_bad(tmp_path, capsys):
+    root = make_mvtec_tree(tmp_path, image_ext=".jpg")
+    bad = _truncate(root / "widget" / "test" / "good" / "001.jpg")
+    code, out, err = _run(capsys, "--data", root, "--category", "widget")
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"realnet: error: {bad}: ")
+    code, out, err = _run(capsys, "--data", root, "--category", "widget", "--skip-bad")
+    assert code == 0 and err == ""
+    assert f"skipped 1 file(s):\n  {bad}: " in out
+
+
+def test_cli_folder_dataset(tmp_path, capsys):
+    root = make_folder_tree(tmp_path, n_normal=5, n_abnormal=2)
+    code, out, _ = _run(capsys, "--data", root, "--dataset", "folder", "--normal-dir", "normal",
+                        "--abnormal-dir", "abnormal", "--mask-dir", "masks", "--test-ratio", "0.4",
+                        "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["categories"] == ["custom"]
+    assert report["counts"] == {"train": {"good": 3}, "test": {"good": 2, "anomaly": 2}}
+
+
+def test_cli_option_errors(tmp_path, capsys):
+    code, _, err = _run(capsys, "--data", tmp_path, "--category", "x", "--normal-dir", "n")
+    assert code == 2 and err == "realnet: error: --normal-dir only apply to --dataset folder\n"
+    code, _, err = _run(capsys, "--data", tmp_path)
+    assert code == 2 and "needs --data and --category" in err
+    code, _, err = _run(capsys, "--data", tmp_path / "absent", "--category", "x")
+    assert code == 2 and err == f"realnet: error: data root {tmp_path / 'absent'} not found\n"
+
+
+# --- real data -----------------------------------------------------------------------------
+
+MAGNETIC_TILE_DEFECTS = {"blowhole": 115, "break": 85, "crack": 57, "fray": 32, "uneven": 103}
+
+
+@pytest.mark.realdata
+def test_magnetic_tile_check(shared_data, capsys):
+    code, out, err = _run(capsys, "--data", shared_data, "--category", "magnetic_tile", "--json")
+    assert code == 0 and err == ""
+    report = json.loads(out)
+    assert report["counts"] == {
+        "train": {"good": 702}, "test": {"good": 250, **MAGNETIC_TILE_DEFECTS}
+    }
+    assert report["defect_types"] == MAGNETIC_TILE_DEFECTS
+    assert report["anomalous_images"] == report["anomalous_with_mask"] == 392
+    assert report["problems"] == [] and report["skipped"] == []
+
+
+@pytest.mark.realdata
+def test_magnetic_tile_with_one_truncated_jpeg(shared_data, tmp_path, capsys):
+    source = shared_data / "magnetic_tile"
+    copy = tmp_path / "magnetic_tile"
+    for folder, _, files in os.walk(source):
+        target = copy / Path(folder).relative_to(source)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in files:
+            (target / name).symlink_to(Path(folder) / name)
+    bad = _truncate(sorted((copy / "train" / "good").iterdir())[0])
+    assert bad.suffix == ".jpg"
+
+    code, out, err = _run(capsys, "--data", tmp_path, "--category", "magnetic_tile")
+    assert code != 0 and out == ""
+    assert err.count("\n") == 1 and err.startswith(f"realnet: error: {bad}: ")
+
+    code, out, err = _run(capsys, "--data", tmp_path, "--category", "magnetic_tile", "--skip-bad")
+    assert code == 0
+    assert f"skipped 1 file(s):\n  {bad}: " in out
+    assert re.search(r"^  train  good +701 +0$", out, re.MULTILINE)
+    assert out.rstrip().endswith("no problems")

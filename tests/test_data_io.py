@@ -1,0 +1,288 @@
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realnet.data.io import (
+    load_sample,
+    read_image,
+    read_mask,
+    resize_image,
+    resize_mask,
+)
+from realnet.data.records import ANOMALOUS, NORMAL, Record
+from realnet.errors import BadFileError
+
+GRAY = np.array([[0, 64, 128], [192, 255, 7]], dtype=np.uint8)
+
+
+def _save(path: Path, image: Image.Image, **params) -> Path:
+    image.save(path, **params)
+    return path
+
+
+# --- modes -------------------------------------------------------------------------------
+
+
+def test_rgb_png_is_returned_unchanged(tmp_path, rng):
+    pixels = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    image = read_image(_save(tmp_path / "rgb.png", Image.fromarray(pixels)))
+    assert image.dtype == np.uint8 and image.shape == (5, 7, 3)
+    np.testing.assert_array_equal(image, pixels)
+
+
+def test_gray_l_is_replicated_to_three_channels(tmp_path):
+    image = read_image(_save(tmp_path / "l.png", Image.fromarray(GRAY)))
+    assert image.shape == (2, 3, 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(image[:, :, channel], GRAY)
+
+
+def test_bilevel_mode_1_becomes_0_or_255(tmp_path):
+    bits = Image.fromarray(GRAY > 100)
+    assert bits.mode == "1"
+    image = read_image(_save(tmp_path / "one.png", bits))
+    np.testing.assert_array_equal(image[:, :, 0], np.where(GRAY > 100, 255, 0))
+
+
+def test_la_alpha_is_composited_on_black(tmp_path):
+    la = Image.new("LA", (3, 1))
+    for x, (value, alpha) in enumerate([(200, 255), (200, 128), (200, 0)]):
+        la.putpixel((x, 0), (value, alpha))
+    image = read_image(_save(tmp_path / "la.png", la))
+    np.testing.assert_array_equal(image[0, :, 1], [200, round(200 * 128 / 255), 0])
+
+
+def test_rgba_alpha_is_composited_on_black(tmp_path):
+    rgba = np.array([[[10, 100, 250, 255], [10, 100, 250, 51], [255, 255, 255, 0]]], np.uint8)
+    image = read_image(_save(tmp_path / "rgba.png", Image.fromarray(rgba)))
+    np.testing.assert_array_equal(image[0], [[10, 100, 250], [2, 20, 50], [0, 0, 0]])
+
+
+def test_palette_uses_its_colours_and_transparent_index_is_black(tmp_path):
+    palette = Image.new("P", (3, 1))
+    palette.putpalette([0, 0, 0, 10, 20, 30, 200, 100, 50] + [0] * (253 * 3))
+    for x, index in enumerate([1, 2, 0]):
+        palette.putpixel((x, 0), index)
+    plain = read_image(_save(tmp_path / "p.png", palette))
+    np.testing.assert_array_equal(plain[0], [[10, 20, 30], [200, 100, 50], [0, 0, 0]])
+    keyed = read_image(_save(tmp_path / "p_trns.png", palette, transparency=2))
+    np.testing.assert_array_equal(keyed[0], [[10, 20, 30], [0, 0, 0], [0, 0, 0]])
+
+
+def test_i16_tiff_is_scaled_by_its_16_bit_range_not_clipped(tmp_path):
+    values = np.array([[0, 257, 1000], [32768, 65535, 255]], dtype=np.uint16)
+    tiff = Image.fromarray(values)
+    assert tiff.mode == "I;16"
+    image = read_image(_save(tmp_path / "deep.tif", tiff))
+    np.testing.assert_array_equal(image[:, :, 0], np.rint(values / 65535 * 255).astype(np.uint8))
+    assert image[1, 2, 0] == 1  # 255 of 65535 is dark, where Pillow's convert("L") clips to 255
+
+
+def test_16_bit_png_and_pgm_follow_the_same_rule(tmp_path):
+    values = np.array([[0, 4096, 65535]], dtype=np.uint16)
+    expected = np.rint(values / 65535 * 255).astype(np.uint8)
+    for name in ("deep.png", "deep.pgm"):
+        image = read_image(_save(tmp_path / name, Image.fromarray(values)))
+        np.testing.assert_array_equal(image[:, :, 0], expected, err_msg=name)
+
+
+def test_signed_32_bit_tiff_uses_its_declared_bit_depth(tmp_path):
+    values = np.array([[0, 2**31 - 1, 2**30, 65535, -5]], dtype=np.int32)
+    image = read_image(_save(tmp_path / "i32.tif", Image.fromarray(values)))
+    np.testing.assert_array_equal(image[0, :, 0], [0, 255, 128, 0, 0])
+
+
+def test_float_image_is_unit_range(tmp_path):
+    values = np.array([[0.0, 0.5, 1.0, 7.0, -1.0]], dtype=np.float32)
+    image = read_image(_save(tmp_path / "f.tif", Image.fromarray(values)))
+    np.testing.assert_array_equal(image[0, :, 0], [0, 128, 255, 255, 0])
+
+
+def test_cmyk_jpeg_converts_with_pillows_formula(tmp_path):
+    cmyk = Image.new("CMYK", (16, 16), (0, 255, 255, 0))  # pure red ink
+    path = _save(tmp_path / "cmyk.jpg", cmyk, quality=100)
+    assert Image.open(path).mode == "CMYK"
+    image = read_image(path)
+    assert image.shape == (16, 16, 3)
+    np.testing.assert_allclose(image.reshape(-1, 3).mean(axis=0), [255, 0, 0], atol=3)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    pixels = np.zeros((16, 32, 3), np.uint8)
+    pixels[:, :16] = (255, 0, 0)  # red left half, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    path = _save(tmp_path / "rotated.jpg", Image.fromarray(pixels), exif=exif, quality=95)
+    image = read_image(path)
+    assert image.shape == (32, 16, 3)
+    assert image[:12, :, 0].mean() > 200  # the red half is now on top
+    assert image[20:, :, 0].mean() < 50
+
+
+# --- failures ------------------------------------------------------------------------------
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    signature = b"\x89PNG\r\n\x1a\n"
+    pixels = zlib.compress(b"")
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+@pytest.mark.parametrize("side", [10_000, 30_000])  # above Pillow's warning limit, above its error
+def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(_png_header_only(side, side))
+    with pytest.raises(BadFileError, match="decompression bomb") as caught:
+        read_image(path)
+    assert caught.value.path == path
+    with pytest.raises(BadFileError, match="decompression bomb"):
+        read_mask(path)
+
+
+@pytest.mark.parametrize("name", ["cut.jpg", "cut.png"])
+def test_truncated_file_fails_naming_it(tmp_path, rng, name):
+    full = tmp_path / f"full{Path(name).suffix}"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(full)
+    data = full.read_bytes()
+    path = tmp_path / name
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(BadFileError) as caught:
+        read_image(path)
+    assert caught.value.path == path
+    assert str(caught.value).startswith(f"{path}: ")
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_and_non_image_files_fail_naming_them(tmp_path):
+    with pytest.raises(BadFileError, match="file not found"):
+        read_image(tmp_path / "absent.png")
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    with pytest.raises(BadFileError, match="not an image file") as caught:
+        read_image(text)
+    assert caught.value.path == text
+
+
+# --- masks ---------------------------------------------------------------------------------
+
+
+def test_mask_nonzero_is_defect_for_any_value(tmp_path):
+    values = np.array([[0, 1, 2], [128, 255, 0]], dtype=np.uint8)
+    mask = read_mask(_save(tmp_path / "m.png", Image.fromarray(values)))
+    assert mask.dtype == np.bool_
+    np.testing.assert_array_equal(mask, values != 0)
+
+
+def test_16_bit_mask_small_labels_count_before_any_scaling(tmp_path):
+    values = np.array([[0, 1, 65535]], dtype=np.uint16)
+    mask = read_mask(_save(tmp_path / "m16.png", Image.fromarray(values)))
+    np.testing.assert_array_equal(mask, [[False, True, True]])
+
+
+def test_rgb_and_rgba_masks_use_any_channel_after_compositing(tmp_path):
+    rgba = np.array([[[0, 0, 0, 255], [0, 9, 0, 255], [255, 255, 255, 0]]], np.uint8)
+    mask = read_mask(_save(tmp_path / "m_rgba.png", Image.fromarray(rgba)))
+    np.testing.assert_array_equal(mask, [[False, True, False]])
+    mask = read_mask(_save(tmp_path / "m_rgb.png", Image.fromarray(rgba[:, :, :3].copy())))
+    np.testing.assert_array_equal(mask, [[False, True, True]])
+
+
+# --- resizing and samples ----------------------------------------------------------------
+
+
+def test_resize_is_straight_and_keeps_types():
+    image = np.full((20, 40, 3), 77, np.uint8)
+    resized = resize_image(image, 16)
+    assert resized.shape == (16, 16, 3) and resized.dtype == np.uint8
+    assert (resized == 77).all()
+    mask = np.zeros((20, 40), bool)
+    mask[:, 20:] = True
+    resized_mask = resize_mask(mask, 16)
+    assert resized_mask.shape == (16, 16) and resized_mask.dtype == np.bool_
+    np.testing.assert_array_equal(resized_mask, np.repeat([[False] * 8 + [True] * 8], 16, axis=0))
+
+
+def test_mask_upsampling_is_nearest_neighbour():
+    mask = np.array([[True, False], [False, True]])
+    np.testing.assert_array_equal(resize_mask(mask, 4), np.kron(mask, np.ones((2, 2), bool)))
+
+
+# Image and mask share the pixel-centre geometry: output pixel i samples input coordinate
+# (i + 0.5) * in / out - 0.5, so a defect lands on the same output pixels in both.
+def _source_coordinates(n_in: int, n_out: int) -> np.ndarray:
+    return (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+
+
+def test_mask_resize_follows_pixel_centres(rng):
+    mask = rng.random((37, 53)) > 0.5
+    rows = np.floor(_source_coordinates(37, 24) + 0.5).astype(int)
+    cols = np.floor(_source_coordinates(53, 24) + 0.5).astype(int)
+    np.testing.assert_array_equal(resize_mask(mask, 24), mask[np.ix_(rows, cols)])
+
+
+def test_image_upsampling_is_bilinear_on_pixel_centres(rng):
+    image = rng.integers(0, 256, size=(5, 7, 3)).astype(np.uint8)
+
+    def weights(n_in: int, n_out: int) -> np.ndarray:
+        x = np.clip(_source_coordinates(n_in, n_out), 0, n_in - 1)
+        low = np.floor(x).astype(int)
+        high = np.minimum(low + 1, n_in - 1)
+        matrix = np.zeros((n_out, n_in))
+        matrix[np.arange(n_out), low] += 1 - (x - low)
+        matrix[np.arange(n_out), high] += x - low
+        return matrix
+
+    expected = np.einsum("ri,ijc,sj->rsc", weights(5, 12), image.astype(float), weights(7, 12))
+    np.testing.assert_allclose(resize_image(image, 12), expected, atol=1.01)
+
+
+def test_resize_rejects_wrong_inputs():
+    with pytest.raises(ValueError, match="uint8"):
+        resize_image(np.zeros((4, 4), np.uint8), 8)
+    with pytest.raises(ValueError, match="bool"):
+        resize_mask(np.zeros((4, 4), np.uint8), 8)
+    with pytest.raises(ValueError, match="positive"):
+        resize_image(np.zeros((4, 4, 3), np.uint8), 0)
+
+
+def _record(image: Path, mask: Path | None) -> Record:
+    label = NORMAL if mask is None else ANOMALOUS
+    return Record(image, mask, label, "good" if mask is None else "blob", "widget", "test")
+
+
+def test_load_sample_reads_resizes_and_aligns(tmp_path):
+    gray = np.zeros((30, 50), np.uint8)
+    gray[10:20, 25:45] = 255
+    image_path = _save(tmp_path / "i.jpg", Image.fromarray(gray), quality=95)
+    mask_path = _save(tmp_path / "i_mask.png", Image.fromarray(gray))
+    image, mask = load_sample(_record(image_path, mask_path), 20)
+    assert image.shape == (20, 20, 3) and image.dtype == np.uint8
+    assert mask.shape == (20, 20) and mask.dtype == np.bool_
+    assert mask.sum() > 0
+    assert image[mask].min() > 150 and image[~mask].max() < 110
+
+
+def test_load_sample_without_mask_is_all_false(tmp_path):
+    image_path = _save(tmp_path / "n.png", Image.fromarray(GRAY))
+    image, mask = load_sample(_record(image_path, None), 8)
+    assert image.shape == (8, 8, 3) and mask.shape == (8, 8) and not mask.any()
+
+
+def test_load_sample_size_mismatch_names_the_mask(tmp_path):
+    image_path = _save(tmp_path / "a.png", Image.new("L", (10, 8)))
+    mask_path = _save(tmp_path / "a_mask.png", Image.new("L", (8, 10)))
+    with pytest.raises(BadFileError, match=r"mask is 8x10 but its image .* is 10x8") as caught:
+        load_sample(_record(image_path, mask_path), 8)
+    assert caught.value.path == mask_path

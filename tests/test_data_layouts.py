@@ -1,0 +1,329 @@
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_fixtures import (
+    BTAD_EXTENSIONS,
+    make_btad_tree,
+    make_folder_tree,
+    make_mvtec_tree,
+    make_visa_tree,
+    normal_image,
+    save,
+)
+from realnet.data.io import read_image, read_mask
+from realnet.data.layouts import (
+    find_orphan_masks,
+    list_categories,
+    load_dataset,
+    load_folder,
+)
+from realnet.data.records import ANOMALOUS, NORMAL
+from realnet.errors import RealnetError
+
+
+def _tally(records) -> Counter:
+    return Counter((r.split, r.defect, r.label) for r in records)
+
+
+# --- MVTec / MPDD / Magnetic Tile ----------------------------------------------------------
+
+
+def test_mvtec_records_labels_masks_and_order(tmp_path):
+    root = make_mvtec_tree(tmp_path, "widget", n_train=3, n_test_good=2,
+                           defects={"scratch": 2, "hole": 1})
+    records = load_dataset(root, "widget")
+    assert _tally(records) == {
+        ("train", "good", NORMAL): 3,
+        ("test", "good", NORMAL): 2,
+        ("test", "hole", ANOMALOUS): 1,
+        ("test", "scratch", ANOMALOUS): 2,
+    }
+    assert [(r.split, r.defect, r.image.name) for r in records] == [
+        ("train", "good", "000.png"), ("train", "good", "001.png"), ("train", "good", "002.png"),
+        ("test", "good", "000.png"), ("test", "good", "001.png"),
+        ("test", "hole", "000.png"),
+        ("test", "scratch", "000.png"), ("test", "scratch", "001.png"),
+    ]
+    for record in records:
+        assert record.category == "widget"
+        if record.label == NORMAL:
+            assert record.mask is None
+        else:
+            assert record.mask == root / "widget" / "ground_truth" / record.defect / (
+                f"{record.image.stem}_mask.png"
+            )
+    assert find_orphan_masks(root, "widget") == []
+    assert load_dataset(root, "widget", "mpdd") == records
+
+
+def test_fixture_defects_are_visible_where_the_mask_is(tmp_path):
+    root = make_mvtec_tree(tmp_path, defects={"scratch": 3}, size=(32, 40))
+    for record in load_dataset(root, "widget"):
+        image = read_image(record.image)
+        assert image.shape == (32, 40, 3)
+        if record.label == ANOMALOUS:
+            mask = read_mask(record.mask)
+            assert mask.sum() >= 9
+            assert (image[mask] == 255).all() and image[~mask].max() < 200
+        else:
+            assert image.max() < 200
+
+
+def test_fixtures_are_deterministic(tmp_path):
+    first = make_mvtec_tree(tmp_path / "a")
+    second = make_mvtec_tree(tmp_path / "b")
+    for a, b in zip(load_dataset(first, "widget"), load_dataset(second, "widget")):
+        assert a.image.read_bytes() == b.image.read_bytes()
+
+
+def test_magnetic_tile_flavour_gray_jpg_with_png_masks_and_any_case(tmp_path):
+    root = make_mvtec_tree(tmp_path, "magnetic_tile", gray=True, image_ext=".jpg")
+    upper = root / "magnetic_tile" / "train" / "good" / "000.jpg"
+    upper.rename(upper.with_name("000.JPG"))
+    (root / "magnetic_tile" / "train" / "good" / "._000.JPG").write_bytes(b"apple double")
+    (root / "magnetic_tile" / "train" / "good" / "notes.txt").write_text("ignored")
+    records = load_dataset(root, "magnetic_tile")
+    assert [r.image.name for r in records if r.split == "train"] == [
+        "000.JPG", "001.jpg", "002.jpg", "003.jpg"
+    ]
+    anomalous = [r for r in records if r.label == ANOMALOUS]
+    assert len(anomalous) == 2 and all(r.mask.suffix == ".png" for r in anomalous)
+    assert read_image(records[0].image).shape == (32, 40, 3)
+
+
+def test_mvtec_missing_masks_and_orphans(tmp_path):
+    root = make_mvtec_tree(tmp_path, defects={"scratch": 3})
+    truth = root / "widget" / "ground_truth"
+    (truth / "scratch" / "001_mask.png").unlink()
+    shutil.copy(truth / "scratch" / "000_mask.png", truth / "scratch" / "999_mask.png")
+    (truth / "stain").mkdir()
+    shutil.copy(truth / "scratch" / "000_mask.png", truth / "stain" / "000_mask.png")
+    records = load_dataset(root, "widget")
+    missing = [r.image.name for r in records if r.label == ANOMALOUS and r.mask is None]
+    assert missing == ["001.png"]
+    assert find_orphan_masks(root, "widget") == [
+        truth / "scratch" / "999_mask.png", truth / "stain" / "000_mask.png"
+    ]
+
+
+def test_mvtec_missing_folders_are_named(tmp_path):
+    with pytest.raises(RealnetError, match=f"data root {tmp_path / 'nope'} not found"):
+        load_dataset(tmp_path / "nope", "widget")
+    root = make_mvtec_tree(tmp_path, "widget")
+    with pytest.raises(RealnetError, match=r"category folder .*magnetic_tile not found "
+                                           r"\(categories there: widget\)"):
+        load_dataset(root, "magnetic_tile")
+    shutil.rmtree(root / "widget" / "test")
+    with pytest.raises(RealnetError, match=f"test folder {root / 'widget' / 'test'} not found"):
+        load_dataset(root, "widget")
+
+
+def test_list_categories_mvtec(tmp_path):
+    make_mvtec_tree(tmp_path, "zipper")
+    make_mvtec_tree(tmp_path, "bottle")
+    (tmp_path / "dtd" / "images").mkdir(parents=True)
+    assert list_categories(tmp_path, "mvtec") == ["bottle", "zipper"]
+
+
+# --- BTAD ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("category", sorted(BTAD_EXTENSIONS))
+def test_btad_each_category_with_its_extensions(tmp_path, category):
+    root = make_btad_tree(tmp_path, categories=(category,), n_train=3, n_test_good=2, n_test_bad=2)
+    records = load_dataset(root, category, "btad")
+    assert _tally(records) == {
+        ("train", "good", NORMAL): 3,
+        ("test", "good", NORMAL): 2,
+        ("test", "ko", ANOMALOUS): 2,
+    }
+    image_ext, mask_ext = BTAD_EXTENSIONS[category]
+    for record in records:
+        assert record.image.suffix == image_ext
+        if record.label == ANOMALOUS:
+            assert record.mask.suffix == mask_ext and record.mask.stem == record.image.stem
+            assert record.mask.parent.parts[-2:] == ("ground_truth", "ko")
+            assert read_mask(record.mask).any()
+    assert find_orphan_masks(root, category, "btad") == []
+
+
+def test_btad_root_may_be_the_transformed_folder_itself(tmp_path):
+    root = make_btad_tree(tmp_path)
+    inner = root / "BTech_Dataset_transformed"
+    assert load_dataset(inner, "02", "btad") == load_dataset(root, "02", "btad")
+    assert list_categories(root, "btad") == list_categories(inner, "btad") == ["01", "02", "03"]
+
+
+def test_btad_orphan_mask(tmp_path):
+    root = make_btad_tree(tmp_path, categories=("01",))
+    ko = root / "BTech_Dataset_transformed" / "01" / "test" / "ko"
+    (ko / "0001.bmp").unlink()
+    orphans = find_orphan_masks(root, "01", "btad")
+    assert [p.relative_to(root).as_posix() for p in orphans] == [
+        "BTech_Dataset_transformed/01/ground_truth/ko/0001.png"
+    ]
+
+
+# --- VisA ----------------------------------------------------------------------------------
+
+
+def test_visa_reads_the_one_class_split_file(tmp_path):
+    root = make_visa_tree(tmp_path, categories=("candle", "pcb1"), n_train=4, n_test_good=2,
+                          n_test_bad=3)
+    records = load_dataset(root, "candle", "visa")
+    assert _tally(records) == {
+        ("train", "good", NORMAL): 4,
+        ("test", "good", NORMAL): 2,
+        ("test", "anomaly", ANOMALOUS): 3,
+    }
+    assert {r.category for r in records} == {"candle"}
+    anomalous = [r for r in records if r.label == ANOMALOUS]
+    assert [r.image.relative_to(root).as_posix() for r in anomalous] == [
+        "candle/Data/Images/Anomaly/000.JPG",
+        "candle/Data/Images/Anomaly/001.JPG",
+        "candle/Data/Images/Anomaly/002.JPG",
+    ]
+    assert [r.mask.name for r in anomalous] == ["000.png", "001.png", "002.png"]
+    values = [set(np.unique(np.asarray(Image.open(r.mask)))) for r in anomalous]
+    assert values == [{0, 1}, {0, 2}, {0, 3}]  # not 255, still defects
+    assert all(read_mask(r.mask).sum() >= 9 for r in anomalous)
+    assert list_categories(root, "visa") == ["candle", "pcb1"]
+    assert find_orphan_masks(root, "candle", "visa") == []
+
+
+def test_visa_orphan_mask_and_errors(tmp_path):
+    root = make_visa_tree(tmp_path)
+    masks = root / "candle" / "Data" / "Masks" / "Anomaly"
+    shutil.copy(masks / "000.png", masks / "050.png")
+    assert find_orphan_masks(root, "candle", "visa") == [masks / "050.png"]
+    with pytest.raises(RealnetError, match="no rows for category 'fryum'"):
+        load_dataset(root, "fryum", "visa")
+    (root / "split_csv" / "1cls.csv").unlink()
+    with pytest.raises(RealnetError, match=r"VisA split file .*1cls.csv not found"):
+        load_dataset(root, "candle", "visa")
+
+
+def test_visa_bad_header_is_named(tmp_path):
+    root = make_visa_tree(tmp_path)
+    (root / "split_csv" / "1cls.csv").write_text("object,split,image\ncandle,train,x.JPG\n")
+    with pytest.raises(RealnetError, match=r"1cls.csv: missing column\(s\) label, mask"):
+        load_dataset(root, "candle", "visa")
+
+
+# --- folder --------------------------------------------------------------------------------
+
+
+def test_folder_split_is_deterministic_and_seeded(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=10, n_abnormal=3)
+    records = load_folder(root / "normal", abnormal_dir=root / "abnormal", mask_dir=root / "masks")
+    assert _tally(records) == {
+        ("train", "good", NORMAL): 8,
+        ("test", "good", NORMAL): 2,
+        ("test", "anomaly", ANOMALOUS): 3,
+    }
+    assert all(r.category == "custom" for r in records)
+    again = load_folder(root / "normal", abnormal_dir=root / "abnormal", mask_dir=root / "masks")
+    assert again == records
+    test_names = {r.image.name for r in records if r.split == "test" and r.label == NORMAL}
+    other_seeds = [
+        {r.image.name for r in load_folder(root / "normal", seed=s) if r.split == "test"}
+        for s in range(1, 6)
+    ]
+    assert any(names != test_names for names in other_seeds)
+    for record in records:
+        if record.label == ANOMALOUS:
+            assert record.mask == root / "masks" / f"{record.image.stem}.png"
+
+
+def test_folder_split_of_a_file_does_not_depend_on_other_files(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=20, n_abnormal=0)
+    before = {r.image.name: r.split for r in load_folder(root / "normal", test_ratio=0.5)}
+    save(root / "normal" / "img_999.png", normal_image(np.random.default_rng(1), (32, 32)))
+    after = {r.image.name: r.split for r in load_folder(root / "normal", test_ratio=0.5)}
+    moved = [name for name in before if before[name] != after[name]]
+    assert len(moved) <= 1
+
+
+def test_folder_ratio_rules(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=3, n_abnormal=0)
+    assert Counter(r.split for r in load_folder(root / "normal", test_ratio=0.01)) == {
+        "train": 2, "test": 1
+    }
+    assert Counter(r.split for r in load_folder(root / "normal", test_ratio=0.0)) == {"train": 3}
+    with pytest.raises(RealnetError, match=r"test_ratio must be in \[0, 1\), got 1.0"):
+        load_folder(root / "normal", test_ratio=1.0)
+
+
+def test_folder_with_normal_test_dir_and_mask_suffix(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=4, n_abnormal=2, n_normal_test=3,
+                            mask_suffix="_mask")
+    records = load_dataset(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal",
+                           mask_dir="masks", normal_test_dir="normal_test")
+    assert _tally(records) == {
+        ("train", "good", NORMAL): 4,
+        ("test", "good", NORMAL): 3,
+        ("test", "anomaly", ANOMALOUS): 2,
+    }
+    assert {r.category for r in records} == {"parts"}
+    assert [r.mask.name for r in records if r.label == ANOMALOUS] == [
+        "bad_000_mask.png", "bad_001_mask.png"
+    ]
+    assert find_orphan_masks(root, "parts", "folder", normal_dir="normal",
+                             abnormal_dir="abnormal", mask_dir="masks") == []
+
+
+def test_folder_orphans_and_missing_masks(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=4, n_abnormal=3)
+    (root / "abnormal" / "bad_001.png").unlink()
+    (root / "masks" / "bad_002.png").unlink()
+    options = {
+        "normal_dir": root / "normal", "abnormal_dir": root / "abnormal", "mask_dir": root / "masks"
+    }
+    records = load_dataset(tmp_path / "elsewhere", "custom", "folder", **options)
+    assert [(r.image.name, r.mask) for r in records if r.label == ANOMALOUS] == [
+        ("bad_000.png", root / "masks" / "bad_000.png"), ("bad_002.png", None)
+    ]
+    assert find_orphan_masks(tmp_path, "custom", "folder", **options) == [
+        root / "masks" / "bad_001.png"
+    ]
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(RealnetError, match="needs normal_dir"):
+        load_dataset(tmp_path, "custom", "folder")
+    with pytest.raises(RealnetError, match=f"normal folder {tmp_path / 'absent'} not found"):
+        load_dataset(tmp_path, "custom", "folder", normal_dir="absent")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RealnetError, match=f"no image files in {tmp_path / 'empty'}"):
+        load_folder(tmp_path / "empty")
+    with pytest.raises(RealnetError, match="normal_dir only apply to dataset 'folder', not 'mv"):
+        load_dataset(tmp_path, "custom", "mvtec", normal_dir="x")
+    with pytest.raises(RealnetError, match="unknown folder option"):
+        load_dataset(tmp_path, "custom", "folder", normal_dirs="x")
+    with pytest.raises(RealnetError, match="unknown dataset 'coco'"):
+        load_dataset(tmp_path, "custom", "coco")
+    with pytest.raises(RealnetError, match="has no categories"):
+        list_categories(tmp_path, "folder")
+
+
+# --- real data -----------------------------------------------------------------------------
+
+
+@pytest.mark.realdata
+def test_magnetic_tile_records(shared_data: Path):
+    records = load_dataset(shared_data, "magnetic_tile")
+    counts = Counter((r.split, r.defect) for r in records)
+    assert counts == {
+        ("train", "good"): 702, ("test", "good"): 250, ("test", "blowhole"): 115,
+        ("test", "break"): 85, ("test", "crack"): 57, ("test", "fray"): 32, ("test", "uneven"): 103,
+    }
+    assert all((r.mask is not None) == (r.label == ANOMALOUS) for r in records)
+    assert find_orphan_masks(shared_data, "magnetic_tile") == []
+    assert "magnetic_tile" in list_categories(shared_data)

@@ -1,0 +1,149 @@
+"""Foreground rules (notes: "Training-time anomaly synthesis") on synthetic images."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from realnet.errors import RealnetError
+from realnet.synthesis.foreground import (
+    AUTO_RULE,
+    FOREGROUND_RULES,
+    NO_FOREGROUND,
+    ForegroundRule,
+    foreground_mask,
+    foreground_rule,
+    resolve_foreground,
+)
+
+SIZE = 48
+
+
+def disc(radius: float = 12, centre: tuple[float, float] = (24, 24), size: int = SIZE) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    return (y - centre[0]) ** 2 + (x - centre[1]) ** 2 <= radius**2
+
+
+def render(region: np.ndarray, inside: float, outside: float, rng: np.random.Generator, noise: float = 4.0):
+    """RGB uint8 image: gray level `inside` on `region`, `outside` elsewhere, plus Gaussian noise."""
+    gray = np.where(region, inside, outside) + rng.normal(0.0, noise, region.shape)
+    return np.repeat(np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_otsu_finds_bright_object_on_dark_background(rng):
+    obj = disc()
+    mask = foreground_mask(render(obj, 200, 40, rng), ForegroundRule("otsu"))
+    assert mask.dtype == np.bool_ and mask.shape == obj.shape
+    assert iou(mask, obj) > 0.95
+
+
+def test_inverted_otsu_finds_dark_object_on_bright_background(rng):
+    obj = disc()
+    image = render(obj, 30, 210, rng)
+    assert iou(foreground_mask(image, ForegroundRule("otsu", invert=True)), obj) > 0.95
+    assert iou(foreground_mask(image, ForegroundRule("otsu")), ~obj) > 0.95
+
+
+def test_triangle_keeps_the_dim_part_that_otsu_drops(rng):
+    # Dark background peak plus an object whose left half is dim and right half bright: the
+    # triangle threshold sits at the foot of the background peak, Otsu between the object's halves.
+    obj = disc(radius=14)
+    _, x = np.mgrid[0:SIZE, 0:SIZE]
+    dim = obj & (x < 24)
+    gray = np.where(obj, np.where(dim, 90.0, 240.0), 20.0) + rng.normal(0.0, 3.0, obj.shape)
+    image = np.repeat(np.clip(np.round(gray), 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+    triangle = foreground_mask(image, ForegroundRule("triangle"))
+    otsu = foreground_mask(image, ForegroundRule("otsu"))
+    assert iou(triangle, obj) > 0.95
+    assert otsu[dim].mean() < 0.05
+
+
+def test_channel_rule_reads_the_named_channel(rng):
+    obj = disc()
+    image = render(np.zeros_like(obj), 0, 100, rng)
+    image[..., 2] = np.where(obj, 220, 30).astype(np.uint8)  # the object shows only in blue
+    assert iou(foreground_mask(image, ForegroundRule("otsu", channel="b")), obj) > 0.95
+    assert iou(foreground_mask(image, ForegroundRule("otsu", channel="r")), obj) < 0.5
+
+
+def test_closing_fills_holes_and_opening_removes_specks(rng):
+    obj = disc(radius=14)
+    region = obj.copy()
+    region[22:25, 22:25] = False  # a hole inside the object
+    region[5, 5] = region[42, 6] = True  # specks in the background
+    image = render(region, 200, 40, rng, noise=0.0)
+    raw = foreground_mask(image, ForegroundRule("otsu"))
+    cleaned = foreground_mask(image, ForegroundRule("otsu", closing=5, opening=3))
+    assert not raw[23, 23] and raw[5, 5]
+    assert cleaned[23, 23] and not cleaned[5, 5] and not cleaned[42, 6]
+
+
+def test_none_rule_is_the_whole_image(rng):
+    image = render(disc(), 200, 40, rng)
+    assert foreground_mask(image, NO_FOREGROUND).all()
+
+
+def test_table_holds_the_notes_rules():
+    assert len(FOREGROUND_RULES) == 15 + 12 + 6 + 3  # MVTec-AD, VisA, MPDD, BTAD: the 36 SIA categories
+    for category in ("carpet", "leather", "tile", "wood", "cable", "transistor"):
+        assert foreground_rule("mvtec", category) == NO_FOREGROUND
+    assert foreground_rule("visa", "capsules") == NO_FOREGROUND
+    assert foreground_rule("btad", "02") == NO_FOREGROUND
+    assert foreground_rule("mvtec", "pill") == ForegroundRule("otsu", closing=6, opening=6)
+    for category in ("hazelnut", "metal_nut", "toothbrush"):
+        assert foreground_rule("mvtec", category) == ForegroundRule("triangle", closing=6, opening=6)
+    for category in ("bottle", "capsule", "grid", "screw", "zipper"):
+        assert foreground_rule("mvtec", category) == ForegroundRule("otsu", invert=True, closing=6, opening=6)
+    for category in ("pcb1", "pcb2", "pcb3", "pcb4"):
+        assert foreground_rule("visa", category) == ForegroundRule("triangle", channel="b", closing=8, opening=3)
+    for category in ("candle", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pipe_fryum"):
+        assert foreground_rule("visa", category) == ForegroundRule("otsu", closing=3, opening=3)
+    for category in ("bracket_black", "bracket_brown", "connector"):
+        assert foreground_rule("mpdd", category) == ForegroundRule("otsu", channel="g", invert=True, closing=6)
+    for category in ("bracket_white", "tubes"):
+        assert foreground_rule("mpdd", category) == ForegroundRule("otsu", channel="b", closing=6)
+    assert foreground_rule("mpdd", "metal_plate") == ForegroundRule("otsu", invert=True, closing=6)
+    for category in ("01", "03"):
+        assert foreground_rule("btad", category) == ForegroundRule("otsu", closing=15, opening=6)
+
+
+def test_unknown_categories_get_the_auto_rule():
+    assert foreground_rule("mvtec", "my_widget") == AUTO_RULE
+    assert foreground_rule("folder", "custom") == AUTO_RULE
+    assert foreground_rule("visa", "carpet") == AUTO_RULE  # a category of another dataset
+
+
+@pytest.mark.parametrize("inside, outside", [(200, 40), (30, 210)])
+def test_auto_rule_finds_the_object_of_either_polarity(rng, inside, outside):
+    obj = disc()
+    assert iou(foreground_mask(render(obj, inside, outside, rng), AUTO_RULE), obj) > 0.9
+
+
+def test_auto_rule_falls_back_to_whole_image(rng):
+    texture = rng.integers(0, 256, size=(SIZE, SIZE, 3), dtype=np.uint8)
+    assert foreground_mask(texture, AUTO_RULE).all()
+    tiny = render(disc(radius=3), 200, 40, rng)  # under 5 % of the image
+    assert foreground_mask(tiny, AUTO_RULE).all()
+    flat = np.full((SIZE, SIZE, 3), 128, np.uint8)
+    assert foreground_mask(flat, AUTO_RULE).all()
+
+
+def test_resolve_foreground_modes():
+    assert resolve_foreground("rule", "mvtec", "pill") == foreground_rule("mvtec", "pill")
+    assert resolve_foreground("auto", "mvtec", "pill") == AUTO_RULE
+    assert resolve_foreground("none", "mvtec", "pill") == NO_FOREGROUND
+    with pytest.raises(RealnetError, match="synthesis.foreground"):
+        resolve_foreground("otsu", "mvtec", "pill")
+
+
+def test_bad_rules_and_images_are_refused():
+    with pytest.raises(RealnetError, match="method"):
+        ForegroundRule("kmeans")
+    with pytest.raises(RealnetError, match="channel"):
+        ForegroundRule("otsu", channel="alpha")
+    with pytest.raises(ValueError, match="uint8"):
+        foreground_mask(np.zeros((8, 8, 3), np.float32), NO_FOREGROUND)

@@ -1,0 +1,438 @@
+"""Training-time anomaly synthesis: Perlin masks, Eq. 3, sources, the synthesizer, `synth preview`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from realnet.errors import RealnetError
+from realnet.synthesis import perlin, sources
+from realnet.synthesis.blend import blend_anomaly
+from realnet.synthesis.foreground import NO_FOREGROUND
+from realnet.synthesis.perlin import perlin_mask, perlin_noise
+from realnet.synthesis.preview import preview_grid
+from realnet.synthesis.sources import (
+    DTD_AUGMENTATIONS,
+    CutPasteSource,
+    DTDSource,
+    NSASource,
+    SIASource,
+    augment_texture,
+)
+from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
+
+SIZE = 48
+
+
+def noise_image(seed: int = 1, size: int = SIZE) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+class ConstantTexture:
+    """A texture source whose P is one flat colour."""
+
+    def __init__(self, value: int, size: int = SIZE):
+        self.value, self.size = value, size
+
+    def texture(self, rng):
+        return np.full((self.size, self.size, 3), self.value, np.uint8)
+
+
+def synthesizer(**config) -> AnomalySynthesizer:
+    settings = {"source_weights": {"flat": 1.0}, "delta_ranges": {"flat": (0.2, 1.0)}, **config}
+    return AnomalySynthesizer(SynthesisConfig(**settings), {"flat": ConstantTexture(255)}, NO_FOREGROUND)
+
+
+# --- Perlin -------------------------------------------------------------------------------
+
+
+def test_perlin_noise_is_gradient_noise_in_unit_range():
+    noise = perlin_noise((SIZE, SIZE), (4, 8), np.random.default_rng(0))
+    assert noise.shape == (SIZE, SIZE)
+    assert -1.0 <= noise.min() < -0.2 and 0.2 < noise.max() <= 1.0
+    # Gradient noise vanishes on the lattice: every 12th row and every 6th column here.
+    assert np.allclose(noise[::12, ::6], 0.0)
+    assert not np.allclose(noise[6::12, 3::6], 0.0)
+    assert np.array_equal(noise, perlin_noise((SIZE, SIZE), (4, 8), np.random.default_rng(0)))
+
+
+def test_perlin_noise_rejects_zero_scale():
+    with pytest.raises(ValueError, match="scale"):
+        perlin_noise((8, 8), (0, 2), np.random.default_rng(0))
+
+
+def test_perlin_mask_is_binary_and_not_degenerate_across_seeds():
+    masks = [perlin_mask(SIZE, np.random.default_rng(seed)) for seed in range(40)]
+    assert all(m.dtype == np.bool_ and m.shape == (SIZE, SIZE) for m in masks)
+    coverage = np.array([m.mean() for m in masks])
+    assert (coverage > 0).mean() > 0.8
+    assert coverage.max() < 0.5
+    non_empty = [m.tobytes() for m in masks if m.any()]
+    assert len(set(non_empty)) == len(non_empty)
+
+
+def test_perlin_mask_scales_follow_the_exponent_range():
+    # 2^0 = one cell per axis gives one smooth blob at most; 2^5 cells give many small blobs.
+    def components(mask):
+        return cv2.connectedComponents(mask.astype(np.uint8))[0] - 1
+
+    coarse = [components(perlin_mask(64, np.random.default_rng(s), max_exponent=1)) for s in range(20)]
+    fine = [components(perlin_mask(64, np.random.default_rng(s), min_exponent=5)) for s in range(20)]
+    assert max(coarse) <= 2 and np.mean(fine) > 5
+
+
+def _band(shape, scale, rng):
+    """Stand-in noise: a horizontal band of ones, so the mask shows the rotation alone."""
+    noise = np.zeros(shape)
+    noise[shape[0] // 2 - 2:shape[0] // 2 + 2, :] = 1.0
+    return noise
+
+
+def _orientation(mask: np.ndarray) -> float:
+    """Degrees of the principal axis of the True pixels, in (-90, 90], image y pointing up."""
+    ys, xs = np.nonzero(mask)
+    cov = np.cov(np.stack([xs, -ys]).astype(float))
+    values, vectors = np.linalg.eigh(cov)
+    x, y = vectors[:, -1]
+    angle = np.degrees(np.arctan2(y, x))
+    return float((angle + 90) % 180 - 90)
+
+
+def test_perlin_mask_rotates_the_noise(monkeypatch):
+    monkeypatch.setattr(perlin, "perlin_noise", _band)
+    unrotated = perlin_mask(SIZE, np.random.default_rng(0), rotation=0.0)
+    assert np.array_equal(unrotated, _band((SIZE, SIZE), None, None) > 0.5)
+    angles = []
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        mask = perlin_mask(SIZE, rng, max_exponent=1)
+        replay = np.random.default_rng(seed)
+        replay.integers(0, 1, size=2)
+        expected = replay.uniform(-90.0, 90.0)
+        angles.append(_orientation(mask))
+        difference = (angles[-1] - expected + 90) % 180 - 90
+        assert abs(difference) < 6.0
+    assert max(angles) - min(angles) > 120
+
+
+# --- Eq. 3 --------------------------------------------------------------------------------
+
+
+def test_blend_equals_eq3_on_hand_values():
+    image = np.array([[[10, 20, 30], [200, 100, 0]]], np.uint8)
+    source = np.array([[[250, 0, 130], [0, 0, 0]]], np.uint8)
+    mask = np.array([[1, 0]], bool)
+    out = blend_anomaly(image, source, mask, 0.5)
+    assert out.dtype == np.float32
+    # inside M: 0.5 * P + 0.5 * I; outside: I
+    assert np.array_equal(out, np.array([[[130, 10, 80], [200, 100, 0]]], np.float32))
+    soft = blend_anomaly(image.astype(np.float64), source, np.array([[0.5, 0.0]]), 0.8)
+    assert soft.dtype == np.float64
+    # (1 - 0.5) * 10 + 0.5 * (0.8 * 250 + 0.2 * 10) = 5 + 101 = 106
+    assert soft[0, 0, 0] == pytest.approx(106.0)
+    assert np.array_equal(blend_anomaly(image, source, mask, 0.0), image.astype(np.float32))
+    full = blend_anomaly(image, source, mask, 1.0)
+    assert np.array_equal(full[0, 0], source[0, 0].astype(np.float32))
+
+
+def test_blend_rejects_bad_opacity_and_shapes():
+    image = np.zeros((2, 2, 3), np.uint8)
+    with pytest.raises(ValueError, match="delta"):
+        blend_anomaly(image, image, np.ones((2, 2)), 1.5)
+    with pytest.raises(ValueError, match="shape"):
+        blend_anomaly(image, np.zeros((3, 2, 3), np.uint8), np.ones((2, 2)), 0.5)
+
+
+# --- the synthesizer ----------------------------------------------------------------------
+
+
+def test_anomalous_sample_is_eq3_inside_its_mask():
+    image = noise_image()
+    sample = synthesizer()(image, np.random.default_rng(3), force_anomalous=True)
+    assert sample.label == 1 and sample.source == "flat" and 0.2 <= sample.delta <= 1.0
+    assert sample.image.dtype == np.uint8 and sample.mask.dtype == np.bool_ and sample.mask.any()
+    expected = np.round(blend_anomaly(image, np.full_like(image, 255), sample.mask, sample.delta))
+    assert np.array_equal(sample.image, expected.astype(np.uint8))
+    assert np.array_equal(sample.image[~sample.mask], image[~sample.mask])
+
+
+def test_normal_probability_is_honoured():
+    image = noise_image()
+    rng = np.random.default_rng(0)
+    labels = [synthesizer()(image, rng).label for _ in range(300)]
+    assert 0.4 < 1 - np.mean(labels) < 0.6
+    always_normal = synthesizer(normal_probability=1.0)
+    samples = [always_normal(image, rng) for _ in range(20)]
+    assert all(s.label == 0 and not s.mask.any() and np.array_equal(s.image, image) for s in samples)
+    assert always_normal(image, rng, force_anomalous=True).label == 1
+
+
+def test_source_weights_choose_the_source():
+    config = SynthesisConfig(normal_probability=0.0, source_weights={"a": 1.0, "b": 3.0, "c": 0.0},
+                             delta_ranges={"a": (1, 1), "b": (1, 1), "c": (1, 1)})
+    sources_ = {"a": ConstantTexture(0), "b": ConstantTexture(255), "c": ConstantTexture(9)}
+    synth = AnomalySynthesizer(config, sources_, NO_FOREGROUND)
+    rng = np.random.default_rng(0)
+    names = [synth(noise_image(), rng).source for _ in range(200)]
+    assert "c" not in names
+    assert 0.65 < names.count("b") / len(names) < 0.85
+
+
+def test_tiny_foreground_never_gives_an_anomaly_with_an_empty_mask():
+    image = noise_image()
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[30, 17] = True  # one pixel of support: most Perlin masks miss it
+    synth = synthesizer(max_retries=3)
+    rng = np.random.default_rng(0)
+    samples = [synth(image, rng, foreground_mask=foreground, force_anomalous=True) for _ in range(40)]
+    assert all(s.mask.any() for s in samples if s.label == 1)
+    assert all(not s.mask.any() and s.source == "normal" for s in samples if s.label == 0)
+    inside = [s for s in samples if s.label == 1 and s.mask.sum() == 1]
+    outside = [s for s in samples if s.label == 1 and not s.mask[30, 17]]
+    assert inside, "some retries should hit the one foreground pixel"
+    assert outside, "failing all retries should fall back to the Perlin mask alone"
+
+
+def test_foreground_confines_the_mask_and_empty_perlin_masks_give_normal_samples():
+    image = noise_image()
+    left = np.zeros((SIZE, SIZE), bool)
+    left[:, : SIZE // 2] = True
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        sample = synthesizer()(image, rng, foreground_mask=left, force_anomalous=True)
+        assert sample.label == 1 and not sample.mask[:, SIZE // 2:].any()
+    never = synthesizer(threshold=1.5)  # Perlin noise never exceeds 1: every mask is empty
+    sample = never(image, rng, force_anomalous=True)
+    assert (sample.label, sample.source, sample.delta, sample.mask.any()) == (0, "normal", 0.0, False)
+    assert np.array_equal(sample.image, image)
+
+
+def test_patch_sources_retry_then_paste_anywhere():
+    class Picky:
+        """Changes nothing when given a foreground, pastes a 2x2 square otherwise."""
+
+        def paste(self, image, rng, foreground=None):
+            mask = np.zeros(image.shape[:2], bool)
+            if foreground is None:
+                mask[:2, :2] = True
+            return image, mask
+
+    config = SynthesisConfig(normal_probability=0.0, source_weights={"picky": 1.0})
+    sample = AnomalySynthesizer(config, {"picky": Picky()}, NO_FOREGROUND)(noise_image(), np.random.default_rng(0))
+    assert sample.label == 1 and sample.source == "picky" and sample.delta == 1.0 and sample.mask.sum() == 4
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"normal_probability": 1.5}, "normal_probability"),
+        ({"source_weights": {"dtd": -1.0}}, "source_weights"),
+        ({"source_weights": {"dtd": 0.0}}, "source_weights"),
+        ({"delta_ranges": {"dtd": (0.9, 0.1)}}, "delta_ranges.dtd"),
+        ({"min_exponent": 4, "max_exponent": 4}, "min_exponent"),
+        ({"max_retries": -1}, "max_retries"),
+    ],
+)
+def test_config_errors_name_the_option(settings, message):
+    with pytest.raises(RealnetError, match=message):
+        SynthesisConfig(**settings)
+
+
+def test_synthesizer_refuses_missing_sources_and_ranges():
+    with pytest.raises(RealnetError, match="sia"):
+        AnomalySynthesizer(SynthesisConfig(source_weights={"sia": 1.0}), {}, NO_FOREGROUND)
+    with pytest.raises(RealnetError, match="delta_ranges"):
+        AnomalySynthesizer(SynthesisConfig(source_weights={"flat": 1.0}), {"flat": ConstantTexture(0)}, NO_FOREGROUND)
+
+
+def test_build_sources_names_missing_folders_and_unknown_sources():
+    sources = build_sources(["cutpaste"], size=SIZE, category="widget")
+    assert list(sources) == ["cutpaste"]
+    with pytest.raises(RealnetError, match="--dtd"):
+        build_sources(["dtd"], size=SIZE, category="x")
+    with pytest.raises(RealnetError, match="unknown synthesis source"):
+        build_sources(["perlin"], size=SIZE, category="x")
+
+
+# --- texture sources ----------------------------------------------------------------------
+
+
+def fake_files(folder: Path, count: int) -> list[Path]:
+    """Empty files with image names: reading is stubbed, so only the listing matters."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / f"{i:02d}.jpg" for i in range(count)]
+    for path in files:
+        path.touch()
+    (folder / "notes.txt").touch()
+    (folder / ".hidden.jpg").touch()
+    return files
+
+
+@pytest.fixture
+def counted_reads(monkeypatch):
+    """Stubs the source modules' image reader: file i decodes to a 20 x 30 image of value 10 * i."""
+    reads: list[Path] = []
+
+    def read_image(path):
+        reads.append(Path(path))
+        return np.full((20, 30, 3), 10 * int(Path(path).stem), np.uint8)
+
+    monkeypatch.setattr(sources, "read_image", read_image)
+    return reads
+
+
+def test_dtd_augmentation_picks_three_distinct_ops():
+    rng = np.random.default_rng(0)
+    seen = set()
+    for _ in range(60):
+        image, names = augment_texture(noise_image(), rng)
+        assert len(names) == 3 and len(set(names)) == 3 and set(names) <= set(DTD_AUGMENTATIONS)
+        assert image.shape == (SIZE, SIZE, 3) and image.dtype == np.uint8
+        seen.update(names)
+    assert seen == set(DTD_AUGMENTATIONS) and len(DTD_AUGMENTATIONS) == 10
+
+
+@pytest.mark.parametrize("name", sorted(DTD_AUGMENTATIONS))
+def test_each_dtd_augmentation_changes_the_texture(name):
+    # Colour ramps spanning about 40..200 with a checkerboard of edges: every op visibly changes it.
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    checks = 20 * (((y // 6) + (x // 6)) % 2)
+    image = np.stack([40 + 3 * x + checks, 40 + 3 * y, 120 + checks], axis=-1).astype(np.uint8)
+    out = DTD_AUGMENTATIONS[name](image, np.random.default_rng(5))
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - image).mean() > 2
+
+
+def test_dtd_source_lists_recursively_caches_and_augments(tmp_path, counted_reads):
+    fake_files(tmp_path / "dtd" / "images" / "banded", 2)
+    fake_files(tmp_path / "dtd" / "images" / "bumpy", 1)
+    source = DTDSource(tmp_path, SIZE)
+    assert len(source.bank) == 3
+    rng = np.random.default_rng(0)
+    textures = [source.texture(rng) for _ in range(12)]
+    assert all(t.shape == (SIZE, SIZE, 3) and t.dtype == np.uint8 for t in textures)
+    assert len(counted_reads) == len(set(counted_reads)) <= 3  # each file decoded once
+    assert any(len(np.unique(t)) > 1 for t in textures)  # flat inputs came out augmented
+
+
+def test_sia_source_returns_bank_images_unaugmented(tmp_path, counted_reads):
+    fake_files(tmp_path, 3)
+    source = SIASource(tmp_path, SIZE)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        texture = source.texture(rng)
+        assert texture.shape == (SIZE, SIZE, 3) and len(np.unique(texture)) == 1
+        assert int(texture[0, 0, 0]) in (0, 10, 20)
+
+
+@pytest.mark.parametrize("make", [lambda p: DTDSource(p, SIZE), lambda p: SIASource(p, SIZE),
+                                  lambda p: NSASource(p, SIZE)])
+def test_sources_name_a_missing_or_empty_folder(tmp_path, make):
+    with pytest.raises(RealnetError, match="not found.*nowhere"):
+        make(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").touch()
+    with pytest.raises(RealnetError, match="no image files.*empty"):
+        make(tmp_path / "empty")
+
+
+# --- patch sources ------------------------------------------------------------------------
+
+
+def test_cutpaste_mask_is_the_changed_rectangle():
+    image = noise_image()
+    source = CutPasteSource()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        out, mask = source.paste(image, rng)
+        ys, xs = np.nonzero(mask)
+        assert mask[ys.min():ys.max() + 1, xs.min():xs.max() + 1].all()  # a filled rectangle
+        assert 0.015 < mask.mean() < 0.17
+        assert np.array_equal(out[~mask], image[~mask])
+        assert (out[mask] != image[mask]).any(axis=-1).mean() > 0.9
+
+
+def test_cutpaste_lands_on_the_foreground():
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[36:, 36:] = True
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        _, mask = CutPasteSource(jitter=0.0).paste(noise_image(), rng, foreground)
+        assert (mask & foreground).any()
+
+
+def test_nsa_mask_matches_the_changed_region():
+    image = noise_image(1)
+    y, x = np.mgrid[0:SIZE, 0:SIZE]
+    donor = np.repeat((255 * (((y // 3) + (x // 3)) % 2)).astype(np.uint8)[..., None], 3, axis=2)
+    source = NSASource([donor], SIZE)
+    rng = np.random.default_rng(0)
+    results = [source.paste(image, rng) for _ in range(10)]
+    # Poisson blending can absorb a tiny patch into its noisy border; most pastes show.
+    assert sum(mask.any() for _, mask in results) >= 7
+    for out, mask in results:
+        difference = np.abs(out.astype(int) - image).max(axis=-1)
+        assert np.array_equal(mask, difference > source.tolerance)
+        ys, xs = np.nonzero(difference)  # every change, labelled or not, stays inside one patch
+        if len(ys):
+            assert np.ptp(ys) < 0.4 * SIZE and np.ptp(xs) < 0.4 * SIZE
+
+
+def test_nsa_without_donors_uses_the_image_itself():
+    out, mask = NSASource(None, SIZE, clone="mixed").paste(noise_image(2), np.random.default_rng(0))
+    assert out.shape == (SIZE, SIZE, 3) and mask.any()
+    with pytest.raises(RealnetError, match="clone"):
+        NSASource(None, SIZE, clone="blend")
+
+
+# --- preview ------------------------------------------------------------------------------
+
+
+def test_preview_grid_stacks_images_over_mask_overlays():
+    synth = synthesizer(normal_probability=0.0)
+    rng = np.random.default_rng(0)
+    samples = [synth(noise_image(i), rng) for i in range(5)]
+    grid = preview_grid(samples, columns=3, gap=2)
+    assert grid.shape == (2 * 2 * SIZE + 3 * 2, 3 * SIZE + 2 * 2, 3) and grid.dtype == np.uint8
+    lower = grid[SIZE + 2:2 * SIZE + 2, :SIZE]  # overlay of sample 0
+    mask = samples[0].mask
+    assert (lower[mask][:, 0] >= samples[0].image[mask][:, 0]).all()  # tinted red
+    assert np.array_equal(lower[~mask & ~_near(mask)], samples[0].image[~mask & ~_near(mask)])
+    assert (grid[2 * SIZE + 2:2 * SIZE + 4] == 255).all()  # the gap between the two groups
+
+
+def _near(mask: np.ndarray) -> np.ndarray:
+    """Pixels within 1 px of the mask (where the outline may be drawn)."""
+    return cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+
+
+# --- CLI ----------------------------------------------------------------------------------
+
+
+def test_synth_preview_cli_writes_the_grid(tmp_path, capsys):
+    from realnet.cli.main import main
+    from realnet.data.demo import make_demo_dataset
+
+    data = make_demo_dataset(tmp_path / "demo", size=32, n_train=3, n_test_good=1, n_test_defect=1,
+                             categories=("brick",))
+    dtd = tmp_path / "dtd" / "images" / "banded"
+    dtd.mkdir(parents=True)
+    for i in range(2):
+        cv2.imwrite(str(dtd / f"{i}.jpg"), noise_image(i, 40))
+    out = tmp_path / "out" / "grid.png"
+    argv = ["synth", "preview", "--data", str(data), "--category", "brick", "--source", "dtd", "cutpaste",
+            "nsa", "--dtd", str(tmp_path / "dtd"), "--size", "32", "--count", "5", "--out", str(out)]
+    assert main(argv) == 0
+    grid = cv2.imread(str(out))
+    assert grid.shape == (2 * 32 + 4, 5 * 32 + 4 * 4, 3)
+    assert "wrote" in capsys.readouterr().out
+    assert sorted(p.name for p in out.parent.iterdir()) == ["grid.png"]  # no temp file left
+
+    assert main(argv[:8] + ["--out", str(tmp_path / "g.png")]) == 2  # dtd without --dtd
+    assert "--dtd" in capsys.readouterr().err
+    missing = argv[:10] + ["--dtd", str(tmp_path / "nowhere")] + argv[12:]
+    assert main(missing) == 2
+    assert "nowhere" in capsys.readouterr().err
