@@ -210,3 +210,15 @@ def make_demo_dataset(
         if staging.exists():
             shutil.rmtree(staging)
     return root
+
+
+def draw_defect_rgb(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """One random demo defect on an RGB uint8 image: drawn on its luminance, and the change is
+    added to every channel. Used to make validation anomalies that share no code with the
+    training-time synthesis."""
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    kind = DEFECT_TYPES[int(rng.integers(len(DEFECT_TYPES)))]
+    drawn, mask = DEFECTS[kind](gray, rng)
+    change = drawn.astype(np.int16) - gray.astype(np.int16)
+    out = np.clip(image.astype(np.int16) + change[..., None], 0, 255).astype(np.uint8)
+    return out, mask

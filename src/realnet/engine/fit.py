@@ -49,7 +49,6 @@ class TrainingImages:
     fit: np.ndarray  # (N, S, S, 3) uint8
     holdout: np.ndarray
     foreground: np.ndarray  # (N, S, S) bool, per fit image
-    holdout_foreground: np.ndarray
     fit_records: list[Record]
 
 
@@ -151,11 +150,9 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
     for error in skipped:
         tqdm.write(f"realnet: skipped {error}")
     fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
-    def foregrounds(subset: np.ndarray) -> np.ndarray:
-        return np.stack([foreground_mask(image, rule) for image in subset]) if len(subset) else np.zeros((0, *subset.shape[1:3]), bool)
-
-    fit, holdout = images[fit_idx], images[holdout_idx]
-    return TrainingImages(fit, holdout, foregrounds(fit), foregrounds(holdout), [kept[i] for i in fit_idx])
+    fit = images[fit_idx]
+    foreground = np.stack([foreground_mask(image, rule) for image in fit])
+    return TrainingImages(fit, images[holdout_idx], foreground, [kept[i] for i in fit_idx])
 
 
 def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: RealNetConfig,
@@ -254,24 +251,23 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(np.quantile(scores.astype(np.float64), quantile))
 
 
-def validate_on_synthetic(model: RealNet, images: TrainingImages, synthesizer, config: RealNetConfig,
-                          device: torch.device) -> dict[str, float]:
-    """Image and pixel AUROC on held-out normal images versus synthetic anomalies made from the
-    same held-out images: the signal used to choose hyperparameters (never the test split)."""
-    from realnet.metrics import image_auroc, pixel_auroc
+def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: RealNetConfig,
+                                device: torch.device) -> dict[str, float]:
+    """Metrics on held-out normal training images versus copies of them with painted defects
+    (scratches, holes, stains, cracks from `realnet.data.demo`, code that shares nothing with the
+    training-time synthesis). This is the signal for choosing hyperparameters: never the test split."""
+    from realnet.data.demo import draw_defect_rgb
+    from realnet.metrics import aupro, image_auroc, pixel_auroc
 
-    holdout = images.holdout
     if len(holdout) < 2:
         return {}
-    anomalous, masks, labels = synthesize(synthesizer, holdout, images.holdout_foreground,
-                                          np.arange(len(holdout)), config.train.seed, (2_000_003,),
-                                          force_anomalous=True)
-    anomalous, masks = anomalous[labels == 1], masks[labels == 1]
-    maps, scores = score_images(model, np.concatenate([holdout, anomalous]), device, config.train.batch_size)
-    all_masks = np.concatenate([np.zeros(holdout.shape[:3], bool), masks])
-    all_labels = np.r_[np.zeros(len(holdout)), np.ones(len(anomalous))]
-    return {"val_image_auroc": image_auroc(scores, all_labels), "val_pixel_auroc": pixel_auroc(maps, all_masks),
-            "val_n_normal": len(holdout), "val_n_synthetic": int(len(anomalous))}
+    painted = [draw_defect_rgb(image, sample_rng(config.train.seed, 2_000_003, i)) for i, image in enumerate(holdout)]
+    images = np.concatenate([holdout, np.stack([p[0] for p in painted])])
+    masks = np.concatenate([np.zeros(holdout.shape[:3], bool), np.stack([p[1] for p in painted])])
+    labels = np.r_[np.zeros(len(holdout)), np.ones(len(holdout))]
+    maps, scores = score_images(model, images, device, config.train.batch_size)
+    return {"val_image_auroc": image_auroc(scores, labels), "val_pixel_auroc": pixel_auroc(maps, masks),
+            "val_aupro": aupro(maps, masks), "val_n_normal": len(holdout), "val_n_painted": len(holdout)}
 
 
 def prepare_run_dir(request: FitRequest) -> bool:
@@ -372,7 +368,7 @@ def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
     if len(holdout_scores) == 0:
         _, holdout_scores = score_images(model, images.fit, device, tc.batch_size)
         threshold_source = "fit images (no held-out images: biased low)"
-    validation = validate_on_synthetic(model, images, synthesizer, config, device)
+    validation = validate_on_painted_defects(model, images.holdout, config, device)
     meta = {
         "config": config.to_dict(),
         "preset": config.preset,
