@@ -1,0 +1,54 @@
+"""The composed detector: paper-preset shapes (on the meta device, so 518M parameters cost
+nothing), the loss of Eq. 6, and image-score pooling through the full model."""
+
+import torch
+
+from realnet.config import load_config
+from realnet.engine.build import build_model
+from realnet.model.backbone import create_backbone
+from realnet.model.realnet import realnet_loss
+from realnet.model.reconstruction import count_parameters
+
+
+def test_paper_preset_shapes_on_meta_device():
+    config = load_config("paper")
+    with torch.device("meta"):
+        backbone = create_backbone("wide_resnet50_2", weights="random")
+        model = build_model(config, backbone)
+        images = torch.empty(2, 3, 256, 256)
+        features = model.select_features(images)
+        output = model(features)
+    assert [tuple(f.shape) for f in features] == [(2, 256, 64, 64), (2, 512, 32, 32), (2, 512, 16, 16), (2, 256, 8, 8)]
+    assert [r.shape for r in output.reconstructions] == [f.shape for f in features]
+    assert tuple(output.logits.shape) == (2, 2, 256, 256)
+    assert model.residual_selection.retained == 512  # P = 1/3 of 1536
+    reconstruction = count_parameters(model.reconstruction)
+    assert 500e6 < reconstruction < 560e6  # notes: about 518M for architecture A
+    assert 5e6 < count_parameters(model.discriminator) < 7e6  # notes: about 6M
+
+
+def test_loss_is_reconstruction_plus_segmentation():
+    config = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(config, create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2]))
+    images = torch.rand(4, 3, 64, 64)
+    features = model.select_features(images)
+    masks = torch.zeros(4, 64, 64, dtype=torch.long)
+    masks[:, 10:20, 10:20] = 1
+    output = model(features)
+    loss, parts = realnet_loss(output, [f * 0 for f in features], masks)
+    expected_recon = sum(((r - 0) ** 2).mean() for r in output.reconstructions)
+    expected_seg = torch.nn.functional.cross_entropy(output.logits, masks)
+    assert torch.allclose(loss, expected_recon + expected_seg)
+    assert abs(parts["recon"] - float(expected_recon.detach())) < 1e-6
+
+
+def test_predict_score_is_max_of_mean_filtered_map():
+    config = load_config("tiny")
+    torch.manual_seed(0)
+    model = build_model(config, create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2])).eval()
+    maps, scores = model.predict(torch.rand(2, 3, 64, 64))
+    k = config.train.score_kernel
+    pooled = torch.nn.functional.avg_pool2d(maps[:, None], k, stride=1)
+    assert torch.allclose(scores, pooled.flatten(1).amax(1))
+    assert maps.shape == (2, 64, 64) and (maps >= 0).all() and (maps <= 1).all()
