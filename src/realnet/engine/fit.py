@@ -78,17 +78,19 @@ def batch_indices(step: int, n_images: int, batch_size: int, seed: int) -> np.nd
 
 
 def synthesize(synthesizer, images: np.ndarray, foregrounds: np.ndarray, indices: np.ndarray,
-               seed: int, key: tuple[int, ...], force_anomalous: bool = False):
-    """Synthetic anomalous images A, masks M and labels for images[indices]; sample `slot` uses
-    randomness from (seed, *key, slot) alone."""
+               seed: int, key: tuple[int, ...], force_anomalous: bool = False, slots: np.ndarray | None = None):
+    """Synthetic anomalous images A, masks M and labels for images[indices]. The sample in batch
+    position `slot` (default 0..n-1) uses randomness from (seed, *key, slot) alone, so a rank
+    that builds only its shard of a batch gets exactly the samples a single process would."""
+    slots = np.arange(len(indices)) if slots is None else slots
     size = images.shape[1]
     out_images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     out_masks = np.zeros((len(indices), size, size), dtype=bool)
     labels = np.zeros(len(indices), dtype=np.int64)
-    for slot, index in enumerate(indices):
-        sample = synthesizer(images[index], sample_rng(seed, *key, slot),
+    for row, (slot, index) in enumerate(zip(slots, indices)):
+        sample = synthesizer(images[index], sample_rng(seed, *key, int(slot)),
                              foreground_mask=foregrounds[index], force_anomalous=force_anomalous)
-        out_images[slot], out_masks[slot], labels[slot] = sample.image, sample.mask, sample.label
+        out_images[row], out_masks[row], labels[row] = sample.image, sample.mask, sample.label
     return out_images, out_masks, labels
 
 
@@ -106,9 +108,12 @@ class SyntheticBatches:
         return synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices, self.seed,
                           key, force_anomalous)
 
-    def for_step(self, step: int):
-        indices = batch_indices(step, len(self.images.fit), self.batch_size, self.seed)
-        return indices, *self.make(indices, (step,))
+    def for_step(self, step: int, rank: int = 0, world_size: int = 1):
+        """This rank's shard (batch positions rank, rank + world, ...) of the step's batch."""
+        slots = np.arange(rank, self.batch_size, world_size)
+        indices = batch_indices(step, len(self.images.fit), self.batch_size, self.seed)[slots]
+        return indices, *synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices,
+                                    self.seed, (step,), slots=slots)
 
 
 def find_dtd_root(config: RealNetConfig, data_root: Path) -> Path:
@@ -340,11 +345,10 @@ def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
                disable=not progress, dynamic_ncols=True)
     losses: dict[str, float] = {}
     for step in bar:
-        indices, anomalous, masks, labels = batches.for_step(step)
-        shard = slice(context.rank, None, context.world_size)
+        indices, anomalous, masks, labels = batches.for_step(step, context.rank, context.world_size)
         losses = train_step(
-            model, optimizer, normal_features(indices[shard]), to_tensor(anomalous[shard], device),
-            torch.from_numpy(masks[shard]).to(device), torch.from_numpy(labels[shard]).to(device),
+            model, optimizer, normal_features(indices), to_tensor(anomalous, device),
+            torch.from_numpy(masks).to(device), torch.from_numpy(labels).to(device),
             autocast, reduce_gradients,
         )
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
@@ -398,6 +402,7 @@ def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
             checkpoint.write_json(request.out / "afs.json", selection)
         (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)
     distributed.barrier(context)
+    distributed.cleanup(context)
     return meta
 
 
