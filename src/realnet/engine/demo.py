@@ -15,6 +15,7 @@ from realnet.engine import checkpoint
 from realnet.errors import RealnetError
 
 DEMO_STEPS = 300
+DEMO_IMAGE_SIZE = 128  # keeps fit + test + predict within minutes on 2 CPU cores
 
 
 def demo_config(category: str, steps: int | None):
@@ -22,6 +23,7 @@ def demo_config(category: str, steps: int | None):
     # The demo ships no texture dataset: anomalies come from the images themselves.
     config.synthesis.sources = {"cutpaste": 0.5, "nsa": 0.5}
     config.synthesis.foreground = "none"
+    config.train.image_size = DEMO_IMAGE_SIZE
     config.train.steps = steps or DEMO_STEPS
     config.train.checkpoint_every = 50
     return config

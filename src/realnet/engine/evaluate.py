@@ -63,24 +63,21 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, An
     return model.to(device).eval(), meta
 
 
-def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, with_aupro: bool = True) -> dict[str, Any]:
+def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, detailed: bool = True) -> dict[str, Any]:
     from realnet.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
     labels = split.labels
     metrics: dict[str, Any] = {"image_auroc": image_auroc(scores, labels)}
     has_masks = split.masks.any()
     metrics["pixel_auroc"] = pixel_auroc(maps, split.masks) if has_masks else None
-    if with_aupro:
+    if detailed:
         metrics["aupro"] = aupro(maps, split.masks) if has_masks else None
         metrics["image_f1_max"] = f1_max(scores, labels)
-        defects = sorted({r.defect for r in split.records if r.label == 1})
+        defects = np.array([r.defect for r in split.records])
         normal = labels == 0
         metrics["image_auroc_per_defect"] = {
-            defect: image_auroc(
-                scores[normal | (np.array([r.defect for r in split.records]) == defect)],
-                labels[normal | (np.array([r.defect for r in split.records]) == defect)],
-            )
-            for defect in defects
+            defect: image_auroc(scores[normal | (defects == defect)], labels[normal | (defects == defect)])
+            for defect in sorted(set(defects[~normal]))
         }
     return metrics
 

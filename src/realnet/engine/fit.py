@@ -424,7 +424,7 @@ class TestSetSelector:
         from realnet.engine.evaluate import compute_metrics
 
         maps, scores = score_images(model, self.split.images, self.device, self.batch_size)
-        metrics = compute_metrics(maps, scores, self.split, with_aupro=False)
+        metrics = compute_metrics(maps, scores, self.split, detailed=False)
         key = (metrics["image_auroc"], metrics["pixel_auroc"])
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_step, self.best_metrics = key, step, metrics
