@@ -27,10 +27,12 @@ def expand_inputs(paths: list[str]) -> Iterator[Path]:
 
 
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, device: str = "auto",
-            out=sys.stdout, err=sys.stderr) -> int:
-    """Prints one JSON line per image; returns the number of images that failed."""
+            out=None, err=None) -> int:
+    """Prints one JSON line per image; returns the number of images that failed. Maps are saved
+    as `<position>_<stem>.png`, so inputs that share a file name never overwrite each other."""
     from PIL import Image
 
+    out, err = out or sys.stdout, err or sys.stderr
     torch_device = resolve_device(device)
     model, meta = load_run(Path(run_dir), torch_device)
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
@@ -38,7 +40,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     paths = list(expand_inputs(inputs))
     if not paths:
         raise RealnetError("no input images given (pass image files or folders)")
-    for path in paths:
+    for position, path in enumerate(paths):
         try:
             if not path.exists():
                 raise BadFileError(path, "file not found")
@@ -52,7 +54,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
         result = {"path": str(path), "score": round(score, 6), "is_anomalous": score > threshold,
                   "threshold": round(threshold, 6)}
         if save_maps is not None:
-            map_path = Path(save_maps) / f"{path.stem}_map.png"
+            map_path = Path(save_maps) / f"{position:05d}_{path.stem}.png"
             map_path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray((maps[0].cpu().numpy() * 255).round().astype(np.uint8)).save(map_path)
             result["map"] = str(map_path)

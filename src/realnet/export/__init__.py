@@ -1,0 +1,1 @@
+"""Deployable exports of a finished run (ONNX: `realnet.export.onnx`)."""

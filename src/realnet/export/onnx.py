@@ -1,0 +1,274 @@
+"""ONNX export of a finished run's whole inference graph, checked against PyTorch with onnxruntime.
+
+The exported graph is RealNet's own ``predict``: images in [0, 1] of shape (B, 3, S, S) ->
+backbone -> feature selection -> reconstruction -> residuals -> RRS (eval-mode BatchNorm, top-k
+and gather) -> discriminator -> softmax -> anomaly map (B, S, S) and image score (B,). The
+spatial size S is the run's training size and is fixed in the graph; the batch is 1, or dynamic
+on request. The run's threshold, image size and backbone identity travel in the model's
+``metadata_props``, so a deployment knows when a score is anomalous.
+
+We use torch's TorchScript-based exporter (``dynamo=False``): the torch.export-based one, the
+default since torch 2.9, needs the ``onnxscript`` package. Nothing is written at the output path
+unless the export and the parity check both succeed. Models over protobuf's 2 GiB limit (the
+paper preset is about 2.4 GB in fp32) keep their weights in ``<name>.data`` beside the model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from realnet import __version__
+from realnet.errors import RealnetError
+from realnet.model.realnet import RealNet
+
+INPUT_NAME = "image"
+OUTPUT_NAMES = ("anomaly_map", "score")
+DEFAULT_OPSET = 17
+SUPPORTED_OPSETS = range(13, 21)  # 20 is the TorchScript exporter's newest opset in torch 2.x
+MAP_TOLERANCE = 1e-4
+SCORE_TOLERANCE = 1e-4
+PARITY_IMAGES = 3
+PARITY_SEED = 0
+TRACE_BATCH = 2  # a dynamic graph is traced at 2 and checked at other sizes, so no size is baked in
+PROTOBUF_LIMIT_BYTES = 2**31 - 1
+INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each image straight-resized "
+                "(bilinear, no crop) to S x S")
+OUTPUT_FORMAT = ("anomaly_map float32 (B, S, S) in [0, 1]; score float32 (B,), "
+                 "anomalous when score > threshold")
+
+
+class InferenceGraph(nn.Module):
+    """What is exported: images in [0, 1] (B, 3, S, S) -> (anomaly map (B, S, S), score (B,)),
+    computed by the detector's own ``RealNet.predict``."""
+
+    def __init__(self, model: RealNet):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        return self.model.predict(images)
+
+
+@dataclass(frozen=True)
+class ParityReport:
+    """onnxruntime (CPUExecutionProvider) against PyTorch on the same images."""
+
+    n_images: int
+    image_source: str  # "test images of <root>/<category>" or "random images"
+    batch_sizes: tuple[int, ...]
+    max_abs_map_difference: float
+    max_abs_score_difference: float
+    map_tolerance: float
+    score_tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return (self.max_abs_map_difference <= self.map_tolerance
+                and self.max_abs_score_difference <= self.score_tolerance)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    files: tuple[Path, ...]  # the model, then its external weights file when it has one
+    opset: int
+    dynamic_batch: bool
+    metadata: dict[str, str]
+    parity: ParityReport
+
+
+def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPSET,
+               dynamic_batch: bool = False, parity_images: int = PARITY_IMAGES,
+               map_tolerance: float = MAP_TOLERANCE, score_tolerance: float = SCORE_TOLERANCE,
+               external_data: bool | None = None) -> ExportReport:
+    """Export a finished run to ONNX at `out` after checking parity on a few of its test images
+    (seeded random images when its data cannot be read any more)."""
+    from realnet.engine.evaluate import load_run
+
+    check_opset(opset)
+    run_dir = Path(run_dir)
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    size = int(meta["config"]["train"]["image_size"])
+    images, source = parity_inputs(meta, size, parity_images)
+    return export_onnx(model, out, image_size=size, metadata=run_metadata(meta), parity_images=images,
+                       image_source=source, opset=opset, dynamic_batch=dynamic_batch,
+                       map_tolerance=map_tolerance, score_tolerance=score_tolerance,
+                       external_data=external_data)
+
+
+def run_metadata(meta: Mapping) -> dict[str, str]:
+    """The metadata_props a deployment needs, from a run's model.json."""
+    data = meta.get("data", {})
+    return {
+        "realnet_version": __version__,
+        "run_realnet_version": str(meta.get("realnet_version", "")),
+        "threshold": repr(float(meta["threshold"])),
+        "image_size": str(int(meta["config"]["train"]["image_size"])),
+        "backbone": str(meta["backbone"]["name"]),
+        "backbone_sha256": str(meta["backbone"]["sha256"]),
+        "category": str(data.get("category", "")),
+        "dataset": str(data.get("dataset", "")),
+        "input_format": INPUT_FORMAT,
+        "output_format": OUTPUT_FORMAT,
+    }
+
+
+def parity_inputs(meta: Mapping, size: int, count: int) -> tuple[Tensor, str]:
+    """`count` test images of the run's data, evenly spread over its sorted test split (so both
+    normal and defective ones), as (N, 3, S, S) in [0, 1]; seeded random images when the data is
+    gone or unreadable."""
+    from realnet.data.layouts import load_dataset
+    from realnet.engine.runtime import load_samples, to_tensor
+
+    if count < 1:
+        raise RealnetError(f"parity check needs at least one image, got {count}")
+    data = meta.get("data", {})
+    try:
+        tests = [r for r in load_dataset(data["root"], data["category"], data["dataset"],
+                                         **(data.get("folder_options") or {})) if r.split == "test"]
+    except (KeyError, RealnetError, OSError):
+        tests = []
+    if tests:
+        chosen = [tests[i] for i in np.unique(np.linspace(0, len(tests) - 1, count).round().astype(int))]
+        images, _, kept, _ = load_samples(chosen, size, skip_bad=True, progress=False)
+        if kept:
+            return to_tensor(images), f"test images of {Path(data['root']) / data['category']}"
+    generator = torch.Generator().manual_seed(PARITY_SEED)
+    return torch.rand((count, 3, size, size), generator=generator), "random images"
+
+
+def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: Mapping[str, str],
+                parity_images: Tensor, image_source: str = "given images", opset: int = DEFAULT_OPSET,
+                dynamic_batch: bool = False, map_tolerance: float = MAP_TOLERANCE,
+                score_tolerance: float = SCORE_TOLERANCE, external_data: bool | None = None) -> ExportReport:
+    """Export `model` (on the CPU, in eval mode) for images of `image_size`, check parity on
+    `parity_images` (N, 3, S, S), then move the files into place. `external_data` None decides by
+    size (weights beyond 2 GiB go to ``<out name>.data``). Raises RealnetError when the parity
+    is outside the tolerances; nothing is then written at `out`."""
+    import onnx
+
+    out = Path(out)
+    check_opset(opset)
+    if out.is_dir():
+        raise RealnetError(f"--out {out} is a folder; give the path of the .onnx file to write")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    data_name = f"{out.name}.data"
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
+        traced = Path(staging) / "traced.onnx"
+        trace_to_onnx(model, image_size, traced, opset=opset, dynamic_batch=dynamic_batch)
+        proto = onnx.load(str(traced))
+        onnx.helper.set_model_props(proto, dict(metadata))
+        _declare_output_shapes(proto, image_size, dynamic_batch)
+        separate = external_data if external_data is not None else _weight_bytes(proto) > PROTOBUF_LIMIT_BYTES
+        staged = Path(staging) / out.name
+        onnx.save_model(proto, str(staged), save_as_external_data=separate, all_tensors_to_one_file=True,
+                        location=data_name)
+        onnx.checker.check_model(str(staged))
+        batch_sizes = (len(parity_images), 1) if dynamic_batch else (1,)
+        parity = check_parity(model, staged, parity_images, batch_sizes=batch_sizes, image_source=image_source,
+                              map_tolerance=map_tolerance, score_tolerance=score_tolerance)
+        if not parity.passed:
+            raise RealnetError(
+                f"{out}: ONNX parity check failed on {parity.n_images} {parity.image_source}: max |map "
+                f"difference| {parity.max_abs_map_difference:.3g} (tolerance {map_tolerance:g}), max |score "
+                f"difference| {parity.max_abs_score_difference:.3g} (tolerance {score_tolerance:g}); not written")
+        files = [out]
+        if separate:
+            shutil.copymode(staged, Path(staging) / data_name)  # onnx creates it owner-only
+            os.replace(Path(staging) / data_name, out.parent / data_name)
+            files.append(out.parent / data_name)
+        os.replace(staged, out)  # the model last: it never points at a half-written weights file
+    return ExportReport(out, tuple(files), opset, dynamic_batch, dict(metadata), parity)
+
+
+def check_opset(opset: int) -> None:
+    if opset not in SUPPORTED_OPSETS:
+        raise RealnetError(f"--opset {opset} is not supported (use {SUPPORTED_OPSETS.start} to "
+                           f"{SUPPORTED_OPSETS.stop - 1})")
+
+
+def trace_to_onnx(model: RealNet, image_size: int, path: Path, *, opset: int, dynamic_batch: bool) -> None:
+    """torch.onnx.export of `InferenceGraph(model)` with the TorchScript exporter.
+
+    Its TracerWarnings come from the models' shape checks on the fixed spatial size, so they
+    are silenced; a batch size baked in by mistake would show in the parity check, which runs at
+    batch sizes other than the traced one."""
+    model = model.cpu().eval()
+    batch = TRACE_BATCH if dynamic_batch else 1
+    example = torch.rand((batch, 3, image_size, image_size), generator=torch.Generator().manual_seed(PARITY_SEED))
+    axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)} if dynamic_batch else None
+    with warnings.catch_warnings(), _explicit_batchnorm_affine(model):
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed", category=DeprecationWarning)
+        torch.onnx.export(InferenceGraph(model), (example,), str(path), dynamo=False, opset_version=opset,
+                          input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES), dynamic_axes=axes,
+                          do_constant_folding=True)
+
+
+def check_parity(model: RealNet, onnx_path: str | Path, images: Tensor, *, batch_sizes: tuple[int, ...] = (1,),
+                 image_source: str = "given images", map_tolerance: float = MAP_TOLERANCE,
+                 score_tolerance: float = SCORE_TOLERANCE) -> ParityReport:
+    """Max absolute differences between onnxruntime (CPU) and `model.predict` on `images`
+    (N, 3, S, S) in [0, 1], run in consecutive chunks of each batch size in `batch_sizes`."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    images = images.detach().float().cpu()
+    expected_maps, expected_scores = (t.numpy() for t in model.cpu().eval().predict(images))
+    map_difference = score_difference = 0.0
+    for batch in batch_sizes:
+        for start in range(0, len(images) - batch + 1, batch):
+            maps, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images[start:start + batch].numpy()})
+            map_difference = max(map_difference, float(np.abs(maps - expected_maps[start:start + batch]).max()))
+            score_difference = max(score_difference,
+                                   float(np.abs(scores - expected_scores[start:start + batch]).max()))
+    return ParityReport(len(images), image_source, tuple(batch_sizes), map_difference, score_difference,
+                        map_tolerance, score_tolerance)
+
+
+@contextmanager
+def _explicit_batchnorm_affine(model: nn.Module) -> Iterator[None]:
+    """While exporting, give every BatchNorm without affine parameters (RRS's ranking norm) an
+    identity scale and shift on the CPU. The TorchScript exporter needs the channel count of an
+    affine-free BatchNorm's input, which it loses after the bilinear residual resizing when the
+    batch is dynamic; explicit ones and zeros give the same output. Removed again on exit."""
+    patched = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and not m.affine]
+    try:
+        for norm in patched:
+            norm.weight = nn.Parameter(torch.ones(norm.num_features), requires_grad=False)
+            norm.bias = nn.Parameter(torch.zeros(norm.num_features), requires_grad=False)
+            norm.affine = True
+        yield
+    finally:
+        for norm in patched:
+            norm.weight = None
+            norm.bias = None
+            norm.affine = False
+
+
+def _declare_output_shapes(proto, image_size: int, dynamic_batch: bool) -> None:
+    """The tracer leaves the outputs' spatial sides symbolic; state them for deployment tools."""
+    batch = "batch" if dynamic_batch else 1
+    shapes = dict(zip(OUTPUT_NAMES, ((batch, image_size, image_size), (batch,)), strict=True))
+    for output in proto.graph.output:
+        for dim, value in zip(output.type.tensor_type.shape.dim, shapes[output.name], strict=True):
+            if isinstance(value, int):
+                dim.dim_value = value
+            else:
+                dim.dim_param = value
+
+
+def _weight_bytes(proto) -> int:
+    return sum(len(t.raw_data) for t in proto.graph.initializer)

@@ -1,0 +1,165 @@
+"""`realnet export --format onnx`: the whole inference graph in onnxruntime matches PyTorch, carries
+the run's threshold, and takes any batch size when exported with --batch-size-dynamic."""
+
+import contextlib
+import copy
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+import torch
+
+import realnet.export.onnx as onnx_export
+from realnet import __version__
+from realnet.cli.main import main
+from realnet.data.io import read_image, resize_image
+from realnet.engine import checkpoint
+from realnet.engine.evaluate import load_run
+from realnet.engine.runtime import to_tensor
+from realnet.errors import RealnetError
+
+pytestmark = pytest.mark.slow  # each export traces and runs the tiny detector: several seconds
+
+SIZE = 64  # the tiny preset's train.image_size
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory) -> tuple[Path, int, str]:
+    """(model path, exit code, stdout) of `realnet export ... --batch-size-dynamic` run in-process."""
+    _, run_dir = tiny_run
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["export", "--run", str(run_dir), "--format", "onnx", "--out", str(out),
+                     "--batch-size-dynamic"])
+    return out, code, stdout.getvalue()
+
+
+@pytest.fixture(scope="module")
+def detector(tiny_run):
+    return load_run(tiny_run[1], torch.device("cpu"))
+
+
+def read_test_images(data_root: Path) -> torch.Tensor:
+    """The run's three first test images, (3, 3, S, S) in [0, 1], read independently of the exporter."""
+    paths = sorted((data_root / "widget" / "test").rglob("*.png"))[:3]
+    return to_tensor(np.stack([resize_image(read_image(p), SIZE) for p in paths]))
+
+
+def session(path: Path) -> onnxruntime.InferenceSession:
+    return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_cli_export_writes_one_valid_model_and_prints_parity_within_tolerance(exported):
+    out, code, stdout = exported
+    assert code == 0
+    onnx.checker.check_model(str(out))
+    assert sorted(os.listdir(out.parent)) == ["model.onnx"]  # no staging folder or temp file left
+    parity_line, summary_line = stdout.strip().splitlines()
+    assert parity_line.startswith("parity (onnxruntime CPU vs PyTorch, 3 test images of ")
+    summary = json.loads(summary_line)
+    assert summary["onnx"] == str(out) and summary["files"] == [str(out)]
+    assert summary["dynamic_batch"] is True and summary["opset"] == onnx_export.DEFAULT_OPSET
+    assert 0 <= summary["parity_max_abs_map_difference"] <= onnx_export.MAP_TOLERANCE
+    assert 0 <= summary["parity_max_abs_score_difference"] <= onnx_export.SCORE_TOLERANCE
+
+
+def test_model_metadata_tells_a_deployment_its_threshold(exported, tiny_run):
+    meta = checkpoint.read_meta(tiny_run[1])
+    props = session(exported[0]).get_modelmeta().custom_metadata_map
+    assert float(props["threshold"]) == meta["threshold"]  # exact: stored with repr
+    assert props["image_size"] == str(SIZE)
+    assert props["backbone"] == meta["backbone"]["name"]
+    assert props["backbone_sha256"] == meta["backbone"]["sha256"] and len(props["backbone_sha256"]) == 64
+    assert props["realnet_version"] == __version__
+
+
+def test_graph_is_the_whole_pipeline_with_named_and_shaped_ends(exported):
+    operators = {node.op_type for node in onnx.load(str(exported[0])).graph.node}
+    # RRS (ranking BatchNorm, top-k, gather), softmax map, mean-filter + max score
+    assert {"BatchNormalization", "TopK", "GatherElements", "Softmax", "AveragePool", "ReduceMax"} <= operators
+    sess = session(exported[0])
+    (image,) = sess.get_inputs()
+    assert image.name == "image" and image.shape == ["batch", 3, SIZE, SIZE]
+    assert [(o.name, o.shape) for o in sess.get_outputs()] == [
+        ("anomaly_map", ["batch", SIZE, SIZE]), ("score", ["batch"])]
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_dynamic_batch_matches_pytorch(exported, detector, tiny_run, batch):
+    model, _ = detector
+    images = read_test_images(tiny_run[0])[:batch]
+    maps, scores = session(exported[0]).run(None, {"image": images.numpy()})
+    expected_maps, expected_scores = model.predict(images)
+    assert maps.shape == (batch, SIZE, SIZE) and scores.shape == (batch,)
+    assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
+    assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
+    assert expected_maps.std() > 0  # a constant map would make the comparison meaningless
+
+
+def test_fixed_batch_export_with_external_weights(detector, tmp_path):
+    model, meta = detector
+    out = tmp_path / "fixed.onnx"
+    images = torch.rand((2, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(1))
+    report = onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),
+                                     parity_images=images, external_data=True)
+    data = tmp_path / "fixed.onnx.data"
+    assert report.files == (out, data) and report.parity.passed and report.parity.batch_sizes == (1,)
+    assert sorted(os.listdir(tmp_path)) == ["fixed.onnx", "fixed.onnx.data"]
+    assert os.stat(data).st_mode == os.stat(out).st_mode
+    assert data.stat().st_size > out.stat().st_size  # the weights really live outside the model
+    sess = session(out)
+    assert [i.shape for i in sess.get_inputs()] == [[1, 3, SIZE, SIZE]]
+    assert [o.shape for o in sess.get_outputs()] == [[1, SIZE, SIZE], [1]]
+    maps, _ = sess.run(None, {"image": images[:1].numpy()})
+    assert np.abs(maps - model.predict(images[:1])[0].numpy()).max() <= onnx_export.MAP_TOLERANCE
+    with pytest.raises(onnxruntime.capi.onnxruntime_pybind11_state.InvalidArgument):
+        sess.run(None, {"image": images.numpy()})
+    # the export patched the RRS BatchNorm only while tracing
+    assert not model.residual_selection.norm.affine and model.residual_selection.norm.weight is None
+
+
+def test_failed_parity_raises_and_writes_nothing(detector, tmp_path, monkeypatch):
+    """An exporter that emits a different graph is caught before anything reaches --out."""
+    model, meta = detector
+    trace = onnx_export.trace_to_onnx
+
+    def trace_a_different_detector(model, *args, **kwargs):
+        different = copy.deepcopy(model)
+        with torch.no_grad():
+            different.discriminator.tail[-1].bias += torch.tensor([0.0, 1.0])  # anomaly logit + 1
+        trace(different, *args, **kwargs)
+
+    monkeypatch.setattr(onnx_export, "trace_to_onnx", trace_a_different_detector)
+    images = torch.rand((1, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(2))
+    with pytest.raises(RealnetError, match=r"model\.onnx: ONNX parity check failed .* not written"):
+        onnx_export.export_onnx(model, tmp_path / "model.onnx", image_size=SIZE,
+                                metadata=onnx_export.run_metadata(meta), parity_images=images)
+    assert os.listdir(tmp_path) == []
+
+
+def test_unsupported_opset_is_one_error_line(tiny_run, tmp_path, capsys):
+    code = main(["export", "--run", str(tiny_run[1]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == ["realnet: error: --opset 9 is not supported (use 13 to 20)"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_parity_inputs_spread_over_the_test_split_or_fall_back_to_random(tiny_run):
+    data_root, run_dir = tiny_run
+    meta = checkpoint.read_meta(run_dir)
+    images, source = onnx_export.parity_inputs(meta, SIZE, 3)
+    tests = sorted((data_root / "widget" / "test").rglob("*.png"))
+    assert source == f"test images of {data_root / 'widget'}" and images.shape == (3, 3, SIZE, SIZE)
+    for image, path in zip(images[[0, -1]], [tests[0], tests[-1]]):  # a good and a scratch image
+        assert torch.equal(image, to_tensor(resize_image(read_image(path), SIZE)[None])[0])
+
+    gone = {**meta, "data": {**meta["data"], "root": str(data_root / "moved")}}
+    first, source = onnx_export.parity_inputs(gone, SIZE, 2)
+    again, _ = onnx_export.parity_inputs(gone, SIZE, 2)
+    assert source == "random images" and first.shape == (2, 3, SIZE, SIZE) and torch.equal(first, again)

@@ -1,0 +1,134 @@
+"""Acceptance of `realnet predict` on awkward files: grayscale, RGBA and 16-bit images are scored (one
+JSON line each), a truncated JPEG gets one error line naming it and a non-zero exit code."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dataset_fixtures import normal_image
+from realnet.cli.main import main
+from realnet.engine import checkpoint
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+SIZE = 64  # the tiny preset's train.image_size
+KERNEL = 4  # and its train.score_kernel
+
+
+@pytest.fixture
+def predict():
+    """`realnet predict --run RUN ARGS...` in-process; returns the exit code, output goes to capsys."""
+
+    def run(run_dir: Path, *arguments) -> int:
+        return main(["predict", "--run", str(run_dir), *map(str, arguments)])
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def awkward(tmp_path_factory) -> dict[str, Path]:
+    """gray: 8-bit L PNG; gray16: the same pixels x 257 as a 16-bit TIFF (so it must score exactly
+    like gray); rgba: RGBA PNG with an alpha ramp; truncated: the first half of a JPEG."""
+    folder = tmp_path_factory.mktemp("awkward")
+    rng = np.random.default_rng(0)
+    gray = normal_image(rng, (80, 96), gray=True)
+    rgb = normal_image(rng, (80, 96))
+    alpha = np.tile(np.linspace(0, 255, 96).round().astype(np.uint8), (80, 1))
+    files = {"gray": folder / "gray.png", "rgba": folder / "rgba.png", "gray16": folder / "gray16.tif",
+             "truncated": folder / "truncated.jpg"}
+    Image.fromarray(gray).save(files["gray"])
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(files["rgba"])
+    Image.fromarray(gray.astype(np.uint16) * 257).save(files["gray16"])
+    jpeg = io.BytesIO()
+    Image.fromarray(rgb).save(jpeg, "JPEG")
+    files["truncated"].write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    with Image.open(files["gray"]) as g, Image.open(files["rgba"]) as a, Image.open(files["gray16"]) as d:
+        assert (g.mode, a.mode, d.mode) == ("L", "RGBA", "I;16")
+    return files
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def test_awkward_files_are_scored_and_the_truncated_one_is_named(predict, tiny_run, awkward, capsys):
+    run_dir = tiny_run[1]
+    threshold = checkpoint.read_meta(run_dir)["threshold"]
+    code = predict(run_dir, awkward["gray"], awkward["rgba"], awkward["gray16"], awkward["truncated"])
+    out, err = capsys.readouterr()
+    assert code != 0
+    results = json_lines(out)
+    assert [r["path"] for r in results] == [str(awkward[k]) for k in ("gray", "rgba", "gray16")]
+    for result in results:
+        assert 0.0 <= result["score"] <= 1.0
+        assert result["is_anomalous"] is (result["score"] > threshold)
+    assert results[2]["score"] == results[0]["score"]  # 16 bits scaled by their range, not clipped
+    (line,) = err.splitlines()
+    assert line.startswith(f"realnet: error: {awkward['truncated']}: ") and "truncated" in line.lower()
+
+
+@pytest.mark.slow
+def test_real_process_exit_code_is_non_zero_for_a_broken_file(tiny_run, awkward):
+    result = subprocess.run(
+        [sys.executable, "-m", "realnet", "predict", "--run", str(tiny_run[1]), str(awkward["gray"]),
+         str(awkward["truncated"])],
+        env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"},
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert [r["path"] for r in json_lines(result.stdout)] == [str(awkward["gray"])]
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"realnet: error: {awkward['truncated']}: ")
+
+
+def test_a_folder_expands_to_its_images_recursively(predict, tiny_run, tmp_path, capsys):
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(tmp_path / "b.png")
+    (tmp_path / "sub").mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(2), (40, 40))).save(tmp_path / "sub" / "a.JPG")
+    (tmp_path / "notes.txt").write_text("not an image")
+    code = predict(tiny_run[1], tmp_path)
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    assert [r["path"] for r in json_lines(out)] == [str(tmp_path / "b.png"), str(tmp_path / "sub" / "a.JPG")]
+
+
+def test_save_maps_writes_the_map_the_score_comes_from(predict, tiny_run, awkward, tmp_path, capsys):
+    maps = tmp_path / "maps"
+    code = predict(tiny_run[1], awkward["rgba"], "--save-maps", maps)
+    (result,) = json_lines(capsys.readouterr().out)
+    assert code == 0 and result["map"] == str(maps / "00000_rgba.png")
+    with Image.open(result["map"]) as image:
+        assert image.format == "PNG" and image.mode == "L" and image.size == (SIZE, SIZE)
+        anomaly_map = np.asarray(image, dtype=np.float64) / 255
+    windows = np.lib.stride_tricks.sliding_window_view(anomaly_map, (KERNEL, KERNEL))
+    assert abs(windows.mean(axis=(2, 3)).max() - result["score"]) <= 0.5 / 255 + 1e-6  # PNG rounding
+
+
+def test_missing_run_folder_is_one_error_line(predict, awkward, tmp_path, capsys):
+    code = predict(tmp_path / "no_run", awkward["gray"])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == ""
+    assert err.splitlines() == [f"realnet: error: {tmp_path / 'no_run'} is not a finished realnet run "
+                                f"(model.json not found)"]
+
+
+def test_save_maps_keeps_one_map_per_input_with_the_same_stem(predict, tiny_run, tmp_path, capsys):
+    for folder, seed in (("good", 1), ("scratch", 2)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(normal_image(np.random.default_rng(seed), (40, 40))).save(tmp_path / folder / "000.png")
+    predict(tiny_run[1], tmp_path / "good", tmp_path / "scratch", "--save-maps", tmp_path / "maps")
+    written = {r["map"] for r in json_lines(capsys.readouterr().out)}
+    assert len(written) == 2 and all(Path(p).is_file() for p in written)
+
+
+def test_in_process_output_follows_the_current_stdout(tiny_run, awkward):
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        main(["predict", "--run", str(tiny_run[1]), str(awkward["gray"])])
+    assert json_lines(stdout.getvalue())[0]["path"] == str(awkward["gray"])
