@@ -1,0 +1,69 @@
+"""`realnet fit` metadata and `realnet test` outputs on the shared tiny run; the paper's
+test-set selection protocol only on request, and labelled."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+
+from realnet.cli.main import main
+
+
+def test_run_metadata_records_identity_threshold_and_protocol(tiny_run):
+    _, run = tiny_run
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["protocol"] == "final-model"
+    assert meta["backbone"]["name"] == "tf_efficientnet_lite0" and len(meta["backbone"]["sha256"]) == 64
+    assert meta["threshold_source"].startswith("held-out normal")
+    assert meta["fit"]["n_holdout_images"] == 3 and meta["fit"]["n_fit_images"] == 9
+    assert "val_image_auroc" in meta["fit"]["validation"]
+    assert len(meta["selection"]["indices"]) == 2
+    assert not any(p.name.startswith("resume") for p in run.iterdir())
+
+
+def test_test_command_writes_metrics_scores_and_panels(tiny_run, tmp_path, capsys):
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["test", "--run", str(copy), "--data", str(data), "--category", "widget"]) == 0
+    metrics = json.loads((copy / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["n_images"] == 8 and metrics["n_anomalous"] == 4
+    assert metrics["protocol"] == "final-model" and metrics["preset"] == "tiny"
+    assert set(metrics["image_auroc_per_defect"]) == {"scratch"}
+    assert metrics["backbone_weights_sha256"] == json.loads((copy / "model.json").read_text())["backbone"]["sha256"]
+    with open(copy / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 8 and {r["label"] for r in rows} == {"0", "1"}
+    threshold = metrics["threshold"]
+    assert all(int(r["is_anomalous"]) == (float(r["score"]) > threshold) for r in rows)
+    panels = sorted((copy / "panels").glob("*.png"))
+    assert panels and any(p.name.startswith("worst_anomalous") for p in panels)
+    assert '"image_auroc"' in capsys.readouterr().out
+
+
+def test_select_on_test_is_opt_in_and_labelled(tmp_path, tiny_run):
+    data, _ = tiny_run
+    out = tmp_path / "selected"
+    assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--out", str(out),
+                 "--steps", "4", "--select-on-test", "--eval-every", "2"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["protocol"] == "select-on-test"
+    assert meta["fit"]["selected_step"] in (2, 4)
+    assert main(["test", "--run", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["protocol"] == "select-on-test" and "test set" in metrics["warning"]
+    best = meta["fit"]["selection_metrics"]["image_auroc"]
+    assert np.isclose(metrics["image_auroc"], best)
+
+
+def test_missing_data_and_bad_preset_are_one_line_errors(tmp_path, capsys):
+    assert main(["fit", "--data", str(tmp_path / "nope"), "--category", "x", "--preset", "tiny",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(tmp_path / "nope") in err[0]
+    assert not (tmp_path / "r").exists()
+    assert main(["fit", "--data", str(tmp_path), "--category", "x", "--preset", "huge", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown preset" in capsys.readouterr().err
