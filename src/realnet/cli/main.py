@@ -10,7 +10,7 @@ import sys
 from realnet import __version__
 from realnet.errors import RealnetError
 
-COMMAND_MODULES = ("data", "detector", "synth")
+COMMAND_MODULES = ("data", "detector", "synth", "sdas", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -25,6 +25,8 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 RESUME_STATE = "resume.pt"
 FORMAT_VERSION = 1
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -34,6 +36,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

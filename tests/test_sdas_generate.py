@@ -1,0 +1,122 @@
+"""`realnet sdas generate`: the SIA bank is reproducible per image, resumable and shardable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+import realnet
+from dataset_fixtures import make_mvtec_tree
+from test_diffusion_math import one_thread  # noqa: F401  (autouse: 1 torch thread)
+from realnet.cli.main import main
+from realnet.diffusion.generate import (
+    MANIFEST,
+    GenerateRequest,
+    generate,
+    image_seed,
+    image_strength,
+    parse_strength,
+)
+from realnet.diffusion.train import TrainRequest, train
+from realnet.errors import RealnetError
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("sdas")
+    data = make_mvtec_tree(root / "data", category="tile", n_train=4, gray=True, image_ext=".jpg")
+    train(TrainRequest(data=data, categories=["tile"], out=root / "model", preset="tiny", steps=1, batch_size=2,
+                       sample_every=10, sample_steps=4, progress=False))
+    return root / "model"
+
+
+def bank(model: Path, out: Path, count: int, **overrides) -> dict:
+    settings = dict(model=model, category="tile", count=count, out=out, batch_size=2, steps=4, progress=False)
+    settings.update(overrides)
+    return generate(GenerateRequest(**settings))
+
+
+def files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_bank_layout_and_manifest(model, tmp_path):
+    summary = bank(model, tmp_path / "sia", 5)
+    folder = tmp_path / "sia" / "tile"
+    assert summary["written"] == 5 and summary["images_per_second"] > 0
+    names = sorted(p.name for p in folder.glob("*.png"))
+    assert names == [f"{i:06d}.png" for i in range(5)]
+    with Image.open(folder / names[0]) as image:
+        assert image.mode == "L" and image.size == (16, 16)
+    rows = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()]
+    assert [r["file"] for r in rows] == names
+    assert all(0.1 <= r["s"] <= 0.2 for r in rows) and len({r["s"] for r in rows}) == 5
+    assert [r["seed"] for r in rows] == [image_seed(0, i) for i in range(5)]
+    assert not any(p.name.startswith(".") for p in folder.iterdir())
+
+
+def test_an_image_depends_only_on_seed_and_index(model, tmp_path):
+    bank(model, tmp_path / "a", 3)
+    bank(model, tmp_path / "a", 5)  # extends the bank
+    bank(model, tmp_path / "b", 5)
+    assert files(tmp_path / "a" / "tile") == files(tmp_path / "b" / "tile")
+    bank(model, tmp_path / "c", 5, seed=1)
+    assert files(tmp_path / "c" / "tile")["000000.png"] != files(tmp_path / "b" / "tile")["000000.png"]
+
+
+def test_a_rerun_fills_in_missing_files_only(model, tmp_path):
+    bank(model, tmp_path / "sia", 4)
+    folder = tmp_path / "sia" / "tile"
+    before = files(folder)
+    inodes = {p.name: p.stat().st_ino for p in folder.glob("*.png")}
+    (folder / "000002.png").unlink()
+    summary = bank(model, tmp_path / "sia", 4)
+    assert summary["written"] == 1 and summary["sampled"] == 2
+    assert files(folder) == before
+    assert all(inodes[p.name] == p.stat().st_ino for p in folder.glob("*.png") if p.name != "000002.png")
+
+
+def test_a_rerun_with_other_settings_is_refused(model, tmp_path):
+    bank(model, tmp_path / "sia", 2)
+    with pytest.raises(RealnetError, match="seed"):
+        bank(model, tmp_path / "sia", 2, seed=3)
+    with pytest.raises(RealnetError, match="category"):
+        bank(model, tmp_path / "sia", 2, category="carpet")
+
+
+def test_ddim_bank(model, tmp_path):
+    summary = bank(model, tmp_path / "sia", 2, sampler="ddim", ddim_variance="beta", strength=(0.01, 0.03))
+    assert summary["written"] == 2
+
+
+def test_strength_parsing_and_draws():
+    assert parse_strength("0.1:0.2") == (0.1, 0.2) and parse_strength("0.15") == (0.15, 0.15)
+    for bad in ("0.2:0.1", "-1", "a:b", "0.1:0.2:0.3"):
+        with pytest.raises(RealnetError, match="--strength"):
+            parse_strength(bad)
+    draws = [image_strength(0, i, (0.1, 0.2)) for i in range(200)]
+    assert min(draws) >= 0.1 and max(draws) <= 0.2 and max(draws) - min(draws) > 0.09
+    assert image_strength(0, 7, (0.1, 0.2)) == image_strength(0, 7, (0.1, 0.2)) != image_strength(1, 7, (0.1, 0.2))
+
+
+@pytest.mark.slow
+def test_two_torchrun_ranks_write_the_same_bank_as_one_process(model, tmp_path):
+    args = ["sdas", "generate", "--model", str(model), "--category", "tile", "--count", "7", "--batch", "2",
+            "--steps", "4", "--threads", "1", "--no-progress"]
+    assert main(args + ["--out", str(tmp_path / "one")]) == 0
+    env = {**os.environ, "PYTHONPATH": str(Path(realnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "realnet",
+         *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted((s["rank"], s["world_size"], s["written"]) for s in summaries) == [(0, 2, 4), (1, 2, 3)]
+    one, two = files(tmp_path / "one" / "tile"), files(tmp_path / "two" / "tile")
+    assert one.keys() == two.keys() and len([n for n in one if n.endswith(".png")]) == 7
+    assert one == two  # images, manifest and settings
