@@ -1,0 +1,88 @@
+"""Efficiency table: per configuration, parameters (detector without backbone, and backbone),
+checkpoint MB, peak RSS, images/s at batch 1 and 8, backbone-only images/s on the same inputs and
+the time ratio (what RealNet adds over the backbone pass). See realnet.bench.efficiency.
+
+Each configuration is measured in its own fresh process (so peak RSS is its own).
+
+    # every complete cell of one category of a suite's results (default: its first category),
+    # written to OUT/SUITE/tables/efficiency.{md,csv,json} and linked from the suite README:
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --suite cpu-real --out bench_runs
+    # configurations without training (fresh weights; speed and sizes do not depend on them):
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --preset cpu \\
+        --config A= --config B=reconstruction.arch=B --config C=reconstruction.arch=C
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+from realnet.bench import tables
+from realnet.bench.efficiency import measure_in_subprocess
+from realnet.bench.runner import TABLES, cell_dir, is_complete, read_status, suite_dir, write_reports
+from realnet.bench.suite import expand, load_suite, parse_override
+
+OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_]+\.[A-Za-z_]+=)")
+
+
+def suite_specs(suite, args) -> list[tuple[str, dict]]:
+    cells = expand(suite)
+    first = cells[0]
+    dataset, category = args.dataset or first.dataset.name, args.category or first.category
+    chosen = [c for c in cells if c.dataset.name == dataset and c.category == category]
+    done = [c for c in chosen if is_complete(cell_dir(args.out, suite, c), read_status(cell_dir(args.out, suite, c)))]
+    if not done:
+        raise SystemExit(f"no complete cell of {dataset}/{category} under {suite_dir(args.out, suite)}")
+    return [(c.variant, {"run": str(cell_dir(args.out, suite, c))}) for c in done]
+
+
+def config_specs(args) -> list[tuple[str, dict]]:
+    specs = []
+    for text in args.config:
+        name, _, overrides = text.partition("=")
+        # overrides are separated by commas that start a new section.key=, so list values keep theirs
+        specs.append((name, {"preset": args.preset, "overrides": [o for o in OVERRIDE_SPLIT.split(overrides) if o]}))
+    return specs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--suite", help="measure the complete cells of this suite under --out")
+    parser.add_argument("--out", type=Path, help="the --out of the realnet bench run")
+    parser.add_argument("--set", action="append", default=[], help="the --set values the suite was run with")
+    parser.add_argument("--dataset")
+    parser.add_argument("--category")
+    parser.add_argument("--preset", default="cpu", help="with --config: the preset to measure")
+    parser.add_argument("--config", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
+                        help="a configuration to measure without training (repeatable; 'NAME=' is the preset)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    if bool(args.suite) == bool(args.config) or (args.suite and not args.out):
+        parser.error("give either --suite with --out, or one or more --config")
+
+    suite = load_suite(args.suite).with_overrides([parse_override(t) for t in args.set]) if args.suite else None
+    specs = suite_specs(suite, args) if suite else config_specs(args)
+    rows = []
+    for name, spec in specs:
+        spec.update(device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats)
+        rows.append({"name": name, **measure_in_subprocess(spec)})
+        print(f"measured {name}", flush=True)
+    markdown, text = tables.efficiency_table(rows)
+    print(markdown)
+    if suite:
+        folder = suite_dir(args.out, suite) / TABLES
+        (folder / "efficiency.md").write_text(markdown)
+        (folder / "efficiency.csv").write_text(text)
+        (folder / "efficiency.json").write_text(json.dumps(rows, indent=2) + "\n")
+        write_reports(suite, expand(suite), args.out)
+        print(f"written: {folder / 'efficiency.md'} (and .csv, .json); README updated")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""`realnet bench`: run a suite's cells, each a fit then a test, into <out>/<suite>/<cell id>/.
+
+A cell folder is an ordinary run folder (model.safetensors, model.json, metrics.json, scores.csv,
+panels/) plus ``cell.json``: its status (running / complete / failed / interrupted), its
+configuration, the one-line error of a failed attempt and the headline metrics. Cells are
+independent: a complete cell is kept, any other is (re)run, and a fit killed mid-way continues
+from its resume state, so a suite can be stopped and continued at any time. A failed cell is
+recorded and the suite goes on.
+
+Everything that can be checked before the first fit is checked first, without importing torch:
+the suite, the data roots and category folders, --sia / --dtd, and that no existing cell folder
+holds a run of another configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from realnet.bench import tables
+from realnet.bench.suite import METRICS, Cell, Suite, expand, flat_config, override_strings, select, substitute
+from realnet.errors import RealnetError
+
+CELL_STATUS = "cell.json"
+TABLES = "tables"
+PLOTS = "plots"
+NEEDS_FLAG = {"sia": "--sia (SDAS image bank)", "dtd": "--dtd (DTD folder)"}
+
+
+@dataclass
+class BenchRequest:
+    suite: Suite
+    out: Path
+    data: Path | None = None  # default parent of every dataset root
+    data_roots: dict[str, Path] = field(default_factory=dict)  # root key -> folder
+    dtd: Path | None = None
+    sia: Path | None = None
+    only: list[str] = field(default_factory=list)  # globs on cell ids or axis names
+    device: str = "auto"
+    progress: bool = True
+
+
+def suite_dir(out: Path, suite: Suite) -> Path:
+    return Path(out) / suite.name
+
+
+def cell_dir(out: Path, suite: Suite, cell: Cell) -> Path:
+    return suite_dir(out, suite) / cell.id
+
+
+def resolve_roots(cells: list[Cell], data: Path | None, data_roots: dict[str, Path]) -> dict[str, Path]:
+    """Data root of every dataset the cells read: --data-root KEY=DIR, else <--data>/<path>."""
+    datasets = {cell.dataset.name: cell.dataset for cell in cells}
+    keys = {d.root for d in datasets.values()}
+    unknown = sorted(set(data_roots) - keys)
+    if unknown:
+        raise RealnetError(f"--data-root {', '.join(unknown)}: no such root key in this selection "
+                           f"(known: {', '.join(sorted(keys))})")
+    roots = {}
+    for dataset in datasets.values():
+        if dataset.root in data_roots:
+            roots[dataset.name] = Path(data_roots[dataset.root])
+        elif data is not None:
+            roots[dataset.name] = Path(data) / dataset.path
+        else:
+            raise RealnetError(
+                f"dataset {dataset.name} has no data root: pass --data ROOT or --data-root {dataset.root}=DIR")
+    return roots
+
+
+def check_data(cells: list[Cell], roots: dict[str, Path]) -> None:
+    """Every data root and category folder the cells read exists; one line names all that do not."""
+    from realnet.data.layouts import list_categories
+
+    missing = [f"{name} root {root}" for name, root in roots.items() if not root.is_dir()]
+    if missing:
+        raise RealnetError(f"missing data folder(s): {'; '.join(missing)} (pass --data ROOT or --data-root KEY=DIR)")
+    for name, root in roots.items():
+        layout = next(c.dataset.layout for c in cells if c.dataset.name == name)
+        found = set(list_categories(root, layout))
+        absent = sorted({c.category for c in cells if c.dataset.name == name} - found)
+        if absent:
+            missing.append(f"{name} categories {', '.join(absent)} not under {root}")
+    if missing:
+        raise RealnetError(f"missing data: {'; '.join(missing)} (run the others with --only)")
+
+
+def check_folders(dtd: Path | None, sia: Path | None) -> dict[str, str]:
+    """The --sia / --dtd folders that were given, checked, as template values."""
+    folders = {}
+    for name, path in (("sia", sia), ("dtd", dtd)):
+        if path is not None:
+            if not Path(path).is_dir():
+                raise RealnetError(f"--{name} folder {path} not found")
+            folders[name] = str(Path(path).resolve())
+    return folders
+
+
+def read_status(folder: Path) -> dict[str, Any] | None:
+    path = folder / CELL_STATUS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise RealnetError(f"{path}: unreadable cell status; delete that cell folder to rerun it") from None
+
+
+def check_identities(cells: list[Cell], out: Path, suite: Suite) -> None:
+    """No cell folder may hold a run of another configuration (a changed suite or --set)."""
+    for cell in cells:
+        folder = cell_dir(out, suite, cell)
+        status = read_status(folder)
+        if status is not None and status.get("config") != cell.config:
+            before, now = flat_config(status.get("config") or {}), flat_config(cell.config)
+            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+            raise RealnetError(
+                f"{folder} holds a run of another configuration ({shown}); choose another --out or delete it")
+
+
+def is_complete(folder: Path, status: dict[str, Any] | None) -> bool:
+    return status is not None and status.get("status") == "complete" and (folder / "metrics.json").is_file()
+
+
+def collect_statuses(suite: Suite, cells: list[Cell], out: Path,
+                     folders: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """The status of every cell: its cell.json, or 'skipped' (a needed folder was not given) or
+    'pending' (not run yet)."""
+    statuses = {}
+    for cell in cells:
+        status = read_status(cell_dir(out, suite, cell))
+        if status is None:
+            unmet = [n for n in cell.needs if n not in (folders or {})]
+            status = ({"status": "skipped", "reason": "needs " + ", ".join(NEEDS_FLAG[n] for n in unmet)}
+                      if unmet else {"status": "pending"})
+        statuses[cell.id] = status
+    return statuses
+
+
+def run_suite(request: BenchRequest, report: Callable[[str], None] = lambda line: None
+              ) -> tuple[dict[str, dict[str, Any]], dict[str, list[Path]]]:
+    """Run the selected cells of the suite (preflight first, see the module docstring), then
+    write the tables and plots of the whole suite. Returns the statuses of the selected cells
+    and the files written."""
+    suite = request.suite
+    cells = expand(suite)
+    chosen = select(cells, request.only)
+    if not chosen:
+        raise RealnetError(f"--only {' '.join(request.only)} matches no cell of {suite.source}")
+    folders = check_folders(request.dtd, request.sia)
+    roots = resolve_roots(chosen, request.data, request.data_roots)
+    check_data(chosen, roots)
+    check_identities(chosen, request.out, suite)
+
+    width = len(str(len(chosen)))
+    for number, cell in enumerate(chosen, 1):
+        prefix = f"[{number:>{width}}/{len(chosen)}] {cell.id}"
+        folder = cell_dir(request.out, suite, cell)
+        previous = read_status(folder)
+        if is_complete(folder, previous):
+            report(f"{prefix}: complete, kept")
+            continue
+        unmet = [n for n in cell.needs if n not in folders]
+        if unmet:
+            report(f"{prefix}: skipped, needs {', '.join(NEEDS_FLAG[n] for n in unmet)}")
+            continue
+        report(f"{prefix}: running")
+        status = run_cell(cell, folder, roots[cell.dataset.name], folders, request)
+        report(f"{prefix}: {describe(status)}")
+    written = write_reports(suite, cells, request.out, folders)
+    return collect_statuses(suite, chosen, request.out, folders), written
+
+
+def run_config(cell: Cell, folders: dict[str, str]):
+    """The cell's RealNetConfig with --sia / --dtd filled in."""
+    from realnet.config import load_config
+
+    config = load_config(cell.config["preset"], None, override_strings(substitute(cell.overrides, folders)))
+    if "sia" in folders and config.synthesis.sia_root is None:
+        config.synthesis.sia_root = folders["sia"]
+    if "dtd" in folders and config.synthesis.dtd_root is None:
+        config.synthesis.dtd_root = folders["dtd"]
+    return config
+
+
+def run_cell(cell: Cell, folder: Path, data_root: Path, folders: dict[str, str],
+             request: BenchRequest) -> dict[str, Any]:
+    """Fit then test one cell in `folder`, recording its status; a failure is recorded, not raised
+    (KeyboardInterrupt is recorded as 'interrupted' and raised)."""
+    from realnet.engine.checkpoint import write_json
+
+    status: dict[str, Any] = {
+        "id": cell.id, "dataset": cell.dataset.name, "layout": cell.dataset.layout, "category": cell.category,
+        "variant": cell.variant, "members": [list(m) for m in cell.members],
+        "overrides": dict(cell.overrides), "config": cell.config, "data_root": str(data_root),
+        "device": request.device, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json(folder / CELL_STATUS, status)
+    try:
+        status.update(fit_and_test(cell, folder, data_root, folders, request), status="complete")
+    except KeyboardInterrupt:
+        write_json(folder / CELL_STATUS, {**status, "status": "interrupted"})
+        raise
+    except RealnetError as error:
+        status.update(status="failed", error=one_line(str(error)))
+    except Exception as error:  # a bug or a library error: keep going, keep the traceback
+        status.update(status="failed", error=f"{type(error).__name__}: {one_line(str(error))} (traceback in error.log)")
+        (folder / "error.log").write_text(traceback.format_exc())
+    status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    write_json(folder / CELL_STATUS, status)
+    return status
+
+
+def fit_and_test(cell: Cell, folder: Path, data_root: Path, folders: dict[str, str],
+                 request: BenchRequest) -> dict[str, Any]:
+    from realnet.engine.evaluate import evaluate
+    from realnet.engine.fit import FitRequest, fit
+
+    meta = fit(FitRequest(config=run_config(cell, folders), data_root=data_root, category=cell.category, out=folder,
+                          dataset=cell.dataset.layout, resume=True, device=request.device, progress=request.progress))
+    started = time.perf_counter()
+    metrics = evaluate(folder, device=request.device, progress=request.progress)
+    return {"metrics": {name: metrics[name] for name in METRICS}, "device": meta["fit"]["device"],
+            "fit_wall_s": meta["fit"]["wall_s"], "fit_steps": meta["fit"]["steps"],
+            "test_wall_s": round(time.perf_counter() - started, 1),
+            "backbone_weights_sha256": metrics["backbone_weights_sha256"]}
+
+
+def one_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "(no message)"
+
+
+def describe(status: dict[str, Any]) -> str:
+    if status["status"] != "complete":
+        return f"{status['status']}: {status.get('error') or status.get('reason', '')}".rstrip(": ")
+    m = status["metrics"]
+    shown = "  ".join(f"{name} {'-' if m[key] is None else f'{100 * m[key]:.2f}'}"
+                      for name, key in zip(("image AUROC", "pixel AUROC", "PRO"), METRICS))
+    return f"complete: {shown}  (fit {status['fit_wall_s']:.0f} s, test {status['test_wall_s']:.0f} s)"
+
+
+def write_reports(suite: Suite, cells: list[Cell], out: Path,
+                  folders: dict[str, str] | None = None) -> dict[str, list[Path]]:
+    """Tables (Markdown + CSV per axis, a trend table per axis, every cell in results.csv, an
+    index README.md) and line plots for the axes that ask for one. Returns what was written."""
+    from realnet.engine.checkpoint import atomic_write
+
+    statuses = collect_statuses(suite, cells, out, folders)
+    table_dir, plot_dir = suite_dir(out, suite) / TABLES, suite_dir(out, suite) / PLOTS
+    written: dict[str, list[Path]] = {"tables": [], "plots": []}
+
+    def save(path: Path, text: str) -> None:
+        atomic_write(path, lambda tmp: tmp.write_text(text))
+        written["tables"].append(path)
+
+    sections = []
+    for axis in suite.axes:
+        by_category, by_category_csv = tables.category_table(suite, axis, cells, statuses)
+        trend, trend_csv = tables.trend_table(suite, axis, cells, statuses)
+        save(table_dir / f"{axis.name}.md", by_category)
+        save(table_dir / f"{axis.name}.csv", by_category_csv)
+        save(table_dir / f"{axis.name}_trend.md", trend)
+        save(table_dir / f"{axis.name}_trend.csv", trend_csv)
+        plots = []
+        if axis.plot is not None:
+            from realnet.bench.plots import line_plot
+
+            title = f"{axis.paper}: {axis.title}" if axis.paper else axis.title
+            for dataset, series in tables.plot_series(suite, axis, cells, statuses).items():
+                path = plot_dir / f"{axis.name}-{dataset}.png"
+                if line_plot(path, series, axis.plot.x_label, f"{title} ({dataset})"):
+                    plots.append(path)
+                    written["plots"].append(path)
+        links = [Path("..") / p.relative_to(suite_dir(out, suite)) for p in plots]  # from tables/README.md
+        sections.append(tables.axis_section(suite, axis, trend, by_category, links))
+    save(table_dir / "results.csv", tables.results_csv(cells, statuses))
+    efficiency = table_dir / "efficiency.md"
+    save(table_dir / "README.md", tables.index_markdown(suite, cells, statuses, sections,
+                                                        efficiency.read_text() if efficiency.is_file() else None))
+    return written

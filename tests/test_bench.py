@@ -1,0 +1,213 @@
+"""`realnet bench`: suites expand into shared cells, a suite resumes after an interruption and
+writes its tables, a failed cell is recorded while the suite goes on, missing data fails fast,
+efficiency figures are consistent (tiny preset, fixture data, CPU)."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dataset_fixtures import make_mvtec_tree
+from realnet.bench import tables
+from realnet.bench.runner import BenchRequest, run_suite
+from realnet.bench.suite import expand, load_suite, parse_suite, select, shipped_suites
+from realnet.cli.main import main
+from realnet.errors import RealnetError
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+@pytest.fixture
+def fixture_data(tmp_path):
+    return make_mvtec_tree(tmp_path / "data", "widget", n_train=8, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+
+
+def suite_dict(variants, **extra):
+    return {"name": "s", "preset": "tiny",
+            "datasets": [{"name": "fixture", "layout": "mvtec", "root": "fixture", "path": ".", "categories": ["widget"]}],
+            "axes": [{"name": "axis", "variants": variants}], **extra}
+
+
+def read_json(path):
+    return json.loads(Path(path).read_text())
+
+
+def test_tiny_suite_runs_resumes_after_one_cell_and_writes_both_tables(tmp_path, fixture_data, capsys):
+    out = tmp_path / "out"
+    command = ["bench", "--suite", "tiny", "--data", str(fixture_data), "--out", str(out), "--device", "cpu"]
+    first, second = out / "tiny/fixture/widget/reference", out / "tiny/fixture/widget/max_avg-p0.5"
+
+    assert main(command + ["--only", "fixture/widget/reference"]) == 0  # interrupted after one cell
+    assert read_json(first / "cell.json")["status"] == "complete"
+    assert not second.exists()
+    stamps = {name: (first / name).stat().st_mtime_ns for name in ("cell.json", "model.safetensors", "metrics.json")}
+
+    assert main(command) == 0
+    printed = capsys.readouterr().out
+    assert "fixture/widget/reference: complete, kept" in printed
+    assert {name: (first / name).stat().st_mtime_ns for name in stamps} == stamps  # not run again
+    done = [read_json(folder / "cell.json") for folder in (first, second)]
+    assert [d["status"] for d in done] == ["complete", "complete"]
+    assert done[1]["config"]["rrs"]["ratio"] == 0.5 and done[0]["config"]["rrs"]["ratio"] == pytest.approx(1 / 3)
+    assert read_json(second / "metrics.json")["image_auroc"] == done[1]["metrics"]["image_auroc"]
+
+    table_dir = out / "tiny/tables"
+    markdown = (table_dir / "fig5.md").read_text()
+    for status in done:
+        assert tables.triple(tuple(status["metrics"][k] for k in ("image_auroc", "pixel_auroc", "aupro"))) in markdown
+    rows = list(csv.reader((table_dir / "fig5.csv").open()))
+    assert rows[0][:5] == ["dataset", "category", "reference Image AUROC", "reference Pixel AUROC", "reference PRO"]
+    assert rows[1][:2] == ["fixture", "widget"]
+    assert float(rows[1][5]) == pytest.approx(100 * done[1]["metrics"]["image_auroc"], abs=0.006)
+    trend = list(csv.DictReader((table_dir / "fig5_trend.csv").open()))
+    assert [r["variant"] for r in trend] == ["reference", "max_avg-p0.5"] and all(r["complete"] == "1" for r in trend)
+    assert (out / "tiny/plots/fig5-fixture.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tiny/tables/README.md" in printed
+
+
+def test_failed_cell_is_recorded_and_the_suite_goes_on(tmp_path, fixture_data):
+    suite_file = tmp_path / "broken.yaml"
+    suite_file.write_text(yaml.safe_dump(suite_dict([
+        {"name": "broken", "set": {"selection.channels": [999, 16]}},
+        {"name": "reference"},
+    ])))
+    out = tmp_path / "out"
+    assert main(["bench", "--suite", str(suite_file), "--data", str(fixture_data), "--out", str(out), "--device", "cpu"]) == 1
+    broken = read_json(out / "s/fixture/widget/broken/cell.json")
+    assert broken["status"] == "failed"
+    assert broken["error"].startswith("selection.channels: m_k=999") and "\n" not in broken["error"]
+    assert not (out / "s/fixture/widget/broken/error.log").exists()  # a user error, not a crash
+    assert read_json(out / "s/fixture/widget/reference/cell.json")["status"] == "complete"
+    results = {r["variant"]: r for r in csv.DictReader((out / "s/tables/results.csv").open())}
+    assert results["broken"]["status"] == "failed" and results["reference"]["status"] == "complete"
+    assert "| failed |" in (out / "s/tables/axis.md").read_text()
+
+
+def test_missing_dataset_root_fails_fast_with_one_line_before_importing_torch(tmp_path):
+    code = "import sys\nfrom realnet.cli.main import main\nrc = main(sys.argv[1:])\nprint('torch' in sys.modules, rc)"
+    missing = tmp_path / "nowhere"
+    done = subprocess.run([sys.executable, "-c", code, "bench", "--suite", "paper-main", "--data", str(missing),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(SRC), "PATH": ""})
+    assert done.stdout.split() == ["False", "2"]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("realnet: error:")
+    assert str(missing / "mvtec") in lines[0] and str(missing / "visa") in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_category_and_needed_folders_are_reported_before_running(tmp_path, fixture_data):
+    suite = parse_suite(suite_dict([{"name": "reference"}]) | {"datasets": [
+        {"name": "fixture", "layout": "mvtec", "root": "fixture", "path": ".", "categories": ["widget", "gadget"]}]}, "t")
+    with pytest.raises(RealnetError, match="fixture categories gadget"):
+        run_suite(BenchRequest(suite=suite, out=tmp_path / "out", data=fixture_data))
+    with pytest.raises(RealnetError, match="--sia folder"):
+        run_suite(BenchRequest(suite=load_suite("tiny"), out=tmp_path / "out", data=fixture_data, sia=tmp_path / "no"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_shipped_suites_share_the_reference_cell_and_mark_sia_cells():
+    assert {"paper-main", "ablations", "cpu-real", "tiny"} <= set(shipped_suites())
+    cells = expand(load_suite("cpu-real"))
+    reference = next(c for c in cells if c.variant == "reference")
+    assert {("tab5a", "reference"), ("fig5", "max_avg-p0.33"), ("tab1", "reference"), ("tabS4", "reference")} <= set(reference.members)
+    fig5 = [m for c in cells for m in c.members if m[0] == "fig5"]
+    assert len(fig5) == 18 and len({c.id for c in cells if any(a == "fig5" for a, _ in c.members)}) == 18
+    assert sorted(c.variant for c in cells if c.needs) == ["sia", "sia-s0", "sia-s0.1", "sia-s0.2"]
+    assert all(c.config["train"]["steps"] == reference.config["train"]["steps"] for c in cells)
+    assert [c.id for c in select(cells, ["tab5a"])][-1] == "magnetic_tile/magnetic_tile/reference"
+    assert len(select(cells, ["*/max-p*"])) == 6
+
+    ablations = expand(load_suite("ablations"))
+    assert len({c.category for c in ablations}) == 15
+    strengths = [c for c in ablations if c.variant.startswith("s0")]
+    assert all(c.needs == ("sia",) and c.config["synthesis"]["sia_root"].startswith("{sia}/") for c in strengths)
+
+
+def test_shipped_suites_fit_each_backbone_channel_counts():
+    """Every m_k of every shipped configuration is at most its backbone layer's channel count."""
+    import timm
+    import torch
+
+    from realnet.model.backbone import BACKBONES
+
+    checked = set()
+    for name in shipped_suites():
+        for cell in expand(load_suite(name)):
+            backbone, selection = cell.config["backbone"], cell.config["selection"]
+            layers = tuple(backbone["layers"] or BACKBONES[backbone["name"]].layers)
+            key = (backbone["name"], layers, tuple(selection["channels"] or ()))
+            if key in checked:
+                continue
+            checked.add(key)
+            with torch.device("meta"):
+                channels = timm.create_model(backbone["name"], features_only=True, out_indices=layers).feature_info.channels()
+            wanted = selection["channels"] or channels
+            assert len(wanted) == len(channels) and all(0 < m <= c for m, c in zip(wanted, channels)), (name, key, channels)
+    assert ("tf_efficientnet_b4", (1, 2, 3, 4), (24, 32, 56, 160)) in checked
+
+
+@pytest.mark.parametrize("change, needle", [
+    ({"axes": [{"name": "a", "variants": [{"name": "v", "set": {"rrs.mode": "max"}}]},
+               {"name": "b", "variants": [{"name": "v", "set": {"rrs.mode": "avg"}}]}]}, "variant name 'v'"),
+    ({"axes": [{"name": "a", "variants": [{"name": "v", "set": {"rrs.nope": 1}}]}]}, "rrs.nope"),
+    ({"axes": [{"name": "a", "variants": [{"name": "v"}], "colour": "red"}]}, "colour"),
+    ({"axes": [{"name": "a", "datasets": ["mvtec"], "variants": [{"name": "v"}]}]}, "unknown dataset"),
+    ({"preset": "huge"}, "preset 'huge'"),
+])
+def test_bad_suites_name_the_problem(change, needle):
+    with pytest.raises(RealnetError, match=needle):
+        expand(parse_suite(suite_dict([{"name": "v"}]) | change, "t.yaml"))
+
+
+def test_cells_needing_sia_are_found_from_config_and_templates():
+    suite = parse_suite(suite_dict([
+        {"name": "plain"},
+        {"name": "bank", "set": {"synthesis.sources": {"sia": 1.0}}},
+        {"name": "strength", "set": {"synthesis.sources": {"sia": 1.0}, "synthesis.sia_root": "{sia}/s0.1"}},
+        {"name": "fixed", "set": {"synthesis.sources": {"sia": 1.0}, "synthesis.sia_root": "/banks/widget"}},
+    ]), "t")
+    assert {c.variant: c.needs for c in expand(suite)} == {"plain": (), "bank": ("sia",), "strength": ("sia",), "fixed": ()}
+
+
+def test_tables_show_paper_format_partial_averages_and_statuses():
+    suite = parse_suite(suite_dict([{"name": "a", "paper": [99.0, 98.0, None]}, {"name": "b", "set": {"rrs.mode": "max"}}])
+                        | {"datasets": [{"name": "d", "layout": "mvtec", "root": "d", "categories": ["x", "y"]}]}, "t")
+    cells = expand(suite)
+    complete = {"status": "complete", "metrics": {"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": None}}
+    statuses = {"d/x/a": complete, "d/y/a": {"status": "complete", "metrics": {"image_auroc": 0.7, "pixel_auroc": 0.6, "aupro": 0.5}},
+                "d/x/b": {"status": "failed", "error": "boom"}, "d/y/b": {**complete, "metrics": {**complete["metrics"], "image_auroc": 1.0}}}
+    markdown, text = tables.category_table(suite, suite.axes[0], cells, statuses)
+    assert "| d | x | (90.00, 80.00, -) | failed |" in markdown
+    assert "| d | **AVG** | (80.00, 70.00, 50.00) | (100.00, 80.00, -)* |" in markdown
+    assert list(csv.reader(text.splitlines()))[3] == ["d", "AVG", "80.00", "70.00", "50.00", "100.00", "80.00", ""]
+    trend_md, trend_csv = tables.trend_table(suite, suite.axes[0], cells, statuses)
+    assert "| d | a | suite default | 80.00 | 70.00 | 50.00 | 2/2 | (99.00, 98.00, -) |" in trend_md
+    assert "| d | b | rrs.mode=max | 100.00 | 80.00 | - | 1/2 |  |" in trend_md
+    assert list(csv.DictReader(trend_csv.splitlines()))[1]["paper_image_auroc"] == ""
+
+
+def test_efficiency_of_a_config_in_its_own_process_matches_the_model(tmp_path):
+    from realnet.bench.efficiency import measure_in_subprocess, parameter_counts
+    from realnet.config import load_config
+    from realnet.engine.build import build_model
+    from realnet.model.backbone import create_backbone
+
+    result = measure_in_subprocess({"preset": "tiny", "warmup": 1, "repeats": 1, "threads": 1})
+    config = load_config("tiny")
+    model = build_model(config, create_backbone(config.backbone.name, weights="random", layers=config.backbone.layers))
+    assert (result["detector_params"], result["backbone_params"]) == parameter_counts(model)
+    state_mb = sum(t.numel() * t.element_size() for k, t in model.state_dict().items() if not k.startswith("backbone.")) / 2**20
+    assert state_mb < result["checkpoint_mb"] < state_mb + 0.1  # tensors plus the safetensors header
+    assert result["peak_rss_mb"] > 0
+    for batch in (1, 8):
+        ratio = result[f"backbone_images_per_s_bs{batch}"] / result[f"images_per_s_bs{batch}"]
+        assert result[f"time_ratio_bs{batch}"] == pytest.approx(ratio, abs=0.02)
+    markdown, text = tables.efficiency_table([{**result, "name": "tiny"}])
+    assert markdown.splitlines()[2].startswith(f"| tiny | {result['detector_params'] / 1e6:.2f} |")
+    assert list(csv.DictReader(text.splitlines()))[0]["checkpoint_mb"] == str(result["checkpoint_mb"])
