@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
-DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
-
-
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
-    parser.add_argument("--data", type=Path, required=required, help="dataset root")
-    parser.add_argument("--category", required=required, help="category (object) name")
-    parser.add_argument("--dataset", choices=DATASETS, default=None if not required else "mvtec",
-                        help="dataset layout (default mvtec; also serves MPDD and magnetic_tile)")
-
+from realnet.cli.common import add_data_arguments, data_selection
 
 def register(subparsers) -> None:
     fit = subparsers.add_parser("fit", help="train a detector from normal images")
-    add_data_arguments(fit, required=True)
+    add_data_arguments(fit)
     fit.add_argument("--out", type=Path, required=True, help="run folder to create")
     fit.add_argument("--preset", default="paper", help="paper | cpu | tiny (default paper)")
     fit.add_argument("--config", type=Path, help="YAML file overriding the preset")
@@ -43,7 +34,7 @@ def register(subparsers) -> None:
 
     test = subparsers.add_parser("test", help="evaluate a run on its test split")
     test.add_argument("--run", type=Path, required=True)
-    add_data_arguments(test, required=False)
+    add_data_arguments(test, default_dataset=None)
     test.add_argument("--device", default="auto")
     test.add_argument("--batch-size", type=int)
     test.add_argument("--panels", type=int, default=6, help="panels per case kind (worst/best)")
@@ -102,10 +93,11 @@ def config_from_args(args):
 def run_fit(args) -> int:
     from realnet.engine.fit import FitRequest, fit
 
+    root, category, dataset, folder_options = data_selection(args)
     meta = fit(FitRequest(
-        config=config_from_args(args), data_root=args.data, category=args.category, out=args.out,
-        dataset=args.dataset, resume=args.resume, device=args.device, skip_bad=args.skip_bad,
-        select_on_test=args.select_on_test, eval_every=args.eval_every,
+        config=config_from_args(args), data_root=root, category=category, out=args.out,
+        dataset=dataset, resume=args.resume, device=args.device, skip_bad=args.skip_bad,
+        select_on_test=args.select_on_test, eval_every=args.eval_every, folder_options=folder_options,
     ))
     summary = {"run": str(args.out), "threshold": meta["threshold"], **meta["fit"]["validation"],
                "wall_s": meta["fit"]["wall_s"]}
@@ -116,8 +108,9 @@ def run_fit(args) -> int:
 def run_test(args) -> int:
     from realnet.engine.evaluate import evaluate
 
-    metrics = evaluate(args.run, data_root=args.data, category=args.category, dataset=args.dataset,
-                       device=args.device, batch_size=args.batch_size, panels=args.panels,
+    root, category, dataset, folder_options = data_selection(args, required=False)
+    metrics = evaluate(args.run, data_root=root, category=category, dataset=dataset,
+                       folder_options=folder_options or None, device=args.device, batch_size=args.batch_size, panels=args.panels,
                        skip_bad=args.skip_bad)
     shown = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "n_images", "n_anomalous")}
     print(json.dumps(shown))

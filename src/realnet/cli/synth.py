@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 
-from realnet.data.layouts import DATASETS
+from realnet.cli.common import add_data_arguments, data_selection
 from realnet.errors import RealnetError
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -24,10 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the image (captioned with its source and opacity d) above the same image with its "
                     "anomaly mask in red.",
     )
-    preview.add_argument("--data", type=Path, required=True, help="dataset root")
-    preview.add_argument("--category", required=True, help="category (object) name")
-    preview.add_argument("--dataset", choices=DATASETS, default="mvtec", help="layout (default mvtec)")
-    preview.add_argument("--normal-dir", type=Path, help="normal images (--dataset folder only)")
+    add_data_arguments(preview)
     preview.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
                          help="anomaly source(s): dtd, sia, cutpaste, nsa (default: dtd and/or sia "
                               "when --dtd/--sia are given)")
@@ -57,20 +52,14 @@ def _source_weights(args: argparse.Namespace) -> dict[str, float]:
 def _write_image_atomically(path: Path, rgb) -> None:
     import cv2
 
+    from realnet.engine.checkpoint import atomic_write
+
     if path.suffix.lower() not in GRID_SUFFIXES:
         raise RealnetError(f"--out {path}: use one of {', '.join(GRID_SUFFIXES)}")
     ok, encoded = cv2.imencode(path.suffix.lower(), rgb[..., ::-1])
     if not ok:
         raise RealnetError(f"--out {path}: cannot encode the grid")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(encoded.tobytes())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    atomic_write(path, lambda tmp: tmp.write_bytes(encoded.tobytes()))
 
 
 def run_preview(args: argparse.Namespace) -> int:
@@ -85,20 +74,18 @@ def run_preview(args: argparse.Namespace) -> int:
 
     if args.count < 1 or args.size < 8:
         raise RealnetError(f"--count must be >= 1 and --size >= 8, got {args.count} and {args.size}")
-    if args.normal_dir is not None and args.dataset != "folder":
-        raise RealnetError("--normal-dir only applies to --dataset folder")
-    folder_options = {"normal_dir": args.normal_dir} if args.normal_dir is not None else {}
+    root, category, dataset, folder_options = data_selection(args)
     weights = _source_weights(args)
-    records = load_dataset(args.data, args.category, args.dataset, **folder_options)
+    records = load_dataset(root, category, dataset, **folder_options)
     train = [r.image for r in records if r.split == "train" and r.label == NORMAL]
     if not train:
-        raise RealnetError(f"{args.data}: category '{args.category}' has no normal training images")
+        raise RealnetError(f"{root}: category '{category}' has no normal training images")
 
     config = SynthesisConfig(source_weights=weights)
     names = [name for name, weight in config.source_weights.items() if weight > 0]
-    sources = build_sources(names, size=args.size, category=args.category, dtd_root=args.dtd,
+    sources = build_sources(names, size=args.size, category=category, dtd_root=args.dtd,
                             sia_root=args.sia, normal_images=train)
-    synthesizer = AnomalySynthesizer(config, sources, resolve_foreground(args.foreground, args.dataset, args.category))
+    synthesizer = AnomalySynthesizer(config, sources, resolve_foreground(args.foreground, dataset, category))
     rng = np.random.default_rng(args.seed)
     picks = rng.choice(len(train), size=args.count, replace=args.count > len(train))
     loaded = {int(i): resize_image(read_image(train[int(i)]), args.size) for i in set(picks.tolist())}

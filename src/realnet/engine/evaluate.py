@@ -92,7 +92,7 @@ def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
-             device: str = "auto", batch_size: int | None = None, panels: int = 6,
+             folder_options: dict | None = None, device: str = "auto", batch_size: int | None = None, panels: int = 6,
              skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
     from realnet.engine.fit import score_images
     from realnet.report.panels import write_panels
@@ -103,7 +103,8 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     data = meta["data"]
     size = meta["config"]["train"]["image_size"]
     split = load_test_split(data_root or data["root"], category or data["category"], dataset or data["dataset"],
-                            size, data.get("folder_options"), skip_bad=skip_bad, progress=progress)
+                            size, folder_options if folder_options is not None else data.get("folder_options"),
+                            skip_bad=skip_bad, progress=progress)
     started = time.time()
     maps, scores = score_images(model, split.images, torch_device, batch_size or meta["config"]["train"]["batch_size"],
                                 progress=progress, desc="test")

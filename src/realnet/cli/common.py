@@ -1,0 +1,52 @@
+"""Arguments every data-reading command shares: where the data is and how it is laid out."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from realnet.errors import RealnetError
+
+DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
+FOLDER_FLAGS = {
+    "normal_dir": "--normal-dir",
+    "abnormal_dir": "--abnormal-dir",
+    "mask_dir": "--mask-dir",
+    "normal_test_dir": "--normal-test-dir",
+    "test_ratio": "--test-ratio",
+    "split_seed": "--split-seed",
+}
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mvtec") -> None:
+    """--data, --category, --dataset and the folder-dataset options. With default_dataset=None
+    the dataset may be left out (e.g. `test`, which defaults to the run's own data)."""
+    parser.add_argument("--data", type=Path, help="dataset root (folder dataset: base for its dirs)")
+    parser.add_argument("--category", help="category name (folder dataset: any name, default 'custom')")
+    parser.add_argument("--dataset", choices=DATASETS, default=default_dataset,
+                        help="layout: mvtec (also MPDD and magnetic_tile), btad, visa, folder"
+                             + (f" (default {default_dataset})" if default_dataset else ""))
+    folder = parser.add_argument_group("folder dataset (--dataset folder)")
+    folder.add_argument("--normal-dir", type=Path, help="normal images (required for folder)")
+    folder.add_argument("--abnormal-dir", type=Path, help="anomalous test images")
+    folder.add_argument("--mask-dir", type=Path, help="masks of the anomalous images, matched by file stem")
+    folder.add_argument("--normal-test-dir", type=Path, help="normal test images")
+    folder.add_argument("--test-ratio", type=float,
+                        help="share of normal images kept for test without --normal-test-dir (default 0.2)")
+    folder.add_argument("--split-seed", type=int, help="seed of that train/test split (default 0)")
+
+
+def data_selection(args: argparse.Namespace, *, required: bool = True) -> tuple[Path | None, str | None, str | None, dict[str, Any]]:
+    """(root, category, dataset, folder options) from parsed arguments, with one-line errors."""
+    options = {name: getattr(args, name) for name in FOLDER_FLAGS if getattr(args, name) is not None}
+    if "split_seed" in options:
+        options["seed"] = options.pop("split_seed")
+    if args.dataset == "folder":
+        return args.data or Path("."), args.category or "custom", "folder", options
+    if options:
+        flags = ", ".join(FOLDER_FLAGS["split_seed" if n == "seed" else n] for n in options)
+        raise RealnetError(f"{flags} only apply to --dataset folder")
+    if required and (args.data is None or args.category is None):
+        raise RealnetError(f"--dataset {args.dataset or 'mvtec'} needs --data and --category")
+    return args.data, args.category, args.dataset, options
