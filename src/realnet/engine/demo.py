@@ -14,7 +14,7 @@ from realnet.config import load_config
 from realnet.engine import checkpoint
 from realnet.errors import RealnetError
 
-DEMO_STEPS = 300
+DEMO_STEPS = 800
 DEMO_IMAGE_SIZE = 128  # keeps fit + test + predict within minutes on 2 CPU cores
 
 
