@@ -18,7 +18,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 def test_two_rank_gloo_fit_writes_one_run(tmp_path):
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517",
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "realnet", "fit", "--data", str(data), "--category", "widget", "--preset", "tiny",
                "--out", str(out), "--steps", "3"]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

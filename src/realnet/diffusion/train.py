@@ -34,6 +34,7 @@ from realnet.data.records import NORMAL
 from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, GaussianDiffusion, make_betas
 from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_config
 from realnet.diffusion.sampler import sdas_sample
+from realnet.engine.checkpoint import read_json
 from realnet.engine.distributed import DistributedContext
 from realnet.errors import BadFileError, RealnetError
 
@@ -83,12 +84,7 @@ class TrainRequest:
 
 def read_model_meta(model_dir: Path) -> dict[str, Any]:
     path = Path(model_dir) / MODEL_META
-    if not path.is_file():
-        raise RealnetError(f"{model_dir}: not an SDAS model folder (no {MODEL_META}); train one with `realnet sdas train`")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise BadFileError(path, f"unreadable ({error})") from None
+    meta = read_json(path, f"{model_dir}: not an SDAS model folder (no {MODEL_META}); train one with `realnet sdas train`")
     if meta.get("format") != FORMAT:
         raise BadFileError(path, f"not an SDAS model description (format {meta.get('format')!r})")
     return meta

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from realnet import __version__
-from realnet.errors import RealnetError
+from realnet.errors import BadFileError, RealnetError
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
@@ -62,16 +62,21 @@ def save_model(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any]) -> N
     write_json(run_dir / MODEL_META, meta)
 
 
+def read_json(path: Path, missing: str) -> dict[str, Any]:
+    """A JSON metadata file, with one-line errors: `missing` when it does not exist."""
+    if not path.is_file():
+        raise RealnetError(missing)
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise BadFileError(path, f"unreadable metadata ({error})") from None
+
+
 def read_meta(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / MODEL_META
-    if not path.is_file():
-        raise RealnetError(f"{run_dir} is not a finished realnet run ({MODEL_META} not found)")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise RealnetError(f"{path}: unreadable run metadata ({error.msg})") from None
+    meta = read_json(path, f"{run_dir} is not a finished realnet run ({MODEL_META} not found)")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise RealnetError(f"{path}: unsupported checkpoint format {meta.get('format_version')}")
+        raise BadFileError(path, f"unsupported checkpoint format {meta.get('format_version')}")
     return meta
 
 
