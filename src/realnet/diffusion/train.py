@@ -35,6 +35,7 @@ from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, GaussianDiffusion, mak
 from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_config
 from realnet.diffusion.sampler import sdas_sample
 from realnet.engine.checkpoint import read_json
+from realnet.engine.runtime import batch_indices
 from realnet.engine.distributed import DistributedContext
 from realnet.errors import BadFileError, RealnetError
 
@@ -207,8 +208,6 @@ def data_fingerprint(images: torch.Tensor, labels: torch.Tensor) -> str:
 
 def rank_batch(step: int, n_images: int, batch_size: int, seed: int, rank: int, world_size: int) -> np.ndarray:
     """Rank `rank`'s share of the global batch of `step` (epoch-wise shuffling, as in fit)."""
-    from realnet.engine.fit import batch_indices
-
     return batch_indices(step, n_images, batch_size, seed)[rank::world_size]
 
 

@@ -19,7 +19,14 @@ from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.engine import checkpoint
 from realnet.engine.build import build_model
-from realnet.engine.runtime import load_samples, resolve_device, seed_everything, to_tensor
+from realnet.engine.runtime import (
+    batch_indices,
+    load_samples,
+    resolve_device,
+    seed_everything,
+    steps_per_epoch,
+    to_tensor,
+)
 from realnet.errors import RealnetError
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
@@ -61,20 +68,6 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     order = np.random.default_rng([seed, 7]).permutation(n)
     n_holdout = min(n - 1, round(fraction * n)) if fraction > 0 else 0
     return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
-
-
-def steps_per_epoch(n_images: int, batch_size: int) -> int:
-    return max(1, n_images // batch_size)
-
-
-def batch_indices(step: int, n_images: int, batch_size: int, seed: int) -> np.ndarray:
-    """Epoch-wise shuffling without replacement, computed from (seed, epoch) alone."""
-    per_epoch = steps_per_epoch(n_images, batch_size)
-    epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, 11, epoch]).permutation(n_images)
-    if n_images < batch_size:
-        order = np.resize(order, batch_size)
-    return order[position * batch_size:(position + 1) * batch_size]
 
 
 def synthesize(synthesizer, images: np.ndarray, foregrounds: np.ndarray, indices: np.ndarray,
@@ -289,21 +282,21 @@ def prepare_run_dir(request: FitRequest) -> bool:
 
 def fit(request: FitRequest) -> dict[str, Any]:
     """Train a detector and write RUN/model.safetensors + RUN/model.json. Returns the metadata."""
-    from realnet.engine import distributed
-    from realnet.model.backbone import create_backbone
-
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
         return checkpoint.read_meta(request.out)
     created = prepare_run_dir(request)
     try:
-        return _fit(request, create_backbone, distributed)
+        return _fit(request)
     except BaseException:
         if created and not (request.out / checkpoint.RESUME_STATE).exists():
             shutil.rmtree(request.out, ignore_errors=True)
         raise
 
 
-def _fit(request: FitRequest, create_backbone, distributed) -> dict[str, Any]:
+def _fit(request: FitRequest) -> dict[str, Any]:
+    from realnet.engine import distributed
+    from realnet.model.backbone import create_backbone
+
     config, tc = request.config, request.config.train
     started = time.time()
     context = distributed.init_distributed()

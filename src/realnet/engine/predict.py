@@ -10,18 +10,18 @@ from pathlib import Path
 import numpy as np
 
 from realnet.data.io import read_image, resize_image
+from realnet.data.layouts import IMAGE_EXTENSIONS
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def expand_inputs(paths: list[str]) -> Iterator[Path]:
     for name in paths:
         path = Path(name)
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            yield from sorted(p for p in path.rglob("*")
+                              if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
         else:
             yield path
 

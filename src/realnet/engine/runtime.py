@@ -36,6 +36,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def steps_per_epoch(n_images: int, batch_size: int) -> int:
+    return max(1, n_images // batch_size)
+
+
+def batch_indices(step: int, n_images: int, batch_size: int, seed: int) -> np.ndarray:
+    """Epoch-wise shuffling without replacement, computed from (seed, epoch) alone."""
+    per_epoch = steps_per_epoch(n_images, batch_size)
+    epoch, position = divmod(step, per_epoch)
+    order = np.random.default_rng([seed, 11, epoch]).permutation(n_images)
+    if n_images < batch_size:
+        order = np.resize(order, batch_size)
+    return order[position * batch_size:(position + 1) * batch_size]
+
+
 def to_tensor(images: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [0, 1]."""
     tensor = torch.from_numpy(np.array(images, dtype=np.uint8)).to(device).permute(0, 3, 1, 2)
