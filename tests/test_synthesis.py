@@ -159,6 +159,36 @@ def test_anomalous_sample_is_eq3_inside_its_mask():
     assert np.array_equal(sample.image[~sample.mask], image[~sample.mask])
 
 
+class ColourTexture:
+    """A texture source whose P is one saturated colour."""
+
+    def texture(self, rng):
+        return np.broadcast_to(np.array([200, 30, 90], np.uint8), (SIZE, SIZE, 3)).copy()
+
+
+@pytest.mark.parametrize("match_gray", [True, False])
+def test_colour_textures_blend_as_gray_into_gray_images_unless_disabled(match_gray):
+    gray = np.repeat(noise_image()[..., :1], 3, axis=2)
+    settings = SynthesisConfig(source_weights={"colour": 1.0}, delta_ranges={"colour": (0.5, 1.0)}, match_gray=match_gray)
+    sample = AnomalySynthesizer(settings, {"colour": ColourTexture()}, NO_FOREGROUND)(
+        gray, np.random.default_rng(3), force_anomalous=True)
+    texture = ColourTexture().texture(None)
+    if match_gray:
+        texture = np.repeat(cv2.cvtColor(texture, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    expected = np.round(blend_anomaly(gray, texture, sample.mask, sample.delta)).astype(np.uint8)
+    assert sample.mask.any() and np.array_equal(sample.image, expected)
+    channels_equal = (sample.image[..., 0] == sample.image[..., 1]).all() and (sample.image[..., 1] == sample.image[..., 2]).all()
+    assert channels_equal == match_gray
+
+
+def test_colour_images_keep_colour_textures():
+    image = noise_image()
+    settings = SynthesisConfig(source_weights={"colour": 1.0}, delta_ranges={"colour": (1.0, 1.0)})
+    sample = AnomalySynthesizer(settings, {"colour": ColourTexture()}, NO_FOREGROUND)(
+        image, np.random.default_rng(3), force_anomalous=True)
+    assert np.array_equal(sample.image[sample.mask], np.broadcast_to([200, 30, 90], sample.image[sample.mask].shape))
+
+
 def test_normal_probability_is_honoured():
     image = noise_image()
     rng = np.random.default_rng(0)
@@ -430,6 +460,7 @@ def test_synth_preview_cli_writes_the_grid(tmp_path, capsys):
     assert grid.shape == (2 * 32 + 4, 5 * 32 + 4 * 4, 3)
     assert "wrote" in capsys.readouterr().out
     assert sorted(p.name for p in out.parent.iterdir()) == ["grid.png"]  # no temp file left
+    assert main(argv[:-1] + [str(tmp_path / "colour.png"), "--colour-textures"]) == 0
 
     assert main(argv[:8] + ["--out", str(tmp_path / "g.png")]) == 2  # dtd without --dtd
     assert "--dtd" in capsys.readouterr().err

@@ -63,6 +63,7 @@ class SynthesisConfig:
     dtd_root: str | None = None  # folder holding dtd/images/<class>/*.jpg (or images/<class>)
     sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
     foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
+    match_gray: bool = True  # grayscale textures on grayscale images (ours); false = the paper
 
 
 @dataclass

@@ -31,6 +31,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--foreground", choices=("rule", "auto", "none"), default="rule",
                          help="where anomalies may go: the category's rule (auto when unknown), auto, "
                               "or none = whole image (default rule)")
+    preview.add_argument("--colour-textures", action="store_true",
+                         help="blend colour textures into grayscale images as the paper does (default: "
+                              "grayscale textures on grayscale images, like fit's synthesis.match_gray)")
     preview.add_argument("--size", type=int, default=256, help="training image size (default 256)")
     preview.add_argument("--count", type=int, default=16, help="number of samples (default 16)")
     preview.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -81,7 +84,7 @@ def run_preview(args: argparse.Namespace) -> int:
     if not train:
         raise RealnetError(f"{root}: category '{category}' has no normal training images")
 
-    config = SynthesisConfig(source_weights=weights)
+    config = SynthesisConfig(source_weights=weights, match_gray=not args.colour_textures)
     names = [name for name, weight in config.source_weights.items() if weight > 0]
     sources = build_sources(names, size=args.size, category=category, dtd_root=args.dtd,
                             sia_root=args.sia, normal_images=train)

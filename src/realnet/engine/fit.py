@@ -132,7 +132,8 @@ def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: st
         dtd_root=find_dtd_root(config, data_root) if "dtd" in weights else None,
         sia_root=config.synthesis.sia_root, normal_images=normal_images,
     )
-    settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights)
+    settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights,
+                               match_gray=config.synthesis.match_gray)
     return AnomalySynthesizer(settings, sources, rule)
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from realnet.errors import RealnetError
@@ -34,6 +35,10 @@ class SynthesisConfig:
     source_weights: relative chance of each anomaly source, by name (e.g. {"sia": 1, "dtd": 1}).
     delta_ranges: opacity delta ~ U(low, high) per texture source (Eq. 3).
     min_exponent, max_exponent, threshold, rotation: the Perlin mask (see `perlin_mask`).
+    match_gray: on a grayscale normal image (R = G = B), blend texture sources as grayscale too
+        (ours). The paper blends colour DTD textures into every category, which on grayscale data
+        lets the detector flag "any colour" instead of learning defects it will meet at test
+        time. False reproduces the paper.
     max_retries: extra draws when a mask comes out empty (see `AnomalySynthesizer`).
     """
 
@@ -46,6 +51,7 @@ class SynthesisConfig:
     max_exponent: int = 6
     threshold: float = 0.5
     rotation: float = 90.0
+    match_gray: bool = True
     max_retries: int = 10
 
     def __post_init__(self) -> None:
@@ -156,6 +162,8 @@ class AnomalySynthesizer:
         texture = source.texture(rng)
         if texture.shape != image.shape:
             raise ValueError(f"source {name!r} gave {texture.shape} for an image of {image.shape}")
+        if self.config.match_gray and is_grayscale(image):
+            texture = to_grayscale(texture)
         delta = float(rng.uniform(*self.config.delta_ranges[name]))
         blended = blend_anomaly(image, texture, mask, delta)
         out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
@@ -169,6 +177,17 @@ class AnomalySynthesizer:
                 if mask.any():
                     return SynthesizedSample(out, mask, 1, name, 1.0)
         return self._normal(image)
+
+
+def is_grayscale(image: np.ndarray) -> bool:
+    """Whether an RGB image has equal channels everywhere (a grayscale photograph)."""
+    return bool(np.array_equal(image[..., 0], image[..., 1]) and np.array_equal(image[..., 1], image[..., 2]))
+
+
+def to_grayscale(image: np.ndarray) -> np.ndarray:
+    """RGB uint8 -> its luminance (ITU-R BT.601, as OpenCV) repeated in three channels."""
+    luminance = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    return np.repeat(luminance[..., None], 3, axis=2)
 
 
 SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa")
