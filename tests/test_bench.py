@@ -115,7 +115,9 @@ def test_shipped_suites_share_the_reference_cell_and_mark_sia_cells():
     assert {"paper-main", "ablations", "cpu-real", "tiny"} <= set(shipped_suites())
     cells = expand(load_suite("cpu-real"))
     reference = next(c for c in cells if c.variant == "reference")
-    assert {("tab5a", "reference"), ("fig5", "max_avg-p0.33"), ("tab1", "reference"), ("tabS4", "reference")} <= set(reference.members)
+    assert {("tab5a", "reference"), ("fig5", "max_avg-p0.33"), ("tab1", "reference"), ("tabS3", "reference")} <= set(reference.members)
+    stride4 = next(c for c in cells if c.variant == "lite0-stride4")
+    assert {("tabS3", "lite0-stride4"), ("tabS4", "lite0-stride4")} <= set(stride4.members)
     fig5 = [m for c in cells for m in c.members if m[0] == "fig5"]
     assert len(fig5) == 18 and len({c.id for c in cells if any(a == "fig5" for a, _ in c.members)}) == 18
     assert sorted(c.variant for c in cells if c.needs) == ["sia", "sia-s0", "sia-s0.1", "sia-s0.2"]
