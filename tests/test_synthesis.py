@@ -467,3 +467,15 @@ def test_synth_preview_cli_writes_the_grid(tmp_path, capsys):
     missing = argv[:10] + ["--dtd", str(tmp_path / "nowhere")] + argv[12:]
     assert main(missing) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("preset, expected", [("cpu", True), ("paper", False)])
+def test_fit_builds_its_synthesizer_with_the_configs_gray_matching(preset, expected, tmp_path):
+    from realnet.config import load_config
+    from realnet.engine.fit import build_synthesizer
+
+    config = load_config(preset, None, ["synthesis.sources={cutpaste: 1.0}"])
+    built = build_synthesizer(config, NO_FOREGROUND, tmp_path, "any", noise_image()[None])
+    assert built.config.match_gray is expected
+    flipped = load_config(preset, None, ["synthesis.sources={cutpaste: 1.0}", f"synthesis.match_gray={str(not expected).lower()}"])
+    assert build_synthesizer(flipped, NO_FOREGROUND, tmp_path, "any", noise_image()[None]).config.match_gray is (not expected)
