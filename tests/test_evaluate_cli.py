@@ -17,7 +17,9 @@ def test_run_metadata_records_identity_threshold_and_protocol(tiny_run):
     assert meta["backbone"]["name"] == "tf_efficientnet_lite0" and len(meta["backbone"]["sha256"]) == 64
     assert meta["threshold_source"].startswith("held-out normal")
     assert meta["fit"]["n_holdout_images"] == 3 and meta["fit"]["n_fit_images"] == 9
-    assert "val_image_auroc" in meta["fit"]["validation"]
+    validation = meta["fit"]["validation"]
+    for prefix in ("val", "val_faint"):
+        assert all(0.0 <= validation[f"{prefix}_{m}"] <= 1.0 for m in ("image_auroc", "pixel_auroc", "aupro"))
     assert len(meta["selection"]["indices"]) == 2
     assert not any(p.name.startswith("resume") for p in run.iterdir())
 
