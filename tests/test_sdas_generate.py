@@ -120,3 +120,24 @@ def test_two_torchrun_ranks_write_the_same_bank_as_one_process(model, tmp_path):
     one, two = files(tmp_path / "one" / "tile"), files(tmp_path / "two" / "tile")
     assert one.keys() == two.keys() and len([n for n in one if n.endswith(".png")]) == 7
     assert one == two  # images, manifest and settings
+
+
+def test_json_summaries_are_one_write_so_torchrun_ranks_cannot_interleave(monkeypatch):
+    """Regression: print() wrote the JSON and its newline separately, so two ranks sharing an
+    unbuffered stdout produced '{...}{...}' lines the torchrun test could not parse."""
+    from realnet.cli.common import print_json_line
+
+    class RecordingStdout:
+        def __init__(self):
+            self.writes = []
+
+        def write(self, text):
+            self.writes.append(text)
+
+        def flush(self):
+            pass
+
+    stdout = RecordingStdout()
+    monkeypatch.setattr(sys, "stdout", stdout)
+    print_json_line({"rank": 1, "written": 3})
+    assert stdout.writes == ['{"rank": 1, "written": 3}\n']

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,3 +52,10 @@ def data_selection(args: argparse.Namespace, *, required: bool = True) -> tuple[
     if required and (args.data is None or args.category is None):
         raise RealnetError(f"--dataset {args.dataset or 'mvtec'} needs --data and --category")
     return args.data, args.category, args.dataset, options
+
+
+def print_json_line(payload: Any) -> None:
+    """One JSON line on stdout in a single write, so that lines printed by several torchrun ranks
+    sharing one stdout never interleave (print() writes the text and the newline separately)."""
+    sys.stdout.write(json.dumps(payload) + "\n")
+    sys.stdout.flush()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from realnet.cli.common import add_data_arguments, data_selection
+from realnet.cli.common import add_data_arguments, data_selection, print_json_line
 
 def register(subparsers) -> None:
     fit = subparsers.add_parser("fit", help="train a detector from normal images")
@@ -101,7 +101,7 @@ def run_fit(args) -> int:
     ))
     summary = {"run": str(args.out), "threshold": meta["threshold"], **meta["fit"]["validation"],
                "wall_s": meta["fit"]["wall_s"]}
-    print(json.dumps(summary))
+    print_json_line(summary)
     return 0
 
 

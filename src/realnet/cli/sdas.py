@@ -8,6 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
+from realnet.cli.common import print_json_line
 from realnet.errors import BadFileError, RealnetError
 
 
@@ -100,7 +101,7 @@ def run_train(args: argparse.Namespace) -> int:
         init=args.init, resume=args.resume, device=args.device, bf16=args.bf16, progress=not args.no_progress,
     ))
     if summary["rank"] == 0:
-        print(json.dumps(summary))
+        print_json_line(summary)
     return 0
 
 
@@ -114,7 +115,7 @@ def run_generate(args: argparse.Namespace) -> int:
         sampler=args.sampler, ddim_variance=args.ddim_variance, device=args.device, bf16=args.bf16,
         progress=not args.no_progress,
     ))
-    print(json.dumps(summary))
+    print_json_line(summary)
     return 0
 
 
