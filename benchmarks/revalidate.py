@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from realnet.config import RealNetConfig
@@ -31,10 +32,14 @@ def main() -> None:
     parser.add_argument("--dataset", default="mvtec")
     args = parser.parse_args()
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
+    images_by_size: dict[int, np.ndarray] = {}
     for run in args.runs:
         model, meta = load_run(run, torch.device("cpu"))
         config = RealNetConfig.from_dict(meta["config"])
-        images, *_ = load_samples(records, config.train.image_size, skip_bad=False, desc="loading", progress=False)
+        size = config.train.image_size
+        if size not in images_by_size:
+            images_by_size[size] = load_samples(records, size, skip_bad=False, desc="loading", progress=False)[0]
+        images = images_by_size[size]
         _, holdout = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
         metrics = validate_on_painted_defects(model, images[holdout], config, torch.device("cpu"))
         print(json.dumps({"run": str(run), **{k: round(v, 4) for k, v in metrics.items()}}), flush=True)

@@ -272,15 +272,14 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
     defect_masks = np.stack([p[1] for p in painted])
     maps, scores = score_images(model, np.concatenate([holdout, strong, faint]), device, config.train.batch_size)
     n = len(holdout)
-    normal_masks = np.zeros(holdout.shape[:3], bool)
+    masks = np.concatenate([np.zeros(holdout.shape[:3], bool), defect_masks])
     labels = np.r_[np.zeros(n), np.ones(n)]
     metrics: dict[str, float] = {}
     for prefix, part in (("val", slice(n, 2 * n)), ("val_faint", slice(2 * n, 3 * n))):
         part_maps = np.concatenate([maps[:n], maps[part]])
-        part_masks = np.concatenate([normal_masks, defect_masks])
         metrics |= {f"{prefix}_image_auroc": image_auroc(np.r_[scores[:n], scores[part]], labels),
-                    f"{prefix}_pixel_auroc": pixel_auroc(part_maps, part_masks),
-                    f"{prefix}_aupro": aupro(part_maps, part_masks)}
+                    f"{prefix}_pixel_auroc": pixel_auroc(part_maps, masks),
+                    f"{prefix}_aupro": aupro(part_maps, masks)}
     return metrics | {"val_n_normal": n, "val_n_painted": n}
 
 
