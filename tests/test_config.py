@@ -33,6 +33,8 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("train.nope=1", "train.nope"),
     ("rrs.mode=median", "rrs.mode"),
     ("notakey", "section.key=value"),
+    ("synthesis.match_gray=maybe", "synthesis.match_gray must be true or false"),  # was accepted as truthy
+    ("reconstruction.attention=1", "reconstruction.attention must be true or false"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):

@@ -113,6 +113,8 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{where}.{key}")
+        elif isinstance(current, bool) and not isinstance(value, bool):
+            raise RealnetError(f"{where}.{key} must be true or false, got {value!r}")
         else:
             setattr(target, key, value)
     return target
