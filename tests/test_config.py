@@ -19,6 +19,7 @@ def test_paper_preset_matches_the_paper():
     assert config.rrs.mode == "max_avg" and abs(config.rrs.ratio - 1 / 3) < 1e-9
     assert (config.train.image_size, config.train.batch_size, config.train.learning_rate) == (256, 16, 1e-4)
     assert config.train.epochs == 1000 and config.reconstruction.arch == "A"
+    assert config.train.lr_schedule == "constant"
 
 
 def test_file_and_overrides_apply_in_order(tmp_path):
@@ -35,6 +36,7 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("notakey", "section.key=value"),
     ("synthesis.match_gray=maybe", "synthesis.match_gray must be true or false"),  # was accepted as truthy
     ("reconstruction.attention=1", "reconstruction.attention must be true or false"),
+    ("train.lr_schedule=linear", "train.lr_schedule must be constant or cosine"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):

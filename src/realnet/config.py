@@ -71,6 +71,7 @@ class TrainConfig:
     image_size: int = 256
     batch_size: int = 16
     learning_rate: float = 1e-4
+    lr_schedule: str = "constant"  # "constant" (the paper) | "cosine": decays to 0 by the last step (ours)
     steps: int | None = None  # when set, overrides epochs
     epochs: int = 1000
     seed: int = 100
@@ -168,6 +169,7 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.image_size % 32 == 0, "train.image_size must be a multiple of 32"),
         (0 <= config.train.holdout_fraction < 1, "train.holdout_fraction must be in [0, 1)"),
         (0 < config.train.threshold_quantile <= 1, "train.threshold_quantile must be in (0, 1]"),
+        (config.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
         (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
     ]
     for ok, message in checks:

@@ -3,6 +3,7 @@ held-out normal training images. No test image is seen unless `select_on_test` i
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
@@ -230,6 +231,16 @@ def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features
     return {"loss": float(loss.detach()), **parts}
 
 
+def learning_rate_at(step: int, total_steps: int, base: float, schedule: str) -> float:
+    """The step's learning rate, a pure function of the step so that --resume needs no scheduler
+    state. "cosine" (ours, not the paper's constant rate) decays from base to 0 over the run."""
+    if schedule == "constant":
+        return base
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}")
+
+
 def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch_size: int,
                  progress: bool = False, desc: str = "scoring") -> tuple[np.ndarray, np.ndarray]:
     """Anomaly maps (N, S, S) float32 and image scores (N,) for uint8 images, in eval mode."""
@@ -354,6 +365,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     losses: dict[str, float] = {}
     for step in bar:
         indices, anomalous, masks, labels = batches.for_step(step, context.rank, context.world_size)
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate_at(step, total_steps, tc.learning_rate, tc.lr_schedule)
         losses = train_step(
             model, optimizer, normal_features(indices), to_tensor(anomalous, device),
             torch.from_numpy(masks).to(device), torch.from_numpy(labels).to(device),

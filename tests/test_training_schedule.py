@@ -1,0 +1,25 @@
+"""The learning-rate schedule is a pure function of the step (so --resume needs no state)."""
+
+import math
+
+import pytest
+
+from realnet.engine.fit import learning_rate_at
+
+
+def test_constant_schedule_is_the_papers_fixed_rate():
+    assert {learning_rate_at(step, 100, 1e-4, "constant") for step in range(100)} == {1e-4}
+
+
+def test_cosine_schedule_decays_from_base_to_zero():
+    rates = [learning_rate_at(step, 100, 1e-3, "cosine") for step in range(101)]
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[50] == pytest.approx(5e-4)
+    assert rates[100] == pytest.approx(0.0, abs=1e-12)
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert rates[25] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 4)))
+
+
+def test_unknown_schedule_is_refused():
+    with pytest.raises(ValueError, match="linear"):
+        learning_rate_at(0, 10, 1e-3, "linear")
