@@ -26,15 +26,17 @@ def environment() -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_killed_fit_resumes_to_identical_weights(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_killed_fit_resumes_to_identical_weights(tmp_path, schedule):
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
                            size=(64, 64))
-    reference = subprocess.run(fit_command(data, tmp_path / "reference"), env=environment(),
+    schedule_option = ("--set", f"train.lr_schedule={schedule}")
+    reference = subprocess.run(fit_command(data, tmp_path / "reference", *schedule_option), env=environment(),
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(fit_command(data, killed), env=environment(),
+    process = subprocess.Popen(fit_command(data, killed, *schedule_option), env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (killed / "resume.pt").exists() and process.poll() is None and time.time() < deadline:
@@ -44,7 +46,7 @@ def test_killed_fit_resumes_to_identical_weights(tmp_path):
     assert not (killed / "model.json").exists(), "the run finished before it could be killed"
     assert (killed / "resume.pt").exists()
 
-    resumed = subprocess.run(fit_command(data, killed, "--resume"), env=environment(),
+    resumed = subprocess.run(fit_command(data, killed, *schedule_option, "--resume"), env=environment(),
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
