@@ -1,4 +1,5 @@
-"""Arguments every data-reading command shares: where the data is and how it is laid out."""
+"""Arguments every data-reading command shares (where the data is and how it is laid out), and
+the one-line JSON summary every command prints."""
 
 from __future__ import annotations
 

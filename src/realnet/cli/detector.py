@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from realnet.cli.common import add_data_arguments, data_selection, print_json_line
@@ -113,7 +112,7 @@ def run_test(args) -> int:
                        folder_options=folder_options or None, device=args.device, batch_size=args.batch_size, panels=args.panels,
                        skip_bad=args.skip_bad)
     shown = {k: metrics[k] for k in ("image_auroc", "pixel_auroc", "aupro", "image_f1_max", "n_images", "n_anomalous")}
-    print(json.dumps(shown))
+    print_json_line(shown)
     print(f"metrics: {args.run / 'metrics.json'}  panels: {args.run / 'panels'}")
     return 0
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from realnet.cli.common import print_json_line
 
 FORMATS = ("onnx",)
 
@@ -34,7 +35,7 @@ def run_export(args) -> int:
           f"{', '.join(map(str, parity.batch_sizes))}): max |map difference| {parity.max_abs_map_difference:.2e} "
           f"(tolerance {parity.map_tolerance:g}), max |score difference| {parity.max_abs_score_difference:.2e} "
           f"(tolerance {parity.score_tolerance:g})")
-    print(json.dumps({
+    print_json_line({
         "onnx": str(report.path),
         "files": [str(p) for p in report.files],
         "opset": report.opset,
@@ -43,5 +44,5 @@ def run_export(args) -> int:
         "image_size": int(report.metadata["image_size"]),
         "parity_max_abs_map_difference": parity.max_abs_map_difference,
         "parity_max_abs_score_difference": parity.max_abs_score_difference,
-    }))
+    })
     return 0
