@@ -82,6 +82,9 @@ class TrainConfig:
     num_workers: int = 0
     bf16: bool = False  # autocast on CUDA only
     score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
+    # "none": the discriminator's probability map (the paper) | "position": that map standardised
+    # per pixel position against normal fit images (ours; see model.discriminator.PositionNormalization)
+    map_normalization: str = "none"
 
 
 @dataclass
@@ -170,6 +173,7 @@ def validate_config(config: RealNetConfig) -> None:
         (0 <= config.train.holdout_fraction < 1, "train.holdout_fraction must be in [0, 1)"),
         (0 < config.train.threshold_quantile <= 1, "train.threshold_quantile must be in (0, 1]"),
         (config.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
+        (config.train.map_normalization in ("none", "position"), "train.map_normalization must be none or position"),
         (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
     ]
     for ok, message in checks:

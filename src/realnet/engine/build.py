@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from realnet.config import RealNetConfig
 from realnet.model.afs import FeatureSelector
-from realnet.model.discriminator import Discriminator
+from realnet.model.discriminator import Discriminator, PositionNormalization
 from realnet.model.realnet import RealNet
 from realnet.model.reconstruction import ReconstructionNetworks
 from realnet.model.rrs import ResidualSelection
@@ -65,4 +65,6 @@ def build_model(config: RealNetConfig, backbone) -> RealNet:
         residual_selection,
         discriminator,
         score_kernel=config.train.score_kernel,
+        map_normalization=(PositionNormalization(config.train.image_size)
+                           if config.train.map_normalization == "position" else None),
     )

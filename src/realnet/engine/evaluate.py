@@ -95,7 +95,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
              folder_options: dict | None = None, device: str = "auto", batch_size: int | None = None, panels: int = 6,
              skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
     from realnet.engine.fit import score_images
-    from realnet.report.panels import write_panels
+    from realnet.report.panels import map_display_max, write_panels
 
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
@@ -126,6 +126,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     if meta["protocol"] == "select-on-test":
         metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
     write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
-    metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels)]
+    metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels,
+                                                      display_max=map_display_max(meta))]
     checkpoint.write_json(run_dir / "metrics.json", metrics)
     return metrics

@@ -256,6 +256,22 @@ def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch
     return np.concatenate(maps), np.concatenate(scores)
 
 
+def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures", n_images: int,
+                                batch_size: int, progress: bool = False) -> None:
+    """Sets the detector's `PositionNormalization` from the probability maps of the normal fit
+    images (never the held-out ones, which calibrate the threshold and validate)."""
+    from realnet.model.discriminator import PositionNormalization, position_statistics
+
+    if not isinstance(model.map_normalization, PositionNormalization):
+        return
+    model.eval()
+    batches = tqdm(range(0, n_images, batch_size), desc="position statistics", disable=not progress, leave=False)
+    maps = (model.probability_maps(normal_features(np.arange(start, min(start + batch_size, n_images))))
+            for start in batches)
+    model.map_normalization.calibrate(*(t.to(model.map_normalization.offset.device)
+                                        for t in position_statistics(maps)))
+
+
 def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     """The is_anomalous threshold: a quantile of held-out normal training scores."""
     return float(np.quantile(scores.astype(np.float64), quantile))
@@ -388,7 +404,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     model.eval()
     if selector_on_test is not None:
         selector_on_test.restore_best(model)
-    holdout_maps, holdout_scores = score_images(model, images.holdout, device, tc.batch_size)
+    calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
+    _, holdout_scores = score_images(model, images.holdout, device, tc.batch_size)
     threshold_source = "held-out normal training images"
     if len(holdout_scores) == 0:
         _, holdout_scores = score_images(model, images.fit, device, tc.batch_size)

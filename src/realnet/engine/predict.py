@@ -7,7 +7,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
@@ -32,10 +31,13 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     as `<position>_<stem>.png`, so inputs that share a file name never overwrite each other."""
     from PIL import Image
 
+    from realnet.report.panels import map_display_max, map_to_uint8
+
     out, err = out or sys.stdout, err or sys.stderr
     torch_device = resolve_device(device)
     model, meta = load_run(Path(run_dir), torch_device)
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
+    display_max = map_display_max(meta)
     failures = 0
     paths = list(expand_inputs(inputs))
     if not paths:
@@ -56,7 +58,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
         if save_maps is not None:
             map_path = Path(save_maps) / f"{position:05d}_{path.stem}.png"
             map_path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((maps[0].cpu().numpy() * 255).round().astype(np.uint8)).save(map_path)
+            Image.fromarray(map_to_uint8(maps[0].cpu().numpy(), display_max)).save(map_path)
             result["map"] = str(map_path)
         print(json.dumps(result), file=out, flush=True)
     return failures

@@ -2,7 +2,8 @@
 
 The exported graph is RealNet's own ``predict``: images in [0, 1] of shape (B, 3, S, S) ->
 backbone -> feature selection -> reconstruction -> residuals -> RRS (eval-mode BatchNorm, top-k
-and gather) -> discriminator -> softmax -> anomaly map (B, S, S) and image score (B,). The
+and gather) -> discriminator -> softmax -> (position normalisation, when the run has it) ->
+anomaly map (B, S, S) and image score (B,). The
 spatial size S is the run's training size and is fixed in the graph; the batch is 1, or dynamic
 on request. The run's threshold, image size and backbone identity travel in the model's
 ``metadata_props``, so a deployment knows when a score is anomalous.
@@ -44,8 +45,10 @@ TRACE_BATCH = 2  # a dynamic graph is traced at 2 and checked at other sizes, so
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each image straight-resized "
                 "(bilinear, no crop) to S x S")
-OUTPUT_FORMAT = ("anomaly_map float32 (B, S, S) in [0, 1]; score float32 (B,), "
-                 "anomalous when score > threshold")
+MAP_FORMATS = {"none": "anomaly_map float32 (B, S, S), probability in [0, 1]",
+               "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
+                            "normal training images")}
+SCORE_FORMAT = "score float32 (B,), anomalous when score > threshold"
 
 
 class InferenceGraph(nn.Module):
@@ -120,7 +123,8 @@ def run_metadata(meta: Mapping) -> dict[str, str]:
         "category": str(data.get("category", "")),
         "dataset": str(data.get("dataset", "")),
         "input_format": INPUT_FORMAT,
-        "output_format": OUTPUT_FORMAT,
+        "output_format": (f"{MAP_FORMATS[meta['config']['train'].get('map_normalization', 'none')]}; "
+                          f"{SCORE_FORMAT}"),
     }
 
 

@@ -3,12 +3,13 @@
 The discriminator maps the RRS-selected residuals E_RRS(A, r) (r channels at the finest feature
 stride) to 2-class pixel logits at image resolution; it is trained with the cross-entropy
 L_seg of Eq. 6. Channel 1 of the softmax is the anomaly map; the image score is the maximum of
-its 16x16 mean-filtered version.
+its 16x16 mean-filtered version. Optionally (ours) the map is first standardised per pixel
+position against normal images (`PositionNormalization`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -93,6 +94,53 @@ class Discriminator(nn.Module):
 def anomaly_map(logits: torch.Tensor) -> torch.Tensor:
     """Pixel anomaly probability (B, H, W): softmax over the two classes, channel 1."""
     return torch.softmax(logits, dim=1)[:, 1]
+
+
+class PositionNormalization(nn.Module):
+    """Standardises an anomaly map per pixel position: (map - mean) / (std + MIN_STD), with the
+    mean and std of the maps of normal fit images at that position (ours, not in the paper).
+
+    A fixed camera sees some places (borders, glare, fixture edges) that always look a little
+    unusual; their normal level is subtracted so a faint defect elsewhere can outrank them.
+    MIN_STD (in probability units) keeps positions that are always ~0 from amplifying noise.
+    Until `calibrate` is called it is the identity, so a detector trained without it is unchanged.
+    """
+
+    MIN_STD = 0.01
+
+    def __init__(self, size: int | tuple[int, int]):
+        super().__init__()
+        shape = (size, size) if isinstance(size, int) else tuple(size)
+        self.register_buffer("offset", torch.zeros(shape))
+        self.register_buffer("scale", torch.ones(shape))
+
+    @torch.no_grad()
+    def calibrate(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        if mean.shape != self.offset.shape or std.shape != self.scale.shape:
+            raise ValueError(f"PositionNormalization: statistics of shape {tuple(mean.shape)} do not "
+                             f"match the map size {tuple(self.offset.shape)}")
+        self.offset.copy_(mean)
+        self.scale.copy_(1.0 / (std + self.MIN_STD))
+
+    def forward(self, anomaly_map: torch.Tensor) -> torch.Tensor:
+        return (anomaly_map - self.offset) * self.scale
+
+
+def position_statistics(maps: Iterable[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position mean and (population) std over batches of maps (B, H, W), accumulated in
+    float64 so that hundreds of images need one map's memory."""
+    total = squares = None
+    count = 0
+    for batch in maps:
+        batch = batch.detach().double()
+        total = batch.sum(0) if total is None else total + batch.sum(0)
+        squares = batch.square().sum(0) if squares is None else squares + batch.square().sum(0)
+        count += batch.shape[0]
+    if count == 0:
+        raise ValueError("position_statistics needs at least one map")
+    mean = total / count
+    std = (squares / count - mean.square()).clamp_min(0).sqrt()
+    return mean.float(), std.float()
 
 
 def image_score(anomaly_map: torch.Tensor, kernel: int = 16) -> torch.Tensor:

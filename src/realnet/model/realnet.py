@@ -1,5 +1,6 @@
 """RealNet composed from its parts: frozen backbone -> feature selection (AFS) -> per-layer
-reconstruction -> residuals -> RRS -> discriminator -> anomaly map and image score."""
+reconstruction -> residuals -> RRS -> discriminator -> anomaly map (optionally standardised per
+position) and image score."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from realnet.model.afs import FeatureSelector
-from realnet.model.discriminator import anomaly_map, image_score
+from realnet.model.discriminator import PositionNormalization, anomaly_map, image_score
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals
 
 
@@ -29,6 +30,7 @@ class RealNet(nn.Module):
         residual_selection: ResidualSelection,
         discriminator: nn.Module,
         score_kernel: int = 16,
+        map_normalization: PositionNormalization | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -37,6 +39,7 @@ class RealNet(nn.Module):
         self.residual_selection = residual_selection
         self.discriminator = discriminator
         self.score_kernel = score_kernel
+        self.map_normalization = map_normalization or nn.Identity()
 
     @torch.no_grad()
     def select_features(self, images: Tensor) -> list[Tensor]:
@@ -50,9 +53,15 @@ class RealNet(nn.Module):
         return RealNetOutput(reconstructions, logits)
 
     @torch.no_grad()
+    def probability_maps(self, features: list[Tensor]) -> Tensor:
+        """The discriminator's anomaly probability (B, H, W), before any position normalisation."""
+        return anomaly_map(self(features).logits.float())
+
+    @torch.no_grad()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Anomaly maps (B, H, W) in [0, 1] and image scores (B,)."""
-        maps = anomaly_map(self(self.select_features(images)).logits.float())
+        """Anomaly maps (B, H, W) and image scores (B,). The maps are probabilities in [0, 1], or
+        standardised scores when the detector has a `PositionNormalization`."""
+        maps = self.map_normalization(self.probability_maps(self.select_features(images)))
         return maps, image_score(maps, self.score_kernel)
 
     def trainable_modules(self) -> nn.ModuleDict:

@@ -9,19 +9,36 @@ import numpy as np
 from realnet.engine.checkpoint import atomic_write
 
 
-def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """Blend a JET-coloured map (probabilities in [0, 1], not rescaled) over an RGB uint8 image."""
+def map_display_max(meta: dict) -> float:
+    """The map value drawn at full heat, the same for every image of a run: 1 for probability
+    maps; for position-normalised maps (unbounded) twice the image threshold, which puts the
+    threshold mid-scale."""
+    if meta["config"]["train"].get("map_normalization", "none") == "none":
+        return 1.0
+    return max(2.0 * float(meta["threshold"]), 1e-6)
+
+
+def map_to_uint8(anomaly_map: np.ndarray, display_max: float = 1.0) -> np.ndarray:
+    """[0, display_max] -> 0..255, clipped (negative standardised values are below normal)."""
+    return np.clip(np.round(anomaly_map / display_max * 255), 0, 255).astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0.5,
+                    display_max: float = 1.0) -> np.ndarray:
+    """Blend a JET-coloured map (on the fixed scale [0, display_max], not rescaled per image)
+    over an RGB uint8 image."""
     import cv2
 
-    heat = cv2.applyColorMap(np.clip(anomaly_map * 255, 0, 255).astype(np.uint8), cv2.COLORMAP_JET)
+    heat = cv2.applyColorMap(map_to_uint8(anomaly_map, display_max), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
 
 
-def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray) -> np.ndarray:
+def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, display_max: float = 1.0) -> np.ndarray:
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     truth = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
-    return np.concatenate([image, gap, truth, gap, heatmap_overlay(image, anomaly_map)], axis=1)
+    return np.concatenate([image, gap, truth, gap, heatmap_overlay(image, anomaly_map, display_max=display_max)],
+                          axis=1)
 
 
 def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, np.ndarray]:
@@ -36,7 +53,8 @@ def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, 
     }
 
 
-def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6) -> list[Path]:
+def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6,
+                 display_max: float = 1.0) -> list[Path]:
     from PIL import Image
 
     written = []
@@ -44,7 +62,7 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
         for rank, index in enumerate(indices):
             record = split.records[index]
             path = Path(out_dir) / f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
-            picture = Image.fromarray(panel(split.images[index], split.masks[index], maps[index]))
+            picture = Image.fromarray(panel(split.images[index], split.masks[index], maps[index], display_max))
             atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
             written.append(path)
     return written
