@@ -29,8 +29,6 @@ def demo_config(category: str, steps: int | None):
     config.selection.channels = [24, 40, 80]
     config.train.image_size = DEMO_IMAGE_SIZE
     config.train.batch_size = 16  # the demo's measured budget; the preset uses 8 at 256 px
-    # Crops of a texture photograph have no fixed layout, so per-position statistics add nothing.
-    config.train.map_normalization = "none"
     config.train.steps = steps or DEMO_STEPS
     config.train.checkpoint_every = 50
     return config
