@@ -37,6 +37,8 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("synthesis.match_gray=maybe", "synthesis.match_gray must be true or false"),  # was accepted as truthy
     ("reconstruction.attention=1", "reconstruction.attention must be true or false"),
     ("train.lr_schedule=linear", "train.lr_schedule must be constant or cosine"),
+    ("synthesis.delta_ranges.dtd=[0.9, 0.1]", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
+    ("synthesis.delta_ranges.dtd=0.5", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):
@@ -48,3 +50,19 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config("huge")
     with pytest.raises(RealnetError, match=str(tmp_path / "missing.yaml")):
         load_config("tiny", tmp_path / "missing.yaml")
+
+
+def test_delta_ranges_reach_the_synthesizer(tmp_path):
+    """`synthesis.delta_ranges` sets the opacity range of Eq. 3 that fit's synthesizer draws from."""
+    import numpy as np
+
+    from realnet.engine.fit import build_synthesizer
+    from realnet.synthesis.foreground import ForegroundRule
+
+    config = load_config("tiny", overrides=["synthesis.delta_ranges.dtd=[0.05, 0.3]"])
+    assert config.synthesis.delta_ranges == {"dtd": [0.05, 0.3]}
+    config.synthesis.sources = {"cutpaste": 1.0}  # no DTD folder needed to build it
+    synthesizer = build_synthesizer(config, ForegroundRule("none"), tmp_path, "widget",
+                                    np.zeros((2, 64, 64, 3), np.uint8))
+    assert synthesizer.config.delta_ranges["dtd"] == (0.05, 0.3)
+    assert load_config("cpu").synthesis.delta_ranges == {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]}

@@ -64,6 +64,9 @@ class SynthesisConfig:
     sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
     foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
     match_gray: bool = True  # grayscale textures on grayscale images (ours); false = the paper
+    # opacity delta ~ U(low, high) of each texture source in Eq. 3 (the authors' code); a
+    # `--set synthesis.delta_ranges.dtd=[a, b]` replaces the whole mapping
+    delta_ranges: dict[str, list[float]] = field(default_factory=lambda: {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]})
 
 
 @dataclass
@@ -181,6 +184,11 @@ def validate_config(config: RealNetConfig) -> None:
             raise RealnetError(message)
     if not config.synthesis.sources or any(w < 0 for w in config.synthesis.sources.values()):
         raise RealnetError("synthesis.sources must map source names to non-negative weights")
+    for name, bounds in config.synthesis.delta_ranges.items():
+        if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
+                or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):
+            raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1, "
+                               f"got {bounds!r}")
     unknown = set(config.synthesis.sources) - {"dtd", "sia", "cutpaste", "nsa"}
     if unknown:
         raise RealnetError(f"unknown synthesis source(s): {', '.join(sorted(unknown))}")

@@ -134,7 +134,8 @@ def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: st
         sia_root=config.synthesis.sia_root, normal_images=normal_images,
     )
     settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights,
-                               match_gray=config.synthesis.match_gray)
+                               match_gray=config.synthesis.match_gray,
+                               delta_ranges={name: tuple(bounds) for name, bounds in config.synthesis.delta_ranges.items()})
     return AnomalySynthesizer(settings, sources, rule)
 
 
