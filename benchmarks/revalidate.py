@@ -4,8 +4,14 @@ The holdout split and the painted defects depend only on the run's config (seed,
 fraction, image size), so the numbers equal what `fit` records today; runs fitted before the
 faint set existed get it too. Never touches the test split.
 
+With --position-normalization, runs fitted without it are validated a second time after a
+`PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
+option was assessed; see docs/results.md).
+
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile runs/mt_cpu runs/mt_cpu2
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --position-normalization runs/mt_cpu2 runs/mt_b8 runs/mt_b8cos
 """
 
 from __future__ import annotations
@@ -20,8 +26,15 @@ import torch
 from realnet.config import RealNetConfig
 from realnet.data.layouts import load_dataset
 from realnet.engine.evaluate import load_run
-from realnet.engine.fit import split_holdout, validate_on_painted_defects
+from realnet.engine.fit import NormalFeatures, calibrate_map_normalization, split_holdout, validate_on_painted_defects
 from realnet.engine.runtime import load_samples
+from realnet.model.discriminator import PositionNormalization
+
+
+def report(run: Path, mode: str, metrics: dict[str, float]) -> None:
+    values = {k: round(v, 4) for k, v in metrics.items() if not k.startswith("val_n_")}
+    print(json.dumps({"run": str(run), "map_normalization": mode, **values,
+                      "mean": round(float(np.mean(list(values.values()))), 4)}), flush=True)
 
 
 def main() -> None:
@@ -30,19 +43,28 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--category", required=True)
     parser.add_argument("--dataset", default="mvtec")
+    parser.add_argument("--position-normalization", action="store_true",
+                        help="also validate runs fitted without it after calibrating it on their fit images")
     args = parser.parse_args()
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
+    device = torch.device("cpu")
     images_by_size: dict[int, np.ndarray] = {}
     for run in args.runs:
-        model, meta = load_run(run, torch.device("cpu"))
+        model, meta = load_run(run, device)
         config = RealNetConfig.from_dict(meta["config"])
-        size = config.train.image_size
-        if size not in images_by_size:
-            images_by_size[size] = load_samples(records, size, skip_bad=False, desc="loading", progress=False)[0]
-        images = images_by_size[size]
-        _, holdout = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
-        metrics = validate_on_painted_defects(model, images[holdout], config, torch.device("cpu"))
-        print(json.dumps({"run": str(run), **{k: round(v, 4) for k, v in metrics.items()}}), flush=True)
+        tc = config.train
+        if tc.image_size not in images_by_size:
+            images_by_size[tc.image_size] = load_samples(records, tc.image_size, skip_bad=False, desc="loading",
+                                                         progress=False)[0]
+        images = images_by_size[tc.image_size]
+        fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
+        report(run, tc.map_normalization, validate_on_painted_defects(model, images[holdout_rows], config, device))
+        if args.position_normalization and tc.map_normalization == "none":
+            model.map_normalization = PositionNormalization(tc.image_size)
+            features = NormalFeatures(model, images[fit_rows], device, tc.feature_cache_gb, tc.batch_size,
+                                      progress=False)
+            calibrate_map_normalization(model, features, len(fit_rows), tc.batch_size)
+            report(run, "position", validate_on_painted_defects(model, images[holdout_rows], config, device))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
 from realnet.engine.evaluate import load_run

@@ -103,7 +103,8 @@ class PositionNormalization(nn.Module):
     A fixed camera sees some places (borders, glare, fixture edges) that always look a little
     unusual; their normal level is subtracted so a faint defect elsewhere can outrank them.
     MIN_STD (in probability units) keeps positions that are always ~0 from amplifying noise.
-    Until `calibrate` is called it is the identity, so a detector trained without it is unchanged.
+    It assumes a position is the same place on every image; on crops of varying framing it can
+    hurt (Magnetic Tile: docs/results.md). Until `calibrate` is called it is the identity.
     """
 
     MIN_STD = 0.01
