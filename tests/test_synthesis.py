@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import cv2
@@ -467,6 +469,14 @@ def test_synth_preview_cli_writes_the_grid(tmp_path, capsys):
     missing = argv[:10] + ["--dtd", str(tmp_path / "nowhere")] + argv[12:]
     assert main(missing) == 2
     assert "nowhere" in capsys.readouterr().err
+
+    faint = argv[:-1] + [str(tmp_path / "faint.png"), "--delta-range", "dtd=0.05,0.1", "--count", "12"]
+    assert main(faint) == 0
+    drawn = re.search(r"opacity d ([0-9.]+) to ([0-9.]+)", capsys.readouterr().out)
+    assert drawn and 0.05 <= float(drawn[1]) <= float(drawn[2]) <= 0.1
+    for bad in ("dtd=0.9,0.1", "dtd=half", "=0.1,0.2"):
+        assert main(argv[:-1] + [str(tmp_path / "bad.png"), "--delta-range", bad]) == 2
+        assert "--delta-range" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("preset, expected", [("cpu", True), ("paper", False)])

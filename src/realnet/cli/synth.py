@@ -34,6 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--colour-textures", action="store_true",
                          help="blend colour textures into grayscale images as the paper does (default: "
                               "grayscale textures on grayscale images, like fit's synthesis.match_gray)")
+    preview.add_argument("--delta-range", action="append", default=[], metavar="SOURCE=LOW,HIGH",
+                         help="opacity range of a texture source in Eq. 3, like fit's "
+                              "synthesis.delta_ranges (default dtd=0.2,1.0 and sia=0.5,1.0)")
     preview.add_argument("--size", type=int, default=256, help="training image size (default 256)")
     preview.add_argument("--count", type=int, default=16, help="number of samples (default 16)")
     preview.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -50,6 +53,23 @@ def _source_weights(args: argparse.Namespace) -> dict[str, float]:
     if not weights:
         raise RealnetError("choose --source: dtd needs --dtd ROOT, sia needs --sia DIR; cutpaste and nsa need nothing")
     return weights
+
+
+def _delta_ranges(values: list[str]) -> dict[str, tuple[float, float]]:
+    """Overrides of the default opacity ranges, from --delta-range SOURCE=LOW,HIGH."""
+    from realnet.synthesis.synthesizer import SynthesisConfig
+
+    ranges = dict(SynthesisConfig().delta_ranges)
+    for value in values:
+        name, _, bounds = value.partition("=")
+        try:
+            low, high = (float(b) for b in bounds.split(","))
+        except ValueError:
+            raise RealnetError(f"--delta-range {value!r}: expected SOURCE=LOW,HIGH, e.g. dtd=0.05,1.0") from None
+        if not name or not 0 <= low <= high <= 1:
+            raise RealnetError(f"--delta-range {value!r}: needs a source name and 0 <= LOW <= HIGH <= 1")
+        ranges[name] = (low, high)
+    return ranges
 
 
 def _write_image_atomically(path: Path, rgb) -> None:
@@ -84,7 +104,8 @@ def run_preview(args: argparse.Namespace) -> int:
     if not train:
         raise RealnetError(f"{root}: category '{category}' has no normal training images")
 
-    config = SynthesisConfig(source_weights=weights, match_gray=not args.colour_textures)
+    config = SynthesisConfig(source_weights=weights, match_gray=not args.colour_textures,
+                             delta_ranges=_delta_ranges(args.delta_range))
     names = [name for name, weight in config.source_weights.items() if weight > 0]
     sources = build_sources(names, size=args.size, category=category, dtd_root=args.dtd,
                             sia_root=args.sia, normal_images=train)
@@ -95,5 +116,8 @@ def run_preview(args: argparse.Namespace) -> int:
     samples = [synthesizer(loaded[int(i)], rng, force_anomalous=True) for i in picks]
     _write_image_atomically(args.out, preview_grid(samples))
     made = Counter(sample.source for sample in samples)
-    print(f"wrote {args.out}: {args.count} samples ({', '.join(f'{k} {v}' for k, v in sorted(made.items()))})")
+    deltas = [sample.delta for sample in samples if sample.source in config.delta_ranges]
+    opacity = f"; opacity d {min(deltas):.3f} to {max(deltas):.3f}" if deltas else ""
+    print(f"wrote {args.out}: {args.count} samples ({', '.join(f'{k} {v}' for k, v in sorted(made.items()))}"
+          f"{opacity})")
     return 0
