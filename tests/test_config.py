@@ -65,4 +65,4 @@ def test_delta_ranges_reach_the_synthesizer(tmp_path):
     synthesizer = build_synthesizer(config, ForegroundRule("none"), tmp_path, "widget",
                                     np.zeros((2, 64, 64, 3), np.uint8))
     assert synthesizer.config.delta_ranges["dtd"] == (0.05, 0.3)
-    assert load_config("cpu").synthesis.delta_ranges == {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]}
+    assert load_config("paper").synthesis.delta_ranges == {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]}
