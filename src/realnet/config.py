@@ -14,6 +14,9 @@ import yaml
 from realnet.errors import RealnetError
 
 PRESETS = ("paper", "cpu", "tiny")
+# Opacity delta ~ U(low, high) of each texture source in Eq. 3, as in the authors' code; the one
+# definition behind both the config default and `realnet.synthesis.SynthesisConfig`'s.
+AUTHORS_DELTA_RANGES = {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
 
 
 @dataclass
@@ -64,9 +67,10 @@ class SynthesisConfig:
     sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
     foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
     match_gray: bool = True  # grayscale textures on grayscale images (ours); false = the paper
-    # opacity delta ~ U(low, high) of each texture source in Eq. 3 (the authors' code); a
+    # opacity delta ~ U(low, high) of each texture source in Eq. 3; a
     # `--set synthesis.delta_ranges.dtd=[a, b]` replaces the whole mapping
-    delta_ranges: dict[str, list[float]] = field(default_factory=lambda: {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]})
+    delta_ranges: dict[str, list[float]] = field(
+        default_factory=lambda: {name: list(bounds) for name, bounds in AUTHORS_DELTA_RANGES.items()})
 
 
 @dataclass

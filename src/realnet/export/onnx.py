@@ -3,9 +3,8 @@
 The exported graph is RealNet's own ``predict``: images in [0, 1] of shape (B, 3, S, S) ->
 backbone -> feature selection -> reconstruction -> residuals -> RRS (eval-mode BatchNorm, top-k
 and gather) -> discriminator -> softmax -> (position normalisation, when the run has it) ->
-anomaly map (B, S, S) and image score (B,). The
-spatial size S is the run's training size and is fixed in the graph; the batch is 1, or dynamic
-on request. The run's threshold, image size and backbone identity travel in the model's
+anomaly map (B, S, S) and image score (B,). The spatial size S is the run's training size and is
+fixed in the graph; the batch is 1, or dynamic on request. The run's threshold, image size and backbone identity travel in the model's
 ``metadata_props``, so a deployment knows when a score is anomalous.
 
 We use torch's TorchScript-based exporter (``dynamo=False``): the torch.export-based one, the

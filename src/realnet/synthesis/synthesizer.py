@@ -10,6 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from realnet.config import AUTHORS_DELTA_RANGES
 from realnet.errors import RealnetError
 from realnet.synthesis.blend import blend_anomaly
 from realnet.synthesis.foreground import ForegroundRule
@@ -44,9 +45,7 @@ class SynthesisConfig:
 
     normal_probability: float = 0.5
     source_weights: dict[str, float] = field(default_factory=lambda: {"dtd": 1.0})
-    delta_ranges: dict[str, tuple[float, float]] = field(
-        default_factory=lambda: {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
-    )
+    delta_ranges: dict[str, tuple[float, float]] = field(default_factory=lambda: dict(AUTHORS_DELTA_RANGES))
     min_exponent: int = 0
     max_exponent: int = 6
     threshold: float = 0.5
