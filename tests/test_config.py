@@ -39,6 +39,7 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("train.lr_schedule=linear", "train.lr_schedule must be constant or cosine"),
     ("synthesis.delta_ranges.dtd=[0.9, 0.1]", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
     ("synthesis.delta_ranges.dtd=0.5", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
+    ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):

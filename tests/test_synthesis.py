@@ -21,6 +21,7 @@ from realnet.synthesis.sources import (
     CutPasteSource,
     DTDSource,
     NSASource,
+    ShadeSource,
     SIASource,
     augment_texture,
 )
@@ -281,8 +282,8 @@ def test_synthesizer_refuses_missing_sources_and_ranges():
 
 
 def test_build_sources_names_missing_folders_and_unknown_sources():
-    sources = build_sources(["cutpaste"], size=SIZE, category="widget")
-    assert list(sources) == ["cutpaste"]
+    sources = build_sources(["cutpaste", "shade"], size=SIZE, category="widget")
+    assert list(sources) == ["cutpaste", "shade"] and isinstance(sources["shade"], ShadeSource)
     with pytest.raises(RealnetError, match="--dtd"):
         build_sources(["dtd"], size=SIZE, category="x")
     with pytest.raises(RealnetError, match="unknown synthesis source"):
@@ -418,6 +419,51 @@ def test_nsa_without_donors_uses_the_image_itself():
     assert out.shape == (SIZE, SIZE, 3) and mask.any()
     with pytest.raises(RealnetError, match="clone"):
         NSASource(None, SIZE, clone="blend")
+
+
+def test_shade_scales_brightness_inside_its_region_only():
+    size = 96
+    image = np.full((size, size, 3), 128, np.uint8)
+    source = ShadeSource(feather=(0.0, 0.0))
+    rng = np.random.default_rng(0)
+    gains = []
+    for _ in range(20):
+        out, mask = source.paste(image, rng)
+        if not mask.any():
+            continue
+        assert np.array_equal(out[~mask], image[~mask])
+        values = np.unique(out[mask])
+        assert len(values) == 1  # one gain over the whole region, same in every channel
+        gains.append(values[0] / 128.0 - 1.0)
+    assert len(gains) >= 15
+    assert all(0.05 - 1 / 128 <= abs(g) <= 0.35 + 1 / 128 for g in gains)
+    assert min(gains) < 0 < max(gains)  # darker and brighter regions both occur
+
+
+def test_shade_feathers_its_edge_and_keeps_gray_images_gray():
+    size = 96
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.repeat((60 + (x + y) % 120).astype(np.uint8)[..., None], 3, axis=2)
+    out, mask = ShadeSource(feather=(3.0, 3.0)).paste(image, np.random.default_rng(3))
+    assert mask.any()
+    assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
+    changed = np.abs(out.astype(int) - image).max(axis=-1) > 0
+    far = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5) > 12  # 4 sigma away
+    assert not changed[far].any()
+    assert (changed & ~mask).any()  # the feathered edge spills a little past the region
+
+
+def test_shade_respects_the_foreground_and_gives_no_mask_on_black():
+    foreground = np.zeros((64, 64), bool)
+    foreground[:, :20] = True
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        _, mask = ShadeSource().paste(noise_image(size=64), rng, foreground)
+        assert not (mask & ~foreground).any()
+    _, mask = ShadeSource().paste(np.zeros((64, 64, 3), np.uint8), rng)
+    assert not mask.any()
+    with pytest.raises(RealnetError, match="shade gain"):
+        ShadeSource(gain=(0.0, 0.2))
 
 
 # --- preview ------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ PRESETS = ("paper", "cpu", "tiny")
 # Opacity delta ~ U(low, high) of each texture source in Eq. 3, as in the authors' code; the one
 # definition behind both the config default and `realnet.synthesis.SynthesisConfig`'s.
 AUTHORS_DELTA_RANGES = {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
+# Training-time anomaly sources: the paper's four, then ours.
+SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa", "shade")
 
 
 @dataclass
@@ -193,6 +195,7 @@ def validate_config(config: RealNetConfig) -> None:
                 or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):
             raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1, "
                                f"got {bounds!r}")
-    unknown = set(config.synthesis.sources) - {"dtd", "sia", "cutpaste", "nsa"}
+    unknown = set(config.synthesis.sources) - set(SOURCE_NAMES)
     if unknown:
-        raise RealnetError(f"unknown synthesis source(s): {', '.join(sorted(unknown))}")
+        raise RealnetError(f"unknown synthesis source(s): {', '.join(sorted(unknown))}; "
+                           f"choose from {', '.join(SOURCE_NAMES)}")

@@ -3,8 +3,8 @@
 Two kinds, told apart by the method they have:
 - texture sources (`DTDSource`, `SIASource`) give the image P of paper Eq. 3; the synthesizer
   blends it into the normal image under a Perlin x foreground mask with opacity delta;
-- patch sources (`CutPasteSource`, `NSASource`) produce the anomalous image and its mask
-  themselves.
+- patch sources (`CutPasteSource`, `NSASource`, `ShadeSource`) produce the anomalous image and
+  its mask themselves.
 
 This module is the one place in `synthesis/` that reads files: texture and NSA sources load their
 images through `realnet.data.io` on first use, resized to the training size, and keep them decoded
@@ -23,6 +23,7 @@ import numpy as np
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
 from realnet.errors import RealnetError
+from realnet.synthesis.perlin import perlin_mask
 
 
 @runtime_checkable
@@ -340,3 +341,37 @@ class NSASource:
         out = cv2.seamlessClone(patch, np.ascontiguousarray(image), clone_mask, centre, self.CLONE_FLAGS[self.clone])
         changed = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
         return out, changed
+
+
+class ShadeSource:
+    """Shading (ours, not in the paper): the image itself, its brightness scaled by 1 +/- g with
+    g ~ U(`gain`), over a Perlin-shaped region whose edge is feathered by a Gaussian of sigma ~
+    U(`feather`) pixels. It stands for uneven illumination, discoloured areas and stains: large,
+    smooth, texture-preserving changes that a blended texture does not look like.
+
+    Perlin scales go up to 2^(`max_exponent` - 1) cells and the noise is thresholded at
+    t ~ U(`threshold`), lower than the texture sources' 0.5, so regions range from blobs to large
+    areas. The mask is the region, or empty when no pixel in it moved by more than `tolerance`
+    grey levels (a black region cannot be shaded); the synthesizer then retries."""
+
+    def __init__(self, gain: tuple[float, float] = (0.05, 0.35), feather: tuple[float, float] = (1.0, 8.0),
+                 threshold: tuple[float, float] = (0.1, 0.5), max_exponent: int = 4, tolerance: int = 2):
+        if not 0 < gain[0] <= gain[1] < 1:
+            raise RealnetError(f"shade gain must satisfy 0 < low <= high < 1, got {gain}")
+        self.gain, self.feather, self.threshold = gain, feather, threshold
+        self.max_exponent, self.tolerance = max_exponent, tolerance
+
+    def paste(
+        self, image: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        region = perlin_mask(image.shape[0], rng, max_exponent=self.max_exponent,
+                             threshold=rng.uniform(*self.threshold))
+        if foreground is not None:
+            region &= foreground
+        sigma = rng.uniform(*self.feather)
+        weight = cv2.GaussianBlur(region.astype(np.float32), (0, 0), sigma) if sigma > 0 else region.astype(np.float32)
+        gain = rng.uniform(*self.gain) * rng.choice((-1.0, 1.0))
+        shaded = image.astype(np.float32) * (1.0 + gain * weight[..., None])
+        out = np.clip(np.round(shaded), 0, 255).astype(np.uint8)
+        moved = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
+        return out, region if (moved & region).any() else np.zeros_like(region)

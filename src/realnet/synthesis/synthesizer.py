@@ -10,7 +10,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from realnet.config import AUTHORS_DELTA_RANGES
+from realnet.config import AUTHORS_DELTA_RANGES, SOURCE_NAMES
 from realnet.errors import RealnetError
 from realnet.synthesis.blend import blend_anomaly
 from realnet.synthesis.foreground import ForegroundRule
@@ -21,6 +21,7 @@ from realnet.synthesis.sources import (
     DTDSource,
     NSASource,
     PatchSource,
+    ShadeSource,
     SIASource,
     TextureSource,
 )
@@ -189,15 +190,12 @@ def to_grayscale(image: np.ndarray) -> np.ndarray:
     return np.repeat(luminance[..., None], 3, axis=2)
 
 
-SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa")
-
-
 def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: str | Path | None = None,
                   sia_root: str | Path | None = None,
                   normal_images: Sequence[np.ndarray] | np.ndarray | None = None) -> dict[str, Any]:
     """The named sources: dtd from `dtd_root` (searched recursively), sia from
-    `sia_root/<category>`, cutpaste, and nsa with `normal_images` as donors (the image itself when
-    None). Raises RealnetError for an unknown name or a missing folder."""
+    `sia_root/<category>`, cutpaste, nsa with `normal_images` as donors (the image itself when
+    None), and shade. Raises RealnetError for an unknown name or a missing folder."""
     sources: dict[str, Any] = {}
     for name in names:
         if name == "dtd":
@@ -212,6 +210,8 @@ def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: s
             sources[name] = CutPasteSource()
         elif name == "nsa":
             sources[name] = NSASource(normal_images, size)
+        elif name == "shade":
+            sources[name] = ShadeSource()
         else:
             raise RealnetError(f"unknown synthesis source {name!r}; choose from {', '.join(SOURCE_NAMES)}")
     return sources
