@@ -183,7 +183,9 @@ def test_wide_resnet50_2_loads_local_files_in_both_formats(tmp_path):
 
     hashes = []
     for path in (torchvision_file, timm_file):
-        backbone = create_backbone("wide_resnet50_2", weights=path)
+        # The eager network: the frozen graph folds BatchNorm, which moves deep WRN features by
+        # ~1e-4 (its own test is below).
+        backbone = create_backbone("wide_resnet50_2", weights=path, frozen_graph=False)
         assert backbone.identity["source"] == "file" and backbone.identity["file"] == str(path.resolve())
         for got, want in zip(backbone(images), expected, strict=True):
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
@@ -330,3 +332,29 @@ def test_unknown_name_and_bad_layers_are_rejected():
     for layers in ([], [2, 1], [1, 5], [1, 1]):
         with pytest.raises(RealnetError, match="backbone layers must be increasing feature indices"):
             create_backbone("resnet18", weights="random", layers=layers)
+
+
+def test_frozen_graph_equals_the_eager_network_per_shape_and_only_without_grad():
+    backbone = create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2, 3])
+    for images in (_images(64, 2), _images(64, 3), _images(96, 1)):  # batch and size both change
+        eager = backbone._eager(images)
+        with torch.no_grad():
+            frozen = backbone(images)
+        for got, want in zip(frozen, eager, strict=True):
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    assert len(backbone._traces) == 3
+    images = _images(64, 2).requires_grad_()
+    features = backbone(images)  # with autograd on: the eager network, differentiable in the input
+    assert len(backbone._traces) == 3 and features[0].requires_grad
+    backbone.to(torch.float64)  # moving the module drops the traces it made for the old tensors
+    assert backbone._traces == {}
+    with torch.no_grad():
+        assert backbone(_images(64, 2).double())[0].dtype == torch.float64
+
+
+def test_frozen_graph_can_be_turned_off():
+    backbone = create_backbone("tf_efficientnet_lite0", weights="random", layers=[1], frozen_graph=False)
+    with torch.no_grad():
+        backbone(_images(64, 1))
+    assert backbone._traces == {}

@@ -26,6 +26,7 @@ class BackboneConfig:
     name: str = "wide_resnet50_2"
     layers: list[int] | None = None  # None: the backbone's default feature layers
     weights: str = "auto"  # "auto" | "timm" | "torchvision" | "random" | path to a file
+    frozen_graph: bool = True  # run inference through a frozen TorchScript trace (model.backbone.Backbone)
 
 
 @dataclass

