@@ -150,10 +150,11 @@ class Backbone(PretrainedNet):
 
     With ``frozen_graph`` (the default), calls without autograd run a TorchScript trace of the
     network frozen with its weights (BatchNorm folded into the convolutions, no per-module Python
-    overhead): about 2.7x faster on CPU for EfficientNet-Lite0, equal to the eager network up to
-    float rounding (~1e-4). The backbone never trains, so only calls that need gradients, ONNX
-    export and tracing take the eager path. One trace is kept per input shape, dtype and device
-    (timm's "same" padding is computed from the input size), and moving the module drops them.
+    overhead): about 2x faster on CPU for EfficientNet-Lite0 (`benchmarks/bench_train_step.py`),
+    equal to the eager network up to float rounding (~1e-4). The backbone never trains, so only
+    calls that need gradients, ONNX export, tracing and torch.compile take the eager path. One
+    trace is kept per input shape, dtype and device (timm's "same" padding is computed from the
+    input size), and moving the module drops them.
     """
 
     def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights, frozen_graph: bool = True):
@@ -175,7 +176,7 @@ class Backbone(PretrainedNet):
     def _use_trace(self, images: torch.Tensor) -> bool:
         return (self.frozen_graph and not torch.is_grad_enabled() and not images.is_meta
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-                and not torch.onnx.is_in_onnx_export())
+                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
 
     def _trace_for(self, images: torch.Tensor) -> torch.jit.ScriptModule:
         key = (tuple(images.shape), images.dtype, images.device)

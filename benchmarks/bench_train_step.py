@@ -1,0 +1,90 @@
+"""Where a `fit` step of a preset spends its time: the backbone pass (eager network vs the frozen
+TorchScript graph), the trainable part (reconstruction + discriminator forward and backward and
+the Adam step, with the fused kernel or PyTorch's per-parameter loop) and the synthesis of one
+batch. Random weights and random features (speed does not depend on them); synthesis uses the
+shade and cut-paste sources on random-noise images (no data needed). Prints one JSON line.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_train_step.py --preset cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from realnet.config import load_config
+from realnet.engine.build import build_model
+from realnet.engine.fit import synthesize
+from realnet.model.backbone import create_backbone
+from realnet.model.realnet import realnet_loss
+from realnet.synthesis.foreground import NO_FOREGROUND
+from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
+
+
+def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    started = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - started) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--backbone-batch", type=int, default=4,
+                        help="images per backbone call (a fit step passes only its anomalous rows)")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    config = load_config(args.preset)
+    tc = config.train
+    backbone = create_backbone(config.backbone.name, weights="random", layers=config.backbone.layers)
+    model = build_model(config, backbone)
+    images = torch.rand(args.backbone_batch, 3, tc.image_size, tc.image_size)
+    result: dict[str, object] = {"preset": args.preset, "threads": torch.get_num_threads(),
+                                 "batch_size": tc.batch_size, "image_size": tc.image_size}
+
+    with torch.no_grad():
+        for frozen in (False, True):
+            backbone.frozen_graph = frozen
+            name = "frozen_graph" if frozen else "eager"
+            result[f"backbone_{name}_s_per_image"] = round(
+                seconds_per_call(lambda: backbone(images), args.repeats) / len(images), 5)
+        probe = model.select_features(torch.rand(1, 3, tc.image_size, tc.image_size))
+    features = [torch.randn(tc.batch_size, *f.shape[1:]) for f in probe]
+    masks = torch.zeros(tc.batch_size, tc.image_size, tc.image_size, dtype=torch.long)
+    masks[:, : tc.image_size // 4, : tc.image_size // 4] = 1
+    model.train()
+    for fused in (False, True):
+        optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=tc.learning_rate, fused=fused)
+
+        def trainable_step() -> None:
+            loss, _ = realnet_loss(model(features), features, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        result[f"trainable_{'fused' if fused else 'loop'}_adam_s_per_step"] = round(
+            seconds_per_call(trainable_step, args.repeats), 4)
+
+    synthesizer = AnomalySynthesizer(
+        SynthesisConfig(source_weights={"shade": 0.5, "cutpaste": 0.5}),
+        build_sources(["shade", "cutpaste"], size=tc.image_size, category="bench"), NO_FOREGROUND)
+    normals = np.random.default_rng(0).integers(0, 256, (16, tc.image_size, tc.image_size, 3), dtype=np.uint8)
+    foregrounds = np.ones(normals.shape[:3], bool)
+    rows = np.arange(tc.batch_size) % len(normals)
+    calls = iter(range(10**9))
+    result["synthesis_s_per_batch"] = round(seconds_per_call(
+        lambda: synthesize(synthesizer, normals, foregrounds, rows, tc.seed, (next(calls),)), args.repeats), 4)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
