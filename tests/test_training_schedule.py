@@ -1,4 +1,5 @@
-"""The learning-rate schedule is a pure function of the step (so --resume needs no state)."""
+"""The optimiser: the learning-rate schedule is a pure function of the step (so --resume needs no
+state), and Adam is fused yet steps like the per-parameter loop."""
 
 import math
 
@@ -23,3 +24,22 @@ def test_cosine_schedule_decays_from_base_to_zero():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="linear"):
         learning_rate_at(0, 10, 1e-3, "linear")
+
+
+def test_fit_optimizer_is_fused_adam_on_cpu_and_steps_like_the_loop_version():
+    import torch
+
+    from realnet.engine.runtime import adam
+
+    weights = [torch.nn.Parameter(torch.linspace(-1, 1, 12).reshape(3, 4)) for _ in range(2)]
+    reference = [torch.nn.Parameter(w.detach().clone()) for w in weights]
+    fused = adam(weights, 1e-2, torch.device("cpu"))
+    loop = torch.optim.Adam(reference, lr=1e-2, foreach=False)
+    assert fused.defaults["fused"] is True
+    for _ in range(3):
+        for params, optimizer in ((weights, fused), (reference, loop)):
+            optimizer.zero_grad()
+            sum((p.square() * (i + 1)).sum() for i, p in enumerate(params)).backward()
+            optimizer.step()
+    for got, want in zip(weights, reference):
+        torch.testing.assert_close(got, want)
