@@ -334,23 +334,37 @@ def test_unknown_name_and_bad_layers_are_rejected():
             create_backbone("resnet18", weights="random", layers=layers)
 
 
-def test_frozen_graph_equals_the_eager_network_per_shape_and_only_without_grad():
-    backbone = create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2, 3])
-    for images in (_images(64, 2), _images(64, 3), _images(96, 1)):  # batch and size both change
+@pytest.mark.parametrize("name, layers", [("tf_efficientnet_lite0", [1, 2, 3]), ("resnet18", [1, 2])])
+def test_frozen_graph_equals_the_eager_network_per_size_and_only_without_grad(name, layers):
+    backbone = create_backbone(name, weights="random", layers=layers)
+    # One trace per image size; a trace made at batch 2 serves batch 3 too.
+    for images in (_images(64, 2), _images(64, 3), _images(96, 1)):
         eager = backbone._eager(images)
         with torch.no_grad():
             frozen = backbone(images)
         for got, want in zip(frozen, eager, strict=True):
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
-    assert len(backbone._traces) == 3
+    assert len(backbone._traces) == 2
     images = _images(64, 2).requires_grad_()
     features = backbone(images)  # with autograd on: the eager network, differentiable in the input
-    assert len(backbone._traces) == 3 and features[0].requires_grad
+    assert len(backbone._traces) == 2 and features[0].requires_grad
     backbone.to(torch.float64)  # moving the module drops the traces it made for the old tensors
     assert backbone._traces == {}
     with torch.no_grad():
         assert backbone(_images(64, 2).double())[0].dtype == torch.float64
+
+
+def test_loading_weights_drops_the_frozen_graphs_made_with_the_old_ones():
+    backbone = create_backbone("resnet18", weights="random", layers=[1])
+    images = _images(64, 1)
+    with torch.no_grad():
+        before = backbone(images)[0]
+        state = {k: v * 0.5 if k.endswith("conv1.weight") else v for k, v in backbone.state_dict().items()}
+        backbone.load_state_dict(state)
+        after = backbone(images)[0]
+    torch.testing.assert_close(after, backbone._eager(images)[0], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(before, after)
 
 
 def test_frozen_graph_can_be_turned_off():

@@ -152,9 +152,10 @@ class Backbone(PretrainedNet):
     network frozen with its weights (BatchNorm folded into the convolutions, no per-module Python
     overhead): about 2x faster on CPU for EfficientNet-Lite0 (`benchmarks/bench_train_step.py`),
     equal to the eager network up to float rounding (~1e-4). The backbone never trains, so only
-    calls that need gradients, ONNX export, tracing and torch.compile take the eager path. One
-    trace is kept per input shape, dtype and device (timm's "same" padding is computed from the
-    input size), and moving the module drops them.
+    calls that need gradients, autocast, ONNX export, tracing and torch.compile take the eager
+    path. One trace is kept per image size, dtype and device (timm's "same" padding is computed
+    from the input size; these feature networks are batch-size agnostic, so the batch size is not
+    part of the key). Moving the module or loading weights into it drops the traces.
     """
 
     def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights, frozen_graph: bool = True):
@@ -175,11 +176,12 @@ class Backbone(PretrainedNet):
 
     def _use_trace(self, images: torch.Tensor) -> bool:
         return (self.frozen_graph and not torch.is_grad_enabled() and not images.is_meta
+                and not torch.is_autocast_enabled(images.device.type)
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
 
     def _trace_for(self, images: torch.Tensor) -> torch.jit.ScriptModule:
-        key = (tuple(images.shape), images.dtype, images.device)
+        key = (tuple(images.shape[1:]), images.dtype, images.device)
         trace = self._traces.get(key)
         if trace is None:
             # The trace specialises on the shape (hence the key), and TorchScript announces its
@@ -194,6 +196,10 @@ class Backbone(PretrainedNet):
     def _apply(self, fn, recurse: bool = True):
         self._traces = {}
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._traces = {}
+        return super()._load_from_state_dict(*args, **kwargs)
 
 
 class _EagerFeatures(nn.Module):
