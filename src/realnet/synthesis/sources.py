@@ -369,7 +369,9 @@ class ShadeSource:
         if foreground is not None:
             region &= foreground
         sigma = rng.uniform(*self.feather)
-        weight = cv2.GaussianBlur(region.astype(np.float32), (0, 0), sigma) if sigma > 0 else region.astype(np.float32)
+        weight = region.astype(np.float32)
+        if sigma > 0:
+            weight = cv2.GaussianBlur(weight, (0, 0), sigma)
         gain = rng.uniform(*self.gain) * rng.choice((-1.0, 1.0))
         shaded = image.astype(np.float32) * (1.0 + gain * weight[..., None])
         out = np.clip(np.round(shaded), 0, 255).astype(np.uint8)
