@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.metadata
 import pathlib
+import pickle
 
 import pytest
 import timm
@@ -346,9 +347,16 @@ def test_frozen_graph_equals_the_eager_network_per_size_and_only_without_grad(na
             assert got.shape == want.shape
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
     assert len(backbone._traces) == 2
-    images = _images(64, 2).requires_grad_()
+    images = _images(80, 2).requires_grad_()
     features = backbone(images)  # with autograd on: the eager network, differentiable in the input
-    assert len(backbone._traces) == 2 and features[0].requires_grad
+    sum(f.sum() for f in features).backward()
+    assert len(backbone._traces) == 2 and images.grad is not None
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        backbone(_images(80, 1))  # autocast too runs eagerly
+    assert len(backbone._traces) == 2
+    copied = pickle.loads(pickle.dumps(backbone))  # the traces stay behind
+    assert copied._traces == {} and torch.equal(copied.model.state_dict()[next(iter(copied.model.state_dict()))],
+                                                backbone.model.state_dict()[next(iter(copied.model.state_dict()))])
     backbone.to(torch.float64)  # moving the module drops the traces it made for the old tensors
     assert backbone._traces == {}
     with torch.no_grad():
@@ -360,6 +368,12 @@ def test_loading_weights_drops_the_frozen_graphs_made_with_the_old_ones():
     images = _images(64, 1)
     with torch.no_grad():
         before = backbone(images)[0]
+        holder = torch.nn.ModuleDict({"backbone": backbone, "head": torch.nn.Linear(2, 2)})
+        holder.load_state_dict(holder.state_dict())
+        assert backbone._traces == {}  # a parent's load that holds backbone keys drops them
+        backbone(images)
+        holder.load_state_dict({"head.weight": torch.zeros(2, 2)}, strict=False)
+        assert len(backbone._traces) == 1  # one without backbone keys (a detector's) keeps them
         state = {k: v * 0.5 if k.endswith("conv1.weight") else v for k, v in backbone.state_dict().items()}
         backbone.load_state_dict(state)
         after = backbone(images)[0]
@@ -372,3 +386,28 @@ def test_frozen_graph_can_be_turned_off():
     with torch.no_grad():
         backbone(_images(64, 1))
     assert backbone._traces == {}
+
+
+def test_a_network_that_cannot_be_traced_runs_eagerly_with_a_warning(monkeypatch):
+    backbone = create_backbone("resnet18", weights="random", layers=[1])
+
+    def untraceable(*args, **kwargs):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(torch.jit, "trace", untraceable)
+    images = _images(64, 1)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="resnet18: running the eager network.*unsupported op"):
+        features = backbone(images)
+    torch.testing.assert_close(features[0], backbone._eager(images)[0])
+    with torch.no_grad():
+        backbone(images)  # the failure is remembered: no second attempt, no second warning
+    assert backbone._traces == {(tuple(images.shape[1:]), images.dtype, images.device): None}
+
+
+def test_at_most_max_traces_are_kept():
+    backbone = create_backbone("resnet18", weights="random", layers=[1])
+    with torch.no_grad():
+        for size in range(32, 32 + 8 * (backbone.MAX_TRACES + 2), 8):
+            backbone(_images(size, 1))
+    assert len(backbone._traces) == backbone.MAX_TRACES
+    assert (3, 32, 32) not in {key[0] for key in backbone._traces}  # the oldest went first

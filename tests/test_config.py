@@ -46,6 +46,11 @@ def test_bad_overrides_name_the_option(override, needle):
         load_config("tiny", overrides=[override])
 
 
+def test_every_source_name_is_accepted():
+    config = load_config("tiny", overrides=["synthesis.sources={dtd: 1, sia: 1, cutpaste: 1, nsa: 1, shade: 1}"])
+    assert set(config.synthesis.sources) == {"dtd", "sia", "cutpaste", "nsa", "shade"}
+
+
 def test_unknown_preset_and_missing_file(tmp_path):
     with pytest.raises(RealnetError, match="unknown preset"):
         load_config("huge")

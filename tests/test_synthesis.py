@@ -457,9 +457,11 @@ def test_shade_respects_the_foreground_and_gives_no_mask_on_black():
     foreground = np.zeros((64, 64), bool)
     foreground[:, :20] = True
     rng = np.random.default_rng(1)
+    image = noise_image(size=64)
     for _ in range(10):
-        _, mask = ShadeSource().paste(noise_image(size=64), rng, foreground)
+        out, mask = ShadeSource(feather=(4.0, 8.0)).paste(image, rng, foreground)
         assert not (mask & ~foreground).any()
+        assert np.array_equal(out[~foreground], image[~foreground])  # the feathered edge too
     _, mask = ShadeSource().paste(np.zeros((64, 64, 3), np.uint8), rng)
     assert not mask.any()
     with pytest.raises(RealnetError, match="shade gain"):

@@ -155,8 +155,12 @@ class Backbone(PretrainedNet):
     calls that need gradients, autocast, ONNX export, tracing and torch.compile take the eager
     path. One trace is kept per image size, dtype and device (timm's "same" padding is computed
     from the input size; these feature networks are batch-size agnostic, so the batch size is not
-    part of the key). Moving the module or loading weights into it drops the traces.
+    part of the key), at most ``MAX_TRACES`` of them. Moving the module or loading weights into it
+    drops the traces; editing its parameters in place does not (the backbone is frozen). Where
+    TorchScript cannot trace the network, a warning says so and that input runs eagerly.
     """
+
+    MAX_TRACES = 4
 
     def __init__(self, name: str, model: nn.Module, weights: ResolvedWeights, frozen_graph: bool = True):
         super().__init__(name, model, weights)
@@ -164,12 +168,11 @@ class Backbone(PretrainedNet):
         self.channels: list[int] = list(model.feature_info.channels())
         self.strides: list[int] = list(model.feature_info.reduction())
         self.frozen_graph = frozen_graph
-        self._traces: dict[tuple, torch.jit.ScriptModule] = {}
+        self._traces: dict[tuple, torch.jit.ScriptModule | None] = {}  # None: tracing failed
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if self._use_trace(images):
-            return list(self._trace_for(images)(images))
-        return self._eager(images)
+        trace = self._trace_for(images) if self._use_trace(images) else None
+        return self._eager(images) if trace is None else list(trace(images))
 
     def _eager(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.model(self.normalize(images)))
@@ -180,26 +183,38 @@ class Backbone(PretrainedNet):
                 and not torch.jit.is_tracing() and not torch.jit.is_scripting()
                 and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_compiling())
 
-    def _trace_for(self, images: torch.Tensor) -> torch.jit.ScriptModule:
+    def _trace_for(self, images: torch.Tensor) -> torch.jit.ScriptModule | None:
         key = (tuple(images.shape[1:]), images.dtype, images.device)
-        trace = self._traces.get(key)
-        if trace is None:
-            # The trace specialises on the shape (hence the key), and TorchScript announces its
-            # deprecation on every call; both warnings are expected here.
+        if key not in self._traces:
+            if len(self._traces) >= self.MAX_TRACES:
+                del self._traces[next(iter(self._traces))]
+            self._traces[key] = self._frozen_trace(images)
+        return self._traces[key]
+
+    def _frozen_trace(self, images: torch.Tensor) -> torch.jit.ScriptModule | None:
+        # The trace specialises on the shape (hence the key), and TorchScript announces its
+        # deprecation on every call; both warnings are expected here.
+        try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
                 warnings.simplefilter("ignore", FutureWarning)
-                traced = torch.jit.trace(_EagerFeatures(self), images, check_trace=False)
-                trace = self._traces[key] = torch.jit.freeze(traced.eval())
-        return trace
+                return torch.jit.freeze(torch.jit.trace(_EagerFeatures(self), images, check_trace=False).eval())
+        except Exception as error:  # noqa: BLE001 - any tracing failure falls back to the eager network
+            warnings.warn(f"{self.name}: running the eager network, TorchScript could not trace it "
+                          f"({type(error).__name__}: {error})", RuntimeWarning, stacklevel=3)
+            return None
 
     def _apply(self, fn, recurse: bool = True):
         self._traces = {}
         return super()._apply(fn, recurse)
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._traces = {}
-        return super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if any(key.startswith(prefix) for key in state_dict):
+            self._traces = {}
+        return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_traces": {}}  # ScriptModules do not pickle
 
 
 class _EagerFeatures(nn.Module):

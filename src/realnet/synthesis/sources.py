@@ -367,11 +367,13 @@ class ShadeSource:
         region = perlin_mask(image.shape[0], rng, max_exponent=self.max_exponent,
                              threshold=rng.uniform(*self.threshold))
         if foreground is not None:
-            region &= foreground
+            region &= foreground.astype(bool)
         sigma = rng.uniform(*self.feather)
         weight = region.astype(np.float32)
         if sigma > 0:
             weight = cv2.GaussianBlur(weight, (0, 0), sigma)
+            if foreground is not None:
+                weight *= foreground  # the feathered edge stays on the foreground too
         gain = rng.uniform(*self.gain) * rng.choice((-1.0, 1.0))
         shaded = image.astype(np.float32) * (1.0 + gain * weight[..., None])
         out = np.clip(np.round(shaded), 0, 255).astype(np.uint8)
