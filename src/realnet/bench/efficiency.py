@@ -111,15 +111,13 @@ def measure_config(preset: str, overrides: list[str] = (), device: str = "cpu", 
     from safetensors.torch import save_file
 
     from realnet.config import load_config
-    from realnet.engine.build import build_model
+    from realnet.engine.build import build_backbone, build_model
     from realnet.engine.checkpoint import detector_state
     from realnet.engine.runtime import resolve_device
-    from realnet.model.backbone import create_backbone
 
     config = load_config(preset, None, ["backbone.weights=random", *overrides])
     torch_device = resolve_device(device)
-    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights, layers=config.backbone.layers,
-                               frozen_graph=config.backbone.frozen_graph)
+    backbone = build_backbone(config)
     model = build_model(config, backbone).to(torch_device).eval()
     result = measure_model(model, config.train.image_size, torch_device, **timing)
     with tempfile.TemporaryDirectory() as folder:

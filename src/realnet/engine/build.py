@@ -1,4 +1,4 @@
-"""Builds a RealNet from a config and an already-created backbone."""
+"""Builds a RealNet's backbone from a config, and the RealNet around an already-created one."""
 
 from __future__ import annotations
 
@@ -9,6 +9,14 @@ from realnet.model.realnet import RealNet
 from realnet.model.reconstruction import ReconstructionNetworks
 from realnet.model.rrs import ResidualSelection
 from realnet.errors import RealnetError
+
+
+def build_backbone(config: RealNetConfig):
+    """The frozen backbone `config.backbone` describes (timm is imported only here, on use)."""
+    from realnet.model.backbone import create_backbone
+
+    return create_backbone(config.backbone.name, weights=config.backbone.weights, layers=config.backbone.layers,
+                           frozen_graph=config.backbone.frozen_graph)
 
 
 def selected_channels(config: RealNetConfig, backbone_channels: list[int]) -> list[int]:

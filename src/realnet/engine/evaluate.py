@@ -16,7 +16,7 @@ from realnet.config import RealNetConfig
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.engine import checkpoint
-from realnet.engine.build import build_model
+from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import load_samples, resolve_device
 from realnet.errors import RealnetError
 from realnet.model.realnet import RealNet
@@ -46,13 +46,10 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
 
 def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, Any]]:
     """Re-create a finished run's detector; the backbone must hash to the recorded sha256."""
-    from realnet.model.backbone import create_backbone
-
     meta = checkpoint.read_meta(run_dir)
     config = RealNetConfig.from_dict(meta["config"])
     recorded = meta["backbone"]
-    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
-                               layers=config.backbone.layers, frozen_graph=config.backbone.frozen_graph)
+    backbone = build_backbone(config)
     if backbone.identity["sha256"] != recorded["sha256"]:
         raise RealnetError(
             f"{run_dir}: backbone weights differ from the ones this run was trained with "

@@ -19,7 +19,7 @@ from realnet.config import RealNetConfig
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.engine import checkpoint
-from realnet.engine.build import build_model
+from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import (
     adam,
     batch_indices,
@@ -339,7 +339,6 @@ def fit(request: FitRequest) -> dict[str, Any]:
 
 def _fit(request: FitRequest) -> dict[str, Any]:
     from realnet.engine import distributed
-    from realnet.model.backbone import create_backbone
 
     config, tc = request.config, request.config.train
     started = time.time()
@@ -352,8 +351,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
     rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
     images = load_training_images(request, records, rule)
-    backbone = create_backbone(config.backbone.name, weights=config.backbone.weights,
-                               layers=config.backbone.layers, frozen_graph=config.backbone.frozen_graph).to(device)
+    backbone = build_backbone(config).to(device)
     model = build_model(config, backbone).to(device)
     synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
