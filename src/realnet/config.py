@@ -90,7 +90,7 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     feature_cache_gb: float = 4.0  # cache the normal images' backbone features when they fit
     num_workers: int = 0
-    bf16: bool = False  # autocast on CUDA only
+    bf16: bool = False  # autocast of the trainable part, on CUDA and on CPUs with native bf16
     score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
     # "none": the discriminator's probability map (the paper) | "position": that map standardised
     # per pixel position against normal fit images (ours; see model.discriminator.PositionNormalization)

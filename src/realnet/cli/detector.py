@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                      help="paper protocol: evaluate on the TEST split every --eval-every steps and keep "
                           "the best (test-set model selection; labelled in metrics.json)")
     fit.add_argument("--eval-every", type=int)
-    fit.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
+    fit.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     fit.set_defaults(func=run_fit)
 
     test = subparsers.add_parser("test", help="evaluate a run on its test split")

@@ -23,6 +23,7 @@ from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import (
     adam,
     batch_indices,
+    bf16_autocast_available,
     load_samples,
     resolve_device,
     seed_everything,
@@ -370,7 +371,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     total_steps = tc.steps or tc.epochs * steps_per_epoch(len(images.fit), tc.batch_size)
     normal_features = NormalFeatures(model, images.fit, device, tc.feature_cache_gb, tc.batch_size, progress)
 
-    use_bf16 = tc.bf16 and device.type == "cuda"
+    use_bf16 = tc.bf16 and bf16_autocast_available(device)
+    if tc.bf16 and not use_bf16:
+        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32")
     autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     reduce_gradients = lambda: distributed.average_gradients(trainable.parameters(), context)  # noqa: E731
     selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
@@ -429,6 +432,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             "n_holdout_images": int(len(images.holdout)), "final_losses": losses,
             "wall_s": round(time.time() - started + (elapsed_before if resume_state else 0.0), 1),
             "device": str(device), "world_size": context.world_size,
+            "precision": "bf16 autocast" if use_bf16 else "fp32",
             "validation": validation,
             **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics}
                if selector_on_test else {}),

@@ -37,6 +37,14 @@ def adam(parameters: Iterable[torch.nn.Parameter], lr: float, device: torch.devi
     return torch.optim.Adam(parameters, lr=lr, fused=device.type in ("cpu", "cuda"))
 
 
+def bf16_autocast_available(device: torch.device) -> bool:
+    """Whether bf16 autocast speeds `device` up: CUDA, or a CPU whose oneDNN has native bf16
+    kernels (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
