@@ -39,7 +39,7 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("train.lr_schedule=linear", "train.lr_schedule must be constant or cosine"),
     ("synthesis.delta_ranges.dtd=[0.9, 0.1]", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
     ("synthesis.delta_ranges.dtd=0.5", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
-    ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade"),
+    ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):
@@ -47,8 +47,8 @@ def test_bad_overrides_name_the_option(override, needle):
 
 
 def test_every_source_name_is_accepted():
-    config = load_config("tiny", overrides=["synthesis.sources={dtd: 1, sia: 1, cutpaste: 1, nsa: 1, shade: 1}"])
-    assert set(config.synthesis.sources) == {"dtd", "sia", "cutpaste", "nsa", "shade"}
+    config = load_config("tiny", overrides=["synthesis.sources={dtd: 1, sia: 1, cutpaste: 1, nsa: 1, shade: 1, crack: 1}"])
+    assert set(config.synthesis.sources) == {"dtd", "sia", "cutpaste", "nsa", "shade", "crack"}
 
 
 def test_unknown_preset_and_missing_file(tmp_path):

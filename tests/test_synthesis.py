@@ -18,6 +18,7 @@ from realnet.synthesis.perlin import perlin_mask, perlin_noise
 from realnet.synthesis.preview import preview_grid
 from realnet.synthesis.sources import (
     DTD_AUGMENTATIONS,
+    CrackSource,
     CutPasteSource,
     DTDSource,
     NSASource,
@@ -282,8 +283,9 @@ def test_synthesizer_refuses_missing_sources_and_ranges():
 
 
 def test_build_sources_names_missing_folders_and_unknown_sources():
-    sources = build_sources(["cutpaste", "shade"], size=SIZE, category="widget")
-    assert list(sources) == ["cutpaste", "shade"] and isinstance(sources["shade"], ShadeSource)
+    sources = build_sources(["cutpaste", "shade", "crack"], size=SIZE, category="widget")
+    assert list(sources) == ["cutpaste", "shade", "crack"] and isinstance(sources["shade"], ShadeSource)
+    assert isinstance(sources["crack"], CrackSource)
     with pytest.raises(RealnetError, match="--dtd"):
         build_sources(["dtd"], size=SIZE, category="x")
     with pytest.raises(RealnetError, match="unknown synthesis source"):
@@ -537,3 +539,52 @@ def test_fit_builds_its_synthesizer_with_the_configs_gray_matching(preset, expec
     assert built.config.match_gray is expected
     flipped = load_config(preset, None, ["synthesis.sources={cutpaste: 1.0}", f"synthesis.match_gray={str(not expected).lower()}"])
     assert build_synthesizer(flipped, NO_FOREGROUND, tmp_path, "any", noise_image()[None]).config.match_gray is (not expected)
+
+
+def test_crack_is_a_thin_line_that_darkens_or_brightens_only_along_itself():
+    size = 128
+    image = np.full((size, size, 3), 128, np.uint8)
+    source = CrackSource()
+    rng = np.random.default_rng(0)
+    signs = []
+    for _ in range(40):
+        out, mask = source.paste(image, rng)
+        if not mask.any():
+            continue
+        change = np.abs(out.astype(int) - image).max(axis=-1)
+        assert np.array_equal(out[..., 0], out[..., 1])  # gray stays gray
+        assert np.array_equal(mask, change > 2)  # the mask is the visible change
+        assert mask.mean() < 0.05  # a line, not a blob
+        # thin: eroding by the widest core (3 px) removes nearly all of it
+        eroded = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        assert eroded.sum() <= 0.1 * mask.sum()
+        signs.append(np.sign(out[mask].astype(int) - 128).mean())
+    assert len(signs) >= 30
+    assert sum(s < 0 for s in signs) > sum(s > 0 for s in signs) > 0  # mostly dark, some bright
+
+
+def test_crack_curve_has_the_configured_length_and_starts_on_the_foreground():
+    source = CrackSource(length=(0.5, 0.5), bend=0.0)
+    foreground = np.zeros((100, 100), bool)
+    foreground[40:42, 70:72] = True
+    vertices = source.curve((100, 100), np.random.default_rng(2), foreground)
+    assert vertices.shape == (source.points + 1, 2)
+    assert 70 <= vertices[0, 0] < 72 and 40 <= vertices[0, 1] < 42  # (x, y)
+    assert np.linalg.norm(vertices[-1] - vertices[0]) == pytest.approx(50.0)  # straight when bend = 0
+
+
+def test_crack_respects_the_foreground_and_gives_no_mask_on_black():
+    foreground = np.zeros((64, 64), bool)
+    foreground[:, :20] = True
+    rng = np.random.default_rng(1)
+    image = noise_image(size=64)
+    for _ in range(10):
+        out, mask = CrackSource().paste(image, rng, foreground)
+        assert not (mask & ~foreground).any()
+        assert np.array_equal(out[~foreground], image[~foreground])
+    _, mask = CrackSource().paste(np.zeros((64, 64, 3), np.uint8), rng)
+    assert not mask.any()
+    with pytest.raises(RealnetError, match="crack gain"):
+        CrackSource(gain=(0.2, 1.0))
+    with pytest.raises(RealnetError, match="crack width"):
+        CrackSource(width=(0.0, 2.0))

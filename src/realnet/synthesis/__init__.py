@@ -1,5 +1,5 @@
 """Training-time anomaly synthesis (paper Sec. 3.1, Eq. 3): Perlin masks, foreground rules, the
-opacity blend, anomaly sources (dtd, sia, cutpaste, nsa; shade, ours) and the per-sample synthesizer."""
+opacity blend, anomaly sources (dtd, sia, cutpaste, nsa; shade and crack, ours) and the per-sample synthesizer."""
 
 from realnet.synthesis.blend import blend_anomaly
 from realnet.synthesis.foreground import FOREGROUND_RULES, ForegroundRule, foreground_mask, foreground_rule

@@ -3,8 +3,8 @@
 Two kinds, told apart by the method they have:
 - texture sources (`DTDSource`, `SIASource`) give the image P of paper Eq. 3; the synthesizer
   blends it into the normal image under a Perlin x foreground mask with opacity delta;
-- patch sources (`CutPasteSource`, `NSASource`, `ShadeSource`) produce the anomalous image and
-  its mask themselves.
+- patch sources (`CutPasteSource`, `NSASource`, `ShadeSource`, `CrackSource`) produce the
+  anomalous image and its mask themselves.
 
 This module is the one place in `synthesis/` that reads files: texture and NSA sources load their
 images through `realnet.data.io` on first use, resized to the training size, and keep them decoded
@@ -379,3 +379,58 @@ class ShadeSource:
         out = np.clip(np.round(shaded), 0, 255).astype(np.uint8)
         moved = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
         return out, region if (moved & region).any() else np.zeros_like(region)
+
+
+class CrackSource:
+    """Thin cracks and scratches (ours, not in the paper): a smooth curve of `points` segments,
+    each turning by N(0, `bend`) radians from the last, `length` x the image side long in all,
+    drawn antialiased `width` pixels wide (at 256 px; scaled with the image), that scales the
+    image's brightness by 1 - g (a dark crack, with probability `dark_probability`) or 1 + g,
+    g ~ U(`gain`). Blended textures and shading are blobs; a defect one or two feature cells wide
+    and many long is a shape neither teaches.
+
+    The curve starts on the foreground when there is one. The mask is every pixel the curve moved
+    by more than `tolerance` grey levels (the visible crack, antialiased rim included), so it is
+    empty on a black region and the synthesizer retries."""
+
+    def __init__(self, width: tuple[float, float] = (1.0, 3.0), gain: tuple[float, float] = (0.15, 0.6),
+                 length: tuple[float, float] = (0.15, 0.7), bend: float = 0.35, points: int = 12,
+                 dark_probability: float = 0.75, tolerance: int = 2):
+        if not 0 < gain[0] <= gain[1] < 1:
+            raise RealnetError(f"crack gain must satisfy 0 < low <= high < 1, got {gain}")
+        if not 0 < width[0] <= width[1]:
+            raise RealnetError(f"crack width must satisfy 0 < low <= high, got {width}")
+        self.width, self.gain, self.length, self.bend = width, gain, length, bend
+        self.points, self.dark_probability, self.tolerance = points, dark_probability, tolerance
+
+    def curve(self, shape: tuple[int, int], rng: np.random.Generator,
+              foreground: np.ndarray | None = None) -> np.ndarray:
+        """The curve's vertices (points + 1, 2) as (x, y) pixel coordinates."""
+        h, w = shape
+        rows, cols = np.nonzero(foreground) if foreground is not None else ((), ())
+        if len(rows):
+            pick = rng.integers(len(rows))
+            start = np.array([cols[pick], rows[pick]], dtype=np.float64)
+        else:
+            start = rng.uniform((0, 0), (w, h))
+        heading = rng.uniform(0, 2 * np.pi) + np.cumsum(rng.normal(0.0, self.bend, self.points))
+        step = rng.uniform(*self.length) * max(h, w) / self.points
+        moves = step * np.stack([np.cos(heading), np.sin(heading)], axis=1)
+        return np.vstack([start, start + np.cumsum(moves, axis=0)])
+
+    def paste(
+        self, image: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        h, w = image.shape[:2]
+        vertices = self.curve((h, w), rng, foreground)
+        thickness = max(1, round(rng.uniform(*self.width) * h / 256))
+        canvas = np.zeros((h, w), np.uint8)
+        cv2.polylines(canvas, [np.round(vertices).astype(np.int32)], False, 255, thickness, cv2.LINE_AA)
+        weight = canvas.astype(np.float32) / 255.0
+        if foreground is not None:
+            weight *= foreground
+        gain = rng.uniform(*self.gain) * (-1.0 if rng.random() < self.dark_probability else 1.0)
+        cracked = image.astype(np.float32) * (1.0 + gain * weight[..., None])
+        out = np.clip(np.round(cracked), 0, 255).astype(np.uint8)
+        moved = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
+        return out, moved

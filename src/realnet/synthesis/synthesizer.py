@@ -17,6 +17,7 @@ from realnet.synthesis.foreground import ForegroundRule
 from realnet.synthesis.foreground import foreground_mask as compute_foreground
 from realnet.synthesis.perlin import perlin_mask
 from realnet.synthesis.sources import (
+    CrackSource,
     CutPasteSource,
     DTDSource,
     NSASource,
@@ -195,7 +196,7 @@ def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: s
                   normal_images: Sequence[np.ndarray] | np.ndarray | None = None) -> dict[str, Any]:
     """The named sources: dtd from `dtd_root` (searched recursively), sia from
     `sia_root/<category>`, cutpaste, nsa with `normal_images` as donors (the image itself when
-    None), and shade. Raises RealnetError for an unknown name or a missing folder."""
+    None), shade and crack. Raises RealnetError for an unknown name or a missing folder."""
     sources: dict[str, Any] = {}
     for name in names:
         if name == "dtd":
@@ -212,6 +213,8 @@ def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: s
             sources[name] = NSASource(normal_images, size)
         elif name == "shade":
             sources[name] = ShadeSource()
+        elif name == "crack":
+            sources[name] = CrackSource()
         else:
             raise RealnetError(f"unknown synthesis source {name!r}; choose from {', '.join(SOURCE_NAMES)}")
     return sources
