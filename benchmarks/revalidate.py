@@ -4,6 +4,9 @@ The holdout split and the painted defects depend only on the run's config (seed,
 fraction, image size), so the numbers equal what `fit` records today; runs fitted before the
 faint set existed get it too. Never touches the test split.
 
+With --recalibrate-rrs N, each run is validated a second time after its RRS BatchNorm statistics
+are recomputed over N training batches exactly as `fit` does it with rrs.recalibration_batches.
+
 With --position-normalization, runs fitted without it are validated a second time after a
 `PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
 option was assessed; see docs/results.md).
@@ -12,6 +15,8 @@ option was assessed; see docs/results.md).
         --category magnetic_tile runs/mt_cpu runs/mt_cpu2
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --position-normalization runs/mt_cpu2 runs/mt_b8 runs/mt_b8cos
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \
+        --category magnetic_tile --recalibrate-rrs 64 runs/mt_c7k
 """
 
 from __future__ import annotations
@@ -26,9 +31,19 @@ import torch
 from realnet.config import RealNetConfig
 from realnet.data.layouts import load_dataset
 from realnet.engine.evaluate import load_run
-from realnet.engine.fit import NormalFeatures, calibrate_map_normalization, split_holdout, validate_on_painted_defects
+from realnet.engine.fit import (
+    NormalFeatures,
+    SyntheticBatches,
+    TrainingImages,
+    build_synthesizer,
+    calibrate_map_normalization,
+    recalibrate_residual_selection,
+    split_holdout,
+    validate_on_painted_defects,
+)
 from realnet.engine.runtime import load_samples
 from realnet.model.discriminator import PositionNormalization
+from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
 def report(run: Path, mode: str, metrics: dict[str, float]) -> None:
@@ -37,12 +52,27 @@ def report(run: Path, mode: str, metrics: dict[str, float]) -> None:
                       "mean": round(float(np.mean(list(values.values()))), 4)}), flush=True)
 
 
+def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: np.ndarray,
+                         args: argparse.Namespace, device: torch.device) -> None:
+    """What fit does with rrs.recalibration_batches = N, on a finished run's fit images."""
+    tc = config.train
+    rule = resolve_foreground(config.synthesis.foreground, args.dataset, args.category)
+    foreground = np.stack([foreground_mask(image, rule) for image in fit_images])
+    images = TrainingImages(fit_images, np.zeros((0, *fit_images.shape[1:]), np.uint8), foreground, [])
+    synthesizer = build_synthesizer(config, rule, args.data, args.category, fit_images)
+    batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
+    features = NormalFeatures(model, fit_images, device, tc.feature_cache_gb, tc.batch_size, progress=False)
+    recalibrate_residual_selection(model, batches, features, meta["fit"]["steps"], args.recalibrate_rrs, device)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--category", required=True)
     parser.add_argument("--dataset", default="mvtec")
+    parser.add_argument("--recalibrate-rrs", type=int, default=0, metavar="N",
+                        help="also validate after recomputing the RRS statistics over N training batches")
     parser.add_argument("--position-normalization", action="store_true",
                         help="also validate runs fitted without it after calibrating it on their fit images")
     args = parser.parse_args()
@@ -59,6 +89,10 @@ def main() -> None:
         images = images_by_size[tc.image_size]
         fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
         report(run, tc.map_normalization, validate_on_painted_defects(model, images[holdout_rows], config, device))
+        if args.recalibrate_rrs > 0:
+            recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
+            report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",
+                   validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.position_normalization and tc.map_normalization == "none":
             model.map_normalization = PositionNormalization(tc.image_size)
             features = NormalFeatures(model, images[fit_rows], device, tc.feature_cache_gb, tc.batch_size,

@@ -54,3 +54,31 @@ def test_module_uses_batchnorm_ranking_without_affine():
     out = module(residual_batch())
     assert out.shape == (2, 2, 8, 8)
     assert ResidualSelection(5, ratio=1.0, mode="all")(residual_batch()).shape == (2, 5, 8, 8)
+
+
+def test_running_statistics_are_almost_the_last_batch_without_recalibration():
+    module = ResidualSelection(3, ratio=2 / 3, mode="max")
+    generator = torch.Generator().manual_seed(1)
+    batches = [torch.rand(4, 3, 6, 6, generator=generator) + shift for shift in (0.0, 5.0)]
+    for batch in batches:
+        module(batch)  # training mode, momentum 0.9
+    last_mean = batches[-1].mean(dim=(0, 2, 3))
+    assert torch.allclose(module.norm.running_mean, 0.1 * (0.9 * batches[0].mean(dim=(0, 2, 3))) + 0.9 * last_mean,
+                          atol=1e-5)
+
+
+def test_recalibration_averages_the_batch_statistics_and_restores_the_module():
+    module = ResidualSelection(3, ratio=2 / 3, mode="max")
+    module.eval()
+    generator = torch.Generator().manual_seed(2)
+    batches = [torch.rand(4, 3, 6, 6, generator=generator) * (i + 1) + i for i in range(5)]
+    assert module.recalibrate(iter(batches)) == 5
+    means = torch.stack([b.mean(dim=(0, 2, 3)) for b in batches])
+    variances = torch.stack([b.var(dim=(0, 2, 3), unbiased=True) for b in batches])
+    torch.testing.assert_close(module.norm.running_mean, means.mean(0))
+    torch.testing.assert_close(module.norm.running_var, variances.mean(0))
+    assert module.norm.momentum == 0.9 and not module.norm.training
+
+    before = (module.norm.running_mean.clone(), module.norm.running_var.clone())
+    assert module.recalibrate(iter([])) == 0  # nothing seen: statistics kept
+    assert torch.equal(module.norm.running_mean, before[0]) and torch.equal(module.norm.running_var, before[1])

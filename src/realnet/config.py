@@ -54,6 +54,10 @@ class RRSConfig:
 
     mode: str = "max_avg"  # "max" | "avg" | "max_avg" | "all" (no RRS: every residual, Tab. 5a)
     ratio: float = 1 / 3  # retention ratio P = r / sum(m_k); 1.0 keeps every residual
+    # 0: inference ranks channels with the BatchNorm's running statistics, which momentum 0.9 makes
+    # almost those of the last training batch (the authors'). N > 0 (ours): after training, they
+    # are recomputed as the average over N training batches (see ResidualSelection.recalibrate).
+    recalibration_batches: int = 0
 
 
 @dataclass
@@ -177,6 +181,7 @@ def validate_config(config: RealNetConfig) -> None:
         (config.reconstruction.arch in ("A", "B", "C"), "reconstruction.arch must be A, B or C"),
         (config.rrs.mode in ("max", "avg", "max_avg", "all"), "rrs.mode must be max, avg, max_avg or all"),
         (0 < config.rrs.ratio <= 1, "rrs.ratio (P) must be in (0, 1]"),
+        (config.rrs.recalibration_batches >= 0, "rrs.recalibration_batches must be >= 0"),
         (0 <= config.synthesis.normal_probability < 1, "synthesis.normal_probability must be in [0, 1)"),
         (config.synthesis.foreground in ("rule", "auto", "none"), "synthesis.foreground must be rule, auto or none"),
         (config.train.image_size % 32 == 0, "train.image_size must be a multiple of 32"),

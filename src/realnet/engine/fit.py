@@ -33,6 +33,7 @@ from realnet.engine.runtime import (
 from realnet.errors import RealnetError
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
+from realnet.model.rrs import reconstruction_residuals
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
@@ -214,16 +215,23 @@ class NormalFeatures:
         return self.model.select_features(to_tensor(self.images[indices], self.device))
 
 
-def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features: list[torch.Tensor],
-               anomalous: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
-               autocast: Callable[[], Any], reduce_gradients: Callable[[], None]) -> dict[str, float]:
-    """One step of Eq. 6. Normal samples (label 0) reuse varphi(I); only anomalous rows go
-    through the backbone again."""
+def training_features(model: RealNet, normal_features: list[torch.Tensor], anomalous: torch.Tensor,
+                      labels: torch.Tensor) -> list[torch.Tensor]:
+    """varphi of a training batch: normal samples (label 0) reuse varphi(I); only anomalous rows
+    go through the backbone again."""
     features = [f.clone() for f in normal_features]
     rows = labels.nonzero().flatten()
     if rows.numel():
         for k, f in enumerate(model.select_features(anomalous.index_select(0, rows))):
             features[k][rows] = f.to(features[k].dtype)
+    return features
+
+
+def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features: list[torch.Tensor],
+               anomalous: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+               autocast: Callable[[], Any], reduce_gradients: Callable[[], None]) -> dict[str, float]:
+    """One step of Eq. 6."""
+    features = training_features(model, normal_features, anomalous, labels)
     with autocast():
         output = model(features)
         loss, parts = realnet_loss(output, normal_features, masks)
@@ -257,6 +265,28 @@ def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch
         size = images.shape[1]
         return np.zeros((0, size, size), np.float32), np.zeros(0, np.float32)
     return np.concatenate(maps), np.concatenate(scores)
+
+
+def recalibrate_residual_selection(model: RealNet, batches: SyntheticBatches,
+                                   normal_features: "NormalFeatures", first_step: int, n_batches: int,
+                                   device: torch.device, progress: bool = False) -> None:
+    """rrs.recalibration_batches (ours): the RRS BatchNorm's running statistics recomputed over
+    `n_batches` fresh training batches (steps first_step, first_step + 1, ...: the same mix of
+    normal and synthetic samples as training, drawn after it, so reproducible and unseen)."""
+    if n_batches <= 0:
+        return
+    model.eval()
+
+    def residual_batches():
+        for step in tqdm(range(first_step, first_step + n_batches), desc="RRS statistics",
+                         disable=not progress, leave=False):
+            indices, anomalous, _, labels = batches.for_step(step)
+            features = training_features(model, normal_features(indices), to_tensor(anomalous, device),
+                                         torch.from_numpy(labels).to(device))
+            yield reconstruction_residuals(features, model.reconstruction(features))
+
+    with torch.no_grad():
+        model.residual_selection.recalibrate(residual_batches())
 
 
 def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures", n_images: int,
@@ -407,6 +437,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     model.eval()
     if selector_on_test is not None:
         selector_on_test.restore_best(model)
+    recalibrate_residual_selection(model, batches, normal_features, total_steps,
+                                   config.rrs.recalibration_batches, device, progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
     _, holdout_scores = score_images(model, images.holdout, device, tc.batch_size)
     threshold_source = "held-out normal training images"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -63,7 +64,8 @@ def select_residuals(residuals: Tensor, ranking: Tensor, r: int, mode: str) -> T
 
 class ResidualSelection(nn.Module):
     """Ranks residual channels after a BatchNorm without affine parameters (momentum 0.9, so
-    nearly batch statistics in training; its running statistics are used at inference)."""
+    nearly batch statistics in training; its running statistics are used at inference, and with
+    that momentum they are almost those of the last training batch unless `recalibrate`d)."""
 
     def __init__(self, total_channels: int, ratio: float = 1 / 3, mode: str = "max_avg"):
         super().__init__()
@@ -72,6 +74,30 @@ class ResidualSelection(nn.Module):
         self.mode = mode
         self.retained = retained_count(total_channels, ratio, mode)
         self.norm = nn.BatchNorm2d(total_channels, affine=False, momentum=0.9)
+
+    @torch.no_grad()
+    def recalibrate(self, residual_batches: Iterable[Tensor]) -> int:
+        """Ours: replaces the running statistics by the mean over many batches of the per-batch
+        statistics BatchNorm computes in training (its cumulative average, momentum None), so
+        inference ranks channels against the training distribution rather than one batch of it.
+        Returns the number of batches seen; with none the statistics are left as they were."""
+        momentum, training = self.norm.momentum, self.norm.training
+        saved = (self.norm.running_mean.clone(), self.norm.running_var.clone())
+        self.norm.reset_running_stats()
+        self.norm.momentum = None
+        self.norm.train()
+        count = 0
+        try:
+            for residuals in residual_batches:
+                self.norm(residuals)
+                count += 1
+        finally:
+            self.norm.momentum = momentum
+            self.norm.train(training)
+        if count == 0:
+            self.norm.running_mean.copy_(saved[0])
+            self.norm.running_var.copy_(saved[1])
+        return count
 
     def forward(self, residuals: Tensor) -> Tensor:
         if self.mode == "all":

@@ -1,5 +1,6 @@
-"""bf16 autocast of the trainable part: used on CUDA and on CPUs with native bf16 kernels, refused
-with one line (and fp32 training) elsewhere; model.json records which precision trained."""
+"""Fit options beyond the paper: bf16 autocast of the trainable part (used on CUDA and on CPUs with
+native bf16 kernels, refused with one line and fp32 training elsewhere; model.json records which
+precision trained) and the recalibration of the RRS BatchNorm statistics after training."""
 
 import json
 
@@ -27,6 +28,24 @@ def tiny_fit(tmp_path, name, *overrides):
     fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category="widget",
                                          out=tmp_path / name, device="cpu", progress=False))
     return json.loads((tmp_path / name / "model.json").read_text())["fit"]
+
+
+def test_rrs_recalibration_changes_only_the_rrs_statistics_and_is_repeatable(tmp_path):
+    from safetensors.torch import load_file
+
+    tiny_fit(tmp_path, "authors")
+    tiny_fit(tmp_path, "recalibrated", "rrs.recalibration_batches=3")
+    tiny_fit(tmp_path, "again", "rrs.recalibration_batches=3")
+    authors, recalibrated, again = (load_file(str(tmp_path / name / "model.safetensors"))
+                                    for name in ("authors", "recalibrated", "again"))
+    statistics = {k for k in authors if k.startswith("residual_selection.norm.running_")}
+    assert len(statistics) == 2
+    for key in authors:
+        if key in statistics:
+            assert not torch.equal(authors[key], recalibrated[key]), key
+        elif not key.endswith("num_batches_tracked"):
+            assert torch.equal(authors[key], recalibrated[key]), key
+        assert torch.equal(recalibrated[key], again[key]), key
 
 
 @pytest.mark.parametrize("native", [True, False])
