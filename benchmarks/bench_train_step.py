@@ -1,10 +1,11 @@
 """Where a `fit` step of a preset spends its time: the backbone pass (eager network vs the frozen
 TorchScript graph), the trainable part (reconstruction + discriminator forward and backward and
-the Adam step, with the fused kernel or PyTorch's per-parameter loop) and the synthesis of one
-batch. Random weights and random features (speed does not depend on them); synthesis uses the
+the Adam step, with the fused kernel or PyTorch's per-parameter loop, then fused in bf16
+autocast where the CPU has native bf16 kernels) and the synthesis of one batch. Random weights and random features (speed does not depend on them); synthesis uses the
 shade and cut-paste sources on random-noise images (no data needed). Prints one JSON line.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train_step.py --preset cpu
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_train_step.py --preset cpu --set reconstruction.num_res_blocks=2
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import torch
 from realnet.config import load_config
 from realnet.engine.build import build_model
 from realnet.engine.fit import synthesize
+from realnet.engine.runtime import bf16_autocast_available
 from realnet.model.backbone import create_backbone
 from realnet.model.realnet import realnet_loss
 from realnet.synthesis.foreground import NO_FOREGROUND
@@ -38,12 +40,14 @@ def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int = 2) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, as in realnet fit --set")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--backbone-batch", type=int, default=4,
                         help="images per backbone call (a fit step passes only its anomalous rows)")
     args = parser.parse_args()
     torch.manual_seed(0)
-    config = load_config(args.preset)
+    config = load_config(args.preset, overrides=args.overrides)
     tc = config.train
     backbone = create_backbone(config.backbone.name, weights="random", layers=config.backbone.layers)
     model = build_model(config, backbone)
@@ -73,6 +77,16 @@ def main() -> None:
 
         result[f"trainable_{'fused' if fused else 'loop'}_adam_s_per_step"] = round(
             seconds_per_call(trainable_step, args.repeats), 4)
+    if bf16_autocast_available(torch.device("cpu")):
+        def bf16_step() -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                output = model(features)
+            loss, _ = realnet_loss(output, features, masks)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        result["trainable_fused_adam_bf16_s_per_step"] = round(seconds_per_call(bf16_step, args.repeats), 4)
 
     synthesizer = AnomalySynthesizer(
         SynthesisConfig(source_weights={"shade": 0.5, "cutpaste": 0.5}),
