@@ -455,19 +455,28 @@ def test_shade_feathers_its_edge_and_keeps_gray_images_gray():
     assert (changed & ~mask).any()  # the feathered edge spills a little past the region
 
 
-def test_shade_respects_the_foreground_and_gives_no_mask_on_black():
+@pytest.mark.parametrize("source", [ShadeSource(feather=(4.0, 8.0)), CrackSource()], ids=["shade", "crack"])
+def test_brightness_sources_respect_the_foreground_and_give_no_mask_on_black(source):
     foreground = np.zeros((64, 64), bool)
     foreground[:, :20] = True
     rng = np.random.default_rng(1)
     image = noise_image(size=64)
     for _ in range(10):
-        out, mask = ShadeSource(feather=(4.0, 8.0)).paste(image, rng, foreground)
+        out, mask = source.paste(image, rng, foreground)
         assert not (mask & ~foreground).any()
-        assert np.array_equal(out[~foreground], image[~foreground])  # the feathered edge too
-    _, mask = ShadeSource().paste(np.zeros((64, 64, 3), np.uint8), rng)
+        assert np.array_equal(out[~foreground], image[~foreground])  # shade's feathered edge too
+    _, mask = source.paste(np.zeros((64, 64, 3), np.uint8), rng)
     assert not mask.any()
-    with pytest.raises(RealnetError, match="shade gain"):
-        ShadeSource(gain=(0.0, 0.2))
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: ShadeSource(gain=(0.0, 0.2)), "shade gain"),
+    (lambda: CrackSource(gain=(0.2, 1.0)), "crack gain"),
+    (lambda: CrackSource(width=(0.0, 2.0)), "crack width"),
+])
+def test_brightness_sources_refuse_bad_ranges(make, message):
+    with pytest.raises(RealnetError, match=message):
+        make()
 
 
 # --- preview ------------------------------------------------------------------------------
@@ -571,20 +580,3 @@ def test_crack_curve_has_the_configured_length_and_starts_on_the_foreground():
     assert vertices.shape == (source.points + 1, 2)
     assert 70 <= vertices[0, 0] < 72 and 40 <= vertices[0, 1] < 42  # (x, y)
     assert np.linalg.norm(vertices[-1] - vertices[0]) == pytest.approx(50.0)  # straight when bend = 0
-
-
-def test_crack_respects_the_foreground_and_gives_no_mask_on_black():
-    foreground = np.zeros((64, 64), bool)
-    foreground[:, :20] = True
-    rng = np.random.default_rng(1)
-    image = noise_image(size=64)
-    for _ in range(10):
-        out, mask = CrackSource().paste(image, rng, foreground)
-        assert not (mask & ~foreground).any()
-        assert np.array_equal(out[~foreground], image[~foreground])
-    _, mask = CrackSource().paste(np.zeros((64, 64, 3), np.uint8), rng)
-    assert not mask.any()
-    with pytest.raises(RealnetError, match="crack gain"):
-        CrackSource(gain=(0.2, 1.0))
-    with pytest.raises(RealnetError, match="crack width"):
-        CrackSource(width=(0.0, 2.0))
