@@ -1,8 +1,9 @@
 """Where a `fit` step of a preset spends its time: the backbone pass (eager network vs the frozen
 TorchScript graph), the trainable part (reconstruction + discriminator forward and backward and
 the Adam step, with the fused kernel or PyTorch's per-parameter loop, then fused in bf16
-autocast where the CPU has native bf16 kernels) and the synthesis of one batch. Random weights and random features (speed does not depend on them); synthesis uses the
-shade and cut-paste sources on random-noise images (no data needed). Prints one JSON line.
+autocast where the CPU has native bf16 kernels) and the synthesis of one batch. Random weights
+and random features (speed does not depend on them); synthesis uses the shade and cut-paste
+sources on random-noise images (no data needed). Prints one JSON line.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train_step.py --preset cpu
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train_step.py --preset cpu --set reconstruction.num_res_blocks=2
@@ -20,10 +21,9 @@ import torch
 
 from realnet.config import load_config
 from realnet.engine.build import build_model
-from realnet.engine.fit import synthesize
+from realnet.engine.fit import synthesize, train_step
 from realnet.engine.runtime import bf16_autocast_available
 from realnet.model.backbone import create_backbone
-from realnet.model.realnet import realnet_loss
 from realnet.synthesis.foreground import NO_FOREGROUND
 from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
@@ -65,28 +65,20 @@ def main() -> None:
     features = [torch.randn(tc.batch_size, *f.shape[1:]) for f in probe]
     masks = torch.zeros(tc.batch_size, tc.image_size, tc.image_size, dtype=torch.long)
     masks[:, : tc.image_size // 4, : tc.image_size // 4] = 1
+    # fit's own train_step; with every label 0 no row goes through the backbone, so it times the
+    # trainable part alone.
+    labels = torch.zeros(tc.batch_size, dtype=torch.long)
+    no_images = torch.empty(0, 3, tc.image_size, tc.image_size)
     model.train()
-    for fused in (False, True):
-        optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=tc.learning_rate, fused=fused)
-
-        def trainable_step() -> None:
-            loss, _ = realnet_loss(model(features), features, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        result[f"trainable_{'fused' if fused else 'loop'}_adam_s_per_step"] = round(
-            seconds_per_call(trainable_step, args.repeats), 4)
+    variants = [("loop_adam", False, False), ("fused_adam", True, False)]
     if bf16_autocast_available(torch.device("cpu")):
-        def bf16_step() -> None:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                output = model(features)
-            loss, _ = realnet_loss(output, features, masks)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        result["trainable_fused_adam_bf16_s_per_step"] = round(seconds_per_call(bf16_step, args.repeats), 4)
+        variants.append(("fused_adam_bf16", True, True))
+    for name, fused, bf16 in variants:
+        optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=tc.learning_rate, fused=fused)
+        autocast = lambda bf16=bf16: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+        result[f"trainable_{name}_s_per_step"] = round(seconds_per_call(
+            lambda: train_step(model, optimizer, features, no_images, masks, labels, autocast, lambda: None),
+            args.repeats), 4)
 
     synthesizer = AnomalySynthesizer(
         SynthesisConfig(source_weights={"shade": 0.5, "cutpaste": 0.5}),

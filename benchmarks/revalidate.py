@@ -15,7 +15,7 @@ option was assessed; see docs/results.md).
         --category magnetic_tile runs/mt_cpu runs/mt_cpu2
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --position-normalization runs/mt_cpu2 runs/mt_b8 runs/mt_b8cos
-    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --recalibrate-rrs 64 runs/mt_c7k
 """
 

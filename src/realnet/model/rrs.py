@@ -81,22 +81,15 @@ class ResidualSelection(nn.Module):
         statistics BatchNorm computes in training (its cumulative average, momentum None), so
         inference ranks channels against the training distribution rather than one batch of it.
         Returns the number of batches seen; with none the statistics are left as they were."""
-        momentum, training = self.norm.momentum, self.norm.training
-        saved = (self.norm.running_mean.clone(), self.norm.running_var.clone())
-        self.norm.reset_running_stats()
-        self.norm.momentum = None
-        self.norm.train()
+        average = nn.BatchNorm2d(self.norm.num_features, affine=False, momentum=None).to(
+            self.norm.running_mean.device)
         count = 0
-        try:
-            for residuals in residual_batches:
-                self.norm(residuals)
-                count += 1
-        finally:
-            self.norm.momentum = momentum
-            self.norm.train(training)
-        if count == 0:
-            self.norm.running_mean.copy_(saved[0])
-            self.norm.running_var.copy_(saved[1])
+        for residuals in residual_batches:
+            average(residuals)
+            count += 1
+        if count:
+            self.norm.running_mean.copy_(average.running_mean)
+            self.norm.running_var.copy_(average.running_var)
         return count
 
     def forward(self, residuals: Tensor) -> Tensor:
