@@ -7,6 +7,9 @@ faint set existed get it too. Never touches the test split.
 With --recalibrate-rrs N, each run is validated a second time after its RRS BatchNorm statistics
 are recomputed over N training batches exactly as `fit` does it with rrs.recalibration_batches.
 
+With --density-weights W..., each run is validated again with its map fused with the feature-density
+map (density.weight = W, calibrated on its fit images exactly as `fit` does it) for each W.
+
 With --position-normalization, runs fitted without it are validated a second time after a
 `PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
 option was assessed; see docs/results.md).
@@ -17,6 +20,8 @@ option was assessed; see docs/results.md).
         --category magnetic_tile --position-normalization runs/mt_cpu2 runs/mt_b8 runs/mt_b8cos
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --recalibrate-rrs 64 runs/mt_c7k
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --density-weights 0.25 0.5 0.75 1 runs/mt_c7k
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ import torch
 
 from realnet.config import RealNetConfig
 from realnet.data.layouts import load_dataset
+from realnet.engine.build import build_fusion
 from realnet.engine.evaluate import load_run
 from realnet.engine.fit import (
     NormalFeatures,
     SyntheticBatches,
     TrainingImages,
     build_synthesizer,
+    calibrate_fusion,
     calibrate_map_normalization,
     recalibrate_residual_selection,
     split_holdout,
@@ -46,9 +53,9 @@ from realnet.model.discriminator import PositionNormalization
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
-def report(run: Path, mode: str, metrics: dict[str, float]) -> None:
+def report(run: Path, variant: str, metrics: dict[str, float]) -> None:
     values = {k: round(v, 4) for k, v in metrics.items() if not k.startswith("val_n_")}
-    print(json.dumps({"run": str(run), "map_normalization": mode, **values,
+    print(json.dumps({"run": str(run), "variant": variant, **values,
                       "mean": round(float(np.mean(list(values.values()))), 4)}), flush=True)
 
 
@@ -73,6 +80,8 @@ def main() -> None:
     parser.add_argument("--dataset", default="mvtec")
     parser.add_argument("--recalibrate-rrs", type=int, default=0, metavar="N",
                         help="also validate after recomputing the RRS statistics over N training batches")
+    parser.add_argument("--density-weights", type=float, nargs="+", default=[], metavar="W",
+                        help="also validate with the map fused with the feature density at each weight in (0, 1]")
     parser.add_argument("--position-normalization", action="store_true",
                         help="also validate runs fitted without it after calibrating it on their fit images")
     args = parser.parse_args()
@@ -88,7 +97,16 @@ def main() -> None:
                                                          progress=False)[0]
         images = images_by_size[tc.image_size]
         fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
-        report(run, tc.map_normalization, validate_on_painted_defects(model, images[holdout_rows], config, device))
+        report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}",
+               validate_on_painted_defects(model, images[holdout_rows], config, device))
+        if args.density_weights:
+            config.density.weight = args.density_weights[0]
+            model.fusion = build_fusion(config, model.backbone).to(device)
+            calibrate_fusion(model, images[fit_rows], config.density.regularization, device, tc.batch_size)
+            for weight in args.density_weights:
+                model.fusion.weight = weight
+                report(run, f"density weight {weight}", validate_on_painted_defects(
+                    model, images[holdout_rows], config, device))
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",

@@ -81,6 +81,16 @@ class SynthesisConfig:
 
 
 @dataclass
+class DensityConfig:
+    """Fusion of the discriminator's map with a per-position Gaussian density of the backbone
+    features (ours; see realnet.model.density). weight 0 is the paper: the discriminator alone."""
+
+    weight: float = 0.0  # w in fused = (1 - w) p / b_p + w d / b_d
+    channels: int | None = None  # a seeded random subset of the backbone channels (PaDiM); None: all
+    regularization: float = 0.01  # added to the diagonal of every covariance
+
+
+@dataclass
 class TrainConfig:
     image_size: int = 256
     batch_size: int = 16
@@ -110,6 +120,7 @@ class RealNetConfig:
     rrs: RRSConfig = field(default_factory=RRSConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
+    density: DensityConfig = field(default_factory=DensityConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,6 +186,14 @@ def load_config(
     return config
 
 
+def map_kind(config: dict[str, Any]) -> str:
+    """What a run's anomaly maps hold, from its recorded config: "probability" (the paper),
+    "position" (standardised per position) or "fused" (with the feature density)."""
+    if config.get("density", {}).get("weight", 0) > 0:
+        return "fused"
+    return "probability" if config["train"].get("map_normalization", "none") == "none" else "position"
+
+
 def validate_config(config: RealNetConfig) -> None:
     checks = [
         (config.selection.method in ("afs", "rdr", "rlpr"), "selection.method must be afs, rdr or rlpr"),
@@ -190,6 +209,11 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
         (config.train.map_normalization in ("none", "position"), "train.map_normalization must be none or position"),
         (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
+        (0 <= config.density.weight <= 1, "density.weight must be in [0, 1]"),
+        (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
+        (config.density.regularization > 0, "density.regularization must be > 0"),
+        (config.density.weight == 0 or config.train.map_normalization == "none",
+         "density.weight > 0 needs train.map_normalization: none (the fusion scales a probability map)"),
     ]
     for ok, message in checks:
         if not ok:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from realnet.config import RealNetConfig
+import torch
+
 from realnet.model.afs import FeatureSelector
+from realnet.model.density import FeatureDensity, MapFusion
 from realnet.model.discriminator import Discriminator, PositionNormalization
 from realnet.model.realnet import RealNet
 from realnet.model.reconstruction import ReconstructionNetworks
@@ -45,6 +48,32 @@ def check_image_size(size: int, strides: list[int]) -> None:
             )
 
 
+DENSITY_MEMORY_LIMIT_GB = 8.0  # the float64 covariances that calibration accumulates
+
+
+def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
+    """The density branch (density.weight > 0), uncalibrated: a seeded random subset of
+    `density.channels` backbone channels (all when unset) on the finest feature grid."""
+    dc = config.density
+    if dc.weight == 0:
+        return None
+    total = sum(backbone.channels)
+    if dc.channels is not None and dc.channels > total:
+        raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {total} channels")
+    indices = None
+    if dc.channels is not None and dc.channels < total:
+        generator = torch.Generator().manual_seed(config.train.seed)
+        indices = torch.sort(torch.randperm(total, generator=generator)[:dc.channels]).values
+    kept = total if indices is None else dc.channels
+    side = config.train.image_size // min(backbone.strides)
+    needed_gb = side * side * kept * kept * 8 / 2**30
+    if needed_gb > DENSITY_MEMORY_LIMIT_GB:
+        raise RealnetError(
+            f"density: {side}x{side} positions x {kept}^2 covariances need {needed_gb:.0f} GB; set "
+            f"density.channels lower (PaDiM keeps 100-550 of them)")
+    return MapFusion(FeatureDensity(total, (side, side), indices), dc.weight)
+
+
 def build_model(config: RealNetConfig, backbone) -> RealNet:
     check_image_size(config.train.image_size, backbone.strides)
     channels = selected_channels(config, backbone.channels)
@@ -75,4 +104,5 @@ def build_model(config: RealNetConfig, backbone) -> RealNet:
         score_kernel=config.train.score_kernel,
         map_normalization=(PositionNormalization(config.train.image_size)
                            if config.train.map_normalization == "position" else None),
+        fusion=build_fusion(config, backbone),
     )

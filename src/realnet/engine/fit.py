@@ -305,6 +305,36 @@ def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures
                                         for t in position_statistics(maps)))
 
 
+def calibrate_fusion(model: RealNet, images: np.ndarray, regularization: float, device: torch.device,
+                     batch_size: int, progress: bool = False) -> None:
+    """Sets the detector's density branch (when it has one) from the normal fit images: the
+    per-position Gaussian of their backbone features, then the mean image score of those images
+    under each of the two fused maps. The held-out images stay unseen (threshold, validation)."""
+    from realnet.model.density import gaussian_statistics
+    from realnet.model.discriminator import image_score
+
+    fusion = model.fusion
+    if fusion is None:
+        return
+    model.eval()
+
+    def backbone_batches(desc: str):
+        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+            yield model.backbone(to_tensor(images[start:start + batch_size], device))
+
+    with torch.no_grad():
+        # float64 sums on the CPU: the accelerator may have no float64 (MPS)
+        mean, covariance = gaussian_statistics(fusion.density.embed(f).cpu() for f in backbone_batches("feature density"))
+        fusion.density.calibrate(mean, covariance, regularization)
+        discriminator_scores, density_scores = [], []
+        for features in backbone_batches("fusion scales"):
+            probabilities = model.probability_maps(model.selector(features))
+            discriminator_scores.append(image_score(probabilities, model.score_kernel))
+            density_scores.append(image_score(fusion.density_map(features, tuple(probabilities.shape[-2:])),
+                                              model.score_kernel))
+    fusion.calibrate_scales(float(torch.cat(discriminator_scores).mean()), float(torch.cat(density_scores).mean()))
+
+
 def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     """The is_anomalous threshold: a quantile of held-out normal training scores."""
     return float(np.quantile(scores.astype(np.float64), quantile))
@@ -440,6 +470,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     recalibrate_residual_selection(model, batches, normal_features, total_steps,
                                    config.rrs.recalibration_batches, device, progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
+    calibrate_fusion(model, images.fit, config.density.regularization, device, tc.batch_size, progress)
     _, holdout_scores = score_images(model, images.holdout, device, tc.batch_size)
     threshold_source = "held-out normal training images"
     if len(holdout_scores) == 0:

@@ -2,7 +2,8 @@
 
 The exported graph is RealNet's own ``predict``: images in [0, 1] of shape (B, 3, S, S) ->
 backbone -> feature selection -> reconstruction -> residuals -> RRS (eval-mode BatchNorm, top-k
-and gather) -> discriminator -> softmax -> (position normalisation, when the run has it) ->
+and gather) -> discriminator -> softmax -> (position normalisation or the fusion with the
+feature-density map, when the run has one) ->
 anomaly map (B, S, S) and image score (B,). The spatial size S is the run's training size and is
 fixed in the graph; the batch is 1, or dynamic on request. The run's threshold, image size and backbone identity travel in the model's
 ``metadata_props``, so a deployment knows when a score is anomalous.
@@ -29,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from realnet import __version__
+from realnet.config import map_kind
 from realnet.errors import RealnetError
 from realnet.model.realnet import RealNet
 
@@ -44,9 +46,11 @@ TRACE_BATCH = 2  # a dynamic graph is traced at 2 and checked at other sizes, so
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each image straight-resized "
                 "(bilinear, no crop) to S x S")
-MAP_FORMATS = {"none": "anomaly_map float32 (B, S, S), probability in [0, 1]",
+MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0, 1]",
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
-                            "normal training images")}
+                            "normal training images"),
+               "fused": ("anomaly_map float32 (B, S, S), discriminator probability fused with the "
+                         "feature-density distance, about 1 on normal training images")}
 SCORE_FORMAT = "score float32 (B,), anomalous when score > threshold"
 
 
@@ -122,7 +126,7 @@ def run_metadata(meta: Mapping) -> dict[str, str]:
         "category": str(data.get("category", "")),
         "dataset": str(data.get("dataset", "")),
         "input_format": INPUT_FORMAT,
-        "output_format": (f"{MAP_FORMATS[meta['config']['train'].get('map_normalization', 'none')]}; "
+        "output_format": (f"{MAP_FORMATS[map_kind(meta['config'])]}; "
                           f"{SCORE_FORMAT}"),
     }
 

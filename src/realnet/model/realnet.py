@@ -1,6 +1,6 @@
 """RealNet composed from its parts: frozen backbone -> feature selection (AFS) -> per-layer
 reconstruction -> residuals -> RRS -> discriminator -> anomaly map (optionally standardised per
-position) and image score."""
+position, or fused with a feature-density map) and image score."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from realnet.model.afs import FeatureSelector
+from realnet.model.density import MapFusion
 from realnet.model.discriminator import PositionNormalization, anomaly_map, image_score
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals
 
@@ -31,6 +32,7 @@ class RealNet(nn.Module):
         discriminator: nn.Module,
         score_kernel: int = 16,
         map_normalization: PositionNormalization | None = None,
+        fusion: MapFusion | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -40,6 +42,7 @@ class RealNet(nn.Module):
         self.discriminator = discriminator
         self.score_kernel = score_kernel
         self.map_normalization = map_normalization or nn.Identity()
+        self.fusion = fusion
 
     @torch.no_grad()
     def select_features(self, images: Tensor) -> list[Tensor]:
@@ -59,9 +62,13 @@ class RealNet(nn.Module):
 
     @torch.no_grad()
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        """Anomaly maps (B, H, W) and image scores (B,). The maps are probabilities in [0, 1], or
-        standardised scores when the detector has a `PositionNormalization`."""
-        maps = self.map_normalization(self.probability_maps(self.select_features(images)))
+        """Anomaly maps (B, H, W) and image scores (B,). The maps are probabilities in [0, 1];
+        standardised scores when the detector has a `PositionNormalization`; fused scores that
+        read about 1 on normal images when it has a `MapFusion`."""
+        backbone_features = self.backbone(images)
+        maps = self.map_normalization(self.probability_maps(self.selector(backbone_features)))
+        if self.fusion is not None:
+            maps = self.fusion(maps, backbone_features)
         return maps, image_score(maps, self.score_kernel)
 
     def trainable_modules(self) -> nn.ModuleDict:

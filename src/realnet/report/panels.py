@@ -6,14 +6,15 @@ from pathlib import Path
 
 import numpy as np
 
+from realnet.config import map_kind
 from realnet.engine.checkpoint import atomic_write
 
 
 def map_display_max(meta: dict) -> float:
     """The map value drawn at full heat, the same for every image of a run: 1 for probability
-    maps; for position-normalised maps (unbounded) twice the image threshold, which puts the
-    threshold mid-scale."""
-    if meta["config"]["train"].get("map_normalization", "none") == "none":
+    maps; for position-normalised or fused maps (unbounded) twice the image threshold, which
+    puts the threshold mid-scale."""
+    if map_kind(meta["config"]) == "probability":
         return 1.0
     return max(2.0 * float(meta["threshold"]), 1e-6)
 

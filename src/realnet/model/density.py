@@ -1,0 +1,112 @@
+"""Feature-density branch fused into RealNet's anomaly map (ours, not in the paper).
+
+The discriminator only learns the kinds of anomaly the synthesis shows it. A training-free
+density model of the normal features responds to any departure from normal, so the two maps
+are fused: fused = (1 - w) * p / b_p + w * d / b_d, where p is the discriminator's map, d the
+per-position Mahalanobis distance of the frozen backbone's features to a Gaussian fitted on the
+normal fit images (as PaDiM does, Defard et al., ICPR 2021), and b_p, b_d the mean image score
+of the fit images under each map, so that both read about 1 on a normal image. An added
+constant would change no ranking, so no offset is needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def feature_embedding(features: list[Tensor], channel_indices: Tensor | None = None) -> Tensor:
+    """The layers' features concatenated at the finest layer's resolution (bilinear upsampling),
+    optionally restricted to `channel_indices` of the concatenation: (B, C, h, w)."""
+    size = features[0].shape[-2:]
+    embedding = torch.cat([features[0].float()] + [
+        F.interpolate(f.float(), size=size, mode="bilinear", align_corners=False) for f in features[1:]], dim=1)
+    return embedding if channel_indices is None else embedding.index_select(1, channel_indices)
+
+
+def gaussian_statistics(embeddings: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
+    """Per-position mean (h, w, C) and unbiased covariance (h, w, C, C) of batches of
+    embeddings (B, C, h, w), accumulated in float64 so that any number of images needs one
+    covariance's memory."""
+    total = outer = None
+    count = 0
+    for batch in embeddings:
+        x = batch.detach().double().permute(2, 3, 0, 1)  # (h, w, B, C)
+        batch_total, batch_outer = x.sum(2), x.transpose(2, 3) @ x
+        total = batch_total if total is None else total + batch_total
+        outer = batch_outer if outer is None else outer + batch_outer
+        count += batch.shape[0]
+    if count < 2:
+        raise ValueError("gaussian_statistics needs at least two embeddings")
+    mean = total / count
+    covariance = (outer - count * mean.unsqueeze(-1) * mean.unsqueeze(-2)) / (count - 1)
+    return mean, covariance
+
+
+def mahalanobis_map(embedding: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
+    """sqrt((x - mu)^T Sigma^-1 (x - mu)) at every position: embedding (B, C, h, w), mean
+    (h, w, C), precision (h, w, C, C) -> (B, h, w)."""
+    centred = embedding.permute(2, 3, 0, 1) - mean.unsqueeze(2)  # (h, w, B, C)
+    squared = ((centred @ precision) * centred).sum(-1)  # (h, w, B)
+    return squared.clamp_min(0).sqrt().permute(2, 0, 1)
+
+
+class FeatureDensity(nn.Module):
+    """Per-position Gaussian of the normal backbone features; returns the Mahalanobis distance
+    map (B, h, w). Identity statistics (zero mean, unit precision) until `calibrate`."""
+
+    def __init__(self, channels: int, grid: tuple[int, int], channel_indices: Tensor | None = None):
+        super().__init__()
+        kept = channels if channel_indices is None else int(channel_indices.numel())
+        self.register_buffer("channel_indices", torch.arange(channels) if channel_indices is None
+                             else channel_indices.long().clone())
+        self.register_buffer("mean", torch.zeros(*grid, kept))
+        self.register_buffer("precision", torch.eye(kept).expand(*grid, kept, kept).clone())
+
+    def embed(self, features: list[Tensor]) -> Tensor:
+        return feature_embedding(features, self.channel_indices)
+
+    @torch.no_grad()
+    def calibrate(self, mean: Tensor, covariance: Tensor, regularization: float) -> None:
+        """Sigma^-1 of the covariance plus `regularization` on its diagonal (PaDiM's 0.01)."""
+        if mean.shape != self.mean.shape or covariance.shape != self.precision.shape:
+            raise ValueError(f"FeatureDensity: statistics of shape {tuple(mean.shape)} do not match "
+                             f"{tuple(self.mean.shape)}")
+        eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype, device=covariance.device)
+        self.mean.copy_(mean.float())
+        self.precision.copy_(torch.linalg.inv(covariance + regularization * eye).float())
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        return mahalanobis_map(self.embed(features), self.mean, self.precision)
+
+
+class MapFusion(nn.Module):
+    """fused = (1 - w) * p / b_p + w * d / b_d at image resolution (module docstring). The
+    scales (b_p, b_d) are 1 until `calibrate_scales`."""
+
+    def __init__(self, density: FeatureDensity, weight: float):
+        super().__init__()
+        if not 0 < weight <= 1:
+            raise ValueError(f"MapFusion: the density weight must be in (0, 1], got {weight}")
+        self.density = density
+        self.weight = weight
+        self.register_buffer("scales", torch.ones(2))
+
+    def density_map(self, features: list[Tensor], size: tuple[int, int]) -> Tensor:
+        """d at image resolution (B, H, W)."""
+        distances = self.density(features).unsqueeze(1)
+        return F.interpolate(distances, size=size, mode="bilinear", align_corners=False)[:, 0]
+
+    @torch.no_grad()
+    def calibrate_scales(self, discriminator_scale: float, density_scale: float) -> None:
+        if min(discriminator_scale, density_scale) <= 0:
+            raise ValueError("MapFusion: the mean normal image scores must be positive, got "
+                             f"{discriminator_scale} and {density_scale}")
+        self.scales.copy_(torch.tensor([discriminator_scale, density_scale]))
+
+    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> Tensor:
+        density = self.density_map(features, tuple(anomaly_map.shape[-2:]))
+        return (1 - self.weight) * anomaly_map / self.scales[0] + self.weight * density / self.scales[1]

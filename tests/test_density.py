@@ -1,0 +1,199 @@
+"""Feature-density fusion (ours): the Gaussian statistics and Mahalanobis math, the fusion
+formula, how build/config guard it, and that a fused run calibrates on its fit images, scores,
+predicts and exports consistently."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.distance import mahalanobis
+
+from realnet.config import load_config, map_kind
+from realnet.engine.evaluate import load_run
+from realnet.errors import RealnetError
+from realnet.model.density import (
+    FeatureDensity,
+    MapFusion,
+    feature_embedding,
+    gaussian_statistics,
+    mahalanobis_map,
+)
+
+
+def test_gaussian_statistics_over_uneven_batches_equal_numpy_per_position():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 3, 2, 4)).astype(np.float32)  # (N, C, h, w)
+    mean, covariance = gaussian_statistics(torch.from_numpy(x[i:i + 4]) for i in range(0, 9, 4))
+    assert mean.shape == (2, 4, 3) and covariance.shape == (2, 4, 3, 3)
+    for i in range(2):
+        for j in range(4):
+            np.testing.assert_allclose(mean[i, j].numpy(), x[:, :, i, j].mean(0), atol=1e-6)
+            np.testing.assert_allclose(covariance[i, j].numpy(), np.cov(x[:, :, i, j], rowvar=False), atol=1e-6)
+    with pytest.raises(ValueError, match="at least two"):
+        gaussian_statistics([torch.zeros(1, 3, 2, 4)])
+
+
+def test_mahalanobis_map_equals_scipy_at_every_position():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(2, 3, 2, 2))
+    mean = rng.normal(size=(2, 2, 3))
+    a = rng.normal(size=(2, 2, 3, 3))
+    precision = a @ np.swapaxes(a, -1, -2) + np.eye(3)
+    distances = mahalanobis_map(torch.from_numpy(x), torch.from_numpy(mean), torch.from_numpy(precision))
+    assert distances.shape == (2, 2, 2)
+    for b in range(2):
+        for i in range(2):
+            for j in range(2):
+                expected = mahalanobis(x[b, :, i, j], mean[i, j], precision[i, j])
+                assert distances[b, i, j].item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_embedding_upsamples_coarser_layers_and_keeps_chosen_channels():
+    fine, coarse = torch.rand(2, 3, 4, 4), torch.rand(2, 5, 2, 2)
+    embedding = feature_embedding([fine, coarse])
+    assert embedding.shape == (2, 8, 4, 4)
+    assert torch.equal(embedding[:, :3], fine)
+    kept = feature_embedding([fine, coarse], torch.tensor([0, 6]))
+    torch.testing.assert_close(kept, embedding[:, [0, 6]])
+
+
+def test_density_is_euclidean_until_calibrated_then_uses_the_regularised_covariance():
+    torch.manual_seed(0)
+    density = FeatureDensity(3, (2, 2))
+    features = [torch.randn(2, 3, 2, 2)]
+    torch.testing.assert_close(density(features), features[0].norm(dim=1))
+    mean, covariance = torch.randn(2, 2, 3).double(), 2 * torch.eye(3).double().expand(2, 2, 3, 3)
+    density.calibrate(mean, covariance, regularization=0.5)
+    expected = (features[0].permute(0, 2, 3, 1) - mean.float()).norm(dim=-1) / 2.5**0.5
+    torch.testing.assert_close(density(features), expected)
+    with pytest.raises(ValueError, match="do not match"):
+        density.calibrate(torch.zeros(3, 3, 3), torch.zeros(3, 3, 3, 3), 0.01)
+
+
+def test_fusion_is_the_weighted_sum_of_the_scaled_maps():
+    torch.manual_seed(0)
+    fusion = MapFusion(FeatureDensity(3, (2, 2)), weight=0.25)
+    fusion.calibrate_scales(0.1, 4.0)
+    probabilities, features = torch.rand(2, 8, 8), [torch.randn(2, 3, 2, 2)]
+    distances = fusion.density_map(features, (8, 8))
+    assert distances.shape == (2, 8, 8)
+    torch.testing.assert_close(fusion(probabilities, features), 0.75 * probabilities / 0.1 + 0.25 * distances / 4.0)
+    with pytest.raises(ValueError, match="must be positive"):
+        fusion.calibrate_scales(0.0, 1.0)
+    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
+        MapFusion(FeatureDensity(3, (2, 2)), weight=0.0)
+
+
+def test_build_adds_the_branch_only_with_a_weight_and_draws_a_seeded_channel_subset():
+    from realnet.engine.build import build_backbone, build_fusion, build_model
+
+    config = load_config("tiny", overrides=["backbone.weights=random"])
+    backbone = build_backbone(config)
+    assert build_model(config, backbone).fusion is None
+    config = load_config("tiny", overrides=["backbone.weights=random", "density.weight=0.5", "density.channels=10"])
+    first, second = build_fusion(config, backbone), build_fusion(config, backbone)
+    indices = first.density.channel_indices
+    assert indices.numel() == 10 and torch.equal(indices, indices.sort().values)
+    assert torch.equal(indices, second.density.channel_indices)
+    side = config.train.image_size // min(backbone.strides)
+    assert first.density.precision.shape == (side, side, 10, 10)
+    config.density.channels = sum(backbone.channels) + 1
+    with pytest.raises(RealnetError, match="exceeds the backbone"):
+        build_fusion(config, backbone)
+
+
+def test_build_refuses_covariances_that_do_not_fit_in_memory(monkeypatch):
+    from realnet.engine import build
+
+    config = load_config("tiny", overrides=["backbone.weights=random", "density.weight=1"])
+    monkeypatch.setattr(build, "DENSITY_MEMORY_LIMIT_GB", 1e-6)
+    with pytest.raises(RealnetError, match="set density.channels lower"):
+        build.build_fusion(config, build.build_backbone(config))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("density.weight=1.5", "density.weight must be in"),
+    ("density.channels=0", "density.channels must be"),
+    ("density.regularization=0", "density.regularization must be"),
+])
+def test_bad_density_settings_are_one_clear_error(override, message):
+    with pytest.raises(RealnetError, match=message):
+        load_config("tiny", overrides=[override])
+
+
+def test_fusion_and_position_normalisation_are_exclusive():
+    with pytest.raises(RealnetError, match="needs train.map_normalization: none"):
+        load_config("tiny", overrides=["density.weight=0.5", "train.map_normalization=position"])
+
+
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory):
+    """A tiny run fitted with density.weight = 0.5, plus its fit images."""
+    from dataset_fixtures import make_mvtec_tree
+    from realnet.data.layouts import load_dataset
+    from realnet.engine.fit import FitRequest, fit, split_holdout
+    from realnet.engine.runtime import load_samples
+
+    base = tmp_path_factory.mktemp("fused_run")
+    data_root = make_mvtec_tree(base / "data", "widget", n_train=12, n_test_good=4, defects={"scratch": 4},
+                                size=(80, 96))
+    config = load_config("tiny", overrides=["density.weight=0.5"])
+    run_dir = base / "run"
+    fit(FitRequest(config=config, data_root=data_root, category="widget", out=run_dir, device="cpu",
+                   progress=False))
+    records = [r for r in load_dataset(data_root, "widget") if r.split == "train" and r.label == 0]
+    images = load_samples(records, config.train.image_size, skip_bad=False, desc="", progress=False)[0]
+    fit_rows, _ = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
+    return data_root, run_dir, images[fit_rows]
+
+
+def test_fit_calibrates_the_density_and_scales_on_the_fit_images(fused_run):
+    from realnet.engine.runtime import to_tensor
+    from realnet.model.discriminator import image_score
+
+    _, run_dir, fit_images = fused_run
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    assert map_kind(meta["config"]) == "fused"
+    features = model.backbone(to_tensor(fit_images, torch.device("cpu")))
+    embedding = model.fusion.density.embed(features)
+    torch.testing.assert_close(model.fusion.density.mean, embedding.mean(0).permute(1, 2, 0), atol=1e-4, rtol=1e-4)
+    probabilities = model.probability_maps(model.selector(features))
+    distances = model.fusion.density_map(features, tuple(probabilities.shape[-2:]))
+    expected_scales = torch.stack([image_score(probabilities, model.score_kernel).mean(),
+                                   image_score(distances, model.score_kernel).mean()])
+    torch.testing.assert_close(model.fusion.scales, expected_scales, atol=1e-5, rtol=1e-4)
+    maps, scores = model.predict(to_tensor(fit_images, torch.device("cpu")))
+    torch.testing.assert_close(maps, 0.5 * probabilities / expected_scales[0] + 0.5 * distances / expected_scales[1],
+                               atol=1e-4, rtol=1e-4)
+    # each half reads ~1 on the images it was scaled on, so their fused scores average ~1
+    assert 0.5 < float(scores.mean()) <= 1.0 + 1e-4
+
+
+def test_a_run_without_it_has_no_fusion_state(tiny_run):
+    model, meta = load_run(tiny_run[1], torch.device("cpu"))
+    assert map_kind(meta["config"]) == "probability"
+    assert model.fusion is None and not any(k.startswith("fusion") for k in model.state_dict())
+
+
+def test_predict_panels_and_export_use_the_fused_map(fused_run, tmp_path):
+    import onnx
+
+    from realnet.cli.main import main
+    from realnet.engine.predict import predict
+    from realnet.report.panels import map_display_max
+
+    data_root, run_dir, _ = fused_run
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert map_display_max(meta) == pytest.approx(2 * meta["threshold"])
+    image = sorted((data_root / "widget" / "test" / "scratch").iterdir())[0]
+    out = io.StringIO()
+    assert predict(run_dir, [str(image)], device="cpu", out=out) == 0
+    result = json.loads(out.getvalue())
+    assert result["is_anomalous"] == (result["score"] > meta["threshold"])
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert "feature-density" in props["output_format"]
