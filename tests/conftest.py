@@ -29,14 +29,7 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """(data_root, run_dir): a fixture MVTec tree (category "widget", 80x96 images, 4 normal and 4
     "scratch" test images) fitted once per session with the tiny preset on the CPU. Shared: read it,
     never write into it."""
-    from dataset_fixtures import make_mvtec_tree
-    from realnet.config import load_config
-    from realnet.engine.fit import FitRequest, fit
+    from dataset_fixtures import fit_tiny_widget_run
 
-    base = tmp_path_factory.mktemp("tiny_run")
-    data_root = make_mvtec_tree(base / "data", "widget", n_train=12, n_test_good=4, defects={"scratch": 4},
-                                size=(80, 96))
-    run_dir = base / "run"
-    fit(FitRequest(config=load_config("tiny"), data_root=data_root, category="widget", out=run_dir,
-                   device="cpu", progress=False))
+    data_root, run_dir, _ = fit_tiny_widget_run(tmp_path_factory.mktemp("tiny_run"))
     return data_root, run_dir

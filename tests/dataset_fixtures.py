@@ -176,3 +176,24 @@ def make_folder_tree(
 
 def _mask_255(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) * 255
+
+
+def fit_tiny_widget_run(base: Path, overrides: list[str] = ()) -> tuple[Path, Path, np.ndarray]:
+    """(data_root, run_dir, fit_images): the "widget" fixture tree (80x96 images, 12 normal
+    training, 4 normal and 4 "scratch" test images) fitted on the CPU with the tiny preset plus
+    `overrides`, and the run's fit images (its training images minus the held-out ones)."""
+    from realnet.config import load_config
+    from realnet.data.layouts import load_dataset
+    from realnet.engine.fit import FitRequest, fit, split_holdout
+    from realnet.engine.runtime import load_samples
+
+    data_root = make_mvtec_tree(base / "data", "widget", n_train=12, n_test_good=4, defects={"scratch": 4},
+                                size=(80, 96))
+    config = load_config("tiny", overrides=list(overrides))
+    run_dir = base / "run"
+    fit(FitRequest(config=config, data_root=data_root, category="widget", out=run_dir, device="cpu",
+                   progress=False))
+    records = [r for r in load_dataset(data_root, "widget") if r.split == "train" and r.label == 0]
+    images = load_samples(records, config.train.image_size, skip_bad=False, desc="", progress=False)[0]
+    fit_rows, _ = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
+    return data_root, run_dir, images[fit_rows]

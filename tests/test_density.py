@@ -133,22 +133,9 @@ def test_fusion_and_position_normalisation_are_exclusive():
 @pytest.fixture(scope="module")
 def fused_run(tmp_path_factory):
     """A tiny run fitted with density.weight = 0.5, plus its fit images."""
-    from dataset_fixtures import make_mvtec_tree
-    from realnet.data.layouts import load_dataset
-    from realnet.engine.fit import FitRequest, fit, split_holdout
-    from realnet.engine.runtime import load_samples
+    from dataset_fixtures import fit_tiny_widget_run
 
-    base = tmp_path_factory.mktemp("fused_run")
-    data_root = make_mvtec_tree(base / "data", "widget", n_train=12, n_test_good=4, defects={"scratch": 4},
-                                size=(80, 96))
-    config = load_config("tiny", overrides=["density.weight=0.5"])
-    run_dir = base / "run"
-    fit(FitRequest(config=config, data_root=data_root, category="widget", out=run_dir, device="cpu",
-                   progress=False))
-    records = [r for r in load_dataset(data_root, "widget") if r.split == "train" and r.label == 0]
-    images = load_samples(records, config.train.image_size, skip_bad=False, desc="", progress=False)[0]
-    fit_rows, _ = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
-    return data_root, run_dir, images[fit_rows]
+    return fit_tiny_widget_run(tmp_path_factory.mktemp("fused_run"), ["density.weight=0.5"])
 
 
 def test_fit_calibrates_the_density_and_scales_on_the_fit_images(fused_run):

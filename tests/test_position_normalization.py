@@ -47,22 +47,9 @@ def test_unknown_map_normalization_is_one_clear_error():
 @pytest.fixture(scope="module")
 def position_run(tmp_path_factory):
     """A tiny run fitted with position normalisation, plus its fit images."""
-    from dataset_fixtures import make_mvtec_tree
-    from realnet.data.layouts import load_dataset
-    from realnet.engine.fit import FitRequest, fit, split_holdout
-    from realnet.engine.runtime import load_samples
+    from dataset_fixtures import fit_tiny_widget_run
 
-    base = tmp_path_factory.mktemp("position_run")
-    data_root = make_mvtec_tree(base / "data", "widget", n_train=12, n_test_good=4, defects={"scratch": 4},
-                                size=(80, 96))
-    config = load_config("tiny", overrides=["train.map_normalization=position"])
-    run_dir = base / "run"
-    fit(FitRequest(config=config, data_root=data_root, category="widget", out=run_dir, device="cpu",
-                   progress=False))
-    records = [r for r in load_dataset(data_root, "widget") if r.split == "train" and r.label == 0]
-    images = load_samples(records, config.train.image_size, skip_bad=False, desc="", progress=False)[0]
-    fit_rows, _ = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
-    return data_root, run_dir, images[fit_rows]
+    return fit_tiny_widget_run(tmp_path_factory.mktemp("position_run"), ["train.map_normalization=position"])
 
 
 def test_fit_calibrates_on_the_fit_images_and_the_checkpoint_keeps_it(position_run):
