@@ -21,7 +21,7 @@ option was assessed; see docs/results.md).
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --recalibrate-rrs 64 runs/mt_c7k
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
-        --category magnetic_tile --density-weights 0.25 0.5 0.75 1 runs/mt_c7k
+        --category magnetic_tile runs/mt_c7k --density-weights 0.25 0.5 0.75 1
 """
 
 from __future__ import annotations
