@@ -184,3 +184,13 @@ def test_predict_panels_and_export_use_the_fused_map(fused_run, tmp_path):
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert "feature-density" in props["output_format"]
+
+
+def test_select_on_test_with_the_fusion_is_refused_before_anything_is_written(tmp_path):
+    from realnet.engine.fit import FitRequest, fit
+
+    config = load_config("tiny", overrides=["density.weight=0.5"])
+    with pytest.raises(RealnetError, match="needs density.weight=0"):
+        fit(FitRequest(config=config, data_root=tmp_path / "data", category="widget", out=tmp_path / "run",
+                       device="cpu", progress=False, select_on_test=True))
+    assert not (tmp_path / "run").exists()
