@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from realnet.config import RealNetConfig
 import torch
 
+from realnet.config import RealNetConfig
 from realnet.model.afs import FeatureSelector
 from realnet.model.density import FeatureDensity, MapFusion
 from realnet.model.discriminator import Discriminator, PositionNormalization

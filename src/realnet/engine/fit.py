@@ -390,7 +390,7 @@ def fit(request: FitRequest) -> dict[str, Any]:
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
         return checkpoint.read_meta(request.out)
     if request.select_on_test and request.config.density.weight > 0:
-        # the fused map is calibrated once, after training; mid-run test scores would not be its
+        # the fused map is calibrated once, after training; mid-run test scores would not be the fused ones
         raise RealnetError("--select-on-test reproduces the paper's protocol and needs density.weight=0")
     created = prepare_run_dir(request)
     try:
