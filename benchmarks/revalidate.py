@@ -8,7 +8,7 @@ With --recalibrate-rrs N, each run is validated a second time after its RRS Batc
 are recomputed over N training batches exactly as `fit` does it with rrs.recalibration_batches.
 
 With --density-weights W..., each run is validated again with its map fused with the feature-density
-map (density.weight = W, calibrated on its fit images exactly as `fit` does it) for each W.
+map (density.weight = W, calibrated on its fit and held-out images exactly as `fit` does it) for each W.
 
 With --position-normalization, runs fitted without it are validated a second time after a
 `PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
@@ -102,11 +102,12 @@ def main() -> None:
         if args.density_weights:
             config.density.weight = args.density_weights[0]
             model.fusion = build_fusion(config, model.backbone).to(device)
-            calibrate_fusion(model, images[fit_rows], config.density.regularization, device, tc.batch_size)
+            calibrate_fusion(model, images[fit_rows], images[holdout_rows], config.density.regularization, device,
+                             tc.batch_size)
             for weight in args.density_weights:
                 model.fusion.weight = weight
-                report(run, f"density weight {weight}", validate_on_painted_defects(
-                    model, images[holdout_rows], config, device))
+                report(run, f"density weight {weight}, scales b_p b_d {model.fusion.scales.tolist()}",
+                       validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",

@@ -31,5 +31,5 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     never write into it."""
     from dataset_fixtures import fit_tiny_widget_run
 
-    data_root, run_dir, _ = fit_tiny_widget_run(tmp_path_factory.mktemp("tiny_run"))
+    data_root, run_dir, *_ = fit_tiny_widget_run(tmp_path_factory.mktemp("tiny_run"))
     return data_root, run_dir

@@ -178,10 +178,10 @@ def _mask_255(mask: np.ndarray) -> np.ndarray:
     return mask.astype(np.uint8) * 255
 
 
-def fit_tiny_widget_run(base: Path, overrides: list[str] = ()) -> tuple[Path, Path, np.ndarray]:
-    """(data_root, run_dir, fit_images): the "widget" fixture tree (80x96 images, 12 normal
-    training, 4 normal and 4 "scratch" test images) fitted on the CPU with the tiny preset plus
-    `overrides`, and the run's fit images (its training images minus the held-out ones)."""
+def fit_tiny_widget_run(base: Path, overrides: list[str] = ()) -> tuple[Path, Path, np.ndarray, np.ndarray]:
+    """(data_root, run_dir, fit_images, holdout_images): the "widget" fixture tree (80x96 images,
+    12 normal training, 4 normal and 4 "scratch" test images) fitted on the CPU with the tiny
+    preset plus `overrides`, and the run's fit and held-out normal training images."""
     from realnet.config import load_config
     from realnet.data.layouts import load_dataset
     from realnet.engine.fit import FitRequest, fit, split_holdout
@@ -195,5 +195,5 @@ def fit_tiny_widget_run(base: Path, overrides: list[str] = ()) -> tuple[Path, Pa
                    progress=False))
     records = [r for r in load_dataset(data_root, "widget") if r.split == "train" and r.label == 0]
     images = load_samples(records, config.train.image_size, skip_bad=False, desc="", progress=False)[0]
-    fit_rows, _ = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
-    return data_root, run_dir, images[fit_rows]
+    fit_rows, holdout_rows = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
+    return data_root, run_dir, images[fit_rows], images[holdout_rows]

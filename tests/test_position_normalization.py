@@ -46,7 +46,7 @@ def test_unknown_map_normalization_is_one_clear_error():
 
 @pytest.fixture(scope="module")
 def position_run(tmp_path_factory):
-    """A tiny run fitted with position normalisation, plus its fit images."""
+    """A tiny run fitted with position normalisation, plus its fit and held-out images."""
     from dataset_fixtures import fit_tiny_widget_run
 
     return fit_tiny_widget_run(tmp_path_factory.mktemp("position_run"), ["train.map_normalization=position"])
@@ -55,7 +55,7 @@ def position_run(tmp_path_factory):
 def test_fit_calibrates_on_the_fit_images_and_the_checkpoint_keeps_it(position_run):
     from realnet.engine.runtime import to_tensor
 
-    _, run_dir, fit_images = position_run
+    _, run_dir, fit_images, _ = position_run
     model, meta = load_run(run_dir, torch.device("cpu"))
     assert meta["config"]["train"]["map_normalization"] == "position"
     assert isinstance(model.map_normalization, PositionNormalization)
@@ -80,7 +80,7 @@ def test_predict_and_export_use_the_normalised_map(position_run, tmp_path):
     from realnet.engine.predict import predict
     from realnet.report.panels import map_display_max
 
-    data_root, run_dir, _ = position_run
+    data_root, run_dir, *_ = position_run
     meta = json.loads((run_dir / "model.json").read_text())
     assert map_display_max(meta) == pytest.approx(2 * meta["threshold"])
     image = sorted((data_root / "widget" / "test" / "scratch").iterdir())[0]

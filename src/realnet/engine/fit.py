@@ -305,11 +305,13 @@ def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures
                                         for t in position_statistics(maps)))
 
 
-def calibrate_fusion(model: RealNet, images: np.ndarray, regularization: float, device: torch.device,
-                     batch_size: int, progress: bool = False) -> None:
-    """Sets the detector's density branch (when it has one) from the normal fit images: the
-    per-position Gaussian of their backbone features, then the mean image score of those images
-    under each of the two fused maps. The held-out images stay unseen (threshold, validation)."""
+def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.ndarray, regularization: float,
+                     device: torch.device, batch_size: int, progress: bool = False) -> None:
+    """Sets the detector's density branch (when it has one): the per-position Gaussian of the
+    fit images' backbone features, then the mean image score of `scale_images` under each of the
+    two fused maps. Those should be normal images neither map was fitted on (fit passes the
+    held-out ones): on its own fit images a map reads low, the Gaussian the more so the fewer
+    images it has, and the two scales would then weigh the maps unlike `density.weight` says."""
     from realnet.model.density import gaussian_statistics
     from realnet.model.discriminator import image_score
 
@@ -318,16 +320,17 @@ def calibrate_fusion(model: RealNet, images: np.ndarray, regularization: float, 
         return
     model.eval()
 
-    def backbone_batches(desc: str):
+    def backbone_batches(images: np.ndarray, desc: str):
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
             yield model.backbone(to_tensor(images[start:start + batch_size], device))
 
     with torch.no_grad():
         # float64 sums on the CPU: the accelerator may have no float64 (MPS)
-        mean, covariance = gaussian_statistics(fusion.density.embed(f).cpu() for f in backbone_batches("feature density"))
+        mean, covariance = gaussian_statistics(fusion.density.embed(f).cpu()
+                                               for f in backbone_batches(fit_images, "feature density"))
         fusion.density.calibrate(mean, covariance, regularization)
         discriminator_scores, density_scores = [], []
-        for features in backbone_batches("fusion scales"):
+        for features in backbone_batches(scale_images, "fusion scales"):
             probabilities = model.probability_maps(model.selector(features))
             discriminator_scores.append(image_score(probabilities, model.score_kernel))
             density_scores.append(image_score(fusion.density_map(features, tuple(probabilities.shape[-2:])),
@@ -473,12 +476,12 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     recalibrate_residual_selection(model, batches, normal_features, total_steps,
                                    config.rrs.recalibration_batches, device, progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
-    calibrate_fusion(model, images.fit, config.density.regularization, device, tc.batch_size, progress)
-    _, holdout_scores = score_images(model, images.holdout, device, tc.batch_size)
-    threshold_source = "held-out normal training images"
-    if len(holdout_scores) == 0:
-        _, holdout_scores = score_images(model, images.fit, device, tc.batch_size)
-        threshold_source = "fit images (no held-out images: biased low)"
+    calibration_images, threshold_source = images.holdout, "held-out normal training images"
+    if len(images.holdout) == 0:
+        calibration_images, threshold_source = images.fit, "fit images (no held-out images: biased low)"
+    calibrate_fusion(model, images.fit, calibration_images, config.density.regularization, device, tc.batch_size,
+                     progress)
+    _, holdout_scores = score_images(model, calibration_images, device, tc.batch_size)
     validation = validate_on_painted_defects(model, images.holdout, config, device)
     meta = {
         "config": config.to_dict(),
@@ -491,7 +494,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                      "strides": backbone.strides},
         "threshold": calibrate_threshold(holdout_scores, tc.threshold_quantile),
         "threshold_quantile": tc.threshold_quantile,
-        "threshold_source": threshold_source,
+        "threshold_source": threshold_source,  # and of the density fusion's scales, when it has one
         "protocol": "select-on-test" if request.select_on_test else "final-model",
         "fit": {
             "steps": total_steps, "n_fit_images": int(len(images.fit)),

@@ -50,7 +50,7 @@ MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0,
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
                             "normal training images"),
                "fused": ("anomaly_map float32 (B, S, S), discriminator probability fused with the "
-                         "feature-density distance, about 1 on normal training images")}
+                         "feature-density distance, about 1 on held-out normal training images")}
 SCORE_FORMAT = "score float32 (B,), anomalous when score > threshold"
 
 

@@ -5,7 +5,7 @@ density model of the normal features responds to any departure from normal, so t
 are fused: fused = (1 - w) * p / b_p + w * d / b_d, where p is the discriminator's map, d the
 per-position Mahalanobis distance of the frozen backbone's features to a Gaussian fitted on the
 normal fit images (as PaDiM does, Defard et al., ICPR 2021), and b_p, b_d the mean image score
-of the fit images under each map, so that both read about 1 on a normal image. An added
+of held-out normal images under each map, so that both read about 1 on a normal image. An added
 constant would change no ranking, so no offset is needed.
 """
 
