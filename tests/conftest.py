@@ -33,3 +33,26 @@ def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
 
     data_root, run_dir, *_ = fit_tiny_widget_run(tmp_path_factory.mktemp("tiny_run"))
     return data_root, run_dir
+
+
+@pytest.fixture(scope="session")
+def position_run(tmp_path_factory):
+    """A tiny run fitted with position normalisation: (data_root, run_dir, fit images, held-out images)."""
+    from dataset_fixtures import fit_tiny_widget_run
+
+    return fit_tiny_widget_run(tmp_path_factory.mktemp("position_run"), ["train.map_normalization=position"])
+
+
+@pytest.fixture(scope="session")
+def fused_run(tmp_path_factory):
+    """A tiny run fitted with density.weight = 0.5: (data_root, run_dir, fit images, held-out images)."""
+    from dataset_fixtures import fit_tiny_widget_run
+
+    return fit_tiny_widget_run(tmp_path_factory.mktemp("fused_run"), ["density.weight=0.5"])
+
+
+@pytest.fixture(params=["position_run", "fused_run"])
+def unbounded_map_run(request):
+    """Each tiny run whose maps are not probabilities, with the words its ONNX metadata must hold."""
+    words = {"position_run": "standardised per pixel position", "fused_run": "feature-density"}[request.param]
+    return request.getfixturevalue(request.param), words

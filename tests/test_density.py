@@ -1,11 +1,8 @@
 """Feature-density fusion (ours): the Gaussian statistics and Mahalanobis math, the fusion
-formula, how build/config guard it, and that a fused run calibrates on its fit images, scores,
-predicts and exports consistently."""
+formula, how build/config guard it, and what a fused fit calibrates on (test_predict_cli checks
+that such a run predicts, draws and exports its maps)."""
 
 from __future__ import annotations
-
-import io
-import json
 
 import numpy as np
 import pytest
@@ -130,14 +127,6 @@ def test_fusion_and_position_normalisation_are_exclusive():
         load_config("tiny", overrides=["density.weight=0.5", "train.map_normalization=position"])
 
 
-@pytest.fixture(scope="module")
-def fused_run(tmp_path_factory):
-    """A tiny run fitted with density.weight = 0.5, plus its fit and held-out images."""
-    from dataset_fixtures import fit_tiny_widget_run
-
-    return fit_tiny_widget_run(tmp_path_factory.mktemp("fused_run"), ["density.weight=0.5"])
-
-
 def test_fit_fits_the_gaussian_on_the_fit_images_and_the_scales_on_the_held_out_ones(fused_run):
     from realnet.engine.runtime import to_tensor
     from realnet.model.discriminator import image_score
@@ -164,26 +153,6 @@ def test_a_run_without_it_has_no_fusion_state(tiny_run):
     model, meta = load_run(tiny_run[1], torch.device("cpu"))
     assert map_kind(meta["config"]) == "probability"
     assert model.fusion is None and not any(k.startswith("fusion") for k in model.state_dict())
-
-
-def test_predict_panels_and_export_use_the_fused_map(fused_run, tmp_path):
-    import onnx
-
-    from realnet.cli.main import main
-    from realnet.engine.predict import predict
-    from realnet.report.panels import map_display_max
-
-    data_root, run_dir, *_ = fused_run
-    meta = json.loads((run_dir / "model.json").read_text())
-    assert map_display_max(meta) == pytest.approx(2 * meta["threshold"])
-    image = sorted((data_root / "widget" / "test" / "scratch").iterdir())[0]
-    out = io.StringIO()
-    assert predict(run_dir, [str(image)], device="cpu", out=out) == 0
-    result = json.loads(out.getvalue())
-    assert result["is_anomalous"] == (result["score"] > meta["threshold"])
-    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
-    assert "feature-density" in props["output_format"]
 
 
 def test_select_on_test_with_the_fusion_is_refused_before_anything_is_written(tmp_path):

@@ -1,11 +1,7 @@
-"""Position normalisation of the anomaly map (ours): the math, its calibration during fit, and
-that a normalised run scores, predicts and exports consistently."""
+"""Position normalisation of the anomaly map (ours): the math and its calibration during fit
+(test_predict_cli checks that such a run predicts, draws and exports its maps)."""
 
 from __future__ import annotations
-
-import io
-import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -44,14 +40,6 @@ def test_unknown_map_normalization_is_one_clear_error():
         load_config("tiny", overrides=["train.map_normalization=pixel"])
 
 
-@pytest.fixture(scope="module")
-def position_run(tmp_path_factory):
-    """A tiny run fitted with position normalisation, plus its fit and held-out images."""
-    from dataset_fixtures import fit_tiny_widget_run
-
-    return fit_tiny_widget_run(tmp_path_factory.mktemp("position_run"), ["train.map_normalization=position"])
-
-
 def test_fit_calibrates_on_the_fit_images_and_the_checkpoint_keeps_it(position_run):
     from realnet.engine.runtime import to_tensor
 
@@ -73,24 +61,3 @@ def test_a_run_without_it_has_no_normalisation_state(tiny_run):
     model, meta = load_run(tiny_run[1], torch.device("cpu"))
     assert meta["config"]["train"]["map_normalization"] == "none"
     assert not any(k.startswith("map_normalization") for k in model.state_dict())
-
-
-def test_predict_and_export_use_the_normalised_map(position_run, tmp_path):
-    from realnet.cli.main import main
-    from realnet.engine.predict import predict
-    from realnet.report.panels import map_display_max
-
-    data_root, run_dir, *_ = position_run
-    meta = json.loads((run_dir / "model.json").read_text())
-    assert map_display_max(meta) == pytest.approx(2 * meta["threshold"])
-    image = sorted((data_root / "widget" / "test" / "scratch").iterdir())[0]
-    out = io.StringIO()
-    assert predict(run_dir, [str(image)], save_maps=tmp_path / "maps", device="cpu", out=out) == 0
-    result = json.loads(out.getvalue())
-    assert result["is_anomalous"] == (result["score"] > meta["threshold"])
-    assert Path(result["map"]).is_file()
-    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
-    import onnx
-
-    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
-    assert "standardised per pixel position" in props["output_format"]

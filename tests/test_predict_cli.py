@@ -132,3 +132,25 @@ def test_in_process_output_follows_the_current_stdout(tiny_run, awkward):
     with contextlib.redirect_stdout(stdout):
         main(["predict", "--run", str(tiny_run[1]), str(awkward["gray"])])
     assert json_lines(stdout.getvalue())[0]["path"] == str(awkward["gray"])
+
+
+def test_runs_with_unbounded_maps_predict_draw_and_export_them(unbounded_map_run, tmp_path):
+    """Position-normalised and fused runs: is_anomalous follows the threshold, heatmaps span 0 to
+    twice it, and the ONNX metadata says which map it is."""
+    import onnx
+
+    from realnet.engine.predict import predict
+    from realnet.report.panels import map_display_max
+
+    (data_root, run_dir, *_), words = unbounded_map_run
+    meta = json.loads((run_dir / "model.json").read_text())
+    assert map_display_max(meta) == pytest.approx(2 * meta["threshold"])
+    image = sorted((data_root / "widget" / "test" / "scratch").iterdir())[0]
+    out = io.StringIO()
+    assert predict(run_dir, [str(image)], save_maps=tmp_path / "maps", device="cpu", out=out) == 0
+    result = json.loads(out.getvalue())
+    assert result["is_anomalous"] == (result["score"] > meta["threshold"])
+    assert Path(result["map"]).is_file()
+    assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    assert words in props["output_format"]
