@@ -72,6 +72,22 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
     recalibrate_residual_selection(model, batches, features, meta["fit"]["steps"], args.recalibrate_rrs, device)
 
 
+def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,
+                   weights: list[float], device: torch.device) -> None:
+    """Validation with the map fused at each weight, the fusion calibrated once as `fit` does it;
+    the model and config are left as they were, so the other variants are measured without it."""
+    fused_config = RealNetConfig.from_dict(config.to_dict())
+    fused_config.density.weight = weights[0]
+    model.fusion = build_fusion(fused_config, model.backbone).to(device)
+    calibrate_fusion(model, fit_images, holdout, fused_config.density.regularization, device,
+                     config.train.batch_size)
+    for weight in weights:
+        model.fusion.weight = weight
+        report(run, f"density weight {weight}, scales b_p b_d {model.fusion.scales.tolist()}",
+               validate_on_painted_defects(model, holdout, config, device))
+    model.fusion = None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -85,6 +101,8 @@ def main() -> None:
     parser.add_argument("--position-normalization", action="store_true",
                         help="also validate runs fitted without it after calibrating it on their fit images")
     args = parser.parse_args()
+    if any(not 0 < w <= 1 for w in args.density_weights):
+        parser.error("--density-weights: every weight must be in (0, 1]")
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
     device = torch.device("cpu")
     images_by_size: dict[int, np.ndarray] = {}
@@ -100,14 +118,7 @@ def main() -> None:
         report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}",
                validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.density_weights:
-            config.density.weight = args.density_weights[0]
-            model.fusion = build_fusion(config, model.backbone).to(device)
-            calibrate_fusion(model, images[fit_rows], images[holdout_rows], config.density.regularization, device,
-                             tc.batch_size)
-            for weight in args.density_weights:
-                model.fusion.weight = weight
-                report(run, f"density weight {weight}, scales b_p b_d {model.fusion.scales.tolist()}",
-                       validate_on_painted_defects(model, images[holdout_rows], config, device))
+            validate_fused(run, model, config, images[fit_rows], images[holdout_rows], args.density_weights, device)
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",
