@@ -71,6 +71,28 @@ def test_density_is_euclidean_until_calibrated_then_uses_the_regularised_covaria
         density.calibrate(torch.zeros(3, 3, 3), torch.zeros(3, 3, 3, 3), 0.01)
 
 
+def test_calibration_inverts_preset_sized_covariances_with_an_explicit_thread_count():
+    """Bug: torch.linalg.inv (MKL's batched LU) on the cpu preset's 32x32 grid of 152x152
+    float64 covariances failed ("Pivots given to lu_solve...") once torch.set_num_threads(2)
+    had been called, as benchmarks and user scripts do. The precision now comes from a Cholesky
+    factorisation, which suits a symmetric positive definite matrix anyway."""
+    generator = torch.Generator().manual_seed(0)
+    channels, grid = 152, (32, 32)
+    samples = torch.randn(*grid, 3 * channels, channels, generator=generator, dtype=torch.float64)
+    covariance = samples.transpose(-1, -2) @ samples / (3 * channels)
+    density = FeatureDensity(channels, grid)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        density.calibrate(torch.zeros(*grid, channels, dtype=torch.float64), covariance, regularization=0.01)
+    finally:
+        torch.set_num_threads(threads)
+    eye = torch.eye(channels, dtype=torch.float64)
+    corner = (covariance[0, 0] + 0.01 * eye) @ density.precision[0, 0].double()
+    torch.testing.assert_close(corner, eye, atol=1e-4, rtol=0)
+    assert torch.isfinite(density.precision).all()
+
+
 def test_fusion_is_the_weighted_sum_of_the_scaled_maps():
     torch.manual_seed(0)
     fusion = MapFusion(FeatureDensity(3, (2, 2)), weight=0.25)
