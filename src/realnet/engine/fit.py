@@ -346,26 +346,28 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
 FAINT_DEFECT_CONTRAST = 0.35  # faint copies keep this fraction of each painted change
 
 
-def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: RealNetConfig,
-                                device: torch.device) -> dict[str, float]:
-    """Metrics on held-out normal training images versus copies of them with painted defects
-    (scratches, holes, stains, cracks from `realnet.data.demo`, code that shares nothing with the
-    training-time synthesis), and versus faint copies that keep only `FAINT_DEFECT_CONTRAST` of
-    each painted change (real defects are often that subtle; the full-contrast set saturates
-    early). This is the signal for choosing hyperparameters: never the test split."""
+def painted_validation_set(holdout: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The held-out normal images, then copies with painted defects (scratches, holes, stains,
+    cracks from `realnet.data.demo`, code that shares nothing with the training-time synthesis),
+    then faint copies that keep only `FAINT_DEFECT_CONTRAST` of each painted change (real defects
+    are often that subtle; the full-contrast set saturates early): images (3n, S, S, 3) and the
+    painted defects' masks (n, S, S)."""
     from realnet.data.demo import draw_defect_rgb
-    from realnet.metrics import aupro, image_auroc, pixel_auroc
 
-    if len(holdout) < 2:
-        return {}
-    painted = [draw_defect_rgb(image, sample_rng(config.train.seed, 2_000_003, i)) for i, image in enumerate(holdout)]
+    painted = [draw_defect_rgb(image, sample_rng(seed, 2_000_003, i)) for i, image in enumerate(holdout)]
     strong = np.stack([p[0] for p in painted])
     change = strong.astype(np.float32) - holdout.astype(np.float32)
     faint = np.clip(np.round(holdout + FAINT_DEFECT_CONTRAST * change), 0, 255).astype(np.uint8)
-    defect_masks = np.stack([p[1] for p in painted])
-    maps, scores = score_images(model, np.concatenate([holdout, strong, faint]), device, config.train.batch_size)
-    n = len(holdout)
-    masks = np.concatenate([np.zeros(holdout.shape[:3], bool), defect_masks])
+    return np.concatenate([holdout, strong, faint]), np.stack([p[1] for p in painted])
+
+
+def painted_validation_metrics(maps: np.ndarray, scores: np.ndarray, defect_masks: np.ndarray) -> dict[str, float]:
+    """Image AUROC, pixel AUROC and AUPRO of the normal images against the painted ones (val_)
+    and against the faint ones (val_faint_), from maps and scores of `painted_validation_set`."""
+    from realnet.metrics import aupro, image_auroc, pixel_auroc
+
+    n = len(defect_masks)
+    masks = np.concatenate([np.zeros_like(defect_masks, dtype=bool), defect_masks])
     labels = np.r_[np.zeros(n), np.ones(n)]
     metrics: dict[str, float] = {}
     for prefix, part in (("val", slice(n, 2 * n)), ("val_faint", slice(2 * n, 3 * n))):
@@ -373,7 +375,19 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
         metrics |= {f"{prefix}_image_auroc": image_auroc(np.r_[scores[:n], scores[part]], labels),
                     f"{prefix}_pixel_auroc": pixel_auroc(part_maps, masks),
                     f"{prefix}_aupro": aupro(part_maps, masks)}
-    return metrics | {"val_n_normal": n, "val_n_painted": n}
+    return metrics
+
+
+def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: RealNetConfig,
+                                device: torch.device) -> dict[str, float]:
+    """Metrics of the detector on `painted_validation_set`. This is the signal for choosing
+    hyperparameters: never the test split."""
+    if len(holdout) < 2:
+        return {}
+    images, defect_masks = painted_validation_set(holdout, config.train.seed)
+    maps, scores = score_images(model, images, device, config.train.batch_size)
+    return painted_validation_metrics(maps, scores, defect_masks) | {"val_n_normal": len(holdout),
+                                                                     "val_n_painted": len(holdout)}
 
 
 def prepare_run_dir(request: FitRequest) -> bool:
