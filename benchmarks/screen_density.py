@@ -37,6 +37,7 @@ from realnet.model.discriminator import image_score
 DENSITY_VARIANTS = [
     (None, None, 0.01, None),  # the cpu preset
     (None, None, 0.001, None), (None, None, 0.1, None), (None, None, 1.0, None),
+    (None, 100, 0.01, None), (None, 50, 0.01, None),
     (None, None, 0.01, 3), (None, None, 0.01, 5), (None, None, 0.01, "all"),
     ((1, 2, 3), None, 0.01, None), ((1, 2, 3), 100, 0.01, None), ((1, 2), None, 0.01, None),
 ]
