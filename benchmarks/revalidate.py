@@ -10,6 +10,10 @@ are recomputed over N training batches exactly as `fit` does it with rrs.recalib
 With --density-weights W..., each run is validated again with its map fused with the feature-density
 map (density.weight = W, calibrated on its fit and held-out images exactly as `fit` does it) for each W.
 
+With --painted-draws N, each run is also validated on N independent draws of the painted defects
+(seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
+and whether a difference between runs holds draw by draw.
+
 With --position-normalization, runs fitted without it are validated a second time after a
 `PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
 option was assessed; see docs/results.md).
@@ -22,6 +26,8 @@ option was assessed; see docs/results.md).
         --category magnetic_tile --recalibrate-rrs 64 runs/mt_c7k
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile runs/mt_c7k --density-weights 0.25 0.5 0.75 1
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_fused2 runs/mt_dfused runs/mt_e10k
 """
 
 from __future__ import annotations
@@ -45,6 +51,9 @@ from realnet.engine.fit import (
     calibrate_fusion,
     calibrate_map_normalization,
     recalibrate_residual_selection,
+    painted_validation_metrics,
+    painted_validation_set,
+    score_images,
     split_holdout,
     validate_on_painted_defects,
 )
@@ -88,6 +97,20 @@ def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarr
     model.fusion = None
 
 
+def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarray, draws: int,
+                      device: torch.device) -> None:
+    """The mean of six on `draws` independent draws of the painted defects, then their mean and
+    standard deviation."""
+    means = []
+    for draw in range(draws):
+        images, defect_masks = painted_validation_set(holdout, config.train.seed + 1000 * draw)
+        maps, scores = score_images(model, images, device, config.train.batch_size)
+        means.append(float(np.mean(list(painted_validation_metrics(maps, scores, defect_masks).values()))))
+    print(json.dumps({"run": str(run), "variant": f"{draws} painted draws", "means": [round(m, 4) for m in means],
+                      "mean": round(float(np.mean(means)), 4), "sd": round(float(np.std(means, ddof=1)), 4)}),
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -98,11 +121,15 @@ def main() -> None:
                         help="also validate after recomputing the RRS statistics over N training batches")
     parser.add_argument("--density-weights", type=float, nargs="+", default=[], metavar="W",
                         help="also validate with the map fused with the feature density at each weight in (0, 1]")
+    parser.add_argument("--painted-draws", type=int, default=0, metavar="N",
+                        help="also validate on N independent draws of the painted defects (N >= 2)")
     parser.add_argument("--position-normalization", action="store_true",
                         help="also validate runs fitted without it after calibrating it on their fit images")
     args = parser.parse_args()
     if any(not 0 < w <= 1 for w in args.density_weights):
         parser.error("--density-weights: every weight must be in (0, 1]")
+    if args.painted_draws == 1 or args.painted_draws < 0:
+        parser.error("--painted-draws: give 0 (off) or at least 2 draws")
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
     device = torch.device("cpu")
     images_by_size: dict[int, np.ndarray] = {}
@@ -117,6 +144,8 @@ def main() -> None:
         fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
         report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}",
                validate_on_painted_defects(model, images[holdout_rows], config, device))
+        if args.painted_draws:
+            validate_on_draws(run, model, config, images[holdout_rows], args.painted_draws, device)
         if args.density_weights:
             validate_fused(run, model, config, images[fit_rows], images[holdout_rows], args.density_weights, device)
         if args.recalibrate_rrs > 0:
