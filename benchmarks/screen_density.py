@@ -26,11 +26,12 @@ from torchvision.transforms.functional import gaussian_blur
 
 from realnet.config import RealNetConfig
 from realnet.data.layouts import load_dataset
+from realnet.engine.build import density_channel_subset
 from realnet.engine.evaluate import load_run
 from realnet.engine.fit import painted_validation_metrics, painted_validation_set, split_holdout
 from realnet.engine.runtime import load_samples, to_tensor
 from realnet.model.backbone import create_backbone
-from realnet.model.density import feature_embedding, gaussian_statistics, mahalanobis_map
+from realnet.model.density import FeatureDensity, MapFusion, feature_embedding, gaussian_statistics
 from realnet.model.discriminator import image_score
 
 # (layers or None for the run's own, channel subset or None, regularisation, neighbourhood or None)
@@ -73,21 +74,18 @@ def batches(images: np.ndarray, size: int):
 @torch.no_grad()
 def density_maps(backbone, channels: int | None, regularization: float, neighbourhood, fit_images: np.ndarray,
                  images: np.ndarray, seed: int, batch_size: int) -> torch.Tensor:
-    """Mahalanobis maps (N, S, S) of `images` under the per-position Gaussian of `fit_images`."""
-    indices = None
-    if channels is not None:
-        generator = torch.Generator().manual_seed(seed)
-        indices = torch.sort(torch.randperm(sum(backbone.channels), generator=generator)[:channels]).values
+    """Mahalanobis maps (N, S, S) of `images` under the per-position Gaussian of `fit_images`,
+    through the detector's own `FeatureDensity` and `MapFusion.density_map`."""
+    total = sum(backbone.channels)
+    indices = density_channel_subset(total, channels, seed)
     mean, covariance = gaussian_statistics(feature_embedding(backbone(x), indices) for x in batches(fit_images, batch_size))
     if neighbourhood is not None:
         mean, covariance = pool_positions(mean, covariance, len(fit_images), neighbourhood)
-    eye = torch.eye(covariance.shape[-1], dtype=covariance.dtype)
-    precision = torch.cholesky_inverse(torch.linalg.cholesky(covariance + regularization * eye)).float()
+    fusion = MapFusion(FeatureDensity(total, tuple(mean.shape[:2]), indices), weight=1.0)
+    fusion.density.calibrate(mean, covariance, regularization)
     del covariance
-    size = images.shape[1:3]
-    return torch.cat([F.interpolate(mahalanobis_map(feature_embedding(backbone(x), indices), mean.float(), precision)
-                                    .unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
-                      for x in batches(images, batch_size)])
+    size = tuple(images.shape[1:3])
+    return torch.cat([fusion.density_map(backbone(x), size) for x in batches(images, batch_size)])
 
 
 def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

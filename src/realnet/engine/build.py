@@ -51,6 +51,15 @@ def check_image_size(size: int, strides: list[int]) -> None:
 DENSITY_MEMORY_LIMIT_GB = 8.0  # the float64 covariances that calibration accumulates
 
 
+def density_channel_subset(total: int, channels: int | None, seed: int) -> torch.Tensor | None:
+    """The sorted seeded random subset of `channels` of the `total` backbone channels that the
+    density branch keeps (PaDiM's random dimensionality reduction); None keeps them all."""
+    if channels is None or channels >= total:
+        return None
+    generator = torch.Generator().manual_seed(seed)
+    return torch.sort(torch.randperm(total, generator=generator)[:channels]).values
+
+
 def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
     """The density branch (density.weight > 0), uncalibrated: a seeded random subset of
     `density.channels` backbone channels (all when unset) on the finest feature grid."""
@@ -60,10 +69,7 @@ def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
     total = sum(backbone.channels)
     if dc.channels is not None and dc.channels > total:
         raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {total} channels")
-    indices = None
-    if dc.channels is not None and dc.channels < total:
-        generator = torch.Generator().manual_seed(config.train.seed)
-        indices = torch.sort(torch.randperm(total, generator=generator)[:dc.channels]).values
+    indices = density_channel_subset(total, dc.channels, config.train.seed)
     kept = total if indices is None else dc.channels
     side = config.train.image_size // min(backbone.strides)
     needed_gb = side * side * kept * kept * 8 / 2**30
