@@ -10,6 +10,9 @@ are recomputed over N training batches exactly as `fit` does it with rrs.recalib
 With --density-weights W..., each run is validated again with its map fused with the feature-density
 map (density.weight = W, calibrated on its fit and held-out images exactly as `fit` does it) for each W.
 
+With --fusion-weights WD,WK..., the same with the feature density at weight WD and the nearest-neighbour
+memory bank at weight WK (`memory.weight`), on the --painted-draws when given.
+
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
@@ -28,6 +31,9 @@ option was assessed; see docs/results.md).
         --category magnetic_tile runs/mt_c7k --density-weights 0.25 0.5 0.75 1
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_fused2 runs/mt_dfused runs/mt_e10k
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_fused2 \\
+        --fusion-weights 0.5,0 0,0.5 0.25,0.25 0.3333,0.3333 0.25,0.5 0.5,0.25
 """
 
 from __future__ import annotations
@@ -82,23 +88,29 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
 
 
 def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,
-                   weights: list[float], device: torch.device) -> None:
-    """Validation with the map fused at each weight, the fusion calibrated once as `fit` does it;
-    the model and config are left as they were, so the other variants are measured without it."""
+                   weight_pairs: list[tuple[float, float]], draws: int, device: torch.device) -> None:
+    """Validation with the map fused at each (density weight, memory weight) pair, the fused maps
+    calibrated once as `fit` does it (on `draws` painted draws when given); the model and config
+    are left as they were, so the other variants are measured without it."""
     fused_config = RealNetConfig.from_dict(config.to_dict())
-    fused_config.density.weight = weights[0]
+    # a branch is built when any pair uses it; its weight is then set pair by pair
+    fused_config.density.weight = 0.5 if any(d > 0 for d, _ in weight_pairs) else 0.0
+    fused_config.memory.weight = 0.5 if any(k > 0 for _, k in weight_pairs) else 0.0
     model.fusion = build_fusion(fused_config, model.backbone).to(device)
-    calibrate_fusion(model, fit_images, holdout, fused_config.density.regularization, device,
-                     config.train.batch_size)
-    for weight in weights:
-        model.fusion.weight = weight
-        report(run, f"density weight {weight}, scales b_p b_d {model.fusion.scales.tolist()}",
-               validate_on_painted_defects(model, holdout, config, device))
+    calibrate_fusion(model, fit_images, holdout, fused_config, device)
+    for density_weight, memory_weight in weight_pairs:
+        model.fusion.set_weights(density_weight, memory_weight)
+        variant = (f"density weight {density_weight}, memory weight {memory_weight}, "
+                   f"scales {[round(b, 4) for b in model.fusion.scales.tolist()]}")
+        if draws:
+            validate_on_draws(run, model, config, holdout, draws, device, variant)
+        else:
+            report(run, variant, validate_on_painted_defects(model, holdout, config, device))
     model.fusion = None
 
 
 def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarray, draws: int,
-                      device: torch.device) -> None:
+                      device: torch.device, variant: str = "as fitted") -> None:
     """The mean of six on `draws` independent draws of the painted defects, then their mean and
     standard deviation."""
     means = []
@@ -106,7 +118,7 @@ def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarr
         images, defect_masks = painted_validation_set(holdout, config.train.seed + 1000 * draw)
         maps, scores = score_images(model, images, device, config.train.batch_size)
         means.append(float(np.mean(list(painted_validation_metrics(maps, scores, defect_masks).values()))))
-    print(json.dumps({"run": str(run), "variant": f"{draws} painted draws", "means": [round(m, 4) for m in means],
+    print(json.dumps({"run": str(run), "variant": f"{variant}, {draws} painted draws", "means": [round(m, 4) for m in means],
                       "mean": round(float(np.mean(means)), 4), "sd": round(float(np.std(means, ddof=1)), 4)}),
           flush=True)
 
@@ -121,6 +133,9 @@ def main() -> None:
                         help="also validate after recomputing the RRS statistics over N training batches")
     parser.add_argument("--density-weights", type=float, nargs="+", default=[], metavar="W",
                         help="also validate with the map fused with the feature density at each weight in (0, 1]")
+    parser.add_argument("--fusion-weights", nargs="+", default=[], metavar="WD,WK",
+                        help="also validate with the map fused with the feature density at weight WD and the "
+                             "memory bank at WK (each in [0, 1], WD + WK <= 1), on the painted draws when given")
     parser.add_argument("--painted-draws", type=int, default=0, metavar="N",
                         help="also validate on N independent draws of the painted defects (N >= 2)")
     parser.add_argument("--position-normalization", action="store_true",
@@ -128,6 +143,16 @@ def main() -> None:
     args = parser.parse_args()
     if any(not 0 < w <= 1 for w in args.density_weights):
         parser.error("--density-weights: every weight must be in (0, 1]")
+    weight_pairs = [(w, 0.0) for w in args.density_weights]
+    for pair in args.fusion_weights:
+        try:
+            density_weight, memory_weight = (float(w) for w in pair.split(","))
+        except ValueError:
+            parser.error(f"--fusion-weights: expected WD,WK, got {pair!r}")
+        if min(density_weight, memory_weight) < 0 or density_weight + memory_weight > 1 + 1e-9 or (
+                density_weight + memory_weight == 0):
+            parser.error(f"--fusion-weights: {pair}: the weights must be >= 0 with a sum in (0, 1]")
+        weight_pairs.append((density_weight, memory_weight))
     if args.painted_draws == 1 or args.painted_draws < 0:
         parser.error("--painted-draws: give 0 (off) or at least 2 draws")
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
@@ -146,8 +171,9 @@ def main() -> None:
                validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.painted_draws:
             validate_on_draws(run, model, config, images[holdout_rows], args.painted_draws, device)
-        if args.density_weights:
-            validate_fused(run, model, config, images[fit_rows], images[holdout_rows], args.density_weights, device)
+        if weight_pairs:
+            validate_fused(run, model, config, images[fit_rows], images[holdout_rows], weight_pairs,
+                           args.painted_draws if args.fusion_weights else 0, device)
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",

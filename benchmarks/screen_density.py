@@ -31,7 +31,8 @@ from realnet.engine.evaluate import load_run
 from realnet.engine.fit import painted_validation_metrics, painted_validation_set, split_holdout
 from realnet.engine.runtime import load_samples, to_tensor
 from realnet.model.backbone import create_backbone
-from realnet.model.density import FeatureDensity, MapFusion, feature_embedding, gaussian_statistics
+from realnet.model.density import FeatureDensity, feature_embedding, gaussian_statistics
+from realnet.model.fusion import MapFusion
 from realnet.model.discriminator import image_score
 
 # (layers or None for the run's own, channel subset or None, regularisation, neighbourhood or None)
@@ -75,17 +76,17 @@ def batches(images: np.ndarray, size: int):
 def density_maps(backbone, channels: int | None, regularization: float, neighbourhood, fit_images: np.ndarray,
                  images: np.ndarray, seed: int, batch_size: int) -> torch.Tensor:
     """Mahalanobis maps (N, S, S) of `images` under the per-position Gaussian of `fit_images`,
-    through the detector's own `FeatureDensity` and `MapFusion.density_map`."""
+    through the detector's own `FeatureDensity` and `MapFusion.branch_maps`."""
     total = sum(backbone.channels)
     indices = density_channel_subset(total, channels, seed)
     mean, covariance = gaussian_statistics(feature_embedding(backbone(x), indices) for x in batches(fit_images, batch_size))
     if neighbourhood is not None:
         mean, covariance = pool_positions(mean, covariance, len(fit_images), neighbourhood)
-    fusion = MapFusion(FeatureDensity(total, tuple(mean.shape[:2]), indices), weight=1.0)
+    fusion = MapFusion(FeatureDensity(total, tuple(mean.shape[:2]), indices), density_weight=1.0)
     fusion.density.calibrate(mean, covariance, regularization)
     del covariance
     size = tuple(images.shape[1:3])
-    return torch.cat([fusion.density_map(backbone(x), size) for x in batches(images, batch_size)])
+    return torch.cat([fusion.branch_maps(backbone(x), size)[0] for x in batches(images, batch_size)])
 
 
 def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -51,8 +51,19 @@ def fused_run(tmp_path_factory):
     return fit_tiny_widget_run(tmp_path_factory.mktemp("fused_run"), ["density.weight=0.5"])
 
 
-@pytest.fixture(params=["position_run", "fused_run"])
+@pytest.fixture(scope="session")
+def memory_run(tmp_path_factory):
+    """A tiny run fused with the density (0.25) and the memory bank (0.25): (data_root, run_dir,
+    fit images, held-out images)."""
+    from dataset_fixtures import fit_tiny_widget_run
+
+    return fit_tiny_widget_run(tmp_path_factory.mktemp("memory_run"),
+                               ["density.weight=0.25", "memory.weight=0.25", "memory.coreset_ratio=0.05"])
+
+
+@pytest.fixture(params=["position_run", "fused_run", "memory_run"])
 def unbounded_map_run(request):
     """Each tiny run whose maps are not probabilities, with the words its ONNX metadata must hold."""
-    words = {"position_run": "standardised per pixel position", "fused_run": "feature-density"}[request.param]
+    words = {"position_run": "standardised per pixel position", "fused_run": "feature-density",
+             "memory_run": "memory-bank"}[request.param]
     return request.getfixturevalue(request.param), words

@@ -12,13 +12,8 @@ from scipy.spatial.distance import mahalanobis
 from realnet.config import load_config, map_kind
 from realnet.engine.evaluate import load_run
 from realnet.errors import RealnetError
-from realnet.model.density import (
-    FeatureDensity,
-    MapFusion,
-    feature_embedding,
-    gaussian_statistics,
-    mahalanobis_map,
-)
+from realnet.model.density import FeatureDensity, feature_embedding, gaussian_statistics, mahalanobis_map
+from realnet.model.fusion import MapFusion
 
 
 def test_gaussian_statistics_over_uneven_batches_equal_numpy_per_position():
@@ -95,16 +90,16 @@ def test_calibration_inverts_preset_sized_covariances_with_an_explicit_thread_co
 
 def test_fusion_is_the_weighted_sum_of_the_scaled_maps():
     torch.manual_seed(0)
-    fusion = MapFusion(FeatureDensity(3, (2, 2)), weight=0.25)
+    fusion = MapFusion(FeatureDensity(3, (2, 2)), density_weight=0.25)
     fusion.calibrate_scales(0.1, 4.0)
     probabilities, features = torch.rand(2, 8, 8), [torch.randn(2, 3, 2, 2)]
-    distances = fusion.density_map(features, (8, 8))
+    (distances,) = fusion.branch_maps(features, (8, 8))
     assert distances.shape == (2, 8, 8)
     torch.testing.assert_close(fusion(probabilities, features), 0.75 * probabilities / 0.1 + 0.25 * distances / 4.0)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="positive"):
         fusion.calibrate_scales(0.0, 1.0)
-    with pytest.raises(ValueError, match=r"in \(0, 1\]"):
-        MapFusion(FeatureDensity(3, (2, 2)), weight=0.0)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        MapFusion(FeatureDensity(3, (2, 2)), density_weight=1.5)
 
 
 def test_build_adds_the_branch_only_with_a_weight_and_draws_a_seeded_channel_subset():
@@ -160,7 +155,7 @@ def test_fit_fits_the_gaussian_on_the_fit_images_and_the_scales_on_the_held_out_
     torch.testing.assert_close(model.fusion.density.mean, embedding.mean(0).permute(1, 2, 0), atol=1e-4, rtol=1e-4)
     features = model.backbone(to_tensor(holdout_images, torch.device("cpu")))
     probabilities = model.probability_maps(model.selector(features))
-    distances = model.fusion.density_map(features, tuple(probabilities.shape[-2:]))
+    (distances,) = model.fusion.branch_maps(features, tuple(probabilities.shape[-2:]))
     expected_scales = torch.stack([image_score(probabilities, model.score_kernel).mean(),
                                    image_score(distances, model.score_kernel).mean()])
     torch.testing.assert_close(model.fusion.scales, expected_scales, atol=1e-5, rtol=1e-4)

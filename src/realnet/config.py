@@ -91,6 +91,17 @@ class DensityConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Fusion with the nearest-neighbour distance to a memory bank of normal patch embeddings
+    (ours, after PatchCore; see realnet.model.memory). weight 0: no memory branch."""
+
+    weight: float = 0.0  # w_k in fused = (1 - w_d - w_k) p / b_p + w_d d / b_d + w_k k / b_k
+    coreset_ratio: float = 0.01  # the bank keeps this fraction of the fit images' positions
+    projection_dim: int | None = 128  # the coreset's random projection; None: the full embedding
+    neighbourhood: int = 3  # local aggregation window of each layer's features (PatchCore's 3)
+
+
+@dataclass
 class TrainConfig:
     image_size: int = 256
     batch_size: int = 16
@@ -121,6 +132,7 @@ class RealNetConfig:
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     synthesis: SynthesisConfig = field(default_factory=SynthesisConfig)
     density: DensityConfig = field(default_factory=DensityConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,8 +200,8 @@ def load_config(
 
 def map_kind(config: dict[str, Any]) -> str:
     """What a run's anomaly maps hold, from its recorded config: "probability" (the paper),
-    "position" (standardised per position) or "fused" (with the feature density)."""
-    if config.get("density", {}).get("weight", 0) > 0:
+    "position" (standardised per position) or "fused" (with the feature density or memory)."""
+    if config.get("density", {}).get("weight", 0) > 0 or config.get("memory", {}).get("weight", 0) > 0:
         return "fused"
     return "probability" if config["train"].get("map_normalization", "none") == "none" else "position"
 
@@ -212,8 +224,16 @@ def validate_config(config: RealNetConfig) -> None:
         (0 <= config.density.weight <= 1, "density.weight must be in [0, 1]"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
         (config.density.regularization > 0, "density.regularization must be > 0"),
-        (config.density.weight == 0 or config.train.map_normalization == "none",
-         "density.weight > 0 needs train.map_normalization: none (the fusion scales a probability map)"),
+        (0 <= config.memory.weight <= 1, "memory.weight must be in [0, 1]"),
+        (config.density.weight + config.memory.weight <= 1, "density.weight + memory.weight must be at most 1"),
+        (0 < config.memory.coreset_ratio <= 1, "memory.coreset_ratio must be in (0, 1]"),
+        (config.memory.projection_dim is None or config.memory.projection_dim >= 1,
+         "memory.projection_dim must be >= 1 or null"),
+        (config.memory.neighbourhood >= 1 and config.memory.neighbourhood % 2 == 1,
+         "memory.neighbourhood must be an odd number >= 1"),
+        (config.density.weight + config.memory.weight == 0 or config.train.map_normalization == "none",
+         "density.weight or memory.weight > 0 needs train.map_normalization: none (the fusion scales a "
+         "probability map)"),
     ]
     for ok, message in checks:
         if not ok:

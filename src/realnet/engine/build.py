@@ -6,8 +6,10 @@ import torch
 
 from realnet.config import RealNetConfig
 from realnet.model.afs import FeatureSelector
-from realnet.model.density import FeatureDensity, MapFusion
+from realnet.model.density import FeatureDensity
 from realnet.model.discriminator import Discriminator, PositionNormalization
+from realnet.model.fusion import MapFusion
+from realnet.model.memory import FeatureMemory
 from realnet.model.realnet import RealNet
 from realnet.model.reconstruction import ReconstructionNetworks
 from realnet.model.rrs import ResidualSelection
@@ -61,23 +63,28 @@ def density_channel_subset(total: int, channels: int | None, seed: int) -> torch
 
 
 def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
-    """The density branch (density.weight > 0), uncalibrated: a seeded random subset of
-    `density.channels` backbone channels (all when unset) on the finest feature grid."""
-    dc = config.density
-    if dc.weight == 0:
+    """The fused maps (density.weight > 0 and/or memory.weight > 0), uncalibrated: the density
+    on a seeded random subset of `density.channels` backbone channels (all when unset) on the
+    finest feature grid; the memory on all channels, locally aggregated."""
+    dc, mc = config.density, config.memory
+    if dc.weight == 0 and mc.weight == 0:
         return None
     total = sum(backbone.channels)
-    if dc.channels is not None and dc.channels > total:
-        raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {total} channels")
-    indices = density_channel_subset(total, dc.channels, config.train.seed)
-    kept = total if indices is None else dc.channels
-    side = config.train.image_size // min(backbone.strides)
-    needed_gb = side * side * kept * kept * 8 / 2**30
-    if needed_gb > DENSITY_MEMORY_LIMIT_GB:
-        raise RealnetError(
-            f"density: {side}x{side} positions x {kept}^2 covariances need {needed_gb:.0f} GB; set "
-            f"density.channels lower (PaDiM keeps 100-550 of them)")
-    return MapFusion(FeatureDensity(total, (side, side), indices), dc.weight)
+    density = None
+    if dc.weight > 0:
+        if dc.channels is not None and dc.channels > total:
+            raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {total} channels")
+        indices = density_channel_subset(total, dc.channels, config.train.seed)
+        kept = total if indices is None else dc.channels
+        side = config.train.image_size // min(backbone.strides)
+        needed_gb = side * side * kept * kept * 8 / 2**30
+        if needed_gb > DENSITY_MEMORY_LIMIT_GB:
+            raise RealnetError(
+                f"density: {side}x{side} positions x {kept}^2 covariances need {needed_gb:.0f} GB; set "
+                f"density.channels lower (PaDiM keeps 100-550 of them)")
+        density = FeatureDensity(total, (side, side), indices)
+    memory = FeatureMemory(total, mc.neighbourhood) if mc.weight > 0 else None
+    return MapFusion(density, dc.weight, memory, mc.weight)
 
 
 def build_model(config: RealNetConfig, backbone) -> RealNet:

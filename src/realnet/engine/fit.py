@@ -305,13 +305,15 @@ def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures
                                         for t in position_statistics(maps)))
 
 
-def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.ndarray, regularization: float,
-                     device: torch.device, batch_size: int, progress: bool = False) -> None:
-    """Sets the detector's density branch (when it has one): the per-position Gaussian of the
-    fit images' backbone features, then the mean image score of `scale_images` under each of the
-    two fused maps. Those should be normal images neither map was fitted on (fit passes the
-    held-out ones): on its own fit images a map reads low, the Gaussian the more so the fewer
-    images it has, and the two scales would then weigh the maps unlike `density.weight` says."""
+def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.ndarray, config: RealNetConfig,
+                     device: torch.device, progress: bool = False) -> None:
+    """Sets the detector's fused maps (when it has any): the per-position Gaussian and/or the
+    memory bank's coreset from the fit images' backbone features, then the mean image score of
+    `scale_images` under each fused map. Those should be normal images no map was fitted on (fit
+    passes the held-out ones): on its own fit images a map reads low, the Gaussian the more so
+    the fewer images it has, and the scales would then weigh the maps unlike their weights say."""
+    from functools import partial
+
     from realnet.model.density import gaussian_statistics
     from realnet.model.discriminator import image_score
 
@@ -319,23 +321,31 @@ def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.nd
     if fusion is None:
         return
     model.eval()
+    batch_size = config.train.batch_size
 
     def backbone_batches(images: np.ndarray, desc: str):
         for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
             yield model.backbone(to_tensor(images[start:start + batch_size], device))
 
     with torch.no_grad():
-        # float64 sums on the CPU: the accelerator may have no float64 (MPS)
-        mean, covariance = gaussian_statistics(fusion.density.embed(f).cpu()
-                                               for f in backbone_batches(fit_images, "feature density"))
-        fusion.density.calibrate(mean, covariance, regularization)
-        discriminator_scores, density_scores = [], []
+        if fusion.density is not None:
+            # float64 sums on the CPU: the accelerator may have no float64 (MPS)
+            mean, covariance = gaussian_statistics(fusion.density.embed(f).cpu()
+                                                   for f in backbone_batches(fit_images, "feature density"))
+            fusion.density.calibrate(mean, covariance, config.density.regularization)
+        if fusion.memory is not None:
+            patches = torch.cat([fusion.memory.embed(f).permute(0, 2, 3, 1).flatten(0, 2)
+                                 for f in backbone_batches(fit_images, "memory bank")])
+            mc = config.memory
+            fusion.memory.calibrate(patches, mc.coreset_ratio, mc.projection_dim, config.train.seed,
+                                    partial(tqdm, desc="memory coreset", disable=not progress, leave=False))
+        scores: list[list[torch.Tensor]] = [[] for _ in fusion.scales]
         for features in backbone_batches(scale_images, "fusion scales"):
             probabilities = model.probability_maps(model.selector(features))
-            discriminator_scores.append(image_score(probabilities, model.score_kernel))
-            density_scores.append(image_score(fusion.density_map(features, tuple(probabilities.shape[-2:])),
-                                              model.score_kernel))
-    fusion.calibrate_scales(float(torch.cat(discriminator_scores).mean()), float(torch.cat(density_scores).mean()))
+            maps = [probabilities] + fusion.branch_maps(features, tuple(probabilities.shape[-2:]))
+            for kept, map_ in zip(scores, maps):
+                kept.append(image_score(map_, model.score_kernel))
+    fusion.calibrate_scales(*(float(torch.cat(kept).mean()) for kept in scores))
 
 
 def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
@@ -493,8 +503,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     calibration_images, threshold_source = images.holdout, "held-out normal training images"
     if len(images.holdout) == 0:
         calibration_images, threshold_source = images.fit, "fit images (no held-out images: biased low)"
-    calibrate_fusion(model, images.fit, calibration_images, config.density.regularization, device, tc.batch_size,
-                     progress)
+    calibrate_fusion(model, images.fit, calibration_images, config, device, progress)
     _, holdout_scores = score_images(model, calibration_images, device, tc.batch_size)
     validation = validate_on_painted_defects(model, images.holdout, config, device)
     meta = {

@@ -3,7 +3,7 @@
 The exported graph is RealNet's own ``predict``: images in [0, 1] of shape (B, 3, S, S) ->
 backbone -> feature selection -> reconstruction -> residuals -> RRS (eval-mode BatchNorm, top-k
 and gather) -> discriminator -> softmax -> (position normalisation or the fusion with the
-feature-density map, when the run has one) ->
+feature-density and/or memory-bank maps, when the run has them) ->
 anomaly map (B, S, S) and image score (B,). The spatial size S is the run's training size and is
 fixed in the graph; the batch is 1, or dynamic on request. The run's threshold, image size and backbone identity travel in the model's
 ``metadata_props``, so a deployment knows when a score is anomalous.
@@ -50,7 +50,8 @@ MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0,
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
                             "normal training images"),
                "fused": ("anomaly_map float32 (B, S, S), discriminator probability fused with the "
-                         "feature-density distance, about 1 on held-out normal training images")}
+                         "feature-density and/or memory-bank distances, about 1 on held-out normal "
+                         "training images")}
 SCORE_FORMAT = "score float32 (B,), anomalous when score > threshold"
 
 

@@ -1,12 +1,10 @@
 """Feature-density branch fused into RealNet's anomaly map (ours, not in the paper).
 
 The discriminator only learns the kinds of anomaly the synthesis shows it. A training-free
-density model of the normal features responds to any departure from normal, so the two maps
-are fused: fused = (1 - w) * p / b_p + w * d / b_d, where p is the discriminator's map, d the
+density model of the normal features responds to any departure from normal: d is the
 per-position Mahalanobis distance of the frozen backbone's features to a Gaussian fitted on the
-normal fit images (as PaDiM does, Defard et al., ICPR 2021), and b_p, b_d the mean image score
-of held-out normal images under each map, so that both read about 1 on a normal image. An added
-constant would change no ranking, so no offset is needed.
+normal fit images (as PaDiM does, Defard et al., ICPR 2021). `realnet.model.fusion` fuses it
+with the discriminator's map.
 """
 
 from __future__ import annotations
@@ -84,32 +82,3 @@ class FeatureDensity(nn.Module):
 
     def forward(self, features: list[Tensor]) -> Tensor:
         return mahalanobis_map(self.embed(features), self.mean, self.precision)
-
-
-class MapFusion(nn.Module):
-    """fused = (1 - w) * p / b_p + w * d / b_d at image resolution (module docstring). The
-    scales (b_p, b_d) are 1 until `calibrate_scales`."""
-
-    def __init__(self, density: FeatureDensity, weight: float):
-        super().__init__()
-        if not 0 < weight <= 1:
-            raise ValueError(f"MapFusion: the density weight must be in (0, 1], got {weight}")
-        self.density = density
-        self.weight = weight
-        self.register_buffer("scales", torch.ones(2))
-
-    def density_map(self, features: list[Tensor], size: tuple[int, int]) -> Tensor:
-        """d at image resolution (B, H, W)."""
-        distances = self.density(features).unsqueeze(1)
-        return F.interpolate(distances, size=size, mode="bilinear", align_corners=False)[:, 0]
-
-    @torch.no_grad()
-    def calibrate_scales(self, discriminator_scale: float, density_scale: float) -> None:
-        if min(discriminator_scale, density_scale) <= 0:
-            raise ValueError("MapFusion: the mean normal image scores must be positive, got "
-                             f"{discriminator_scale} and {density_scale}")
-        self.scales.copy_(torch.tensor([discriminator_scale, density_scale]))
-
-    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> Tensor:
-        density = self.density_map(features, tuple(anomaly_map.shape[-2:]))
-        return (1 - self.weight) * anomaly_map / self.scales[0] + self.weight * density / self.scales[1]

@@ -1,6 +1,6 @@
 """RealNet composed from its parts: frozen backbone -> feature selection (AFS) -> per-layer
 reconstruction -> residuals -> RRS -> discriminator -> anomaly map (optionally standardised per
-position, or fused with a feature-density map) and image score."""
+position, or fused with feature-density and memory-bank maps) and image score."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from realnet.model.afs import FeatureSelector
-from realnet.model.density import MapFusion
+from realnet.model.fusion import MapFusion
 from realnet.model.discriminator import PositionNormalization, anomaly_map, image_score
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals
 

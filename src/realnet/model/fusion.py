@@ -1,0 +1,59 @@
+"""Fusion of the discriminator's map with training-free maps of the backbone features (ours).
+
+fused = w_p * p / b_p + w_d * d / b_d + w_k * k / b_k, where p is the discriminator's map, d the
+feature density's (`realnet.model.density`), k the memory bank's (`realnet.model.memory`),
+w_p = 1 - w_d - w_k, and each b the mean image score of held-out normal images under its map,
+so that every map reads about 1 on a normal image. An added constant would change no ranking, so
+no offset is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from realnet.model.density import FeatureDensity
+from realnet.model.memory import FeatureMemory
+
+
+class MapFusion(nn.Module):
+    """The weighted sum of the module docstring at image resolution. `scales` holds one b per
+    map, in the order discriminator, density (when present), memory (when present); all 1 until
+    `calibrate_scales`."""
+
+    def __init__(self, density: FeatureDensity | None = None, density_weight: float = 0.0,
+                 memory: FeatureMemory | None = None, memory_weight: float = 0.0):
+        super().__init__()
+        if density is None and memory is None:
+            raise ValueError("MapFusion: nothing to fuse; give a density, a memory or both")
+        self.density = density
+        self.memory = memory
+        self.set_weights(density_weight, memory_weight)
+        self.register_buffer("scales", torch.ones(1 + len(self.branches())))
+
+    def branches(self) -> list[nn.Module]:
+        return [branch for branch in (self.density, self.memory) if branch is not None]
+
+    def set_weights(self, density_weight: float, memory_weight: float) -> None:
+        branch_weights = ([density_weight] if self.density is not None else []) + (
+            [memory_weight] if self.memory is not None else [])
+        if any(not 0 <= w <= 1 for w in branch_weights) or sum(branch_weights) > 1 + 1e-9:
+            raise ValueError("MapFusion: each fused map's weight must be in [0, 1] and their sum at most 1, got "
+                             f"density {density_weight}, memory {memory_weight}")
+        self.weights = [max(0.0, 1 - sum(branch_weights))] + branch_weights
+
+    def branch_maps(self, features: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
+        """d and/or k at image resolution, each (B, H, W)."""
+        return [F.interpolate(branch(features).unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
+                for branch in self.branches()]
+
+    @torch.no_grad()
+    def calibrate_scales(self, *scales: float) -> None:
+        if len(scales) != len(self.scales) or min(scales) <= 0:
+            raise ValueError(f"MapFusion: needs {len(self.scales)} positive mean normal image scores, got {scales}")
+        self.scales.copy_(torch.tensor(scales))
+
+    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> Tensor:
+        maps = [anomaly_map] + self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
+        return sum(w * m / b for w, m, b in zip(self.weights, maps, self.scales))
