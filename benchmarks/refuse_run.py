@@ -1,0 +1,93 @@
+"""Copy a finished run with its fused maps rebuilt for other `density.*` / `memory.*` settings.
+
+The fused maps are calibrated after training, so no retraining is needed: the copy gets the same
+networks, its density and/or memory bank fitted on the run's fit images, the fusion's scales,
+threshold and painted-defect validation from its held-out images, exactly as `fit` computes them
+(`realnet.engine.fit`), and its config records the new settings. `realnet test --run OUT` then
+scores it. Never touches the test split.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/refuse_run.py runs/mt_fused2 runs/mt_fused2_k \\
+        --data ../shared/data --category magnetic_tile --set density.weight=0.25 --set memory.weight=0.25
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from realnet.config import load_config
+from realnet.data.layouts import load_dataset
+from realnet.engine import checkpoint
+from realnet.engine.build import build_fusion
+from realnet.engine.evaluate import load_run
+from realnet.engine.fit import (
+    calibrate_fusion,
+    calibrate_threshold,
+    score_images,
+    split_holdout,
+    validate_on_painted_defects,
+)
+from realnet.engine.runtime import load_samples
+
+RUN_FILES = ("afs.json",)  # what the copy keeps besides the rewritten model files
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--category", required=True)
+    parser.add_argument("--dataset", default="mvtec")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="density.* or memory.* settings of the copy")
+    args = parser.parse_args()
+    if any(not o.startswith(("density.", "memory.")) for o in args.overrides):
+        parser.error("--set: only density.* and memory.* can change without retraining")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; give a new folder")
+    device = torch.device("cpu")
+    model, meta = load_run(args.run, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        recorded = Path(tmp) / "config.yaml"
+        recorded.write_text(yaml.safe_dump(meta["config"]))
+        config = load_config(meta["config"]["preset"], recorded, args.overrides)
+    tc = config.train
+    records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
+    images = load_samples(records, tc.image_size, skip_bad=False, desc="loading", progress=False)[0]
+    if len(images) != meta["fit"]["n_fit_images"] + meta["fit"]["n_holdout_images"]:
+        raise SystemExit(f"refuse_run: {args.data} has {len(images)} normal training images; {args.run} was "
+                         "fitted on a different set")
+    fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
+    model.fusion = build_fusion(config, model.backbone)
+    calibration = images[holdout_rows] if len(holdout_rows) else images[fit_rows]
+    calibrate_fusion(model, images[fit_rows], calibration, config, device, progress=True)
+    _, holdout_scores = score_images(model, calibration, device, tc.batch_size)
+    meta = {key: value for key, value in meta.items() if key not in ("format_version", "realnet_version")}
+    meta["config"] = config.to_dict()
+    meta["threshold"] = calibrate_threshold(holdout_scores, tc.threshold_quantile)
+    meta["fit"]["validation"] = validate_on_painted_defects(model, images[holdout_rows], config, device)
+    meta["refused_from"] = {"run": str(args.run), "overrides": args.overrides}
+    args.out.mkdir(parents=True)
+    try:
+        for name in RUN_FILES:
+            if (args.run / name).exists():
+                shutil.copy2(args.run / name, args.out / name)
+        checkpoint.save_model(args.out, model, meta)
+    except BaseException:
+        shutil.rmtree(args.out, ignore_errors=True)
+        raise
+    validation = {k: round(v, 4) for k, v in meta["fit"]["validation"].items() if not k.startswith("val_n_")}
+    print(json.dumps({"run": str(args.out), "from": str(args.run), "overrides": args.overrides, **validation,
+                      "mean": round(float(np.mean(list(validation.values()))), 4)}))
+
+
+if __name__ == "__main__":
+    main()
