@@ -76,3 +76,62 @@ def test_bf16_train_step_runs_the_trainable_part_in_bf16_and_keeps_fp32_weights(
     assert loss.dtype == torch.float32
     loss.backward()
     assert all(p.dtype == torch.float32 for p in model.trainable_modules().parameters())
+
+
+def test_weight_average_is_the_exponential_average_of_the_live_weights_with_live_buffers():
+    torch.manual_seed(0)
+    live = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    averaged = fit_module.weight_average(live, 0.75)
+    expected = None
+    for _ in range(4):
+        with torch.no_grad():
+            for p in live.parameters():
+                p.add_(torch.randn_like(p))
+        live(torch.randn(5, 3))  # moves the BatchNorm statistics
+        averaged.update_parameters(live)
+        current = [p.detach().clone() for p in live.parameters()]
+        expected = current if expected is None else [0.75 * e + 0.25 * c for e, c in zip(expected, current)]
+    for got, want in zip(averaged.module.parameters(), expected):
+        torch.testing.assert_close(got, want)
+    torch.testing.assert_close(averaged.module[1].running_mean, live[1].running_mean)
+    assert fit_module.weight_average(live, None) is None
+
+
+def test_fit_with_ema_saves_the_average_of_its_steps_weights(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    trajectory = []
+    original_step = fit_module.train_step
+
+    def recording_step(model, *args, **kwargs):
+        losses = original_step(model, *args, **kwargs)
+        trajectory.append({k: v.detach().clone() for k, v in model.trainable_modules().named_parameters()})
+        return losses
+
+    monkeypatch.setattr(fit_module, "train_step", recording_step)
+    tiny_fit(tmp_path, "averaged", "train.ema_decay=0.5")
+    assert len(trajectory) == 4
+    saved = load_file(str(tmp_path / "averaged" / "model.safetensors"))
+    for name in trajectory[0]:
+        expected = trajectory[0][name]
+        for weights in trajectory[1:]:
+            expected = 0.5 * expected + 0.5 * weights[name]
+        torch.testing.assert_close(saved[name], expected)
+        assert not torch.equal(saved[name], trajectory[-1][name]) or torch.equal(trajectory[0][name], trajectory[-1][name])
+
+
+def test_ema_is_refused_with_test_set_selection_and_outside_its_range(tmp_path):
+    from realnet.errors import RealnetError
+
+    with pytest.raises(RealnetError, match="train.ema_decay must be in"):
+        load_config("tiny", overrides=["train.ema_decay=1"])
+    config = load_config("tiny", overrides=["train.ema_decay=0.9"])
+    from dataset_fixtures import make_mvtec_tree
+
+    data_root = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, n_test_good=2, defects={"scratch": 2},
+                                size=(64, 64))
+    with pytest.raises(RealnetError, match="cannot be combined with train.ema_decay"):
+        fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category="widget",
+                                             out=tmp_path / "run", device="cpu", progress=False,
+                                             select_on_test=True))
+    assert not (tmp_path / "run").exists()

@@ -26,11 +26,11 @@ def environment() -> dict[str, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_killed_fit_resumes_to_identical_weights(tmp_path, schedule):
+@pytest.mark.parametrize("schedule, averaging", [("constant", None), ("cosine", None), ("constant", 0.9)])
+def test_killed_fit_resumes_to_identical_weights(tmp_path, schedule, averaging):
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
                            size=(64, 64))
-    schedule_option = ("--set", f"train.lr_schedule={schedule}")
+    schedule_option = ("--set", f"train.lr_schedule={schedule}", "--set", f"train.ema_decay={averaging or 'null'}")
     reference = subprocess.run(fit_command(data, tmp_path / "reference", *schedule_option), env=environment(),
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr

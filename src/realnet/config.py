@@ -117,6 +117,9 @@ class TrainConfig:
     num_workers: int = 0
     bf16: bool = False  # autocast of the trainable part, on CUDA and on CPUs with native bf16
     score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
+    # exponential moving average of the trainable weights, calibrated and saved instead of the last
+    # step's (ours; null: the paper's final weights); the BatchNorm statistics stay the live model's
+    ema_decay: float | None = None
     # "none": the discriminator's probability map (the paper) | "position": that map standardised
     # per pixel position against normal fit images (ours; see model.discriminator.PositionNormalization)
     map_normalization: str = "none"
@@ -221,6 +224,7 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
         (config.train.map_normalization in ("none", "position"), "train.map_normalization must be none or position"),
         (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
+        (config.train.ema_decay is None or 0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1) or null"),
         (0 <= config.density.weight <= 1, "density.weight must be in [0, 1]"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
         (config.density.regularization > 0, "density.regularization must be > 0"),

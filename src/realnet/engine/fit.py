@@ -242,6 +242,17 @@ def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features
     return {"loss": float(loss.detach()), **parts}
 
 
+def weight_average(trainable: torch.nn.Module, decay: float | None):
+    """The exponential moving average of the trainable weights (train.ema_decay; None: off). The
+    buffers (the RRS BatchNorm statistics) are copied from the live model at each update, not
+    averaged."""
+    if decay is None:
+        return None
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(trainable, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=False)
+
+
 def learning_rate_at(step: int, total_steps: int, base: float, schedule: str) -> float:
     """The step's learning rate, a pure function of the step so that --resume needs no scheduler
     state. "cosine" (ours, not the paper's constant rate) decays from base to 0 over the run."""
@@ -448,11 +459,20 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     trainable = model.trainable_modules()
     optimizer = adam(trainable.parameters(), tc.learning_rate, device)
+    averaged = weight_average(trainable, tc.ema_decay)
+    if averaged is not None and request.select_on_test:
+        raise RealnetError("--select-on-test keeps the best live weights; it cannot be combined with train.ema_decay")
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
     if resume_state is not None:
         model.load_state_dict(resume_state["model"], strict=False)
         optimizer.load_state_dict(resume_state["optimizer"])
+        if ("averaged" in resume_state) != (averaged is not None):
+            raise RealnetError(f"{request.out}: the killed run was started "
+                               f"{'with' if 'averaged' in resume_state else 'without'} train.ema_decay; "
+                               "resume it with the settings it was started with")
+        if averaged is not None:
+            averaged.load_state_dict(resume_state["averaged"])
         start_step, selection = resume_state["step"], resume_state["selection"]
         elapsed_before = resume_state["elapsed_s"]
     else:
@@ -481,6 +501,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             torch.from_numpy(masks).to(device), torch.from_numpy(labels).to(device),
             autocast, reduce_gradients,
         )
+        if averaged is not None:
+            averaged.update_parameters(trainable)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         done = step + 1
         if main_process and done < total_steps and done % tc.checkpoint_every == 0:
@@ -488,11 +510,14 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
+                **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             })
         if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
             selector_on_test.consider(model, done)
             model.train()
     bar.close()
+    if averaged is not None:
+        trainable.load_state_dict(averaged.module.state_dict())
 
     model.eval()
     if selector_on_test is not None:
