@@ -163,3 +163,22 @@ def test_parity_inputs_spread_over_the_test_split_or_fall_back_to_random(tiny_ru
     first, source = onnx_export.parity_inputs(gone, SIZE, 2)
     again, _ = onnx_export.parity_inputs(gone, SIZE, 2)
     assert source == "random images" and first.shape == (2, 3, SIZE, SIZE) and torch.equal(first, again)
+
+
+def test_a_run_with_fused_density_and_memory_exports_with_a_dynamic_batch(memory_run, tmp_path, monkeypatch):
+    """The memory branch's distances are one product when traced, so the exported graph takes
+    any batch size and matches PyTorch's row-blocked computation (blocks of 5 rows here)."""
+    from realnet.model import memory as memory_module
+
+    data_root, run_dir, *_ = memory_run
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    monkeypatch.setattr(memory_module, "DISTANCE_BLOCK_ELEMENTS", 5 * len(model.fusion.memory.bank))
+    out = tmp_path / "memory.onnx"
+    images = read_test_images(data_root)
+    onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),
+                            parity_images=images[:2], dynamic_batch=True)
+    for batch in (1, 3):
+        maps, scores = session(out).run(None, {"image": images[:batch].numpy()})
+        expected_maps, expected_scores = model.predict(images[:batch])
+        assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
+        assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE

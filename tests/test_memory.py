@@ -76,6 +76,17 @@ def test_memory_distance_is_to_the_nearest_bank_entry_and_zero_on_a_stored_patch
         memory.calibrate(torch.randn(5, 3), 0.5, None, 0)
 
 
+def test_row_blocks_give_the_same_distances_as_one_product(monkeypatch):
+    from realnet.model import memory as memory_module
+
+    memory = FeatureMemory(4, neighbourhood=3)
+    memory.calibrate(torch.randn(60, 4, generator=torch.Generator().manual_seed(4)), 0.5, None, 0)
+    features = [torch.randn(3, 4, 5, 5, generator=torch.Generator().manual_seed(5))]
+    whole = memory(features)
+    monkeypatch.setattr(memory_module, "DISTANCE_BLOCK_ELEMENTS", 7 * len(memory.bank))  # blocks of 7 of 75 rows
+    torch.testing.assert_close(memory(features), whole)
+
+
 def test_a_bank_of_any_size_loads_into_a_fresh_memory():
     memory = FeatureMemory(4)
     memory.calibrate(torch.randn(40, 4), ratio=0.25, projection_dim=None, seed=0)

@@ -18,6 +18,9 @@ from torch import Tensor, nn
 from realnet.model.density import feature_embedding
 
 
+DISTANCE_BLOCK_ELEMENTS = 2**24  # 64 MB of float32 distances at a time
+
+
 def local_embedding(features: list[Tensor], neighbourhood: int) -> Tensor:
     """Each layer's features averaged over a neighbourhood x neighbourhood window (PatchCore's
     local aggregation, so that a patch also sees its surroundings), then concatenated at the
@@ -99,4 +102,9 @@ class FeatureMemory(nn.Module):
         embedding = self.embed(features)
         b, c, h, w = embedding.shape
         rows = embedding.permute(0, 2, 3, 1).reshape(-1, c)
-        return squared_distances(rows, self.bank).amin(1).sqrt().reshape(b, h, w)
+        if torch.jit.is_tracing():  # one product, so that an exported graph keeps a dynamic batch
+            nearest = squared_distances(rows, self.bank).amin(1)
+        else:  # row blocks bound the (rows, bank) distance matrix to DISTANCE_BLOCK_ELEMENTS
+            block = max(1, DISTANCE_BLOCK_ELEMENTS // len(self.bank))
+            nearest = torch.cat([squared_distances(part, self.bank).amin(1) for part in rows.split(block)])
+        return nearest.sqrt().reshape(b, h, w)
