@@ -10,6 +10,9 @@ Each configuration is measured in its own fresh process (so peak RSS is its own)
     # configurations without training (fresh weights; speed and sizes do not depend on them):
     PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --preset cpu \\
         --config A= --config B=reconstruction.arch=B --config C=reconstruction.arch=C
+    # finished runs, each with its own weights (a memory bank's size depends on its fit images):
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --threads 2 \
+        --run fused=runs/mt_fused2 --run fused_memory=runs/mt_fused2_k
 """
 
 from __future__ import annotations
@@ -58,16 +61,21 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", help="with --config: the preset to measure")
     parser.add_argument("--config", action="append", default=[], metavar="NAME=KEY=VALUE[,KEY=VALUE]",
                         help="a configuration to measure without training (repeatable; 'NAME=' is the preset)")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="a finished run to measure with its own weights (repeatable; with --config or alone)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if bool(args.suite) == bool(args.config) or (args.suite and not args.out):
-        parser.error("give either --suite with --out, or one or more --config")
+    if bool(args.suite) == bool(args.config or args.run) or (args.suite and not args.out):
+        parser.error("give either --suite with --out, or one or more --config and/or --run")
+    if any("=" not in text for text in args.run):
+        parser.error("--run: expected NAME=DIR")
 
     suite = load_suite(args.suite).with_overrides([parse_override(t) for t in args.set]) if args.suite else None
-    specs = suite_specs(suite, args) if suite else config_specs(args)
+    specs = suite_specs(suite, args) if suite else config_specs(args) + [
+        (name, {"run": run}) for name, _, run in (text.partition("=") for text in args.run)]
     rows = []
     for name, spec in specs:
         spec.update(device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats)
