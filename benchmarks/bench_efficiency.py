@@ -11,7 +11,7 @@ Each configuration is measured in its own fresh process (so peak RSS is its own)
     PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --preset cpu \\
         --config A= --config B=reconstruction.arch=B --config C=reconstruction.arch=C
     # finished runs, each with its own weights (a memory bank's size depends on its fit images):
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --threads 2 \
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_efficiency.py --threads 2 \\
         --run fused=runs/mt_fused2 --run fused_memory=runs/mt_fused2_k
 """
 

@@ -45,7 +45,6 @@ def main() -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--category", required=True)
-    parser.add_argument("--dataset", default="mvtec")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="density.* or memory.* settings of the copy")
     args = parser.parse_args()
@@ -60,7 +59,10 @@ def main() -> None:
         recorded.write_text(yaml.safe_dump(meta["config"]))
         config = load_config(meta["config"]["preset"], recorded, args.overrides)
     tc = config.train
-    records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
+    recorded_data = meta["data"]  # the run's own layout and folder options
+    records = [r for r in load_dataset(args.data, args.category, recorded_data["dataset"],
+                                       **recorded_data.get("folder_options", {}))
+               if r.split == "train" and r.label == 0]
     images = load_samples(records, tc.image_size, skip_bad=False, desc="loading", progress=False)[0]
     if len(images) != meta["fit"]["n_fit_images"] + meta["fit"]["n_holdout_images"]:
         raise SystemExit(f"refuse_run: {args.data} has {len(images)} normal training images; {args.run} was "

@@ -11,7 +11,7 @@ With --density-weights W..., each run is validated again with its map fused with
 map (density.weight = W, calibrated on its fit and held-out images exactly as `fit` does it) for each W.
 
 With --fusion-weights WD,WK..., the same with the feature density at weight WD and the nearest-neighbour
-memory bank at weight WK (`memory.weight`), on the --painted-draws when given.
+memory bank at weight WK (`memory.weight`). Both options score the --painted-draws when given.
 
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
@@ -167,13 +167,14 @@ def main() -> None:
                                                          progress=False)[0]
         images = images_by_size[tc.image_size]
         fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
-        report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}",
+        report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}, "
+                    f"memory weight {config.memory.weight}",
                validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.painted_draws:
             validate_on_draws(run, model, config, images[holdout_rows], args.painted_draws, device)
         if weight_pairs:
             validate_fused(run, model, config, images[fit_rows], images[holdout_rows], weight_pairs,
-                           args.painted_draws if args.fusion_weights else 0, device)
+                           args.painted_draws, device)
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",

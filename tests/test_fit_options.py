@@ -109,7 +109,7 @@ def test_fit_with_ema_saves_the_average_of_its_steps_weights(tmp_path, monkeypat
         return losses
 
     monkeypatch.setattr(fit_module, "train_step", recording_step)
-    tiny_fit(tmp_path, "averaged", "train.ema_decay=0.5")
+    tiny_fit(tmp_path, "averaged", "train.ema_decay=0.5", "rrs.recalibration_batches=2")
     assert len(trajectory) == 4
     saved = load_file(str(tmp_path / "averaged" / "model.safetensors"))
     for name in trajectory[0]:
@@ -124,8 +124,10 @@ def test_ema_is_refused_with_test_set_selection_and_outside_its_range(tmp_path):
     from realnet.errors import RealnetError
 
     with pytest.raises(RealnetError, match="train.ema_decay must be in"):
-        load_config("tiny", overrides=["train.ema_decay=1"])
-    config = load_config("tiny", overrides=["train.ema_decay=0.9"])
+        load_config("tiny", overrides=["train.ema_decay=1", "rrs.recalibration_batches=2"])
+    with pytest.raises(RealnetError, match="train.ema_decay needs rrs.recalibration_batches > 0"):
+        load_config("tiny", overrides=["train.ema_decay=0.9"])
+    config = load_config("tiny", overrides=["train.ema_decay=0.9", "rrs.recalibration_batches=2"])
     from dataset_fixtures import make_mvtec_tree
 
     data_root = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, n_test_good=2, defects={"scratch": 2},

@@ -87,12 +87,14 @@ def test_row_blocks_give_the_same_distances_as_one_product(monkeypatch):
     torch.testing.assert_close(memory(features), whole)
 
 
-def test_a_bank_of_any_size_loads_into_a_fresh_memory():
+def test_a_bank_of_any_size_loads_into_a_fresh_memory_but_not_one_of_other_channels():
     memory = FeatureMemory(4)
     memory.calibrate(torch.randn(40, 4), ratio=0.25, projection_dim=None, seed=0)
     fresh = FeatureMemory(4)
     fresh.load_state_dict(memory.state_dict())
     assert torch.equal(fresh.bank, memory.bank)
+    with pytest.raises(RuntimeError, match="size mismatch for bank"):
+        FeatureMemory(3).load_state_dict(memory.state_dict())
 
 
 def test_three_map_fusion_is_the_weighted_sum_of_the_scaled_maps():
@@ -107,12 +109,26 @@ def test_three_map_fusion_is_the_weighted_sum_of_the_scaled_maps():
     torch.testing.assert_close(fusion(probabilities, features), expected)
     fusion.set_weights(0.0, 1.0)
     torch.testing.assert_close(fusion(probabilities, features), distances / 2.0)
-    with pytest.raises(ValueError, match="needs 3 positive"):
+    with pytest.raises(ValueError, match=r"needs 3 mean normal image scores \(discriminator, density, memory\)"):
         fusion.calibrate_scales(0.1, 4.0)
+    with pytest.raises(ValueError, match="the memory map's mean normal image score is 0.0"):
+        fusion.calibrate_scales(0.1, 4.0, 0.0)
     with pytest.raises(ValueError, match="sum at most 1"):
         fusion.set_weights(0.75, 0.5)
     with pytest.raises(ValueError, match="nothing to fuse"):
         MapFusion()
+
+
+def test_a_memory_only_fusion_scales_the_discriminator_then_the_memory_and_refuses_a_density_weight():
+    memory = FeatureMemory(3, neighbourhood=1)
+    memory.calibrate(torch.randn(20, 3), ratio=0.5, projection_dim=None, seed=0)
+    fusion = MapFusion(memory=memory, memory_weight=0.5)
+    fusion.calibrate_scales(0.2, 3.0)
+    probabilities, features = torch.rand(2, 4, 4), [torch.randn(2, 3, 2, 2)]
+    (distances,) = fusion.branch_maps(features, (4, 4))
+    torch.testing.assert_close(fusion(probabilities, features), 0.5 * probabilities / 0.2 + 0.5 * distances / 3.0)
+    with pytest.raises(ValueError, match="a density weight of 0.25 but no density map"):
+        fusion.set_weights(0.25, 0.5)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -126,9 +142,22 @@ def test_bad_memory_settings_are_one_clear_error(override, message):
         load_config("tiny", overrides=[override])
 
 
-def test_fused_weights_may_not_exceed_one():
+def test_fused_weights_may_not_exceed_one_and_the_memory_needs_held_out_images():
     with pytest.raises(RealnetError, match="density.weight \\+ memory.weight must be at most 1"):
         load_config("tiny", overrides=["density.weight=0.6", "memory.weight=0.6"])
+    with pytest.raises(RealnetError, match="memory.weight > 0 needs train.holdout_fraction > 0"):
+        load_config("tiny", overrides=["memory.weight=0.5", "train.holdout_fraction=0"])
+
+
+def test_test_set_selection_is_refused_with_a_memory_branch_before_anything_is_written(tmp_path):
+    from realnet.engine import fit as fit_module
+
+    config = load_config("tiny", overrides=["memory.weight=0.5"])
+    with pytest.raises(RealnetError, match="needs density.weight=0 and memory.weight=0"):
+        fit_module.fit(fit_module.FitRequest(config=config, data_root=tmp_path, category="widget",
+                                             out=tmp_path / "run", device="cpu", progress=False,
+                                             select_on_test=True))
+    assert not (tmp_path / "run").exists()
 
 
 def test_fit_builds_the_bank_from_the_fit_images_and_the_scales_from_the_held_out_ones(memory_run):

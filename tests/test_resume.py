@@ -30,7 +30,8 @@ def environment() -> dict[str, str]:
 def test_killed_fit_resumes_to_identical_weights(tmp_path, schedule, averaging):
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
                            size=(64, 64))
-    schedule_option = ("--set", f"train.lr_schedule={schedule}", "--set", f"train.ema_decay={averaging or 'null'}")
+    schedule_option = ("--set", f"train.lr_schedule={schedule}", "--set", f"train.ema_decay={averaging or 'null'}",
+                       "--set", f"rrs.recalibration_batches={2 if averaging else 0}")
     reference = subprocess.run(fit_command(data, tmp_path / "reference", *schedule_option), env=environment(),
                                capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr

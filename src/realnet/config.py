@@ -85,7 +85,7 @@ class DensityConfig:
     """Fusion of the discriminator's map with a per-position Gaussian density of the backbone
     features (ours; see realnet.model.density). weight 0 is the paper: the discriminator alone."""
 
-    weight: float = 0.0  # w in fused = (1 - w) p / b_p + w d / b_d
+    weight: float = 0.0  # w_d in fused = (1 - w_d - w_k) p / b_p + w_d d / b_d + w_k k / b_k (memory.weight)
     channels: int | None = None  # a seeded random subset of the backbone channels (PaDiM); None: all
     regularization: float = 0.01  # added to the diagonal of every covariance
 
@@ -225,6 +225,11 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.map_normalization in ("none", "position"), "train.map_normalization must be none or position"),
         (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
         (config.train.ema_decay is None or 0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1) or null"),
+        (config.train.ema_decay is None or config.rrs.recalibration_batches > 0,
+         "train.ema_decay needs rrs.recalibration_batches > 0 (the RRS statistics must be the averaged weights' own)"),
+        (config.memory.weight == 0 or config.train.holdout_fraction > 0,
+         "memory.weight > 0 needs train.holdout_fraction > 0 (on its own fit images the memory map reads about 0, "
+         "so its scale needs held-out images)"),
         (0 <= config.density.weight <= 1, "density.weight must be in [0, 1]"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
         (config.density.regularization > 0, "density.regularization must be > 0"),

@@ -244,8 +244,9 @@ def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features
 
 def weight_average(trainable: torch.nn.Module, decay: float | None):
     """The exponential moving average of the trainable weights (train.ema_decay; None: off). The
-    buffers (the RRS BatchNorm statistics) are copied from the live model at each update, not
-    averaged."""
+    buffers are copied from the live model at each update, not averaged; the RRS BatchNorm
+    statistics of the averaged weights are recomputed after training (rrs.recalibration_batches,
+    which config validation requires with it)."""
     if decay is None:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -345,7 +346,8 @@ def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.nd
                                                    for f in backbone_batches(fit_images, "feature density"))
             fusion.density.calibrate(mean, covariance, config.density.regularization)
         if fusion.memory is not None:
-            patches = torch.cat([fusion.memory.embed(f).permute(0, 2, 3, 1).flatten(0, 2)
+            # on the CPU: every fit position's embedding may not fit on the accelerator
+            patches = torch.cat([fusion.memory.embed(f).permute(0, 2, 3, 1).flatten(0, 2).cpu()
                                  for f in backbone_batches(fit_images, "memory bank")])
             mc = config.memory
             fusion.memory.calibrate(patches, mc.coreset_ratio, mc.projection_dim, config.train.seed,
@@ -427,9 +429,12 @@ def fit(request: FitRequest) -> dict[str, Any]:
     """Train a detector and write RUN/model.safetensors + RUN/model.json. Returns the metadata."""
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
         return checkpoint.read_meta(request.out)
-    if request.select_on_test and request.config.density.weight > 0:
-        # the fused map is calibrated once, after training; mid-run test scores would not be the fused ones
-        raise RealnetError("--select-on-test reproduces the paper's protocol and needs density.weight=0")
+    if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
+        # the fused maps are calibrated once, after training; mid-run test scores would not be the fused ones
+        raise RealnetError("--select-on-test reproduces the paper's protocol and needs density.weight=0 and "
+                           "memory.weight=0")
+    if request.select_on_test and request.config.train.ema_decay is not None:
+        raise RealnetError("--select-on-test keeps the best live weights; it cannot be combined with train.ema_decay")
     created = prepare_run_dir(request)
     try:
         return _fit(request)
@@ -460,17 +465,15 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     trainable = model.trainable_modules()
     optimizer = adam(trainable.parameters(), tc.learning_rate, device)
     averaged = weight_average(trainable, tc.ema_decay)
-    if averaged is not None and request.select_on_test:
-        raise RealnetError("--select-on-test keeps the best live weights; it cannot be combined with train.ema_decay")
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
     if resume_state is not None:
         model.load_state_dict(resume_state["model"], strict=False)
         optimizer.load_state_dict(resume_state["optimizer"])
-        if ("averaged" in resume_state) != (averaged is not None):
-            raise RealnetError(f"{request.out}: the killed run was started "
-                               f"{'with' if 'averaged' in resume_state else 'without'} train.ema_decay; "
-                               "resume it with the settings it was started with")
+        if resume_state.get("ema_decay") != tc.ema_decay:
+            raise RealnetError(f"{request.out}: the killed run was started with train.ema_decay="
+                               f"{resume_state.get('ema_decay')}, not {tc.ema_decay}; resume it with the "
+                               "settings it was started with")
         if averaged is not None:
             averaged.load_state_dict(resume_state["averaged"])
         start_step, selection = resume_state["step"], resume_state["selection"]
@@ -510,6 +513,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
+                "ema_decay": tc.ema_decay,
                 **({"averaged": averaged.state_dict()} if averaged is not None else {}),
             })
         if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
@@ -542,7 +546,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                      "strides": backbone.strides},
         "threshold": calibrate_threshold(holdout_scores, tc.threshold_quantile),
         "threshold_quantile": tc.threshold_quantile,
-        "threshold_source": threshold_source,  # and of the density fusion's scales, when it has one
+        "threshold_source": threshold_source,  # and of the fused maps' scales, when it has them
         "protocol": "select-on-test" if request.select_on_test else "final-model",
         "fit": {
             "steps": total_steps, "n_fit_images": int(len(images.fit)),

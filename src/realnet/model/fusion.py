@@ -36,6 +36,9 @@ class MapFusion(nn.Module):
         return [branch for branch in (self.density, self.memory) if branch is not None]
 
     def set_weights(self, density_weight: float, memory_weight: float) -> None:
+        for name, branch, weight in (("density", self.density, density_weight), ("memory", self.memory, memory_weight)):
+            if branch is None and weight != 0:
+                raise ValueError(f"MapFusion: a {name} weight of {weight} but no {name} map to fuse")
         branch_weights = ([density_weight] if self.density is not None else []) + (
             [memory_weight] if self.memory is not None else [])
         if any(not 0 <= w <= 1 for w in branch_weights) or sum(branch_weights) > 1 + 1e-9:
@@ -50,8 +53,14 @@ class MapFusion(nn.Module):
 
     @torch.no_grad()
     def calibrate_scales(self, *scales: float) -> None:
-        if len(scales) != len(self.scales) or min(scales) <= 0:
-            raise ValueError(f"MapFusion: needs {len(self.scales)} positive mean normal image scores, got {scales}")
+        names = ["discriminator"] + [name for name, branch in (("density", self.density), ("memory", self.memory))
+                                     if branch is not None]
+        if len(scales) != len(names):
+            raise ValueError(f"MapFusion: needs {len(names)} mean normal image scores ({', '.join(names)}), got {scales}")
+        for name, scale in zip(names, scales):
+            if scale <= 0:
+                raise ValueError(f"MapFusion: the {name} map's mean normal image score is {scale}; it must be "
+                                 "positive (were the scales computed on the images the map was fitted on?)")
         self.scales.copy_(torch.tensor(scales))
 
     def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> Tensor:

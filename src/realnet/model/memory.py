@@ -19,6 +19,7 @@ from realnet.model.density import feature_embedding
 
 
 DISTANCE_BLOCK_ELEMENTS = 2**24  # 64 MB of float32 distances at a time
+PROJECTION_BLOCK_ROWS = 2**16  # rows projected at a time, so that no float32 copy of all points is made
 
 
 def local_embedding(features: list[Tensor], neighbourhood: int) -> Tensor:
@@ -40,30 +41,36 @@ def squared_distances(points: Tensor, centres: Tensor) -> Tensor:
 
 @torch.no_grad()
 def greedy_coreset(points: Tensor, size: int, projection_dim: int | None, seed: int,
-                   progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> Tensor:
+                   progress: Callable[[Iterable[int]], Iterable[int]] = iter,
+                   device: torch.device | None = None) -> Tensor:
     """Indices of `size` rows of points (N, C) chosen by greedy k-centre selection (PatchCore's
     coreset subsampling): start from a seeded random row, then repeatedly add the row farthest
     from every row chosen so far. Distances are measured in a seeded Gaussian random projection
     to `projection_dim` dimensions (Johnson-Lindenstrauss; None or >= C: no projection).
-    `progress` wraps the selection loop (e.g. a progress bar)."""
+    `progress` wraps the selection loop (e.g. a progress bar). The selection runs on `device`
+    (default: the points' own), which then holds only the projected points; the indices are
+    returned on the points' device."""
     n, channels = points.shape
     if size >= n:
         return torch.arange(n, device=points.device)
+    device = points.device if device is None else device
     generator = torch.Generator().manual_seed(seed)
-    projected = points.float()
     if projection_dim is not None and projection_dim < channels:
-        projection = torch.randn(channels, projection_dim, generator=generator) / projection_dim ** 0.5
-        projected = projected @ projection.to(points.device)
+        projection = (torch.randn(channels, projection_dim, generator=generator) / projection_dim ** 0.5).to(points)
+        projected = torch.cat([block.float() @ projection.float() for block in points.split(PROJECTION_BLOCK_ROWS)])
+    else:
+        projected = points.float()
+    projected = projected.to(device)
     norms = projected.square().sum(1)
     columns = projected.T.contiguous()  # a row vector times (C, N) runs ~3x faster on the CPU than (N, C) @ c
-    chosen = torch.empty(size, dtype=torch.long, device=points.device)
+    chosen = torch.empty(size, dtype=torch.long, device=device)
     chosen[0] = int(torch.randint(n, (1,), generator=generator))
-    nearest = torch.full((n,), float("inf"), device=points.device)
+    nearest = torch.full((n,), float("inf"), device=device)
     for i in progress(range(1, size)):
         centre = columns[:, chosen[i - 1]]
         nearest = torch.minimum(nearest, norms - 2 * (centre @ columns) + centre.square().sum())
         chosen[i] = nearest.argmax()
-    return chosen
+    return chosen.to(points.device)
 
 
 class FeatureMemory(nn.Module):
@@ -83,17 +90,19 @@ class FeatureMemory(nn.Module):
     def calibrate(self, embeddings: Tensor, ratio: float, projection_dim: int | None, seed: int,
                   progress: Callable[[Iterable[int]], Iterable[int]] = iter) -> None:
         """The bank becomes the greedy coreset of a `ratio` fraction of the patch embeddings
-        (N, C) of the normal fit images."""
+        (N, C) of the normal fit images (they may stay on the CPU; the selection runs on the
+        bank's device)."""
         if embeddings.ndim != 2 or embeddings.shape[1] != self.bank.shape[1]:
             raise ValueError(f"FeatureMemory: embeddings of shape {tuple(embeddings.shape)} do not have "
                              f"{self.bank.shape[1]} channels")
         size = max(1, round(ratio * len(embeddings)))
-        self.bank = embeddings[greedy_coreset(embeddings, size, projection_dim, seed, progress)].float().to(self.bank.device)
+        chosen = greedy_coreset(embeddings, size, projection_dim, seed, progress, device=self.bank.device)
+        self.bank = embeddings[chosen].float().to(self.bank.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         stored = state_dict.get(prefix + "bank")
-        if stored is not None:
-            self.bank = torch.empty_like(stored, device=self.bank.device)
+        if stored is not None:  # the bank's length is the run's; a wrong channel count is still refused
+            self.bank = torch.empty(len(stored), self.bank.shape[1], dtype=self.bank.dtype, device=self.bank.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, features: list[Tensor]) -> Tensor:
