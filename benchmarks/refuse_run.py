@@ -15,25 +15,17 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from realnet.config import load_config
+from realnet.config import RealNetConfig, apply_overrides
 from realnet.data.layouts import load_dataset
 from realnet.engine import checkpoint
 from realnet.engine.build import build_fusion
 from realnet.engine.evaluate import load_run
-from realnet.engine.fit import (
-    calibrate_fusion,
-    calibrate_threshold,
-    score_images,
-    split_holdout,
-    validate_on_painted_defects,
-)
+from realnet.engine.fit import calibrate_fusion_and_threshold, split_holdout, validate_on_painted_defects
 from realnet.engine.runtime import load_samples
 
 RUN_FILES = ("afs.json",)  # what the copy keeps besides the rewritten model files
@@ -54,10 +46,7 @@ def main() -> None:
         parser.error(f"{args.out} exists; give a new folder")
     device = torch.device("cpu")
     model, meta = load_run(args.run, device)
-    with tempfile.TemporaryDirectory() as tmp:
-        recorded = Path(tmp) / "config.yaml"
-        recorded.write_text(yaml.safe_dump(meta["config"]))
-        config = load_config(meta["config"]["preset"], recorded, args.overrides)
+    config = apply_overrides(RealNetConfig.from_dict(meta["config"]), args.overrides)
     tc = config.train
     recorded_data = meta["data"]  # the run's own layout and folder options
     records = [r for r in load_dataset(args.data, args.category, recorded_data["dataset"],
@@ -69,12 +58,11 @@ def main() -> None:
                          "fitted on a different set")
     fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
     model.fusion = build_fusion(config, model.backbone)
-    calibration = images[holdout_rows] if len(holdout_rows) else images[fit_rows]
-    calibrate_fusion(model, images[fit_rows], calibration, config, device, progress=True)
-    _, holdout_scores = score_images(model, calibration, device, tc.batch_size)
+    threshold, _ = calibrate_fusion_and_threshold(model, images[fit_rows], images[holdout_rows], config, device,
+                                                  progress=True)
     meta = {key: value for key, value in meta.items() if key not in ("format_version", "realnet_version")}
     meta["config"] = config.to_dict()
-    meta["threshold"] = calibrate_threshold(holdout_scores, tc.threshold_quantile)
+    meta["threshold"] = threshold
     meta["fit"]["validation"] = validate_on_painted_defects(model, images[holdout_rows], config, device)
     meta["refused_from"] = {"run": str(args.run), "overrides": args.overrides}
     args.out.mkdir(parents=True)

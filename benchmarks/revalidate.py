@@ -56,10 +56,7 @@ from realnet.engine.fit import (
     build_synthesizer,
     calibrate_fusion,
     calibrate_map_normalization,
-    painted_validation_metrics,
-    painted_validation_set,
     recalibrate_residual_selection,
-    score_images,
     split_holdout,
     validate_on_painted_defects,
 )
@@ -115,9 +112,8 @@ def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarr
     standard deviation."""
     means = []
     for draw in range(draws):
-        images, defect_masks = painted_validation_set(holdout, config.train.seed + 1000 * draw)
-        maps, scores = score_images(model, images, device, config.train.batch_size)
-        means.append(float(np.mean(list(painted_validation_metrics(maps, scores, defect_masks).values()))))
+        metrics = validate_on_painted_defects(model, holdout, config, device, seed=config.train.seed + 1000 * draw)
+        means.append(float(np.mean([v for k, v in metrics.items() if not k.startswith("val_n_")])))
     print(json.dumps({"run": str(run), "variant": f"{variant}, {draws} painted draws", "means": [round(m, 4) for m in means],
                       "mean": round(float(np.mean(means)), 4), "sd": round(float(np.std(means, ddof=1)), 4)}),
           flush=True)

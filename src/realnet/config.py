@@ -118,7 +118,8 @@ class TrainConfig:
     bf16: bool = False  # autocast of the trainable part, on CUDA and on CPUs with native bf16
     score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
     # exponential moving average of the trainable weights, calibrated and saved instead of the last
-    # step's (ours; null: the paper's final weights); the BatchNorm statistics stay the live model's
+    # step's (ours; null: the paper's final weights); needs rrs.recalibration_batches > 0 so that the
+    # RRS statistics are recomputed for the averaged weights
     ema_decay: float | None = None
     # "none": the discriminator's probability map (the paper) | "position": that map standardised
     # per pixel position against normal fit images (ours; see model.discriminator.PositionNormalization)
@@ -186,6 +187,11 @@ def load_config(
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
         _merge(config, values, "config")
+    return apply_overrides(config, overrides)
+
+
+def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfig:
+    """`section.key=value` overrides applied to `config` in place, then the whole config validated."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or "." not in key:

@@ -366,6 +366,20 @@ def calibrate_threshold(scores: np.ndarray, quantile: float) -> float:
     return float(np.quantile(scores.astype(np.float64), quantile))
 
 
+def calibrate_fusion_and_threshold(model: RealNet, fit_images: np.ndarray, holdout: np.ndarray,
+                                   config: RealNetConfig, device: torch.device,
+                                   progress: bool = False) -> tuple[float, str]:
+    """What `fit` calibrates once the networks are final: the fused maps (`calibrate_fusion`),
+    then the is_anomalous threshold, both on the held-out images (on the fit images only when
+    there are none). Returns the threshold and which images set it."""
+    calibration_images, source = holdout, "held-out normal training images"
+    if len(holdout) == 0:
+        calibration_images, source = fit_images, "fit images (no held-out images: biased low)"
+    calibrate_fusion(model, fit_images, calibration_images, config, device, progress)
+    _, scores = score_images(model, calibration_images, device, config.train.batch_size)
+    return calibrate_threshold(scores, config.train.threshold_quantile), source
+
+
 FAINT_DEFECT_CONTRAST = 0.35  # faint copies keep this fraction of each painted change
 
 
@@ -402,12 +416,12 @@ def painted_validation_metrics(maps: np.ndarray, scores: np.ndarray, defect_mask
 
 
 def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: RealNetConfig,
-                                device: torch.device) -> dict[str, float]:
-    """Metrics of the detector on `painted_validation_set`. This is the signal for choosing
-    hyperparameters: never the test split."""
+                                device: torch.device, seed: int | None = None) -> dict[str, float]:
+    """Metrics of the detector on `painted_validation_set` (painted with `seed`, by default the
+    run's). This is the signal for choosing hyperparameters: never the test split."""
     if len(holdout) < 2:
         return {}
-    images, defect_masks = painted_validation_set(holdout, config.train.seed)
+    images, defect_masks = painted_validation_set(holdout, config.train.seed if seed is None else seed)
     maps, scores = score_images(model, images, device, config.train.batch_size)
     return painted_validation_metrics(maps, scores, defect_masks) | {"val_n_normal": len(holdout),
                                                                      "val_n_painted": len(holdout)}
@@ -529,11 +543,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     recalibrate_residual_selection(model, batches, normal_features, total_steps,
                                    config.rrs.recalibration_batches, device, progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
-    calibration_images, threshold_source = images.holdout, "held-out normal training images"
-    if len(images.holdout) == 0:
-        calibration_images, threshold_source = images.fit, "fit images (no held-out images: biased low)"
-    calibrate_fusion(model, images.fit, calibration_images, config, device, progress)
-    _, holdout_scores = score_images(model, calibration_images, device, tc.batch_size)
+    threshold, threshold_source = calibrate_fusion_and_threshold(model, images.fit, images.holdout, config, device,
+                                                                 progress)
     validation = validate_on_painted_defects(model, images.holdout, config, device)
     meta = {
         "config": config.to_dict(),
@@ -544,7 +555,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         "selection": {k: v for k, v in selection.items() if k != "losses"},
         "channels": {"backbone": backbone.channels, "selected": model.selector.out_channels,
                      "strides": backbone.strides},
-        "threshold": calibrate_threshold(holdout_scores, tc.threshold_quantile),
+        "threshold": threshold,
         "threshold_quantile": tc.threshold_quantile,
         "threshold_source": threshold_source,  # and of the fused maps' scales, when it has them
         "protocol": "select-on-test" if request.select_on_test else "final-model",

@@ -32,15 +32,21 @@ class MapFusion(nn.Module):
         self.set_weights(density_weight, memory_weight)
         self.register_buffer("scales", torch.ones(1 + len(self.branches())))
 
+    def named_branches(self) -> list[tuple[str, nn.Module]]:
+        """The fused maps the detector has, in `scales` order after the discriminator."""
+        return [(name, branch) for name, branch in (("density", self.density), ("memory", self.memory))
+                if branch is not None]
+
     def branches(self) -> list[nn.Module]:
-        return [branch for branch in (self.density, self.memory) if branch is not None]
+        return [branch for _, branch in self.named_branches()]
 
     def set_weights(self, density_weight: float, memory_weight: float) -> None:
-        for name, branch, weight in (("density", self.density, density_weight), ("memory", self.memory, memory_weight)):
-            if branch is None and weight != 0:
+        given = {"density": density_weight, "memory": memory_weight}
+        present = dict(self.named_branches())
+        for name, weight in given.items():
+            if name not in present and weight != 0:
                 raise ValueError(f"MapFusion: a {name} weight of {weight} but no {name} map to fuse")
-        branch_weights = ([density_weight] if self.density is not None else []) + (
-            [memory_weight] if self.memory is not None else [])
+        branch_weights = [given[name] for name in present]
         if any(not 0 <= w <= 1 for w in branch_weights) or sum(branch_weights) > 1 + 1e-9:
             raise ValueError("MapFusion: each fused map's weight must be in [0, 1] and their sum at most 1, got "
                              f"density {density_weight}, memory {memory_weight}")
@@ -53,8 +59,7 @@ class MapFusion(nn.Module):
 
     @torch.no_grad()
     def calibrate_scales(self, *scales: float) -> None:
-        names = ["discriminator"] + [name for name, branch in (("density", self.density), ("memory", self.memory))
-                                     if branch is not None]
+        names = ["discriminator"] + [name for name, _ in self.named_branches()]
         if len(scales) != len(names):
             raise ValueError(f"MapFusion: needs {len(names)} mean normal image scores ({', '.join(names)}), got {scales}")
         for name, scale in zip(names, scales):
