@@ -52,6 +52,7 @@ from realnet.engine.evaluate import load_run
 from realnet.engine.fit import (
     NormalFeatures,
     SyntheticBatches,
+    TrainingFeatures,
     TrainingImages,
     build_synthesizer,
     calibrate_fusion,
@@ -80,8 +81,9 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
     images = TrainingImages(fit_images, np.zeros((0, *fit_images.shape[1:]), np.uint8), foreground, [])
     synthesizer = build_synthesizer(config, rule, args.data, args.category, fit_images)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
-    features = NormalFeatures(model, fit_images, device, tc.feature_cache_gb, tc.batch_size, progress=False)
-    recalibrate_residual_selection(model, batches, features, meta["fit"]["steps"], args.recalibrate_rrs, device)
+    normal = NormalFeatures(model, fit_images, device, tc.feature_cache_gb, tc.batch_size, progress=False)
+    features = TrainingFeatures(model, normal, device, batches.has_feature_noise)
+    recalibrate_residual_selection(model, batches, features, meta["fit"]["steps"], args.recalibrate_rrs)
 
 
 def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,

@@ -18,7 +18,7 @@ PRESETS = ("paper", "cpu", "tiny")
 # definition behind both the config default and `realnet.synthesis.SynthesisConfig`'s.
 AUTHORS_DELTA_RANGES = {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
 # Training-time anomaly sources: the paper's four, then ours.
-SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa", "shade", "crack")
+SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa", "shade", "crack", "feature_noise")
 
 
 @dataclass

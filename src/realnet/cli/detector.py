@@ -17,7 +17,7 @@ def register(subparsers) -> None:
     fit.add_argument("--dtd", help="DTD root for the dtd source (folder holding dtd/images or images/)")
     fit.add_argument("--sia", help="SDAS image bank (folder holding <category>/ images)")
     fit.add_argument("--source", action="append", metavar="NAME[:WEIGHT]",
-                     help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack (repeatable; replaces the preset's)")
+                     help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise (repeatable; replaces the preset's)")
     fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     fit.add_argument("--steps", type=int, help="number of training steps (overrides epochs)")

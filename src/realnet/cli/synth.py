@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_data_arguments(preview)
     preview.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
-                         help="anomaly source(s): dtd, sia, cutpaste, nsa, shade, crack (default: dtd and/or sia "
+                         help="anomaly source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise (the image is left as it is; shown with its mask) (default: dtd and/or sia "
                               "when --dtd/--sia are given)")
     preview.add_argument("--dtd", type=Path, help="DTD root for the dtd source (searched for images)")
     preview.add_argument("--sia", type=Path, help="SDAS image bank for the sia source (holding <category>/)")
@@ -51,7 +51,7 @@ def _source_weights(args: argparse.Namespace) -> dict[str, float]:
         return parse_sources(args.source)
     weights = {name: 1.0 for name, root in (("dtd", args.dtd), ("sia", args.sia)) if root is not None}
     if not weights:
-        raise RealnetError("choose --source: dtd needs --dtd ROOT, sia needs --sia DIR; cutpaste, nsa, shade and crack need nothing")
+        raise RealnetError("choose --source: dtd needs --dtd ROOT, sia needs --sia DIR; cutpaste, nsa, shade, crack and feature_noise need nothing")
     return weights
 
 

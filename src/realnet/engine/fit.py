@@ -9,7 +9,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from realnet.errors import RealnetError
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
 from realnet.model.rrs import reconstruction_residuals
+from realnet.synthesis.feature_noise import add_feature_noise, channel_std
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
@@ -74,26 +75,43 @@ def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
 
 
+class SyntheticBatch(NamedTuple):
+    """A training batch: indices of the normal images I, the synthetic images A, masks M and
+    labels made from them, and per row the feature-noise strength (0 where the anomaly, if any,
+    is in the image) and the seed of its noise."""
+
+    indices: np.ndarray
+    images: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    noise_strengths: np.ndarray
+    noise_seeds: np.ndarray
+
+
 def synthesize(synthesizer, images: np.ndarray, foregrounds: np.ndarray, indices: np.ndarray,
-               seed: int, key: tuple[int, ...], force_anomalous: bool = False, slots: np.ndarray | None = None):
-    """Synthetic anomalous images A, masks M and labels for images[indices]. The sample in batch
-    position `slot` (default 0..n-1) uses randomness from (seed, *key, slot) alone, so a rank
-    that builds only its shard of a batch gets exactly the samples a single process would."""
+               seed: int, key: tuple[int, ...], force_anomalous: bool = False,
+               slots: np.ndarray | None = None) -> SyntheticBatch:
+    """The synthetic batch made from images[indices]. The sample in batch position `slot`
+    (default 0..n-1) uses randomness from (seed, *key, slot) alone, so a rank that builds only
+    its shard of a batch gets exactly the samples a single process would."""
     slots = np.arange(len(indices)) if slots is None else slots
     size = images.shape[1]
     out_images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
     out_masks = np.zeros((len(indices), size, size), dtype=bool)
     labels = np.zeros(len(indices), dtype=np.int64)
+    noise_strengths = np.zeros(len(indices), dtype=np.float32)
+    noise_seeds = np.zeros(len(indices), dtype=np.int64)
     for row, (slot, index) in enumerate(zip(slots, indices)):
         sample = synthesizer(images[index], sample_rng(seed, *key, int(slot)),
                              foreground_mask=foregrounds[index], force_anomalous=force_anomalous)
         out_images[row], out_masks[row], labels[row] = sample.image, sample.mask, sample.label
-    return out_images, out_masks, labels
+        if sample.noise_seed is not None:
+            noise_strengths[row], noise_seeds[row] = sample.delta, sample.noise_seed
+    return SyntheticBatch(np.asarray(indices), out_images, out_masks, labels, noise_strengths, noise_seeds)
 
 
 class SyntheticBatches:
-    """The training batch of a given step: indices of the normal images I, and the synthetic
-    anomalous images A, masks M and labels made from them."""
+    """The training batch of a given step (a `SyntheticBatch`)."""
 
     def __init__(self, synthesizer, images: TrainingImages, batch_size: int, seed: int):
         self.synthesizer = synthesizer
@@ -101,16 +119,20 @@ class SyntheticBatches:
         self.batch_size = batch_size
         self.seed = seed
 
-    def make(self, indices: np.ndarray, key: tuple[int, ...], force_anomalous: bool = False):
+    def make(self, indices: np.ndarray, key: tuple[int, ...], force_anomalous: bool = False) -> SyntheticBatch:
         return synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices, self.seed,
                           key, force_anomalous)
 
-    def for_step(self, step: int, rank: int = 0, world_size: int = 1):
+    def for_step(self, step: int, rank: int = 0, world_size: int = 1) -> SyntheticBatch:
         """This rank's shard (batch positions rank, rank + world, ...) of the step's batch."""
         slots = np.arange(rank, self.batch_size, world_size)
         indices = batch_indices(step, len(self.images.fit), self.batch_size, self.seed)[slots]
-        return indices, *synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices,
-                                    self.seed, (step,), slots=slots)
+        return synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices,
+                          self.seed, (step,), slots=slots)
+
+    @property
+    def has_feature_noise(self) -> bool:
+        return "feature_noise" in self.synthesizer.names
 
 
 def find_dtd_root(config: RealNetConfig, data_root: Path) -> Path:
@@ -162,7 +184,9 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
 def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: RealNetConfig,
                           device: torch.device, progress: bool) -> dict[str, Any]:
     """AFS (Eq. 4) over `selection.batches` batches of purely anomalous samples, or the RDR /
-    RLPR ablations. Stores the result in the model's selector and returns a summary."""
+    RLPR ablations. Stores the result in the model's selector and returns a summary. Feature-noise
+    samples leave the image unchanged, so they add the same constant to every channel's loss and
+    do not change the ranking."""
     selector = model.selector
     generator = torch.Generator().manual_seed(config.train.seed)
     if selector.method == "rdr":
@@ -178,11 +202,11 @@ def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: Rea
     for b in tqdm(range(sel.batches), desc="AFS", disable=not progress, leave=False):
         rng = sample_rng(config.train.seed, 1_000_003, b)
         indices = rng.choice(n_images, size=sel.batch_size, replace=n_images < sel.batch_size)
-        anomalous, masks, _ = batches.make(indices, (1_000_003, b), force_anomalous=True)
+        batch = batches.make(indices, (1_000_003, b), force_anomalous=True)
         with torch.no_grad():
             normal_features = model.backbone(to_tensor(batches.images.fit[indices], device))
-            anomalous_features = model.backbone(to_tensor(anomalous, device))
-        mask_tensor = torch.from_numpy(masks).to(device)
+            anomalous_features = model.backbone(to_tensor(batch.images, device))
+        mask_tensor = torch.from_numpy(batch.masks).to(device)
         for k, (a, i) in enumerate(zip(anomalous_features, normal_features)):
             totals[k] += afs_loss(a, i, mask_tensor).double().cpu()
     order = [rank_channels(t) for t in totals]
@@ -215,23 +239,47 @@ class NormalFeatures:
         return self.model.select_features(to_tensor(self.images[indices], self.device))
 
 
-def training_features(model: RealNet, normal_features: list[torch.Tensor], anomalous: torch.Tensor,
-                      labels: torch.Tensor) -> list[torch.Tensor]:
-    """varphi of a training batch: normal samples (label 0) reuse varphi(I); only anomalous rows
-    go through the backbone again."""
-    features = [f.clone() for f in normal_features]
-    rows = labels.nonzero().flatten()
-    if rows.numel():
-        for k, f in enumerate(model.select_features(anomalous.index_select(0, rows))):
-            features[k][rows] = f.to(features[k].dtype)
-    return features
+class TrainingFeatures:
+    """varphi of training batches: normal rows reuse varphi(I); rows with an image-space anomaly
+    go through the backbone again; feature-noise rows get varphi(I) plus their noise, scaled by
+    each channel's spread over the first `NOISE_SCALE_IMAGES` fit images."""
+
+    NOISE_SCALE_IMAGES = 128
+
+    def __init__(self, model: RealNet, normal_features: NormalFeatures, device: torch.device, feature_noise: bool):
+        self.model, self.normal_features, self.device = model, normal_features, device
+        self.noise_stds = None
+        if feature_noise:
+            first = np.arange(min(len(normal_features.images), self.NOISE_SCALE_IMAGES))
+            self.noise_stds = channel_std(normal_features(first))
+
+    def __call__(self, batch: SyntheticBatch) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(varphi(I), varphi of the training samples) for the batch."""
+        normal = self.normal_features(batch.indices)
+        features = [f.clone() for f in normal]
+        image_rows = np.flatnonzero((batch.labels == 1) & (batch.noise_strengths == 0))
+        if image_rows.size:
+            index = torch.from_numpy(image_rows).to(self.device)
+            for k, f in enumerate(self.model.select_features(to_tensor(batch.images[image_rows], self.device))):
+                features[k][index] = f.to(features[k].dtype)
+        noise_rows = np.flatnonzero(batch.noise_strengths > 0)
+        if noise_rows.size:
+            if self.noise_stds is None:
+                raise RealnetError("a feature-noise sample reached a training step built without feature noise")
+            index = torch.from_numpy(noise_rows).to(self.device)
+            noisy = add_feature_noise([f.index_select(0, index) for f in features], self.noise_stds,
+                                      torch.from_numpy(batch.masks[noise_rows]),
+                                      torch.from_numpy(batch.noise_strengths[noise_rows]),
+                                      batch.noise_seeds[noise_rows].tolist())
+            for k, f in enumerate(noisy):
+                features[k][index] = f
+        return normal, features
 
 
 def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features: list[torch.Tensor],
-               anomalous: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor,
+               features: list[torch.Tensor], masks: torch.Tensor,
                autocast: Callable[[], Any], reduce_gradients: Callable[[], None]) -> dict[str, float]:
-    """One step of Eq. 6."""
-    features = training_features(model, normal_features, anomalous, labels)
+    """One step of Eq. 6 on the training samples' features and masks."""
     with autocast():
         output = model(features)
         loss, parts = realnet_loss(output, normal_features, masks)
@@ -280,8 +328,8 @@ def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch
 
 
 def recalibrate_residual_selection(model: RealNet, batches: SyntheticBatches,
-                                   normal_features: "NormalFeatures", first_step: int, n_batches: int,
-                                   device: torch.device, progress: bool = False) -> None:
+                                   training_features: TrainingFeatures, first_step: int, n_batches: int,
+                                   progress: bool = False) -> None:
     """rrs.recalibration_batches (ours): the RRS BatchNorm's running statistics recomputed over
     `n_batches` fresh training batches (steps first_step, first_step + 1, ...: the same mix of
     normal and synthetic samples as training, drawn after it, so reproducible and unseen)."""
@@ -292,9 +340,7 @@ def recalibrate_residual_selection(model: RealNet, batches: SyntheticBatches,
     def residual_batches():
         for step in tqdm(range(first_step, first_step + n_batches), desc="RRS statistics",
                          disable=not progress, leave=False):
-            indices, anomalous, _, labels = batches.for_step(step)
-            features = training_features(model, normal_features(indices), to_tensor(anomalous, device),
-                                         torch.from_numpy(labels).to(device))
+            _, features = training_features(batches.for_step(step))
             yield reconstruction_residuals(features, model.reconstruction(features))
 
     with torch.no_grad():
@@ -497,6 +543,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         start_step, elapsed_before = 0, 0.0
     total_steps = tc.steps or tc.epochs * steps_per_epoch(len(images.fit), tc.batch_size)
     normal_features = NormalFeatures(model, images.fit, device, tc.feature_cache_gb, tc.batch_size, progress)
+    training_features = TrainingFeatures(model, normal_features, device, batches.has_feature_noise)
 
     use_bf16 = tc.bf16 and bf16_autocast_available(device)
     if tc.bf16 and not use_bf16:
@@ -510,14 +557,11 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                disable=not progress, dynamic_ncols=True)
     losses: dict[str, float] = {}
     for step in bar:
-        indices, anomalous, masks, labels = batches.for_step(step, context.rank, context.world_size)
+        batch = batches.for_step(step, context.rank, context.world_size)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, total_steps, tc.learning_rate, tc.lr_schedule)
-        losses = train_step(
-            model, optimizer, normal_features(indices), to_tensor(anomalous, device),
-            torch.from_numpy(masks).to(device), torch.from_numpy(labels).to(device),
-            autocast, reduce_gradients,
-        )
+        losses = train_step(model, optimizer, *training_features(batch), torch.from_numpy(batch.masks).to(device),
+                            autocast, reduce_gradients)
         if averaged is not None:
             averaged.update_parameters(trainable)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
@@ -540,8 +584,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     model.eval()
     if selector_on_test is not None:
         selector_on_test.restore_best(model)
-    recalibrate_residual_selection(model, batches, normal_features, total_steps,
-                                   config.rrs.recalibration_batches, device, progress)
+    recalibrate_residual_selection(model, batches, training_features, total_steps,
+                                   config.rrs.recalibration_batches, progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
     threshold, threshold_source = calibrate_fusion_and_threshold(model, images.fit, images.holdout, config, device,
                                                                  progress)

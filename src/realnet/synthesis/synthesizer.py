@@ -13,6 +13,7 @@ import numpy as np
 from realnet.config import AUTHORS_DELTA_RANGES, SOURCE_NAMES
 from realnet.errors import RealnetError
 from realnet.synthesis.blend import blend_anomaly
+from realnet.synthesis.feature_noise import FeatureNoiseSource
 from realnet.synthesis.foreground import ForegroundRule
 from realnet.synthesis.foreground import foreground_mask as compute_foreground
 from realnet.synthesis.perlin import perlin_mask
@@ -82,13 +83,16 @@ class SynthesisConfig:
 class SynthesizedSample:
     """image: RGB uint8 (S, S, 3); mask: bool (S, S), the anomaly M (all False when normal);
     label: 0 normal / 1 anomalous; source: the source's name or "normal"; delta: the Eq. 3 opacity
-    (1.0 for patch sources, 0.0 for normal samples)."""
+    (1.0 for patch sources, 0.0 for normal samples, the noise strength sigma for feature noise).
+    noise_seed: the seed of a feature-noise sample's eps (None for every other sample, whose
+    anomaly is in the image)."""
 
     image: np.ndarray
     mask: np.ndarray
     label: int
     source: str
     delta: float
+    noise_seed: int | None = None
 
 
 class AnomalySynthesizer:
@@ -99,7 +103,9 @@ class AnomalySynthesizer:
     - a texture source: M = Perlin mask x foreground mask, redrawn while empty up to `max_retries`
       times (ours; the authors' code kept empty masks), then the first non-empty Perlin mask alone;
       the image is blended with P by Eq. 3 at delta ~ U(delta_ranges[name]);
-    - a patch source: its own paste centred on the foreground, retried likewise, then anywhere.
+    - a patch source: its own paste centred on the foreground, retried likewise, then anywhere;
+    - feature noise: the mask as for a texture source, the image left unchanged, and the noise
+      strength and seed recorded for the training step to add the noise to the features.
     If every draw is empty the sample is returned as normal (label 0): an "anomalous" sample never
     has an empty mask.
     """
@@ -113,7 +119,7 @@ class AnomalySynthesizer:
             raise RealnetError(f"synthesis source(s) {', '.join(missing)} weighted but not configured")
         for name in self.names:
             source = sources[name]
-            if not isinstance(source, (TextureSource, PatchSource)):
+            if not isinstance(source, (TextureSource, PatchSource, FeatureNoiseSource)):
                 raise TypeError(f"source {name!r} has neither texture() nor paste()")
             if isinstance(source, TextureSource) and name not in config.delta_ranges:
                 raise RealnetError(f"synthesis.delta_ranges has no range for texture source {name!r}")
@@ -135,6 +141,8 @@ class AnomalySynthesizer:
         source = self.sources[name]
         if isinstance(source, TextureSource):
             return self._blend(image, rng, name, source, foreground_mask.astype(bool))
+        if isinstance(source, FeatureNoiseSource):
+            return self._feature_noise(image, rng, name, source, foreground_mask.astype(bool))
         return self._paste(image, rng, name, source, foreground_mask.astype(bool))
 
     @staticmethod
@@ -170,6 +178,13 @@ class AnomalySynthesizer:
         out = np.clip(np.round(blended), 0, 255).astype(np.uint8)
         return SynthesizedSample(out, mask, 1, name, delta)
 
+    def _feature_noise(self, image: np.ndarray, rng: np.random.Generator, name: str, source: FeatureNoiseSource,
+                       foreground: np.ndarray) -> SynthesizedSample:
+        mask = self._anomaly_mask(image.shape[0], rng, foreground)
+        if mask is None:
+            return self._normal(image)
+        return SynthesizedSample(image.copy(), mask, 1, name, source.strength(rng), source.seed(rng))
+
     def _paste(self, image: np.ndarray, rng: np.random.Generator, name: str, source: PatchSource,
                foreground: np.ndarray) -> SynthesizedSample:
         for where in (foreground, None):
@@ -196,7 +211,7 @@ def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: s
                   normal_images: Sequence[np.ndarray] | np.ndarray | None = None) -> dict[str, Any]:
     """The named sources: dtd from `dtd_root` (searched recursively), sia from
     `sia_root/<category>`, cutpaste, nsa with `normal_images` as donors (the image itself when
-    None), shade and crack. Raises RealnetError for an unknown name or a missing folder."""
+    None), shade, crack and feature_noise. Raises RealnetError for an unknown name or a missing folder."""
     sources: dict[str, Any] = {}
     for name in names:
         if name == "dtd":
@@ -215,6 +230,8 @@ def build_sources(names: Sequence[str], *, size: int, category: str, dtd_root: s
             sources[name] = ShadeSource()
         elif name == "crack":
             sources[name] = CrackSource()
+        elif name == "feature_noise":
+            sources[name] = FeatureNoiseSource()
         else:
             raise RealnetError(f"unknown synthesis source {name!r}; choose from {', '.join(SOURCE_NAMES)}")
     return sources
