@@ -128,3 +128,30 @@ def test_a_fit_with_feature_noise_trains_and_repeats(tmp_path):
     assert json.loads((tmp_path / "a" / "model.json").read_text())["config"]["synthesis"]["sources"]["feature_noise"] == 1
     first, second = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("a", "b"))
     assert all(torch.equal(first[key], second[key]) for key in first)
+
+
+class RecordingSelection(StubSelection):
+    def __init__(self):
+        super().__init__()
+        self.inputs: list[torch.Tensor] = []
+
+    def select_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        self.inputs.append(images)
+        return super().select_features(images)
+
+
+def test_anomalous_rows_reach_the_backbone_as_a_contiguous_batch():
+    """The convolutions round differently on a channels-last input, which changed a preset fit's
+    weights when the training step first took only the anomalous rows (a regression)."""
+    images = np.random.default_rng(1).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    model = RecordingSelection()
+    normal = fit_module.NormalFeatures(model, images, torch.device("cpu"), budget_gb=1.0, batch_size=4,
+                                       progress=False)
+    batch = fit_module.SyntheticBatch(
+        indices=np.arange(4), images=images[::-1].copy(), masks=np.ones((4, 32, 32), bool),
+        labels=np.array([0, 1, 0, 1]), noise_strengths=np.zeros(4, np.float32), noise_seeds=np.zeros(4, np.int64))
+    model.inputs.clear()
+    fit_module.TrainingFeatures(model, normal, torch.device("cpu"), feature_noise=False)(batch)
+    (seen,) = model.inputs
+    assert seen.is_contiguous()
+    assert torch.equal(seen, fit_module.to_tensor(batch.images).index_select(0, torch.tensor([1, 3])))

@@ -260,7 +260,10 @@ class TrainingFeatures:
         image_rows = np.flatnonzero((batch.labels == 1) & (batch.noise_strengths == 0))
         if image_rows.size:
             index = torch.from_numpy(image_rows).to(self.device)
-            for k, f in enumerate(self.model.select_features(to_tensor(batch.images[image_rows], self.device))):
+            # contiguous NCHW: the convolutions round differently on to_tensor's channels-last
+            # layout, and the recorded runs trained on contiguous rows; keeps refits bit-identical
+            anomalous = to_tensor(batch.images[image_rows], self.device).contiguous()
+            for k, f in enumerate(self.model.select_features(anomalous)):
                 features[k][index] = f.to(features[k].dtype)
         noise_rows = np.flatnonzero(batch.noise_strengths > 0)
         if noise_rows.size:
