@@ -54,11 +54,12 @@ def add_feature_noise(features: list[Tensor], stds: list[Tensor], masks: Tensor,
     """
     if not (len(seeds) == len(strengths) == len(masks) == len(features[0])):
         raise ValueError("add_feature_noise needs one mask, strength and seed per row")
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+    generators = [torch.Generator().manual_seed(seed) for seed in seeds]  # CPU draws: the same on any device
+    masks, strengths = masks.to(features[0].device)[:, None].float(), strengths.to(features[0].device).float()
     noisy = []
     for f, s in zip(features, stds):
         eps = torch.stack([torch.randn(f.shape[1:], generator=g) for g in generators]).to(f.device)
-        coverage = F.interpolate(masks[:, None].float(), size=f.shape[-2:], mode="area")
-        scale = strengths.to(f.device).float().view(-1, 1, 1, 1) * s.to(f.device).view(1, -1, 1, 1)
+        coverage = F.interpolate(masks, size=f.shape[-2:], mode="area")
+        scale = strengths.view(-1, 1, 1, 1) * s.to(f.device).view(1, -1, 1, 1)
         noisy.append((f.float() + scale * coverage * eps).to(f.dtype))
     return noisy
