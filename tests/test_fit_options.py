@@ -1,6 +1,7 @@
 """Fit options beyond the paper: bf16 autocast of the trainable part (used on CUDA and on CPUs with
 native bf16 kernels, refused with one line and fp32 training elsewhere; model.json records which
-precision trained) and the recalibration of the RRS BatchNorm statistics after training."""
+precision trained, and on which machine and software) and the recalibration of the RRS BatchNorm
+statistics after training."""
 
 import json
 
@@ -137,3 +138,13 @@ def test_ema_is_refused_with_test_set_selection_and_outside_its_range(tmp_path):
                                              out=tmp_path / "run", device="cpu", progress=False,
                                              select_on_test=True))
     assert not (tmp_path / "run").exists()
+
+
+def test_model_json_records_the_environment_the_fit_ran_on(tmp_path):
+    """A seeded fit repeats bit for bit only on the same CPU and PyTorch; the run says which."""
+    environment = tiny_fit(tmp_path, "run")["environment"]
+    assert environment["torch"] == torch.__version__
+    assert environment["threads"] == torch.get_num_threads()
+    assert environment["native_bf16"] == bf16_autocast_available(torch.device("cpu"))
+    assert environment["processor"] and environment["processor"] != "unknown"
+    assert "accelerator" not in environment

@@ -24,6 +24,7 @@ from realnet.engine.runtime import (
     adam,
     batch_indices,
     bf16_autocast_available,
+    compute_environment,
     load_samples,
     resolve_device,
     seed_everything,
@@ -612,6 +613,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             "wall_s": round(time.time() - started + (elapsed_before if resume_state else 0.0), 1),
             "device": str(device), "world_size": context.world_size,
             "precision": "bf16 autocast" if use_bf16 else "fp32",
+            "environment": compute_environment(device),
             "validation": validation,
             **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics}
                if selector_on_test else {}),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import random
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,6 +44,34 @@ def bf16_autocast_available(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def processor_name() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def compute_environment(device: torch.device) -> dict[str, object]:
+    """What a run's floating-point results depend on besides its seed: a seeded fit repeats bit
+    for bit on the same machine and software, but another CPU model or PyTorch version picks
+    other oneDNN / cuDNN kernels, which round differently (docs/results.md measures how much)."""
+    environment: dict[str, object] = {
+        "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
+        "processor": processor_name(), "threads": torch.get_num_threads(),
+        "native_bf16": bf16_autocast_available(torch.device("cpu")),
+    }
+    if device.type == "cuda":
+        environment["accelerator"] = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        environment["accelerator"] = "mps"
+    return environment
 
 
 def seed_everything(seed: int) -> None:
