@@ -56,7 +56,7 @@ def main() -> None:
     if len(images) != meta["fit"]["n_fit_images"] + meta["fit"]["n_holdout_images"]:
         raise SystemExit(f"refuse_run: {args.data} has {len(images)} normal training images; {args.run} was "
                          "fitted on a different set")
-    fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
+    fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.holdout_seed)
     model.fusion = build_fusion(config, model.backbone)
     threshold, _ = calibrate_fusion_and_threshold(model, images[fit_rows], images[holdout_rows], config, device,
                                                   progress=True)

@@ -114,7 +114,7 @@ def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarr
     standard deviation."""
     means = []
     for draw in range(draws):
-        metrics = validate_on_painted_defects(model, holdout, config, device, seed=config.train.seed + 1000 * draw)
+        metrics = validate_on_painted_defects(model, holdout, config, device, seed=config.train.holdout_seed + 1000 * draw)
         means.append(float(np.mean([v for k, v in metrics.items() if not k.startswith("val_n_")])))
     print(json.dumps({"run": str(run), "variant": f"{variant}, {draws} painted draws", "means": [round(m, 4) for m in means],
                       "mean": round(float(np.mean(means)), 4), "sd": round(float(np.std(means, ddof=1)), 4)}),
@@ -164,7 +164,7 @@ def main() -> None:
             images_by_size[tc.image_size] = load_samples(records, tc.image_size, skip_bad=False, desc="loading",
                                                          progress=False)[0]
         images = images_by_size[tc.image_size]
-        fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.seed)
+        fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.holdout_seed)
         report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}, "
                     f"memory weight {config.memory.weight}",
                validate_on_painted_defects(model, images[holdout_rows], config, device))

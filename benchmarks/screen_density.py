@@ -108,8 +108,8 @@ def main() -> None:
     tc = config.train
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
     normal = load_samples(records, tc.image_size, skip_bad=False, desc="loading", progress=False)[0]
-    fit_rows, holdout_rows = split_holdout(len(normal), tc.holdout_fraction, tc.seed)
-    images, defect_masks = painted_validation_set(normal[holdout_rows], tc.seed)
+    fit_rows, holdout_rows = split_holdout(len(normal), tc.holdout_fraction, tc.holdout_seed)
+    images, defect_masks = painted_validation_set(normal[holdout_rows], tc.holdout_seed)
     n = len(holdout_rows)
 
     def scaled(maps: torch.Tensor) -> torch.Tensor:

@@ -111,6 +111,9 @@ class TrainConfig:
     epochs: int = 1000
     seed: int = 100
     holdout_fraction: float = 0.1  # normal training images kept out of fit, for calibration
+    # seeds which images are held out and the painted defects drawn on them (null: `seed`); fixing it
+    # while `seed` varies compares training seeds on one and the same validation set
+    validation_seed: int | None = None
     threshold_quantile: float = 0.99  # of held-out normal scores; sets is_anomalous
     checkpoint_every: int = 200  # steps
     feature_cache_gb: float = 4.0  # cache the normal images' backbone features when they fit
@@ -124,6 +127,11 @@ class TrainConfig:
     # "none": the discriminator's probability map (the paper) | "position": that map standardised
     # per pixel position against normal fit images (ours; see model.discriminator.PositionNormalization)
     map_normalization: str = "none"
+
+    @property
+    def holdout_seed(self) -> int:
+        """The seed of the held-out split and of its painted defects."""
+        return self.seed if self.validation_seed is None else self.validation_seed
 
 
 @dataclass

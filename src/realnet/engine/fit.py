@@ -176,7 +176,7 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
     )
     for error in skipped:
         tqdm.write(f"realnet: skipped {error}")
-    fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
+    fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
     fit = images[fit_idx]
     foreground = np.stack([foreground_mask(image, rule) for image in fit])
     return TrainingImages(fit, images[holdout_idx], foreground, [kept[i] for i in fit_idx])
@@ -471,7 +471,7 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
     run's). This is the signal for choosing hyperparameters: never the test split."""
     if len(holdout) < 2:
         return {}
-    images, defect_masks = painted_validation_set(holdout, config.train.seed if seed is None else seed)
+    images, defect_masks = painted_validation_set(holdout, config.train.holdout_seed if seed is None else seed)
     maps, scores = score_images(model, images, device, config.train.batch_size)
     return painted_validation_metrics(maps, scores, defect_masks) | {"val_n_normal": len(holdout),
                                                                      "val_n_painted": len(holdout)}
