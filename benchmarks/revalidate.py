@@ -17,6 +17,11 @@ With --painted-draws N, each run is also validated on N independent draws of the
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
 
+With --ensemble, the runs (fitted on the same held-out split, e.g. training seeds under one
+`train.validation_seed`) are also validated as one detector: the mean of their discriminator maps,
+fused with the first run's fused maps and weights, recalibrated as `fit` does it (on the painted
+draws when given).
+
 With --position-normalization, runs fitted without it are validated a second time after a
 `PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
 option was assessed; see docs/results.md).
@@ -121,6 +126,50 @@ def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarr
           flush=True)
 
 
+class EnsembleDetector(torch.nn.Module):
+    """Several fitted RealNets over one frozen backbone scored as one: the mean of their
+    discriminator maps (each through its own feature selection), then the first run's fusion."""
+
+    def __init__(self, members: list, fusion, score_kernel: int):
+        super().__init__()
+        self.backbone = members[0].backbone
+        self.members = torch.nn.ModuleList(members)
+        self.selector = torch.nn.Identity()  # each member selects its own channels
+        self.fusion = fusion
+        self.score_kernel = score_kernel
+
+    @torch.no_grad()
+    def probability_maps(self, backbone_features: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack([m.probability_maps(m.selector(backbone_features)) for m in self.members]).mean(0)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from realnet.model.discriminator import image_score
+
+        features = self.backbone(images)
+        maps = self.probability_maps(features)
+        if self.fusion is not None:
+            maps = self.fusion(maps, features)
+        return maps, image_score(maps, self.score_kernel)
+
+
+def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig]], images: np.ndarray, draws: int,
+                      device: torch.device) -> None:
+    splits = {(config.train.holdout_seed, config.train.holdout_fraction, config.train.image_size)
+              for _, _, config in loaded}
+    if len(splits) != 1:
+        raise SystemExit(f"--ensemble: the runs were fitted on different held-out splits or sizes: {sorted(splits)}")
+    _, first, config = loaded[0]
+    fit_rows, holdout_rows = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
+    ensemble = EnsembleDetector([model for _, model, _ in loaded], first.fusion, first.score_kernel).to(device)
+    calibrate_fusion(ensemble, images[fit_rows], images[holdout_rows], config, device)
+    name = Path("+".join(str(run) for run, _, _ in loaded))
+    report(name, "ensemble: mean of the discriminator maps", validate_on_painted_defects(ensemble, images[holdout_rows],
+                                                                                      config, device))
+    if draws:
+        validate_on_draws(name, ensemble, config, images[holdout_rows], draws, device, "ensemble")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -136,6 +185,8 @@ def main() -> None:
                              "memory bank at WK (each in [0, 1], WD + WK <= 1), on the painted draws when given")
     parser.add_argument("--painted-draws", type=int, default=0, metavar="N",
                         help="also validate on N independent draws of the painted defects (N >= 2)")
+    parser.add_argument("--ensemble", action="store_true",
+                        help="also validate the runs together: the mean of their discriminator maps")
     parser.add_argument("--position-normalization", action="store_true",
                         help="also validate runs fitted without it after calibrating it on their fit images")
     args = parser.parse_args()
@@ -156,6 +207,7 @@ def main() -> None:
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
     device = torch.device("cpu")
     images_by_size: dict[int, np.ndarray] = {}
+    loaded = []
     for run in args.runs:
         model, meta = load_run(run, device)
         config = RealNetConfig.from_dict(meta["config"])
@@ -183,6 +235,10 @@ def main() -> None:
                                       progress=False)
             calibrate_map_normalization(model, features, len(fit_rows), tc.batch_size)
             report(run, "position", validate_on_painted_defects(model, images[holdout_rows], config, device))
+        if args.ensemble:
+            loaded.append((run, model, config))
+    if args.ensemble:
+        validate_ensemble(loaded, images_by_size[loaded[0][2].train.image_size], args.painted_draws, device)
 
 
 if __name__ == "__main__":
