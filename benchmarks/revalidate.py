@@ -13,6 +13,9 @@ map (density.weight = W, calibrated on its fit and held-out images exactly as `f
 With --fusion-weights WD,WK..., the same with the feature density at weight WD and the nearest-neighbour
 memory bank at weight WK (`memory.weight`). Both options score the --painted-draws when given.
 
+With --score-kernels K..., each run is validated again with its image score pooled over K x K
+windows (the paper's 16 is the default `train.score_kernel`), the fusion's scales recalibrated for it.
+
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
@@ -39,6 +42,8 @@ option was assessed; see docs/results.md).
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_fused2 \\
         --fusion-weights 0.5,0 0,0.5 0.25,0.25 0.3333,0.3333 0.25,0.5 0.5,0.25
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_preset12 runs/mt_preset12_s101 --score-kernels 8 16 32
 """
 
 from __future__ import annotations
@@ -92,10 +97,12 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
 
 
 def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,
-                   weight_pairs: list[tuple[float, float]], draws: int, device: torch.device) -> None:
+                   weight_pairs: list[tuple[float, float]], draws: int, device: torch.device,
+                   label: str = "") -> None:
     """Validation with the map fused at each (density weight, memory weight) pair, the fused maps
-    calibrated once as `fit` does it (on `draws` painted draws when given); the model and config
-    are left as they were, so the other variants are measured without it."""
+    calibrated once as `fit` does it (on `draws` painted draws when given); the run's own fusion
+    is put back afterwards, so the other variants are measured as fitted."""
+    fitted_fusion = model.fusion
     fused_config = RealNetConfig.from_dict(config.to_dict())
     # a branch is built when any pair uses it; its weight is then set pair by pair
     fused_config.density.weight = 0.5 if any(d > 0 for d, _ in weight_pairs) else 0.0
@@ -104,13 +111,31 @@ def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarr
     calibrate_fusion(model, fit_images, holdout, fused_config, device)
     for density_weight, memory_weight in weight_pairs:
         model.fusion.set_weights(density_weight, memory_weight)
-        variant = (f"density weight {density_weight}, memory weight {memory_weight}, "
+        variant = (f"{label}density weight {density_weight}, memory weight {memory_weight}, "
                    f"scales {[round(b, 4) for b in model.fusion.scales.tolist()]}")
         if draws:
             validate_on_draws(run, model, config, holdout, draws, device, variant)
         else:
             report(run, variant, validate_on_painted_defects(model, holdout, config, device))
-    model.fusion = None
+    model.fusion = fitted_fusion
+
+
+def validate_score_kernels(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,
+                           kernels: list[int], draws: int, device: torch.device) -> None:
+    """Validation with the image score pooled over each k x k window instead of the run's
+    `train.score_kernel`, the fusion's scales recalibrated for it as `fit` would (they are mean
+    image scores); the run's own kernel is put back afterwards."""
+    fitted_kernel = model.score_kernel
+    for kernel in kernels:
+        model.score_kernel = kernel
+        if model.fusion is not None:
+            validate_fused(run, model, config, fit_images, holdout, [(config.density.weight, config.memory.weight)],
+                           draws, device, label=f"score kernel {kernel}, ")
+        elif draws:
+            validate_on_draws(run, model, config, holdout, draws, device, f"score kernel {kernel}")
+        else:
+            report(run, f"score kernel {kernel}", validate_on_painted_defects(model, holdout, config, device))
+    model.score_kernel = fitted_kernel
 
 
 def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarray, draws: int,
@@ -183,6 +208,9 @@ def main() -> None:
     parser.add_argument("--fusion-weights", nargs="+", default=[], metavar="WD,WK",
                         help="also validate with the map fused with the feature density at weight WD and the "
                              "memory bank at WK (each in [0, 1], WD + WK <= 1), on the painted draws when given")
+    parser.add_argument("--score-kernels", type=int, nargs="+", default=[], metavar="K",
+                        help="also validate with the image score pooled over K x K windows (the run's fusion "
+                             "weights, scales recalibrated), on the painted draws when given")
     parser.add_argument("--painted-draws", type=int, default=0, metavar="N",
                         help="also validate on N independent draws of the painted defects (N >= 2)")
     parser.add_argument("--ensemble", action="store_true",
@@ -202,6 +230,8 @@ def main() -> None:
                 density_weight + memory_weight == 0):
             parser.error(f"--fusion-weights: {pair}: the weights must be >= 0 with a sum in (0, 1]")
         weight_pairs.append((density_weight, memory_weight))
+    if any(k < 1 for k in args.score_kernels):
+        parser.error("--score-kernels: every kernel must be at least 1")
     if args.painted_draws == 1 or args.painted_draws < 0:
         parser.error("--painted-draws: give 0 (off) or at least 2 draws")
     records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
@@ -225,6 +255,9 @@ def main() -> None:
         if weight_pairs:
             validate_fused(run, model, config, images[fit_rows], images[holdout_rows], weight_pairs,
                            args.painted_draws, device)
+        if args.score_kernels:
+            validate_score_kernels(run, model, config, images[fit_rows], images[holdout_rows], args.score_kernels,
+                                   args.painted_draws, device)
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",
