@@ -16,6 +16,9 @@ memory bank at weight WK (`memory.weight`). Both options score the --painted-dra
 With --score-kernels K..., each run is validated again with its image score pooled over K x K
 windows (the paper's 16 is the default `train.score_kernel`), the fusion's scales recalibrated for it.
 
+With --image-density-weights W..., each fused run is validated again with its image score taken
+from its maps fused at density weight W (same scales) while its pixel map stays as fitted.
+
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
@@ -44,6 +47,9 @@ option was assessed; see docs/results.md).
         --fusion-weights 0.5,0 0,0.5 0.25,0.25 0.3333,0.3333 0.25,0.5 0.5,0.25
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_preset12 runs/mt_preset12_s101 --score-kernels 8 16 32
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_preset12 runs/mt_preset12_s101 \\
+        --image-density-weights 0.5 0.625 0.75 0.875 1
 """
 
 from __future__ import annotations
@@ -178,6 +184,41 @@ class EnsembleDetector(torch.nn.Module):
         return maps, image_score(maps, self.score_kernel)
 
 
+class ImageWeightDetector(torch.nn.Module):
+    """A fitted, fused RealNet whose image score comes from the map fused at another density
+    weight than its pixel map (same scales): the pixel map is left exactly as fitted."""
+
+    def __init__(self, model, image_density_weight: float):
+        super().__init__()
+        self.model = model
+        self.image_density_weight = image_density_weight
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from realnet.model.discriminator import image_score
+
+        model, fusion = self.model, self.model.fusion
+        features = model.backbone(images)
+        probabilities = model.map_normalization(model.probability_maps(model.selector(features)))
+        fitted_weights = fusion.weights
+        fusion.set_weights(self.image_density_weight, 0.0)
+        image_maps = fusion(probabilities, features)
+        fusion.weights = fitted_weights
+        return fusion(probabilities, features), image_score(image_maps, model.score_kernel)
+
+
+def validate_image_weights(run: Path, model, config: RealNetConfig, holdout: np.ndarray, weights: list[float],
+                           draws: int, device: torch.device) -> None:
+    if model.fusion is None or config.memory.weight > 0:
+        raise SystemExit(f"--image-density-weights: {run} must be fused with the feature density alone")
+    for weight in weights:
+        detector = ImageWeightDetector(model, weight)
+        variant = f"pixel map at density weight {config.density.weight}, image score at {weight}"
+        report(run, variant, validate_on_painted_defects(detector, holdout, config, device))
+        if draws:
+            validate_on_draws(run, detector, config, holdout, draws, device, variant)
+
+
 def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig]], images: np.ndarray, draws: int,
                       device: torch.device) -> None:
     splits = {(config.train.holdout_seed, config.train.holdout_fraction, config.train.image_size)
@@ -208,6 +249,9 @@ def main() -> None:
     parser.add_argument("--fusion-weights", nargs="+", default=[], metavar="WD,WK",
                         help="also validate with the map fused with the feature density at weight WD and the "
                              "memory bank at WK (each in [0, 1], WD + WK <= 1), on the painted draws when given")
+    parser.add_argument("--image-density-weights", type=float, nargs="+", default=[], metavar="W",
+                        help="also validate with the image score taken from the map fused at density weight W, "
+                             "the pixel map as fitted (fused runs), on the painted draws when given")
     parser.add_argument("--score-kernels", type=int, nargs="+", default=[], metavar="K",
                         help="also validate with the image score pooled over K x K windows (the run's fusion "
                              "weights, scales recalibrated), on the painted draws when given")
@@ -230,6 +274,8 @@ def main() -> None:
                 density_weight + memory_weight == 0):
             parser.error(f"--fusion-weights: {pair}: the weights must be >= 0 with a sum in (0, 1]")
         weight_pairs.append((density_weight, memory_weight))
+    if any(not 0 <= w <= 1 for w in args.image_density_weights):
+        parser.error("--image-density-weights: every weight must be in [0, 1]")
     if any(k < 1 for k in args.score_kernels):
         parser.error("--score-kernels: every kernel must be at least 1")
     if args.painted_draws == 1 or args.painted_draws < 0:
@@ -255,6 +301,9 @@ def main() -> None:
         if weight_pairs:
             validate_fused(run, model, config, images[fit_rows], images[holdout_rows], weight_pairs,
                            args.painted_draws, device)
+        if args.image_density_weights:
+            validate_image_weights(run, model, config, images[holdout_rows], args.image_density_weights,
+                                   args.painted_draws, device)
         if args.score_kernels:
             validate_score_kernels(run, model, config, images[fit_rows], images[holdout_rows], args.score_kernels,
                                    args.painted_draws, device)
