@@ -72,6 +72,7 @@ from realnet.engine.fit import (
     TrainingImages,
     build_synthesizer,
     calibrate_fusion,
+    calibrate_fusion_scales,
     calibrate_map_normalization,
     recalibrate_residual_selection,
     split_holdout,
@@ -103,8 +104,7 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
 
 
 def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,
-                   weight_pairs: list[tuple[float, float]], draws: int, device: torch.device,
-                   label: str = "") -> None:
+                   weight_pairs: list[tuple[float, float]], draws: int, device: torch.device) -> None:
     """Validation with the map fused at each (density weight, memory weight) pair, the fused maps
     calibrated once as `fit` does it (on `draws` painted draws when given); the run's own fusion
     is put back afterwards, so the other variants are measured as fitted."""
@@ -117,31 +117,38 @@ def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarr
     calibrate_fusion(model, fit_images, holdout, fused_config, device)
     for density_weight, memory_weight in weight_pairs:
         model.fusion.set_weights(density_weight, memory_weight)
-        variant = (f"{label}density weight {density_weight}, memory weight {memory_weight}, "
+        variant = (f"density weight {density_weight}, memory weight {memory_weight}, "
                    f"scales {[round(b, 4) for b in model.fusion.scales.tolist()]}")
-        if draws:
-            validate_on_draws(run, model, config, holdout, draws, device, variant)
-        else:
-            report(run, variant, validate_on_painted_defects(model, holdout, config, device))
+        validate_variant(run, model, config, holdout, draws, device, variant)
     model.fusion = fitted_fusion
 
 
-def validate_score_kernels(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,
-                           kernels: list[int], draws: int, device: torch.device) -> None:
+def validate_score_kernels(run: Path, model, config: RealNetConfig, holdout: np.ndarray, kernels: list[int],
+                           draws: int, device: torch.device) -> None:
     """Validation with the image score pooled over each k x k window instead of the run's
     `train.score_kernel`, the fusion's scales recalibrated for it as `fit` would (they are mean
-    image scores); the run's own kernel is put back afterwards."""
-    fitted_kernel = model.score_kernel
+    image scores of the held-out images); the run's own kernel and scales are put back afterwards."""
+    fitted_kernel, fusion = model.score_kernel, model.fusion
+    fitted_scales = None if fusion is None else fusion.scales.clone()
     for kernel in kernels:
         model.score_kernel = kernel
-        if model.fusion is not None:
-            validate_fused(run, model, config, fit_images, holdout, [(config.density.weight, config.memory.weight)],
-                           draws, device, label=f"score kernel {kernel}, ")
-        elif draws:
-            validate_on_draws(run, model, config, holdout, draws, device, f"score kernel {kernel}")
-        else:
-            report(run, f"score kernel {kernel}", validate_on_painted_defects(model, holdout, config, device))
+        variant = f"score kernel {kernel}"
+        if fusion is not None:
+            calibrate_fusion_scales(model, holdout, config.train.batch_size, device)
+            variant += f", scales {[round(b, 4) for b in fusion.scales.tolist()]}"
+        validate_variant(run, model, config, holdout, draws, device, variant)
     model.score_kernel = fitted_kernel
+    if fusion is not None:
+        fusion.calibrate_scales(*fitted_scales.tolist())
+
+
+def validate_variant(run: Path, detector, config: RealNetConfig, holdout: np.ndarray, draws: int,
+                     device: torch.device, variant: str) -> None:
+    """One variant's validation: on the painted draws when given, else on the run's own draw."""
+    if draws:
+        validate_on_draws(run, detector, config, holdout, draws, device, variant)
+    else:
+        report(run, variant, validate_on_painted_defects(detector, holdout, config, device))
 
 
 def validate_on_draws(run: Path, model, config: RealNetConfig, holdout: np.ndarray, draws: int,
@@ -200,11 +207,9 @@ class ImageWeightDetector(torch.nn.Module):
         model, fusion = self.model, self.model.fusion
         features = model.backbone(images)
         probabilities = model.map_normalization(model.probability_maps(model.selector(features)))
-        fitted_weights = fusion.weights
-        fusion.set_weights(self.image_density_weight, 0.0)
-        image_maps = fusion(probabilities, features)
-        fusion.weights = fitted_weights
-        return fusion(probabilities, features), image_score(image_maps, model.score_kernel)
+        maps = [probabilities] + fusion.branch_maps(features, tuple(probabilities.shape[-2:]))
+        image_maps = fusion.weighted_sum(maps, [1 - self.image_density_weight, self.image_density_weight])
+        return fusion.weighted_sum(maps, fusion.weights), image_score(image_maps, model.score_kernel)
 
 
 def validate_image_weights(run: Path, model, config: RealNetConfig, holdout: np.ndarray, weights: list[float],
@@ -305,8 +310,8 @@ def main() -> None:
             validate_image_weights(run, model, config, images[holdout_rows], args.image_density_weights,
                                    args.painted_draws, device)
         if args.score_kernels:
-            validate_score_kernels(run, model, config, images[fit_rows], images[holdout_rows], args.score_kernels,
-                                   args.painted_draws, device)
+            validate_score_kernels(run, model, config, images[holdout_rows], args.score_kernels, args.painted_draws,
+                                   device)
         if args.recalibrate_rrs > 0:
             recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
             report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",

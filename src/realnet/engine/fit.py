@@ -367,6 +367,12 @@ def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures
                                         for t in position_statistics(maps)))
 
 
+def _backbone_batches(model: RealNet, images: np.ndarray, batch_size: int, device: torch.device, desc: str,
+                      progress: bool):
+    for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
+        yield model.backbone(to_tensor(images[start:start + batch_size], device))
+
+
 def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.ndarray, config: RealNetConfig,
                      device: torch.device, progress: bool = False) -> None:
     """Sets the detector's fused maps (when it has any): the per-position Gaussian and/or the
@@ -377,33 +383,41 @@ def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.nd
     from functools import partial
 
     from realnet.model.density import gaussian_statistics
-    from realnet.model.discriminator import image_score
 
     fusion = model.fusion
     if fusion is None:
         return
     model.eval()
     batch_size = config.train.batch_size
-
-    def backbone_batches(images: np.ndarray, desc: str):
-        for start in tqdm(range(0, len(images), batch_size), desc=desc, disable=not progress, leave=False):
-            yield model.backbone(to_tensor(images[start:start + batch_size], device))
-
     with torch.no_grad():
         if fusion.density is not None:
             # float64 sums on the CPU: the accelerator may have no float64 (MPS)
-            mean, covariance = gaussian_statistics(fusion.density.embed(f).cpu()
-                                                   for f in backbone_batches(fit_images, "feature density"))
+            mean, covariance = gaussian_statistics(
+                fusion.density.embed(f).cpu()
+                for f in _backbone_batches(model, fit_images, batch_size, device, "feature density", progress))
             fusion.density.calibrate(mean, covariance, config.density.regularization)
         if fusion.memory is not None:
             # on the CPU: every fit position's embedding may not fit on the accelerator
             patches = torch.cat([fusion.memory.embed(f).permute(0, 2, 3, 1).flatten(0, 2).cpu()
-                                 for f in backbone_batches(fit_images, "memory bank")])
+                                 for f in _backbone_batches(model, fit_images, batch_size, device, "memory bank",
+                                                            progress)])
             mc = config.memory
             fusion.memory.calibrate(patches, mc.coreset_ratio, mc.projection_dim, config.train.seed,
                                     partial(tqdm, desc="memory coreset", disable=not progress, leave=False))
+    calibrate_fusion_scales(model, scale_images, batch_size, device, progress)
+
+
+def calibrate_fusion_scales(model: RealNet, scale_images: np.ndarray, batch_size: int, device: torch.device,
+                            progress: bool = False) -> None:
+    """The fusion's scales alone: the mean image score of `scale_images` under each of its maps
+    (already calibrated), with the detector's current `score_kernel`."""
+    from realnet.model.discriminator import image_score
+
+    fusion = model.fusion
+    model.eval()
+    with torch.no_grad():
         scores: list[list[torch.Tensor]] = [[] for _ in fusion.scales]
-        for features in backbone_batches(scale_images, "fusion scales"):
+        for features in _backbone_batches(model, scale_images, batch_size, device, "fusion scales", progress):
             probabilities = model.probability_maps(model.selector(features))
             maps = [probabilities] + fusion.branch_maps(features, tuple(probabilities.shape[-2:]))
             for kept, map_ in zip(scores, maps):

@@ -68,6 +68,10 @@ class MapFusion(nn.Module):
                                  "positive (were the scales computed on the images the map was fitted on?)")
         self.scales.copy_(torch.tensor(scales))
 
+    def weighted_sum(self, maps: list[Tensor], weights: list[float]) -> Tensor:
+        """sum of w * m / b over the maps in `scales` order (the module docstring's formula)."""
+        return sum(w * m / b for w, m, b in zip(weights, maps, self.scales))
+
     def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> Tensor:
         maps = [anomaly_map] + self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
-        return sum(w * m / b for w, m, b in zip(self.weights, maps, self.scales))
+        return self.weighted_sum(maps, self.weights)
