@@ -11,9 +11,12 @@ from realnet.model.reconstruction import (
     SelfAttention,
     count_parameters,
     largest_divisor_at_most,
+    aligned_targets,
     reconstruction_groups,
     resize_features,
 )
+from realnet.model.realnet import reconstruction_loss
+from realnet.model.rrs import reconstruction_residuals
 
 # Tiny multi-layer pyramids: (channels, strides), maps for a 64 px image.
 FOUR_LAYERS = ([6, 10, 12, 8], [2, 4, 8, 16])
@@ -53,9 +56,40 @@ def test_shapes_and_zero_output_at_init(arch, layout):
     nets = ReconstructionNetworks(arch, channels, strides, width_factor=0.5, **TINY)
     features = make_features(channels, strides)
     out = nets(features)
-    assert [o.shape for o in out] == [f.shape for f in features]
+    assert [o.shape for o in out] == expected_shapes(arch, features)
     for o in out:
         assert torch.equal(o, torch.zeros_like(o))
+
+
+def expected_shapes(arch, features):
+    """Each layer is reconstructed at the size of its group's finest (first) member."""
+    shapes = [None] * len(features)
+    for group in reconstruction_groups(arch, len(features)):
+        for k in group:
+            shapes[k] = (*features[k].shape[:2], *features[group[0]].shape[-2:])
+    return [torch.Size(s) for s in shapes]
+
+
+def test_architecture_c_reconstructs_the_coarser_layer_of_a_pair_at_the_finer_stride():
+    """App. C.4 / Limitations: C raises PRO by "increasing the resolution of anomaly detection".
+    A one-pixel change of the finer-stride target must stay one fine pixel in the coarser layer's
+    residual; pooled back to the coarse grid (the old code) it would smear over a 2x2 block."""
+    channels, strides = [4, 6], [4, 8]
+    nets = ReconstructionNetworks("C", channels, strides, **TINY).eval()
+    features = make_features(channels, strides, batch=1)
+    with torch.no_grad():
+        out = nets(features)
+    assert out[1].shape[-2:] == features[0].shape[-2:]
+    targets = aligned_targets(features, out)
+    assert torch.allclose(targets[1], F.interpolate(features[1], size=features[0].shape[-2:], mode="bilinear",
+                                                    align_corners=False))
+    bumped = [o.clone() for o in out]
+    bumped[1][0, :, 5, 7] += 1.0
+    change = reconstruction_residuals(features, bumped) - reconstruction_residuals(features, out)
+    moved = change[0, channels[0]:].abs().sum(0) > 1e-6
+    assert moved.nonzero().tolist() == [[5, 7]]
+    expected = sum(F.mse_loss(o, t) for o, t in zip(out, targets))
+    assert torch.allclose(reconstruction_loss(out, features), expected)
 
 
 def test_groups_follow_fig_s2():
@@ -103,13 +137,13 @@ def test_gradients_reach_every_parameter_and_input(arch):
     targets = make_features(channels, strides, seed=1)
 
     # At init G = 0: only the output convs can learn on the first step.
-    sum(F.mse_loss(o, t) for o, t in zip(nets(features), targets)).backward()
+    reconstruction_loss(nets(features), targets).backward()
     for net in nets.networks:
         assert net.output[-1].weight.grad.abs().sum() > 0
 
     randomise_output_convs(nets)
     nets.zero_grad()
-    sum(F.mse_loss(o, t) for o, t in zip(nets(features), targets)).backward()
+    reconstruction_loss(nets(features), targets).backward()
     for name, p in nets.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
@@ -183,4 +217,4 @@ def test_paper_preset_sizes_match_tab_s4_and_shapes_hold_at_256px(arch):
         out = nets(features)
     gib = (count_parameters(nets) + WRN50_FEATURES_PARAMS) * 4 / 2**30
     assert gib == pytest.approx(TAB_S4_GB[arch], rel=0.04)
-    assert [o.shape for o in out] == [f.shape for f in features]
+    assert [o.shape for o in out] == expected_shapes(arch, features)

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from realnet.model.afs import FeatureSelector
 from realnet.model.fusion import MapFusion
+from realnet.model.reconstruction import aligned_targets
 from realnet.model.discriminator import PositionNormalization, anomaly_map, image_score
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals
 
@@ -83,8 +84,10 @@ class RealNet(nn.Module):
 
 
 def reconstruction_loss(reconstructions: list[Tensor], normal_features: list[Tensor]) -> Tensor:
-    """Eq. 5: sum over layers of the mean squared error between G_k(varphi_k(A)) and varphi_k(I)."""
-    return sum(F.mse_loss(g.float(), target.float()) for g, target in zip(reconstructions, normal_features))
+    """Eq. 5: sum over layers of the mean squared error between G_k(varphi_k(A)) and varphi_k(I),
+    the target at the reconstruction's size (see `aligned_targets`)."""
+    targets = aligned_targets(normal_features, reconstructions)
+    return sum(F.mse_loss(g.float(), target.float()) for g, target in zip(reconstructions, targets))
 
 
 def segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:

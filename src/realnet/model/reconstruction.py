@@ -8,11 +8,16 @@ Three multi-scale arrangements (Fig. S2):
 
 - ``A`` (paper default): one U-Net per layer, no alignment, no weight sharing.
 - ``B``: every layer is upsampled (bilinear) to the finest stride, the channels are concatenated
-  and one U-Net reconstructs them all; the output is split back per layer and average-pooled to
-  each layer's own size. The paper evaluates B "only with up-sampling alignment" (App. C.4).
+  and one U-Net reconstructs them all; the output is split back per layer and stays at that
+  stride. The paper evaluates B "only with up-sampling alignment" (App. C.4).
 - ``C``: neighbouring layers are paired, (1, 2), (3, 4), ...; inside a pair the coarser layer is
-  upsampled to the finer one's stride, one U-Net per pair, then split and pooled back as in B.
+  upsampled to the finer one's stride, one U-Net per pair, then split as in B.
   With an odd number of layers the last one gets a network of its own (as in A).
+
+In B and C a coarser layer is therefore reconstructed, compared with its (upsampled) target and
+turned into a residual at its group's finer stride: the Limitations section credits C's higher
+PRO to exactly that "increasing the resolution of anomaly detection". `aligned_targets` brings
+phi_k to the size of G_k's output for Eq. 5 and the residuals.
 
 Every network gets ``base_width = round(width_factor * (sum of its input channels))``. With the
 WRN50 preset (m = 256/512/512/256, width 0.5) this gives 534M (A), 1.92G (B) and 0.96G (C)
@@ -247,10 +252,10 @@ class ReconstructionNetworks(nn.Module):
 
     ``channels[k]`` is m_k (AFS output width of layer k) and ``strides[k]`` its stride in pixels;
     layers are given from fine to coarse as the backbone emits them. ``forward`` takes the K
-    selected feature maps and returns K reconstructions G_k(phi_k) of the same shapes. Each group
-    of layers that shares a network (see the module docstring) is aligned to the size of its
-    finest-stride member, whose height and width must then be divisible by the U-Net's
-    ``size_multiple``. Extra keyword arguments go to every :class:`ReconstructionUNet`.
+    selected feature maps and returns K reconstructions G_k(phi_k). Each group of layers that
+    shares a network (see the module docstring) is aligned to the size of its finest-stride
+    member, whose height and width must then be divisible by the U-Net's ``size_multiple``, and
+    each layer's reconstruction has that size (its own size in A). Extra keyword arguments go to every :class:`ReconstructionUNet`.
     """
 
     def __init__(self, arch: str, channels: Sequence[int], strides: Sequence[int],
@@ -286,5 +291,11 @@ class ReconstructionNetworks(nn.Module):
             aligned = torch.cat([resize_features(features[k], size) for k in group], dim=1)
             parts = torch.split(network(aligned), [self.channels[k] for k in group], dim=1)
             for k, part in zip(group, parts):
-                reconstructions[k] = resize_features(part, tuple(features[k].shape[-2:]))
+                reconstructions[k] = part
         return reconstructions
+
+
+def aligned_targets(features: Sequence[torch.Tensor], reconstructions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Each phi_k resized to its reconstruction's size (bilinear up in B and C; unchanged in A),
+    so that Eq. 5 and the residuals E_k compare maps of one size."""
+    return [resize_features(f, tuple(g.shape[-2:])) for f, g in zip(features, reconstructions)]

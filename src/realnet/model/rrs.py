@@ -9,15 +9,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from realnet.model.reconstruction import aligned_targets
+
 RRS_MODES = ("max", "avg", "max_avg", "all")
 
 
 def reconstruction_residuals(features: list[Tensor], reconstructions: list[Tensor]) -> Tensor:
-    """E(A) of Sec. 3.3: per-layer E_k = [phi_k - G_k(phi_k)]^2, upsampled (bilinear) to the
+    """E(A) of Sec. 3.3: per-layer E_k = [phi_k - G_k(phi_k)]^2 at the reconstruction's size (a
+    layer's own in architecture A, its group's finer one in B and C), upsampled (bilinear) to the
     finest resolution and concatenated channel-wise into (B, sum m_k, h', w')."""
     size = max((f.shape[-2:] for f in features), key=lambda s: s[0] * s[1])
     residuals = []
-    for feature, reconstruction in zip(features, reconstructions):
+    for feature, reconstruction in zip(aligned_targets(features, reconstructions), reconstructions):
         residual = (feature - reconstruction).square()
         if residual.shape[-2:] != size:
             residual = F.interpolate(residual, size=size, mode="bilinear", align_corners=False)
