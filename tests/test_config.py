@@ -40,6 +40,12 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("synthesis.delta_ranges.dtd=[0.9, 0.1]", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
     ("synthesis.delta_ranges.dtd=0.5", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
+    # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
+    # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
+    ("train.steps=-1", "train.steps must be >= 1"),
+    ("train.steps=0", "train.steps must be >= 1"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1"),
+    ("train.seed=-1", "train.seed must be >= 0"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):

@@ -29,6 +29,46 @@ def test_two_rank_gloo_fit_writes_one_run(tmp_path):
     meta = json.loads((out / "model.json").read_text())
     assert meta["fit"]["world_size"] == 2
     assert (out / "model.safetensors").exists()
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1, result.stdout  # every rank printed its own summary
+
+
+def _broadcast_worker(rank: int, world_size: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    from realnet.engine.distributed import DistributedContext, broadcast_buffers
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        norm = torch.nn.BatchNorm2d(3).train()
+        norm(torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(rank)))  # each rank's own shard
+        broadcast_buffers(norm, DistributedContext(rank, world_size))
+        gathered = [torch.empty(3) for _ in range(world_size)]
+        dist.all_gather(gathered, norm.running_mean)
+        assert torch.equal(gathered[0], gathered[1]) and not torch.equal(gathered[0], torch.zeros(3))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_share_rank_zeros_batchnorm_statistics_after_a_step(tmp_path):
+    """Gradients were averaged but the BatchNorm running statistics of RRS and the discriminator
+    were not synchronised, so the ranks ended with different models."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_broadcast_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_batch_size_must_split_evenly_over_the_ranks(tmp_path, monkeypatch):
+    from realnet.config import load_config
+    from realnet.engine import distributed
+    from realnet.engine.fit import FitRequest, fit
+    from realnet.errors import RealnetError
+
+    monkeypatch.setattr(distributed, "init_distributed", lambda: distributed.DistributedContext(0, 3))
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, size=(64, 64))
+    with pytest.raises(RealnetError, match="train.batch_size=4 must be a multiple of the 3 processes"):
+        fit(FitRequest(config=load_config("tiny"), data_root=data, category="widget", out=tmp_path / "run",
+                       device="cpu", progress=False))
 
 
 def test_batch_shards_partition_the_single_process_batch():

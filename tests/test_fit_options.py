@@ -13,8 +13,14 @@ from realnet.engine import fit as fit_module
 from realnet.engine.runtime import bf16_autocast_available
 
 
-def test_bf16_is_available_on_cuda_and_on_cpus_with_native_kernels():
-    assert bf16_autocast_available(torch.device("cuda"))
+@pytest.mark.parametrize("native_on_gpu", [True, False])
+def test_bf16_is_available_on_gpus_and_cpus_with_native_kernels(monkeypatch, native_on_gpu):
+    # a pre-Ampere GPU (no native bf16) was treated as bf16-capable
+    asked = []
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported",
+                        lambda including_emulation=True: asked.append(including_emulation) or native_on_gpu)
+    assert bf16_autocast_available(torch.device("cuda")) is native_on_gpu
+    assert asked == [False]
     assert bf16_autocast_available(torch.device("cpu")) == torch.ops.mkldnn._is_mkldnn_bf16_supported()
     assert not bf16_autocast_available(torch.device("mps"))
 
@@ -172,3 +178,30 @@ def test_validation_seed_fixes_the_held_out_images_and_their_painted_defects_acr
     assert np.array_equal(*fixed)
     assert not np.array_equal(validation_set("train.seed=1"), validation_set("train.seed=2"))
     assert np.array_equal(validation_set("train.seed=7"), fixed[0])
+
+
+def test_test_set_selection_is_refused_with_position_normalization(tmp_path):
+    """The position statistics are calibrated after training, so mid-run test scores would not be
+    the saved model's (selection_metrics described another model than the one saved)."""
+    from dataset_fixtures import make_mvtec_tree
+    from realnet.errors import RealnetError
+
+    data_root = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, n_test_good=2, defects={"scratch": 2},
+                                size=(64, 64))
+    config = load_config("tiny", overrides=["train.map_normalization=position"])
+    with pytest.raises(RealnetError, match="needs train.map_normalization=none"):
+        fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category="widget",
+                                             out=tmp_path / "run", device="cpu", progress=False,
+                                             select_on_test=True))
+    assert not (tmp_path / "run").exists()
+
+
+def test_out_that_is_a_file_gets_one_clear_error(tmp_path):
+    from realnet.errors import RealnetError
+
+    out = tmp_path / "not_a_folder"
+    out.write_text("x")
+    with pytest.raises(RealnetError, match="is a file; give a folder"):
+        fit_module.prepare_run_dir(fit_module.FitRequest(config=load_config("tiny"), data_root=tmp_path,
+                                                         category="widget", out=out))
+    assert out.read_text() == "x"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from dataset_fixtures import normal_image
@@ -116,6 +117,23 @@ def test_missing_run_folder_is_one_error_line(predict, awkward, tmp_path, capsys
     assert code == 2 and out == ""
     assert err.splitlines() == [f"realnet: error: {tmp_path / 'no_run'} is not a finished realnet run "
                                 f"(model.json not found)"]
+
+
+def test_truncated_weights_and_an_absent_device_are_one_error_line(predict, tiny_run, awkward, tmp_path, capsys):
+    """Both reached the user as a traceback with exit code 1, the code of a failed image."""
+    import shutil
+
+    run_dir = tmp_path / "truncated_run"
+    shutil.copytree(tiny_run[1], run_dir)
+    weights = run_dir / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    assert predict(run_dir, awkward["gray"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"realnet: error: {weights}: unreadable weights")
+    if not torch.backends.mps.is_available():
+        assert main(["predict", "--run", str(tiny_run[1]), "--device", "mps", str(awkward["gray"])]) == 2
+        assert capsys.readouterr().err.splitlines() == ["realnet: error: --device mps was requested but MPS is "
+                                                        "not available"]
 
 
 def test_save_maps_keeps_one_map_per_input_with_the_same_stem(predict, tiny_run, tmp_path, capsys):

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from dataset_fixtures import make_mvtec_tree
@@ -67,3 +68,75 @@ def test_existing_run_folder_is_refused_without_resume(tmp_path):
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=4)
     assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--out", str(out)]) == 2
     assert (out / "something").exists()
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL right after a checkpoint was written."""
+
+
+def killed_after_checkpoints(monkeypatch, request, count: int) -> None:
+    from realnet.engine import checkpoint
+    from realnet.engine import fit as fit_module
+
+    written = []
+    save = checkpoint.save_resume_state
+
+    def save_then_die(run_dir, state):
+        save(run_dir, state)
+        written.append(state["step"])
+        if len(written) == count:
+            raise Killed
+
+    monkeypatch.setattr(checkpoint, "save_resume_state", save_then_die)
+    with pytest.raises(Killed):
+        fit_module.fit(request)
+    monkeypatch.setattr(checkpoint, "save_resume_state", save)
+
+
+def tiny_request(data: Path, out: Path, *overrides: str, **options):
+    from realnet.config import load_config
+    from realnet.engine.fit import FitRequest
+
+    config = load_config("tiny", overrides=["train.steps=12", "train.checkpoint_every=2", *overrides])
+    return FitRequest(config=config, data_root=data, category="widget", out=out, device="cpu", progress=False,
+                      **options)
+
+
+def test_resumed_test_set_selection_still_knows_the_best_model_before_the_kill(tmp_path, monkeypatch):
+    """The selector's best model was not in resume.pt: a resumed --select-on-test run only
+    compared the steps after the kill and could save a worse model than an uninterrupted run."""
+    import json
+
+    from realnet.engine.fit import fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=3, defects={"scratch": 3},
+                           size=(64, 64))
+    options = dict(select_on_test=True, eval_every=2)
+    fit(tiny_request(data, tmp_path / "reference", **options))
+    reference = json.loads((tmp_path / "reference" / "model.json").read_text())
+    kill_after = reference["fit"]["selected_step"] // 2 + 1  # checkpoints, i.e. just after the best step
+    if reference["fit"]["selected_step"] >= 12:
+        pytest.skip("the best step is the last one here, so a kill cannot hide it")
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "killed", **options), kill_after)
+    fit(tiny_request(data, tmp_path / "killed", resume=True, **options))
+    resumed = json.loads((tmp_path / "killed" / "model.json").read_text())
+    assert resumed["fit"]["selected_step"] == reference["fit"]["selected_step"]
+    assert resumed["threshold"] == reference["threshold"]
+    expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    actual = load_file(str(tmp_path / "killed" / "model.safetensors"))
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)
+
+
+def test_resume_with_other_settings_is_refused_with_the_setting_named(tmp_path, monkeypatch):
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "run"), 2)
+    with pytest.raises(RealnetError, match=r"train.seed=0 \(now 7\)"):
+        fit(tiny_request(data, tmp_path / "run", "train.seed=7", resume=True))
+    with pytest.raises(RealnetError, match="started without --select-on-test"):
+        fit(tiny_request(data, tmp_path / "run", resume=True, select_on_test=True))
+    # how often it checkpoints does not change what it computes
+    fit(tiny_request(data, tmp_path / "run", "train.checkpoint_every=3", resume=True))
+    assert (tmp_path / "run" / "model.json").exists()

@@ -223,6 +223,12 @@ def map_kind(config: dict[str, Any]) -> str:
     return "probability" if config["train"].get("map_normalization", "none") == "none" else "position"
 
 
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """{"rrs": {"mode": "max"}} -> {"rrs.mode": "max"}."""
+    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
+            for key, value in values.items()}
+
+
 def validate_config(config: RealNetConfig) -> None:
     checks = [
         (config.selection.method in ("afs", "rdr", "rlpr"), "selection.method must be afs, rdr or rlpr"),
@@ -238,6 +244,12 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
         (config.train.map_normalization in ("none", "position"), "train.map_normalization must be none or position"),
         (config.train.batch_size >= 2, "train.batch_size must be at least 2 (BatchNorm in RRS)"),
+        (config.train.steps is None or config.train.steps >= 1, "train.steps must be >= 1 or null (then train.epochs)"),
+        (config.train.epochs >= 1, "train.epochs must be >= 1"),
+        (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1 (steps)"),
+        (config.train.seed >= 0, "train.seed must be >= 0"),
+        (config.train.validation_seed is None or config.train.validation_seed >= 0,
+         "train.validation_seed must be >= 0 or null"),
         (config.train.ema_decay is None or 0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1) or null"),
         (config.train.ema_decay is None or config.rrs.recalibration_batches > 0,
          "train.ema_decay needs rrs.recalibration_batches > 0 (the RRS statistics must be the averaged weights' own)"),

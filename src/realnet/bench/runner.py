@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from realnet.bench import tables
-from realnet.bench.suite import METRICS, Cell, Suite, expand, flat_config, override_strings, select, substitute
+from realnet.bench.suite import METRICS, Cell, Suite, expand, override_strings, select, substitute
+from realnet.config import flat_config
 from realnet.errors import RealnetError
 
 CELL_STATUS = "cell.json"

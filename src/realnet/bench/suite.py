@@ -323,12 +323,6 @@ def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
             if any(fnmatchcase(c.id, p) or any(fnmatchcase(a, p) for a, _ in c.members) for p in patterns)]
 
 
-def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """{"rrs": {"mode": "max"}} -> {"rrs.mode": "max"}."""
-    return {f"{section}.{key}": value for section, values in config.items() if isinstance(values, dict)
-            for key, value in values.items()}
-
-
 def _check_keys(raw: Any, allowed: set[str], where: str, required: set[str]) -> None:
     if not isinstance(raw, dict):
         raise RealnetError(f"{where}: expected a mapping")

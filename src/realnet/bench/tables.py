@@ -19,7 +19,8 @@ import json
 from collections import Counter
 from typing import Any
 
-from realnet.bench.suite import METRICS, Axis, Cell, Suite, flat_config
+from realnet.bench.suite import METRICS, Axis, Cell, Suite
+from realnet.config import flat_config
 
 HEADERS = ("Image AUROC", "Pixel AUROC", "PRO")
 Metrics = tuple[float | None, ...]  # fractions in [0, 1], in METRICS order

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from realnet.cli.common import add_data_arguments, data_selection, print_json_line
@@ -100,7 +101,8 @@ def run_fit(args) -> int:
     ))
     summary = {"run": str(args.out), "threshold": meta["threshold"], **meta["fit"]["validation"],
                "wall_s": meta["fit"]["wall_s"]}
-    print_json_line(summary)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary for the one run rank 0 wrote
+        print_json_line(summary)
     return 0
 
 

@@ -84,7 +84,10 @@ def load_detector_state(run_dir: Path, model: torch.nn.Module) -> None:
     path = Path(run_dir) / MODEL_WEIGHTS
     if not path.is_file():
         raise RealnetError(f"{path} not found")
-    state = load_file(str(path))
+    try:
+        state = load_file(str(path))
+    except Exception as error:  # safetensors raises its own error type for truncated or corrupt files
+        raise BadFileError(path, f"unreadable weights ({error})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
@@ -99,4 +102,7 @@ def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
     path = Path(run_dir) / RESUME_STATE
     if not path.is_file():
         return None
-    return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated by the kill, or not a resume state at all
+        raise BadFileError(path, f"unreadable resume state ({error}); start the run again without --resume") from None

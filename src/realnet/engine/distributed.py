@@ -63,6 +63,15 @@ def _buckets(tensors: list[torch.Tensor], max_elements: int) -> Iterator[list[to
         yield bucket
 
 
+def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Rank 0's buffers (the BatchNorm running statistics, which each rank updates on its own
+    shard) copied to every rank, as DDP does, so that all ranks hold one and the same model."""
+    if not context.enabled:
+        return
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
 def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistributedContext,
                       bucket_elements: int = 1 << 24) -> None:
     """All-reduce and average gradients across ranks, as DDP does, without wrapping modules

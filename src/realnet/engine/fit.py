@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from realnet.config import RealNetConfig
+from realnet.config import RealNetConfig, flat_config
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.engine import checkpoint
@@ -491,9 +491,34 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
                                                                      "val_n_painted": len(holdout)}
 
 
+# settings that change how a run is carried out, never what it computes: a resume may change them
+RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.num_workers", "train.checkpoint_every"})
+
+
+def check_resumable(request: FitRequest, state: dict[str, Any]) -> None:
+    """A killed run continues only with the settings it was started with: another seed, step
+    budget or architecture would silently mix two runs in one set of weights."""
+    started_with = state.get("config")
+    if started_with is None:
+        raise RealnetError(f"{request.out / checkpoint.RESUME_STATE} was written by an older realnet that did not "
+                           "record the run's settings; start the run again without --resume")
+    before, now = flat_config(started_with), flat_config(request.config.to_dict())
+    differing = sorted(k for k in before.keys() | now.keys()
+                       if k not in RESUME_FREE_SETTINGS and before.get(k) != now.get(k))
+    if differing:
+        shown = ", ".join(f"{k}={before.get(k)!r} (now {now.get(k)!r})" for k in differing[:4])
+        raise RealnetError(f"{request.out}: the killed run was started with other settings: {shown}"
+                           f"{' ...' if len(differing) > 4 else ''}; resume it with the settings it was started with")
+    if ("select_on_test" in state) != request.select_on_test:
+        raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
+                           " --select-on-test; resume it the same way")
+
+
 def prepare_run_dir(request: FitRequest) -> bool:
     """Returns True when this call created the folder (so a failure can remove it)."""
     out = request.out
+    if out.exists() and not out.is_dir():
+        raise RealnetError(f"--out {out} is a file; give a folder for the run")
     if (out / checkpoint.MODEL_META).exists() and not request.resume:
         raise RealnetError(f"{out} already holds a finished run; choose another --out")
     if out.exists() and any(out.iterdir()) and not request.resume:
@@ -513,6 +538,9 @@ def fit(request: FitRequest) -> dict[str, Any]:
                            "memory.weight=0")
     if request.select_on_test and request.config.train.ema_decay is not None:
         raise RealnetError("--select-on-test keeps the best live weights; it cannot be combined with train.ema_decay")
+    if request.select_on_test and request.config.train.map_normalization != "none":
+        # the position statistics are calibrated after training: mid-run test scores would not be the saved model's
+        raise RealnetError("--select-on-test reproduces the paper's protocol and needs train.map_normalization=none")
     created = prepare_run_dir(request)
     try:
         return _fit(request)
@@ -530,6 +558,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     context = distributed.init_distributed()
     device = context.device if context.world_size > 1 else resolve_device(request.device)
     main_process = context.rank == 0
+    if tc.batch_size % context.world_size:
+        raise RealnetError(f"train.batch_size={tc.batch_size} must be a multiple of the {context.world_size} "
+                           "processes, so that every rank trains an equal shard of each batch")
     progress = request.progress and main_process
     seed_everything(tc.seed)
 
@@ -545,13 +576,13 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     averaged = weight_average(trainable, tc.ema_decay)
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
+    selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
     if resume_state is not None:
+        check_resumable(request, resume_state)
         model.load_state_dict(resume_state["model"], strict=False)
         optimizer.load_state_dict(resume_state["optimizer"])
-        if resume_state.get("ema_decay") != tc.ema_decay:
-            raise RealnetError(f"{request.out}: the killed run was started with train.ema_decay="
-                               f"{resume_state.get('ema_decay')}, not {tc.ema_decay}; resume it with the "
-                               "settings it was started with")
+        if selector_on_test is not None:
+            selector_on_test.load_state_dict(resume_state["select_on_test"])
         if averaged is not None:
             averaged.load_state_dict(resume_state["averaged"])
         start_step, selection = resume_state["step"], resume_state["selection"]
@@ -568,7 +599,6 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32")
     autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     reduce_gradients = lambda: distributed.average_gradients(trainable.parameters(), context)  # noqa: E731
-    selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
 
     model.train()
     bar = tqdm(range(start_step, total_steps), initial=start_step, total=total_steps, desc="fit",
@@ -580,21 +610,23 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             group["lr"] = learning_rate_at(step, total_steps, tc.learning_rate, tc.lr_schedule)
         losses = train_step(model, optimizer, *training_features(batch), torch.from_numpy(batch.masks).to(device),
                             autocast, reduce_gradients)
+        distributed.broadcast_buffers(trainable, context)
         if averaged is not None:
             averaged.update_parameters(trainable)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         done = step + 1
+        if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
+            selector_on_test.consider(model, done)  # before the checkpoint, which then holds this step's verdict
+            model.train()
         if main_process and done < total_steps and done % tc.checkpoint_every == 0:
             checkpoint.save_resume_state(request.out, {
                 "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
-                "ema_decay": tc.ema_decay,
+                "config": config.to_dict(),
                 **({"averaged": averaged.state_dict()} if averaged is not None else {}),
+                **({"select_on_test": selector_on_test.state_dict()} if selector_on_test is not None else {}),
             })
-        if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
-            selector_on_test.consider(model, done)
-            model.train()
     bar.close()
     if averaged is not None:
         trainable.load_state_dict(averaged.module.state_dict())
@@ -666,6 +698,15 @@ class TestSetSelector:
         if self.best_key is None or key > self.best_key:
             self.best_key, self.best_step, self.best_metrics = key, step, metrics
             self.best_state = {k: v.clone() for k, v in checkpoint.detector_state(model).items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best model so far, so that a resumed run still compares against it."""
+        return {"best_key": None if self.best_key is None else list(self.best_key), "best_step": self.best_step,
+                "best_metrics": self.best_metrics, "best_state": self.best_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best_key = None if state["best_key"] is None else tuple(state["best_key"])
+        self.best_step, self.best_metrics, self.best_state = state["best_step"], state["best_metrics"], state["best_state"]
 
     def restore_best(self, model: RealNet) -> None:
         model.load_state_dict(self.best_state, strict=False)

@@ -29,6 +29,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise RealnetError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RealnetError("--device cuda was requested but CUDA is not available")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                     and torch.backends.mps.is_available()):
+        raise RealnetError("--device mps was requested but MPS is not available")
     return device
 
 
@@ -39,10 +42,11 @@ def adam(parameters: Iterable[torch.nn.Parameter], lr: float, device: torch.devi
 
 
 def bf16_autocast_available(device: torch.device) -> bool:
-    """Whether bf16 autocast speeds `device` up: CUDA, or a CPU whose oneDNN has native bf16
-    kernels (AVX512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether bf16 autocast speeds `device` up: a CUDA GPU with native bf16 (compute capability
+    8.0 or later), or a CPU whose oneDNN has native bf16 kernels (AVX512-BF16 or AMX). Elsewhere
+    bf16 is emulated and slower than fp32."""
     if device.type == "cuda":
-        return True
+        return torch.cuda.is_bf16_supported(including_emulation=False)
     return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
