@@ -170,13 +170,3 @@ def test_a_run_without_it_has_no_fusion_state(tiny_run):
     model, meta = load_run(tiny_run[1], torch.device("cpu"))
     assert map_kind(meta["config"]) == "probability"
     assert model.fusion is None and not any(k.startswith("fusion") for k in model.state_dict())
-
-
-def test_select_on_test_with_the_fusion_is_refused_before_anything_is_written(tmp_path):
-    from realnet.engine.fit import FitRequest, fit
-
-    config = load_config("tiny", overrides=["density.weight=0.5"])
-    with pytest.raises(RealnetError, match="needs density.weight=0"):
-        fit(FitRequest(config=config, data_root=tmp_path / "data", category="widget", out=tmp_path / "run",
-                       device="cpu", progress=False, select_on_test=True))
-    assert not (tmp_path / "run").exists()

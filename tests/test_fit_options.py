@@ -127,21 +127,30 @@ def test_fit_with_ema_saves_the_average_of_its_steps_weights(tmp_path, monkeypat
         assert not torch.equal(saved[name], trajectory[-1][name]) or torch.equal(trajectory[0][name], trajectory[-1][name])
 
 
-def test_ema_is_refused_with_test_set_selection_and_outside_its_range(tmp_path):
+def test_ema_is_refused_outside_its_range():
     from realnet.errors import RealnetError
 
     with pytest.raises(RealnetError, match="train.ema_decay must be in"):
         load_config("tiny", overrides=["train.ema_decay=1", "rrs.recalibration_batches=2"])
     with pytest.raises(RealnetError, match="train.ema_decay needs rrs.recalibration_batches > 0"):
         load_config("tiny", overrides=["train.ema_decay=0.9"])
-    config = load_config("tiny", overrides=["train.ema_decay=0.9", "rrs.recalibration_batches=2"])
-    from dataset_fixtures import make_mvtec_tree
 
-    data_root = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, n_test_good=2, defects={"scratch": 2},
-                                size=(64, 64))
-    with pytest.raises(RealnetError, match="cannot be combined with train.ema_decay"):
-        fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category="widget",
-                                             out=tmp_path / "run", device="cpu", progress=False,
+
+@pytest.mark.parametrize("overrides, message", [
+    (["train.ema_decay=0.9", "rrs.recalibration_batches=2"], "cannot be combined with train.ema_decay"),
+    (["density.weight=0.5"], "needs density.weight=0 and memory.weight=0"),
+    (["memory.weight=0.5"], "needs density.weight=0 and memory.weight=0"),
+    # the position statistics are calibrated after training, so the test scores that chose the
+    # model were not the saved model's (this one was accepted)
+    (["train.map_normalization=position"], "needs train.map_normalization=none"),
+])
+def test_test_set_selection_refuses_what_is_calibrated_after_training_before_anything_is_written(
+        tmp_path, overrides, message):
+    from realnet.errors import RealnetError
+
+    with pytest.raises(RealnetError, match=message):
+        fit_module.fit(fit_module.FitRequest(config=load_config("tiny", overrides=overrides), data_root=tmp_path,
+                                             category="widget", out=tmp_path / "run", device="cpu", progress=False,
                                              select_on_test=True))
     assert not (tmp_path / "run").exists()
 
@@ -178,22 +187,6 @@ def test_validation_seed_fixes_the_held_out_images_and_their_painted_defects_acr
     assert np.array_equal(*fixed)
     assert not np.array_equal(validation_set("train.seed=1"), validation_set("train.seed=2"))
     assert np.array_equal(validation_set("train.seed=7"), fixed[0])
-
-
-def test_test_set_selection_is_refused_with_position_normalization(tmp_path):
-    """The position statistics are calibrated after training, so mid-run test scores would not be
-    the saved model's (selection_metrics described another model than the one saved)."""
-    from dataset_fixtures import make_mvtec_tree
-    from realnet.errors import RealnetError
-
-    data_root = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, n_test_good=2, defects={"scratch": 2},
-                                size=(64, 64))
-    config = load_config("tiny", overrides=["train.map_normalization=position"])
-    with pytest.raises(RealnetError, match="needs train.map_normalization=none"):
-        fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category="widget",
-                                             out=tmp_path / "run", device="cpu", progress=False,
-                                             select_on_test=True))
-    assert not (tmp_path / "run").exists()
 
 
 def test_out_that_is_a_file_gets_one_clear_error(tmp_path):

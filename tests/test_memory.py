@@ -149,17 +149,6 @@ def test_fused_weights_may_not_exceed_one_and_the_memory_needs_held_out_images()
         load_config("tiny", overrides=["memory.weight=0.5", "train.holdout_fraction=0"])
 
 
-def test_test_set_selection_is_refused_with_a_memory_branch_before_anything_is_written(tmp_path):
-    from realnet.engine import fit as fit_module
-
-    config = load_config("tiny", overrides=["memory.weight=0.5"])
-    with pytest.raises(RealnetError, match="needs density.weight=0 and memory.weight=0"):
-        fit_module.fit(fit_module.FitRequest(config=config, data_root=tmp_path, category="widget",
-                                             out=tmp_path / "run", device="cpu", progress=False,
-                                             select_on_test=True))
-    assert not (tmp_path / "run").exists()
-
-
 def test_fit_builds_the_bank_from_the_fit_images_and_the_scales_from_the_held_out_ones(memory_run):
     from realnet.engine.runtime import to_tensor
     from realnet.model.discriminator import image_score
