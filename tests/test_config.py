@@ -42,6 +42,9 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
+    # a NaN or infinite weight passed and crashed the first training sample
+    ("synthesis.sources={cutpaste: .nan}", "synthesis.sources must map source names to finite"),
+    ("synthesis.sources={cutpaste: .inf, nsa: 1}", "synthesis.sources must map source names to finite"),
     ("train.steps=-1", "train.steps must be >= 1"),
     ("train.steps=0", "train.steps must be >= 1"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1"),

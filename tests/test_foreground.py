@@ -111,6 +111,13 @@ def test_table_holds_the_notes_rules():
         assert foreground_rule("btad", category) == ForegroundRule("otsu", closing=15, opening=6)
 
 
+def test_mpdd_read_through_the_mvtec_layout_keeps_its_rules():
+    """The docs say the mvtec layout also reads MPDD; its categories silently got the auto rule."""
+    for category in ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"):
+        assert foreground_rule("mvtec", category) == foreground_rule("mpdd", category) != AUTO_RULE
+    assert foreground_rule("visa", "tubes") == AUTO_RULE  # only the mvtec layout stands in for MPDD
+
+
 def test_unknown_categories_get_the_auto_rule():
     assert foreground_rule("mvtec", "my_widget") == AUTO_RULE
     assert foreground_rule("folder", "custom") == AUTO_RULE

@@ -204,6 +204,13 @@ def test_normal_probability_is_honoured():
     assert always_normal(image, rng, force_anomalous=True).label == 1
 
 
+@pytest.mark.parametrize("weights", [{"a": float("nan")}, {"a": float("inf"), "b": 1.0}, {"a": -1.0, "b": 2.0}])
+def test_source_weights_must_be_finite_and_non_negative(weights):
+    """NaN and infinite weights were accepted and crashed the first sample."""
+    with pytest.raises(RealnetError, match="must be finite, >= 0"):
+        SynthesisConfig(source_weights=weights, delta_ranges={"a": (1, 1), "b": (1, 1)})
+
+
 def test_source_weights_choose_the_source():
     config = SynthesisConfig(normal_probability=0.0, source_weights={"a": 1.0, "b": 3.0, "c": 0.0},
                              delta_ranges={"a": (1, 1), "b": (1, 1), "c": (1, 1)})

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
+import math
 from pathlib import Path
 from typing import Any
 
@@ -273,8 +274,8 @@ def validate_config(config: RealNetConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise RealnetError(message)
-    if not config.synthesis.sources or any(w < 0 for w in config.synthesis.sources.values()):
-        raise RealnetError("synthesis.sources must map source names to non-negative weights")
+    if not config.synthesis.sources or any(not math.isfinite(w) or w < 0 for w in config.synthesis.sources.values()):
+        raise RealnetError("synthesis.sources must map source names to finite, non-negative weights")
     for name, bounds in config.synthesis.delta_ranges.items():
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):

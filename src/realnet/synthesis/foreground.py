@@ -97,8 +97,14 @@ FOREGROUND_RULES: dict[tuple[str, str], ForegroundRule] = _table()
 
 
 def foreground_rule(dataset: str, category: str) -> ForegroundRule:
-    """The rule for (dataset, category) from the notes' table; `AUTO_RULE` for any other category."""
-    return FOREGROUND_RULES.get((dataset.lower(), category), AUTO_RULE)
+    """The rule for (dataset, category) from the notes' table; `AUTO_RULE` for any other category.
+    The `mvtec` layout also reads MPDD (the same folders), so an MPDD category read through it
+    gets MPDD's rule (no category name is in both datasets)."""
+    key = dataset.lower()
+    rule = FOREGROUND_RULES.get((key, category))
+    if rule is None and key == "mvtec":
+        rule = FOREGROUND_RULES.get(("mpdd", category))
+    return rule or AUTO_RULE
 
 
 FOREGROUND_MODES = ("rule", "auto", "none")

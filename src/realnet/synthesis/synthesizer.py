@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+import math
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,10 @@ class SynthesisConfig:
         if not 0.0 <= self.normal_probability <= 1.0:
             raise RealnetError(f"synthesis.normal_probability must be in [0, 1], got {self.normal_probability}")
         self.source_weights = {str(k): float(v) for k, v in self.source_weights.items()}
-        if any(w < 0 for w in self.source_weights.values()) or sum(self.source_weights.values()) <= 0:
+        weights = self.source_weights.values()
+        if any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
             raise RealnetError(
-                f"synthesis.source_weights must be >= 0 with a positive sum, got {self.source_weights}"
+                f"synthesis.source_weights must be finite, >= 0 and with a positive sum, got {self.source_weights}"
             )
         ranges = {}
         for name, bounds in self.delta_ranges.items():
