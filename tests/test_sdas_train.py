@@ -55,6 +55,28 @@ def test_resume_continues_bit_identically(gray_data, tmp_path):
     assert steps == [2, 4]
 
 
+def test_a_killed_run_logs_each_step_once(gray_data, tmp_path, monkeypatch):
+    """Killed after logging step 3 but before saving it, the resumed run redid step 3 from the
+    step-2 state and logged it a second time ([1, 2, 3, 3, 4])."""
+    from realnet.diffusion import train as train_module
+
+    out = tmp_path / "run"
+    save = train_module.save_train_state
+
+    def die_after_step_2(out_, meta, unet, ema, optimizer, done):
+        if done > 2:
+            raise KeyboardInterrupt
+        save(out_, meta, unet, ema, optimizer, done)
+
+    monkeypatch.setattr(train_module, "save_train_state", die_after_step_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(request(gray_data, out, log_every=1, save_every=1))
+    monkeypatch.setattr(train_module, "save_train_state", save)
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    train(request(gray_data, out, log_every=1, save_every=1, resume=True))
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+
+
 def test_training_changes_weights_and_records_the_run(gray_data, tmp_path):
     out = tmp_path / "run"
     train(request(gray_data, out, steps=2, sample_every=2))

@@ -282,6 +282,16 @@ def _check_request(request: TrainRequest) -> None:
         raise RealnetError(f"--ema {request.ema_decay}: must be in [0, 1)")
 
 
+def keep_log_until(path: Path, step: int) -> None:
+    """Drop the log records after `step`, the last saved one: a killed run logs more often than it
+    saves, and the steps it redoes on resume (or all of them, when it died before its first save
+    and starts afresh) would otherwise be logged twice."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
 def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
     """Refuse to overwrite a run by accident, and to resume one trained with other settings."""
     out = Path(request.out)
@@ -352,6 +362,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
             meta["init"] = read_model_meta(out).get("init")
         if main:
             out.mkdir(parents=True, exist_ok=True)
+            keep_log_until(out / TRAIN_LOG, start)
         summary = _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, start, device, context, tqdm)
         distributed.barrier(context)
         return summary
