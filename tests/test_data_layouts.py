@@ -327,3 +327,25 @@ def test_magnetic_tile_records(shared_data: Path):
     assert all((r.mask is not None) == (r.label == ANOMALOUS) for r in records)
     assert find_orphan_masks(shared_data, "magnetic_tile") == []
     assert "magnetic_tile" in list_categories(shared_data)
+
+
+def test_visa_tree_without_the_standard_mask_folder_loads(tmp_path):
+    """Orphan masks were looked for in <cat>/Data/Masks/Anomaly unconditionally: a VisA-format
+    tree keeping its masks elsewhere crashed with FileNotFoundError."""
+    import csv
+
+    root = make_visa_tree(tmp_path, categories=("candle",), n_train=2, n_test_good=1, n_test_bad=1)
+    moved = root / "candle" / "masks_elsewhere"
+    shutil.move(str(root / "candle" / "Data" / "Masks" / "Anomaly"), moved)
+    split_file = root / "split_csv" / "1cls.csv"
+    with open(split_file, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        if row["mask"]:
+            row["mask"] = "candle/masks_elsewhere/" + Path(row["mask"]).name
+    with open(split_file, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    records = load_dataset(root, "candle", "visa")
+    assert sum(r.mask is not None for r in records) == 1

@@ -69,3 +69,40 @@ def test_missing_data_and_bad_preset_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
     assert main(["fit", "--data", str(tmp_path), "--category", "x", "--preset", "huge", "--out", str(tmp_path / "r")]) == 2
     assert "unknown preset" in capsys.readouterr().err
+
+
+def test_folder_dataset_fits_and_tests_from_the_command_line(tmp_path):
+    """The folder options reached model.json as Path objects, so every CLI fit of a folder
+    dataset crashed at the end and left an unfinished run."""
+    from dataset_fixtures import make_folder_tree
+
+    root = make_folder_tree(tmp_path / "data", n_normal=10, n_abnormal=3, size=(64, 64))
+    out = tmp_path / "run"
+    folder = ["--dataset", "folder", "--data", str(root), "--normal-dir", "normal", "--abnormal-dir", "abnormal",
+              "--mask-dir", "masks"]
+    assert main(["fit", *folder, "--preset", "tiny", "--out", str(out), "--steps", "2"]) == 0
+    assert json.loads((out / "model.json").read_text())["data"]["folder_options"]["normal_dir"] == "normal"
+    assert main(["test", "--run", str(out)]) == 0
+
+
+def test_test_split_with_one_class_and_missing_masks_are_reported(tiny_run, tmp_path, capsys):
+    """A test split without anomalous images crashed in image_auroc with a traceback; an anomalous
+    image without a mask was silently scored as all-normal pixels."""
+    data, run = tiny_run
+    only_good = tmp_path / "only_good"
+    shutil.copytree(data, only_good)
+    shutil.rmtree(only_good / "widget" / "test" / "scratch")
+    shutil.rmtree(only_good / "widget" / "ground_truth")
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["test", "--run", str(copy), "--data", str(only_good), "--category", "widget"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("realnet:")]
+    assert len(errors) == 1 and "has only normal test images" in errors[0]
+    assert not (copy / "metrics.json").exists()
+
+    one_mask_gone = tmp_path / "one_mask_gone"
+    shutil.copytree(data, one_mask_gone)
+    next((one_mask_gone / "widget" / "ground_truth" / "scratch").glob("*")).unlink()
+    assert main(["test", "--run", str(copy), "--data", str(one_mask_gone), "--category", "widget"]) == 0
+    assert json.loads((copy / "metrics.json").read_text())["anomalous_without_mask"] == 1
+    assert "1 anomalous test image(s) have no mask" in capsys.readouterr().err

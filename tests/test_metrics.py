@@ -234,3 +234,11 @@ def test_pixel_metrics_refuse_degenerate_input(metric, maps, masks, message):
 def test_aupro_refuses_a_limit_outside_the_unit_interval(fpr_limit):
     with pytest.raises(ValueError, match="fpr_limit"):
         aupro(_MAPS, _MASKS, fpr_limit=fpr_limit)
+
+
+def test_aupro_of_a_perfect_map_is_at_most_one():
+    """Floating-point accumulation gave 1.0000000000000002 and more for a perfect map."""
+    rng = np.random.default_rng(3)
+    masks = rng.random((6, 40, 40)) > 0.8  # 1.000000000000008 before the clip
+    assert aupro(masks.astype(np.float64), masks) <= 1.0
+    assert aupro(masks.astype(np.float64), masks) == pytest.approx(1.0)

@@ -201,8 +201,8 @@ def _scan_visa(root: Path, category: str) -> _Scan:
             )
         )
     listed = {record.mask for record in records if record.mask is not None}
-    mask_dir = root / category / "Data" / "Masks" / "Anomaly"
-    orphans = [path for path in _images_in(mask_dir) if path not in listed]
+    mask_dir = root / category / "Data" / "Masks" / "Anomaly"  # where VisA keeps them; a custom tree may not
+    orphans = [path for path in _images_in(mask_dir) if path not in listed] if mask_dir.is_dir() else []
     return _Scan(sort_records(records), orphans)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,11 @@ class TestSplit:
     def labels(self) -> np.ndarray:
         return np.array([r.label for r in self.records], dtype=np.int64)
 
+    @property
+    def anomalous_without_mask(self) -> int:
+        """Anomalous images with no mask: the pixel metrics count all their pixels as normal."""
+        return sum(r.label == 1 and r.mask is None for r in self.records)
+
 
 def load_test_split(data_root, category: str, dataset: str, size: int, folder_options: dict | None = None,
                     *, skip_bad: bool = False, progress: bool = True) -> TestSplit:
@@ -41,7 +47,13 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
         raise RealnetError(f"{data_root}: category '{category}' has no test images")
     images, masks, kept, _ = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
                                           progress=progress)
-    return TestSplit(images, masks, kept)
+    split = TestSplit(images, masks, kept)
+    if len(set(split.labels.tolist())) < 2:
+        present = "normal" if split.labels[0] == 0 else "anomalous"
+        raise RealnetError(f"{data_root}: category '{category}' has only {present} test images; the metrics need "
+                           "normal and anomalous ones (a folder dataset: --abnormal-dir and --normal-test-dir "
+                           "or --test-ratio)")
+    return split
 
 
 def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, Any]]:
@@ -122,6 +134,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     }
     if meta["protocol"] == "select-on-test":
         metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
+    if split.anomalous_without_mask:
+        metrics["anomalous_without_mask"] = split.anomalous_without_mask
+        sys.stderr.write(f"realnet: warning: {split.anomalous_without_mask} anomalous test image(s) have no mask; "
+                         "the pixel metrics count all their pixels as normal (`realnet data check` lists them)\n")
     write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
     metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels,
                                                       display_max=map_display_max(meta))]
