@@ -81,3 +81,19 @@ def test_delta_ranges_reach_the_synthesizer(tmp_path):
                                     np.zeros((2, 64, 64, 3), np.uint8))
     assert synthesizer.config.delta_ranges["dtd"] == (0.05, 0.3)
     assert load_config("paper").synthesis.delta_ranges == {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]}
+
+
+@pytest.mark.parametrize("command", [["fit", "--data", "d", "--category", "c", "--out", "o"],
+                                     ["sdas", "train", "--data", "d", "--categories", "c", "--out", "o"],
+                                     ["sdas", "generate", "--model", "m", "--category", "c", "--count", "1",
+                                      "--out", "o"]])
+def test_negative_seeds_are_refused_by_the_command_line(command, tmp_path, monkeypatch, capsys):
+    """`sdas generate --seed -1` wrote its settings file, then failed with numpy's traceback."""
+    from realnet.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--seed", "-1"])
+    assert exit_.value.code == 2
+    assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -22,6 +22,14 @@ FOLDER_FLAGS = {
 }
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for seeds: numpy's seed sequences refuse negative integers deep inside a run."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mvtec") -> None:
     """--data, --category, --dataset and the folder-dataset options. With default_dataset=None
     the dataset may be left out (e.g. `test`, which defaults to the run's own data)."""
@@ -37,7 +45,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str 
     folder.add_argument("--normal-test-dir", type=Path, help="normal test images")
     folder.add_argument("--test-ratio", type=float,
                         help="share of normal images kept for test without --normal-test-dir (default 0.2)")
-    folder.add_argument("--split-seed", type=int, help="seed of that train/test split (default 0)")
+    folder.add_argument("--split-seed", type=non_negative_int, help="seed of that train/test split (default 0)")
 
 
 def data_selection(args: argparse.Namespace, *, required: bool = True) -> tuple[Path | None, str | None, str | None, dict[str, Any]]:
