@@ -82,6 +82,27 @@ def test_a_rerun_fills_in_missing_files_only(model, tmp_path):
     assert all(inodes[p.name] == p.stat().st_ino for p in folder.glob("*.png") if p.name != "000002.png")
 
 
+def test_a_failed_run_leaves_a_manifest_of_the_images_it_wrote(model, tmp_path, monkeypatch):
+    """The manifest was written only on success: after a failure it still listed the previous
+    run's images while the folder (which the SIA source reads) held more."""
+    from realnet.diffusion import generate as generate_module
+
+    bank(model, tmp_path / "sia", 2)
+    save = generate_module.save_png
+
+    def fail_at_the_fourth(path, image):
+        if path.name == "000003.png":
+            raise KeyboardInterrupt
+        save(path, image)
+
+    monkeypatch.setattr(generate_module, "save_png", fail_at_the_fourth)
+    with pytest.raises(KeyboardInterrupt):
+        bank(model, tmp_path / "sia", 6)
+    folder = tmp_path / "sia" / "tile"
+    listed = [json.loads(line)["file"] for line in (folder / MANIFEST).read_text().splitlines()]
+    assert listed == sorted(p.name for p in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(3)]
+
+
 def test_a_rerun_with_other_settings_is_refused(model, tmp_path):
     bank(model, tmp_path / "sia", 2)
     with pytest.raises(RealnetError, match="seed"):

@@ -168,26 +168,35 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         began = time.perf_counter()
         bar = tqdm(total=sum(len(b) for b in todo), desc=f"sdas generate {request.category}", unit="img",
                    disable=not (context.is_main_process and request.progress))
-        with torch.no_grad():
-            for block in todo:
-                labels = torch.full((len(block),), label) if meta["unet"]["num_class_embeds"] else None
-                generators = [torch.Generator().manual_seed(image_seed(request.seed, i)) for i in block]
-                strengths = [image_strength(request.seed, i, request.strength) for i in block]
-                images = to_uint8(sdas_sample(make_denoiser(unet, labels, request.bf16), diffusion, generators, shape,
-                                              strengths, sampler=request.sampler, ddim_variance=request.ddim_variance,
-                                              device=device))
-                for index, image in zip(block, images):
-                    path = folder / image_name(index)
-                    if index < request.count and not path.is_file():
-                        save_png(path, image)
-                        written += 1
-                bar.update(len(block))
+
+        def write_manifest() -> None:
+            rows = manifest_rows(folder, request.seed, request.strength)
+            atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+
+        try:
+            with torch.no_grad():
+                for block in todo:
+                    labels = torch.full((len(block),), label) if meta["unet"]["num_class_embeds"] else None
+                    generators = [torch.Generator().manual_seed(image_seed(request.seed, i)) for i in block]
+                    strengths = [image_strength(request.seed, i, request.strength) for i in block]
+                    images = to_uint8(sdas_sample(make_denoiser(unet, labels, request.bf16), diffusion, generators,
+                                                  shape, strengths, sampler=request.sampler,
+                                                  ddim_variance=request.ddim_variance, device=device))
+                    for index, image in zip(block, images):
+                        path = folder / image_name(index)
+                        if index < request.count and not path.is_file():
+                            save_png(path, image)
+                            written += 1
+                    bar.update(len(block))
+        except BaseException:
+            if context.is_main_process:  # the manifest lists what is on disk, also after a failure
+                write_manifest()
+            raise
         bar.close()
         seconds = time.perf_counter() - began
         distributed.barrier(context)
         if context.is_main_process:
-            rows = manifest_rows(folder, request.seed, request.strength)
-            atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+            write_manifest()
         sampled = sum(len(b) for b in todo)
         return {"folder": str(folder), "written": written, "sampled": sampled, "seconds": round(seconds, 2),
                 "images_per_second": round(sampled / seconds, 3) if sampled else None, "rank": context.rank,
