@@ -50,9 +50,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str 
 
 def data_selection(args: argparse.Namespace, *, required: bool = True) -> tuple[Path | None, str | None, str | None, dict[str, Any]]:
     """(root, category, dataset, folder options) from parsed arguments, with one-line errors."""
-    # paths as strings: the options are recorded in the run's model.json
-    options = {name: str(value) if isinstance(value, Path) else value
-               for name in FOLDER_FLAGS if (value := getattr(args, name)) is not None}
+    options = {name: getattr(args, name) for name in FOLDER_FLAGS if getattr(args, name) is not None}
     if "split_seed" in options:
         options["seed"] = options.pop("split_seed")
     if args.dataset == "folder":

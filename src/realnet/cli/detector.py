@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from realnet.cli.common import add_data_arguments, data_selection, non_negative_int, print_json_line
@@ -91,6 +90,7 @@ def config_from_args(args):
 
 
 def run_fit(args) -> int:
+    from realnet.engine.distributed import launched_rank
     from realnet.engine.fit import FitRequest, fit
 
     root, category, dataset, folder_options = data_selection(args)
@@ -101,7 +101,7 @@ def run_fit(args) -> int:
     ))
     summary = {"run": str(args.out), "threshold": meta["threshold"], **meta["fit"]["validation"],
                "wall_s": meta["fit"]["wall_s"]}
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one summary for the one run rank 0 wrote
+    if launched_rank() == 0:  # under torchrun, one summary for the one run rank 0 wrote
         print_json_line(summary)
     return 0
 

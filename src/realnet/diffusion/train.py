@@ -34,7 +34,7 @@ from realnet.data.records import NORMAL
 from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, GaussianDiffusion, make_betas
 from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_config
 from realnet.diffusion.sampler import sdas_sample
-from realnet.engine.checkpoint import read_json
+from realnet.engine.checkpoint import atomic_write, read_json
 from realnet.engine.runtime import batch_indices
 from realnet.engine.distributed import DistributedContext
 from realnet.errors import BadFileError, RealnetError
@@ -288,8 +288,10 @@ def keep_log_until(path: Path, step: int) -> None:
     and starts afresh) would otherwise be logged twice."""
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    path.write_text("".join(line + "\n" for line in kept))
+    lines = [line for line in path.read_text().splitlines() if line]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) < len(lines):
+        atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -43,8 +43,14 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def _json_default(value: Any) -> str:
+    if isinstance(value, PurePath):  # folder options and other paths in run metadata
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n"))
 
 
 def detector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -701,12 +701,12 @@ class TestSetSelector:
 
     def state_dict(self) -> dict[str, Any]:
         """The best model so far, so that a resumed run still compares against it."""
-        return {"best_key": None if self.best_key is None else list(self.best_key), "best_step": self.best_step,
-                "best_metrics": self.best_metrics, "best_state": self.best_state}
+        return {"best_key": self.best_key, "best_step": self.best_step, "best_metrics": self.best_metrics,
+                "best_state": self.best_state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best_key = None if state["best_key"] is None else tuple(state["best_key"])
-        self.best_step, self.best_metrics, self.best_state = state["best_step"], state["best_metrics"], state["best_state"]
+        self.best_key, self.best_step = state["best_key"], state["best_step"]
+        self.best_metrics, self.best_state = state["best_metrics"], state["best_state"]
 
     def restore_best(self, model: RealNet) -> None:
         model.load_state_dict(self.best_state, strict=False)

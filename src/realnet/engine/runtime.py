@@ -16,11 +16,15 @@ from realnet.data.records import Record
 from realnet.errors import BadFileError, RealnetError
 
 
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -29,8 +33,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise RealnetError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RealnetError("--device cuda was requested but CUDA is not available")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
-                                     and torch.backends.mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         raise RealnetError("--device mps was requested but MPS is not available")
     return device
 

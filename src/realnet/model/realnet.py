@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from realnet.model.afs import FeatureSelector
 from realnet.model.fusion import MapFusion
-from realnet.model.reconstruction import aligned_targets
 from realnet.model.discriminator import PositionNormalization, anomaly_map, image_score
+from realnet.model.reconstruction import aligned_targets
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals
 
 
