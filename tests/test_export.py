@@ -143,11 +143,22 @@ def test_failed_parity_raises_and_writes_nothing(detector, tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []
 
 
-def test_unsupported_opset_is_one_error_line(tiny_run, tmp_path, capsys):
-    code = main(["export", "--run", str(tiny_run[1]), "--out", str(tmp_path / "m.onnx"), "--opset", "9"])
+@pytest.mark.parametrize("opset", ["9", "0"])
+def test_unsupported_opset_is_one_error_line(tiny_run, tmp_path, capsys, opset):
+    """Regression: --opset 0 was taken as 'not given' and silently exported at opset 17."""
+    code = main(["export", "--run", str(tiny_run[1]), "--out", str(tmp_path / "m.onnx"), "--opset", opset])
     err = capsys.readouterr().err
-    assert code == 2 and err.splitlines() == ["realnet: error: --opset 9 is not supported (use 13 to 20)"]
+    assert code == 2 and err.splitlines() == [f"realnet: error: --opset {opset} is not supported (use 13 to 20)"]
     assert os.listdir(tmp_path) == []
+
+
+def test_out_under_a_file_is_one_error_line(tiny_run, tmp_path, capsys):
+    """Regression: a parent that is a file escaped as a FileExistsError traceback."""
+    (tmp_path / "taken").write_text("a file")
+    out = tmp_path / "taken" / "m.onnx"
+    assert main(["export", "--run", str(tiny_run[1]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"realnet: error: --out {out}: cannot create its folder")
 
 
 def test_parity_inputs_spread_over_the_test_split_or_fall_back_to_random(tiny_run):

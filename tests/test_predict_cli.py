@@ -145,6 +145,34 @@ def test_save_maps_keeps_one_map_per_input_with_the_same_stem(predict, tiny_run,
     assert len(written) == 2 and all(Path(p).is_file() for p in written)
 
 
+def test_maps_folder_that_cannot_be_created_is_one_error_line_before_scoring(predict, tiny_run, awkward,
+                                                                            tmp_path, capsys):
+    """Regression: a --save-maps path under a file was a traceback after the first image was scored."""
+    (tmp_path / "taken").write_text("a file")
+    maps = tmp_path / "taken" / "maps"
+    assert predict(tiny_run[1], awkward["gray"], "--save-maps", maps) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [f"realnet: error: --save-maps {maps}: cannot create the folder "
+                                              f"(Not a directory)"]
+
+
+def test_out_is_the_design_contracts_name_for_save_maps(predict, tiny_run, awkward, tmp_path, capsys):
+    assert predict(tiny_run[1], awkward["gray"], "--out", tmp_path / "maps") == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    assert Path(result["map"]).parent == tmp_path / "maps" and Path(result["map"]).is_file()
+
+
+def test_an_unanticipated_file_system_error_is_one_line(monkeypatch, capsys):
+    import realnet.engine.predict as engine_predict
+
+    def fail(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", "/some/run/model.json")
+
+    monkeypatch.setattr(engine_predict, "predict", fail)
+    assert main(["predict", "--run", "/some/run", "x.png"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["realnet: error: /some/run/model.json: Permission denied"]
+
+
 def test_in_process_output_follows_the_current_stdout(tiny_run, awkward):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):

@@ -43,7 +43,8 @@ def register(subparsers) -> None:
     predict = subparsers.add_parser("predict", help="score images or folders")
     predict.add_argument("--run", type=Path, required=True)
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    predict.add_argument("--save-maps", type=Path, metavar="DIR", help="write anomaly maps as PNGs")
+    predict.add_argument("--save-maps", "--out", dest="save_maps", type=Path, metavar="DIR",
+                         help="write anomaly maps as PNGs into DIR")
     predict.add_argument("--device", default="auto")
     predict.set_defaults(func=run_predict)
 

@@ -28,7 +28,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_export(args) -> int:
     from realnet.export.onnx import DEFAULT_OPSET, export_run
 
-    report = export_run(args.run, args.out, opset=args.opset or DEFAULT_OPSET,
+    report = export_run(args.run, args.out, opset=DEFAULT_OPSET if args.opset is None else args.opset,
                         dynamic_batch=args.batch_size_dynamic)
     parity = report.parity
     print(f"parity (onnxruntime CPU vs PyTorch, {parity.n_images} {parity.image_source}, batch sizes "

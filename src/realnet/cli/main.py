@@ -32,6 +32,12 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"realnet: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a file system failure no command anticipated: still one line
+        if args.debug:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"realnet: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("realnet: interrupted", file=sys.stderr)
         return 130

@@ -41,6 +41,12 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     paths = list(expand_inputs(inputs))
     if not paths:
         raise RealnetError("no input images given (pass image files or folders)")
+    if save_maps is not None:
+        save_maps = Path(save_maps)
+        try:
+            save_maps.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise RealnetError(f"--save-maps {save_maps}: cannot create the folder ({error.strerror})") from None
     for position, path in enumerate(paths):
         try:
             if not path.exists():
@@ -55,8 +61,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
         result = {"path": str(path), "score": round(score, 6), "is_anomalous": score > threshold,
                   "threshold": round(threshold, 6)}
         if save_maps is not None:
-            map_path = Path(save_maps) / f"{position:05d}_{path.stem}.png"
-            map_path.parent.mkdir(parents=True, exist_ok=True)
+            map_path = save_maps / f"{position:05d}_{path.stem}.png"
             Image.fromarray(map_to_uint8(maps[0].cpu().numpy(), display_max)).save(map_path)
             result["map"] = str(map_path)
         print(json.dumps(result), file=out, flush=True)

@@ -170,7 +170,10 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
     check_opset(opset)
     if out.is_dir():
         raise RealnetError(f"--out {out} is a folder; give the path of the .onnx file to write")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RealnetError(f"--out {out}: cannot create its folder {out.parent} ({error.strerror})") from None
     data_name = f"{out.name}.data"
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
         traced = Path(staging) / "traced.onnx"

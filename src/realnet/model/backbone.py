@@ -383,9 +383,32 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(loaded)
 
 
+# EfficientNet-PyTorch's module order (its model's registration order), by which its tensors map
+# onto timm's. Files keep no reliable order of their own: safetensors stores keys sorted by name.
+EFFICIENTNET_PYTORCH_MODULES = ("_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc")
+EFFICIENTNET_PYTORCH_BLOCK_MODULES = ("_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_se_reduce",
+                                      "_se_expand", "_project_conv", "_bn2")
+TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _efficientnet_pytorch_position(key: str, origin: str) -> tuple[int, ...]:
+    """Sort key giving a tensor's position in EfficientNet-PyTorch's state dict."""
+    parts = key.split(".")
+    try:
+        if parts[0] == "_blocks" and len(parts) == 4:
+            return (EFFICIENTNET_PYTORCH_MODULES.index("_blocks"), int(parts[1]),
+                    EFFICIENTNET_PYTORCH_BLOCK_MODULES.index(parts[2]), TENSOR_NAMES.index(parts[3]))
+        if len(parts) == 2:
+            return (EFFICIENTNET_PYTORCH_MODULES.index(parts[0]), 0, 0, TENSOR_NAMES.index(parts[1]))
+    except ValueError:
+        pass
+    raise RealnetError(f"{origin}: unexpected tensor '{key}' in an EfficientNet-PyTorch layout")
+
+
 def _to_timm_names(name: str, state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
-    """EfficientNet-PyTorch layouts are renamed by position onto timm's full classifier (same
-    order, every shape checked); timm / torchvision layouts already use timm's names."""
+    """EfficientNet-PyTorch layouts are renamed by position onto timm's full classifier (in
+    EfficientNet-PyTorch's module order, every shape checked); timm / torchvision layouts already
+    use timm's names."""
     if "_conv_stem.weight" not in state:
         return state
     with torch.device("meta"):
@@ -394,8 +417,9 @@ def _to_timm_names(name: str, state: dict[str, torch.Tensor], origin: str) -> di
         raise RealnetError(
             f"{origin}: {len(state)} tensors in EfficientNet-PyTorch layout, but timm's {name} has {len(template)}"
         )
+    ordered = sorted(state.items(), key=lambda item: _efficientnet_pytorch_position(item[0], origin))
     renamed = {}
-    for index, ((source_key, tensor), (timm_key, expected)) in enumerate(zip(state.items(), template.items())):
+    for index, ((source_key, tensor), (timm_key, expected)) in enumerate(zip(ordered, template.items())):
         if tensor.shape != expected.shape:
             raise RealnetError(
                 f"{origin}: tensor {index} '{source_key}' has shape {tuple(tensor.shape)}, "
