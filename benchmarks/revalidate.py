@@ -74,7 +74,7 @@ from realnet.engine.fit import (
     calibrate_fusion,
     calibrate_fusion_scales,
     calibrate_map_normalization,
-    recalibrate_residual_selection,
+    recalibrate_batch_statistics,
     split_holdout,
     validate_on_painted_defects,
 )
@@ -100,7 +100,8 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     normal = NormalFeatures(model, fit_images, device, tc.feature_cache_gb, tc.batch_size, progress=False)
     features = TrainingFeatures(model, normal, device, batches.has_feature_noise)
-    recalibrate_residual_selection(model, batches, features, meta["fit"]["steps"], args.recalibrate_rrs)
+    recalibrate_batch_statistics(model, batches, features, meta["fit"]["steps"], args.recalibrate_rrs,
+                                 discriminator=tc.ema_decay is not None)
 
 
 def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarray, holdout: np.ndarray,

@@ -127,6 +127,44 @@ def test_fit_with_ema_saves_the_average_of_its_steps_weights(tmp_path, monkeypat
         assert not torch.equal(saved[name], trajectory[-1][name]) or torch.equal(trajectory[0][name], trajectory[-1][name])
 
 
+def test_averaged_weights_get_their_own_discriminator_batchnorm_statistics(tmp_path, monkeypatch):
+    """Regression: the averaged weights ran with the discriminator BatchNorm statistics of the
+    live weights (copied at every update), which never produced them. The recalibration batches
+    are now run through the discriminator for statistics of its own; a run without averaging keeps
+    its live statistics."""
+    from safetensors.torch import load_file
+
+    live_statistics, recalibrated = {}, {}
+    original_step, original_update_bn = fit_module.train_step, torch.optim.swa_utils.update_bn
+
+    def recording_step(model, *args, **kwargs):
+        losses = original_step(model, *args, **kwargs)
+        live_statistics.update({k: v.clone() for k, v in model.discriminator.state_dict().items() if "running" in k})
+        return losses
+
+    def recording_update_bn(loader, module, **kwargs):
+        original_update_bn(loader, module, **kwargs)
+        recalibrated.update({k: v.clone() for k, v in module.state_dict().items() if "running" in k})
+
+    monkeypatch.setattr(fit_module, "train_step", recording_step)
+    monkeypatch.setattr(torch.optim.swa_utils, "update_bn", recording_update_bn)
+    for name, options in (("averaged", ("train.ema_decay=0.5", "rrs.recalibration_batches=2")),
+                          ("live", ("rrs.recalibration_batches=2",))):
+        recalibrated.clear()
+        tiny_fit(tmp_path, name, *options)
+        saved = load_file(str(tmp_path / name / "model.safetensors"))
+        statistics = {k: saved[f"discriminator.{k}"] for k in live_statistics}
+        if name == "averaged":
+            assert recalibrated.keys() == statistics.keys()
+            for key, value in statistics.items():
+                torch.testing.assert_close(value, recalibrated[key])
+                assert not torch.equal(value, live_statistics[key])
+        else:
+            assert not recalibrated
+            for key, value in statistics.items():
+                torch.testing.assert_close(value, live_statistics[key], rtol=0, atol=0)
+
+
 def test_ema_is_refused_outside_its_range():
     from realnet.errors import RealnetError
 

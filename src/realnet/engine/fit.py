@@ -296,9 +296,10 @@ def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features
 
 def weight_average(trainable: torch.nn.Module, decay: float | None):
     """The exponential moving average of the trainable weights (train.ema_decay; None: off). The
-    buffers are copied from the live model at each update, not averaged; the RRS BatchNorm
-    statistics of the averaged weights are recomputed after training (rrs.recalibration_batches,
-    which config validation requires with it)."""
+    buffers are copied from the live model at each update, not averaged; the BatchNorm statistics
+    of the averaged weights (RRS's and the discriminator's) are recomputed after training
+    (`recalibrate_batch_statistics` over rrs.recalibration_batches, which config validation
+    requires with it)."""
     if decay is None:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -331,24 +332,31 @@ def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch
     return np.concatenate(maps), np.concatenate(scores)
 
 
-def recalibrate_residual_selection(model: RealNet, batches: SyntheticBatches,
-                                   training_features: TrainingFeatures, first_step: int, n_batches: int,
-                                   progress: bool = False) -> None:
+def recalibrate_batch_statistics(model: RealNet, batches: SyntheticBatches, training_features: TrainingFeatures,
+                                 first_step: int, n_batches: int, *, discriminator: bool = False,
+                                 progress: bool = False) -> None:
     """rrs.recalibration_batches (ours): the RRS BatchNorm's running statistics recomputed over
     `n_batches` fresh training batches (steps first_step, first_step + 1, ...: the same mix of
-    normal and synthetic samples as training, drawn after it, so reproducible and unseen)."""
+    normal and synthetic samples as training, drawn after it, so reproducible and unseen). With
+    `discriminator` (averaged weights, train.ema_decay: they never produced the live model's
+    statistics) the discriminator's BatchNorm statistics are then recomputed the same way, on the
+    residuals RRS selects with its new statistics (torch.optim.swa_utils.update_bn)."""
     if n_batches <= 0:
         return
+    from torch.optim.swa_utils import update_bn
+
     model.eval()
 
-    def residual_batches():
-        for step in tqdm(range(first_step, first_step + n_batches), desc="RRS statistics",
-                         disable=not progress, leave=False):
+    def residual_batches(desc: str):
+        for step in tqdm(range(first_step, first_step + n_batches), desc=desc, disable=not progress, leave=False):
             _, features = training_features(batches.for_step(step))
             yield reconstruction_residuals(features, model.reconstruction(features))
 
     with torch.no_grad():
-        model.residual_selection.recalibrate(residual_batches())
+        model.residual_selection.recalibrate(residual_batches("RRS statistics"))
+        if discriminator:
+            update_bn((model.residual_selection(residuals)
+                       for residuals in residual_batches("discriminator statistics")), model.discriminator)
 
 
 def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures", n_images: int,
@@ -634,8 +642,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     model.eval()
     if selector_on_test is not None:
         selector_on_test.restore_best(model)
-    recalibrate_residual_selection(model, batches, training_features, total_steps,
-                                   config.rrs.recalibration_batches, progress)
+    recalibrate_batch_statistics(model, batches, training_features, total_steps, config.rrs.recalibration_batches,
+                                 discriminator=averaged is not None, progress=progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
     threshold, threshold_source = calibrate_fusion_and_threshold(model, images.fit, images.holdout, config, device,
                                                                  progress)
