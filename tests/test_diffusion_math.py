@@ -188,3 +188,41 @@ def test_hybrid_loss_decreases_on_a_toy_set(diffusion):
         optimizer.step()
     after = eval_loss()
     assert after < 0.7 * before, (before, after)
+
+
+def test_schedule_lookups_never_put_float64_on_the_device(diffusion):
+    """Regression: gather moved the float64 schedule to the device before indexing it, which MPS
+    (no float64) refuses. The meta device stands in for such a device here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class DeviceFloat64(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.seen = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for tensor in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(tensor, torch.Tensor) and tensor.device.type != "cpu" and tensor.dtype == torch.float64:
+                    self.seen.append(str(func))
+            return out
+
+    like = torch.empty(2, 3, 4, 4, device="meta")
+    with DeviceFloat64() as mode:
+        out = diffusion.gather(diffusion.alphas_cumprod, torch.tensor([0, 999]), like)
+    assert mode.seen == []
+    assert out.device.type == "meta" and out.dtype == torch.float32 and out.shape == (2, 1, 1, 1)
+    reference = diffusion.gather(diffusion.alphas_cumprod, torch.tensor([0, 999]), torch.empty(2, 3, 4, 4))
+    torch.testing.assert_close(reference.flatten(), torch.tensor(diffusion.alphas_cumprod[[0, 999]], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("preset", ["paper", "cpu", "tiny"])
+def test_every_attention_layer_is_group_normalised_as_in_adm(preset):
+    """Regression: under scale-shift conditioning diffusers built the middle block's attention
+    without a GroupNorm, while ADM (and our down and up blocks) normalise every one."""
+    from diffusers.models.attention_processor import Attention
+
+    unet = create_unet(unet_config(preset, in_channels=3), "meta")
+    attentions = [m for m in unet.modules() if isinstance(m, Attention)]
+    assert attentions and any(a in list(unet.mid_block.modules()) for a in attentions)
+    assert all(isinstance(a.group_norm, torch.nn.GroupNorm) for a in attentions)

@@ -123,8 +123,9 @@ class GaussianDiffusion:
 
     @staticmethod
     def gather(values: np.ndarray, t: Tensor, like: Tensor) -> Tensor:
-        """values[t] as a (B, 1, ..., 1) tensor on like's device and dtype, for broadcasting."""
-        out = torch.as_tensor(values, device=like.device)[t].to(like.dtype)
+        """values[t] as a (B, 1, ..., 1) tensor on like's device and dtype, for broadcasting. The
+        float64 schedule is indexed on the CPU: MPS has no float64."""
+        out = torch.as_tensor(values)[t.cpu()].to(like.device, like.dtype)
         return out.reshape(-1, *([1] * (like.ndim - 1)))
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:

@@ -64,6 +64,9 @@ def unet_config(preset: str | UNetPreset, in_channels: int = 3, num_classes: int
         "upsample_type": "resnet",
         "attention_head_dim": preset.head_channels,
         "norm_num_groups": preset.norm_groups,
+        # ADM normalises every attention layer; diffusers leaves the middle block's unnormalised
+        # under scale-shift conditioning unless told
+        "attn_norm_num_groups": preset.norm_groups,
         "resnet_time_scale_shift": "scale_shift",
         "dropout": preset.dropout,
         "num_class_embeds": num_classes,
