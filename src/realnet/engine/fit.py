@@ -209,7 +209,7 @@ def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: Rea
             anomalous_features = model.backbone(to_tensor(batch.images, device))
         mask_tensor = torch.from_numpy(batch.masks).to(device)
         for k, (a, i) in enumerate(zip(anomalous_features, normal_features)):
-            totals[k] += afs_loss(a, i, mask_tensor).double().cpu()
+            totals[k] += afs_loss(a, i, mask_tensor).cpu().double()  # MPS has no float64
     order = [rank_channels(t) for t in totals]
     for k, m in enumerate(selector.out_channels):
         selector.set_indices(k, order[k][:m])

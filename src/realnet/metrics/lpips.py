@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
+from realnet.numerics import as_float64
+
 NORMALISATION_EPS = 1e-10
 
 
@@ -56,8 +58,9 @@ def lpips_weights_from_state(state: Mapping[str, Tensor], channels: Sequence[int
 
 def squared_distances(a: Tensor, b: Tensor, chunk: int = 256) -> Tensor:
     """(Na, Nb) squared Euclidean distances in float64, chunked to bound memory."""
-    rows = [torch.cdist(a[i:i + chunk].double(), b.double()).square() for i in range(0, len(a), chunk)]
-    return torch.cat(rows) if rows else a.new_zeros((0, len(b)), dtype=torch.float64)
+    a, b = as_float64(a), as_float64(b)
+    rows = [torch.cdist(a[i:i + chunk], b).square() for i in range(0, len(a), chunk)]
+    return torch.cat(rows) if rows else a.new_zeros((0, len(b)))
 
 
 def cluster_lpips(real: Tensor, fake: Tensor) -> dict[str, float | int]:

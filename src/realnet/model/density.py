@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from realnet.numerics import as_float64
+
 
 def feature_embedding(features: list[Tensor], channel_indices: Tensor | None = None) -> Tensor:
     """The layers' features concatenated at the finest layer's resolution (bilinear upsampling),
@@ -32,7 +34,7 @@ def gaussian_statistics(embeddings: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     total = outer = None
     count = 0
     for batch in embeddings:
-        x = batch.detach().double().permute(2, 3, 0, 1)  # (h, w, B, C)
+        x = as_float64(batch).permute(2, 3, 0, 1)  # (h, w, B, C)
         batch_total, batch_outer = x.sum(2), x.transpose(2, 3) @ x
         total = batch_total if total is None else total + batch_total
         outer = batch_outer if outer is None else outer + batch_outer

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from realnet.numerics import as_float64
+
 
 class ResidualUnit(nn.Module):
     """x -> ReLU(x + BN(conv1x1(ReLU(BN(conv3x3(x)))))), width preserved.
@@ -133,7 +135,7 @@ def position_statistics(maps: Iterable[torch.Tensor]) -> tuple[torch.Tensor, tor
     total = squares = None
     count = 0
     for batch in maps:
-        batch = batch.detach().double()
+        batch = as_float64(batch)
         total = batch.sum(0) if total is None else total + batch.sum(0)
         squares = batch.square().sum(0) if squares is None else squares + batch.square().sum(0)
         count += batch.shape[0]
