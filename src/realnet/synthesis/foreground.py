@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+from skimage import morphology
 
 from realnet.errors import RealnetError
 
@@ -129,12 +130,15 @@ def _channel(image: np.ndarray, channel: str) -> np.ndarray:
 
 
 def _morphology(mask: np.ndarray, closing: int, opening: int) -> np.ndarray:
-    binary = mask.astype(np.uint8)
+    """Closing then opening with square footprints, by skimage as in the authors' code: OpenCV's
+    morphologyEx anchors an even kernel at the same offset for both of its halves, which moved
+    the mask by a pixel diagonally per operation (a closing that removed object pixels)."""
+    binary = mask.astype(bool)
     if closing > 0:
-        binary = cv2.morphologyEx(binary, cv2.MORPH_CLOSE, np.ones((closing, closing), np.uint8))
+        binary = morphology.closing(binary, np.ones((closing, closing), bool))
     if opening > 0:
-        binary = cv2.morphologyEx(binary, cv2.MORPH_OPEN, np.ones((opening, opening), np.uint8))
-    return binary.astype(bool)
+        binary = morphology.opening(binary, np.ones((opening, opening), bool))
+    return binary
 
 
 def _threshold(channel: np.ndarray, method: str) -> np.ndarray:
