@@ -22,7 +22,7 @@ import torch
 from realnet.config import load_config
 from realnet.engine.build import build_model
 from realnet.engine.fit import synthesize, train_step
-from realnet.engine.runtime import bf16_autocast_available
+from realnet.engine.runtime import Stream, bf16_autocast_available
 from realnet.model.backbone import create_backbone
 from realnet.synthesis.foreground import NO_FOREGROUND
 from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
@@ -85,7 +85,7 @@ def main() -> None:
     rows = np.arange(tc.batch_size) % len(normals)
     calls = iter(range(10**9))
     result["synthesis_s_per_batch"] = round(seconds_per_call(
-        lambda: synthesize(synthesizer, normals, foregrounds, rows, tc.seed, (next(calls),)), args.repeats), 4)
+        lambda: synthesize(synthesizer, normals, foregrounds, rows, tc.seed, (Stream.TRAINING_SAMPLE, next(calls))), args.repeats), 4)
     print(json.dumps(result))
 
 

@@ -43,3 +43,28 @@ def test_fit_optimizer_is_fused_adam_on_cpu_and_steps_like_the_loop_version():
             optimizer.step()
     for got, want in zip(weights, reference):
         torch.testing.assert_close(got, want)
+
+
+def test_random_streams_of_one_seed_never_coincide():
+    """Regression: the draws were seeded by entropy lists, where a trailing 0 does not count and
+    the streams' keys overlapped: the held-out split was step 7's first sample, epoch 3's order was
+    step 11's slot 3, and AFS batch b's image choice was its slot-0 sample."""
+    from realnet.engine.runtime import Stream, stream_rng
+
+    def first(rng):
+        return tuple(rng.integers(0, 2**62, 4))
+
+    draws = {
+        "split": first(stream_rng(100, Stream.HOLDOUT_SPLIT)),
+        "step 7 slot 0": first(stream_rng(100, Stream.TRAINING_SAMPLE, 7, 0)),
+        "step 7 slot 1": first(stream_rng(100, Stream.TRAINING_SAMPLE, 7, 1)),
+        "step 11 slot 3": first(stream_rng(100, Stream.TRAINING_SAMPLE, 11, 3)),
+        "epoch 3": first(stream_rng(100, Stream.EPOCH_ORDER, 3)),
+        "epoch 0": first(stream_rng(100, Stream.EPOCH_ORDER, 0)),
+        "AFS images 2": first(stream_rng(100, Stream.AFS_IMAGES, 2)),
+        "AFS batch 2 slot 0": first(stream_rng(100, Stream.AFS_SAMPLE, 2, 0)),
+        "painted 0": first(stream_rng(100, Stream.PAINTED_DEFECT, 0)),
+        "painted 0, seed 101": first(stream_rng(101, Stream.PAINTED_DEFECT, 0)),
+    }
+    assert len(set(draws.values())) == len(draws)
+    assert first(stream_rng(100, Stream.TRAINING_SAMPLE, 7, 0)) == draws["step 7 slot 0"]

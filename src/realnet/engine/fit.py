@@ -29,6 +29,8 @@ from realnet.engine.runtime import (
     resolve_device,
     seed_everything,
     steps_per_epoch,
+    Stream,
+    stream_rng,
     to_tensor,
 )
 from realnet.errors import RealnetError
@@ -65,13 +67,8 @@ class TrainingImages:
     fit_records: list[Record]
 
 
-def sample_rng(seed: int, *key: int) -> np.random.Generator:
-    """Randomness for one sample depends only on (seed, key), so runs resume identically."""
-    return np.random.default_rng([seed, *key])
-
-
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.random.default_rng([seed, 7]).permutation(n)
+    order = stream_rng(seed, Stream.HOLDOUT_SPLIT).permutation(n)
     n_holdout = min(n - 1, round(fraction * n)) if fraction > 0 else 0
     return np.sort(order[n_holdout:]), np.sort(order[:n_holdout])
 
@@ -90,11 +87,12 @@ class SyntheticBatch(NamedTuple):
 
 
 def synthesize(synthesizer, images: np.ndarray, foregrounds: np.ndarray, indices: np.ndarray,
-               seed: int, key: tuple[int, ...], force_anomalous: bool = False,
+               seed: int, key: tuple[Stream, int], force_anomalous: bool = False,
                slots: np.ndarray | None = None) -> SyntheticBatch:
     """The synthetic batch made from images[indices]. The sample in batch position `slot`
-    (default 0..n-1) uses randomness from (seed, *key, slot) alone, so a rank that builds only
-    its shard of a batch gets exactly the samples a single process would."""
+    (default 0..n-1) uses randomness from (seed, *key, slot) alone, key = (stream, step or AFS
+    batch), so a rank that builds only its shard of a batch gets exactly the samples a single
+    process would."""
     slots = np.arange(len(indices)) if slots is None else slots
     size = images.shape[1]
     out_images = np.empty((len(indices), size, size, 3), dtype=np.uint8)
@@ -103,7 +101,7 @@ def synthesize(synthesizer, images: np.ndarray, foregrounds: np.ndarray, indices
     noise_strengths = np.zeros(len(indices), dtype=np.float32)
     noise_seeds = np.zeros(len(indices), dtype=np.int64)
     for row, (slot, index) in enumerate(zip(slots, indices)):
-        sample = synthesizer(images[index], sample_rng(seed, *key, int(slot)),
+        sample = synthesizer(images[index], stream_rng(seed, *key, int(slot)),
                              foreground_mask=foregrounds[index], force_anomalous=force_anomalous)
         out_images[row], out_masks[row], labels[row] = sample.image, sample.mask, sample.label
         if sample.noise_seed is not None:
@@ -120,7 +118,7 @@ class SyntheticBatches:
         self.batch_size = batch_size
         self.seed = seed
 
-    def make(self, indices: np.ndarray, key: tuple[int, ...], force_anomalous: bool = False) -> SyntheticBatch:
+    def make(self, indices: np.ndarray, key: tuple[Stream, int], force_anomalous: bool = False) -> SyntheticBatch:
         return synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices, self.seed,
                           key, force_anomalous)
 
@@ -129,7 +127,7 @@ class SyntheticBatches:
         slots = np.arange(rank, self.batch_size, world_size)
         indices = batch_indices(step, len(self.images.fit), self.batch_size, self.seed)[slots]
         return synthesize(self.synthesizer, self.images.fit, self.images.foreground, indices,
-                          self.seed, (step,), slots=slots)
+                          self.seed, (Stream.TRAINING_SAMPLE, step), slots=slots)
 
     @property
     def has_feature_noise(self) -> bool:
@@ -201,9 +199,9 @@ def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: Rea
     totals = [torch.zeros(c, dtype=torch.float64) for c in selector.in_channels]
     n_images = len(batches.images.fit)
     for b in tqdm(range(sel.batches), desc="AFS", disable=not progress, leave=False):
-        rng = sample_rng(config.train.seed, 1_000_003, b)
+        rng = stream_rng(config.train.seed, Stream.AFS_IMAGES, b)
         indices = rng.choice(n_images, size=sel.batch_size, replace=n_images < sel.batch_size)
-        batch = batches.make(indices, (1_000_003, b), force_anomalous=True)
+        batch = batches.make(indices, (Stream.AFS_SAMPLE, b), force_anomalous=True)
         with torch.no_grad():
             normal_features = model.backbone(to_tensor(batches.images.fit[indices], device))
             anomalous_features = model.backbone(to_tensor(batch.images, device))
@@ -463,7 +461,7 @@ def painted_validation_set(holdout: np.ndarray, seed: int) -> tuple[np.ndarray, 
     painted defects' masks (n, S, S)."""
     from realnet.data.demo import draw_defect_rgb
 
-    painted = [draw_defect_rgb(image, sample_rng(seed, 2_000_003, i)) for i, image in enumerate(holdout)]
+    painted = [draw_defect_rgb(image, stream_rng(seed, Stream.PAINTED_DEFECT, i)) for i, image in enumerate(holdout)]
     strong = np.stack([p[0] for p in painted])
     change = strong.astype(np.float32) - holdout.astype(np.float32)
     faint = np.clip(np.round(holdout + FAINT_DEFECT_CONTRAST * change), 0, 255).astype(np.uint8)

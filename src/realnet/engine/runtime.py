@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import random
+from enum import IntEnum
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -87,6 +88,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class Stream(IntEnum):
+    """The independent random streams drawn from one seed. A draw's randomness comes from
+    (seed, stream, *key), every key of a stream has the same length, and the stream id and key
+    form a SeedSequence spawn key (where, unlike in an entropy list, a trailing 0 counts), so no
+    two draws share randomness."""
+
+    TRAINING_SAMPLE = 1  # (step, batch slot)
+    EPOCH_ORDER = 2  # (epoch,)
+    HOLDOUT_SPLIT = 3  # ()
+    AFS_IMAGES = 4  # (AFS batch,)
+    AFS_SAMPLE = 5  # (AFS batch, batch slot)
+    PAINTED_DEFECT = 6  # (held-out image,)
+
+
+def stream_rng(seed: int, stream: Stream, *key: int) -> np.random.Generator:
+    """The generator of one draw of `stream` (see `Stream`); it depends on nothing else, so runs
+    repeat and resume identically."""
+    return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(int(stream), *map(int, key))))
+
+
 def steps_per_epoch(n_images: int, batch_size: int) -> int:
     return max(1, n_images // batch_size)
 
@@ -95,7 +116,7 @@ def batch_indices(step: int, n_images: int, batch_size: int, seed: int) -> np.nd
     """Epoch-wise shuffling without replacement, computed from (seed, epoch) alone."""
     per_epoch = steps_per_epoch(n_images, batch_size)
     epoch, position = divmod(step, per_epoch)
-    order = np.random.default_rng([seed, 11, epoch]).permutation(n_images)
+    order = stream_rng(seed, Stream.EPOCH_ORDER, epoch).permutation(n_images)
     if n_images < batch_size:
         order = np.resize(order, batch_size)
     return order[position * batch_size:(position + 1) * batch_size]
