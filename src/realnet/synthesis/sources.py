@@ -351,8 +351,9 @@ class ShadeSource:
 
     Perlin scales go up to 2^(`max_exponent` - 1) cells and the noise is thresholded at
     t ~ U(`threshold`), lower than the texture sources' 0.5, so regions range from blobs to large
-    areas. The mask is the region, or empty when no pixel in it moved by more than `tolerance`
-    grey levels (a black region cannot be shaded); the synthesizer then retries."""
+    areas. The mask is every pixel the shading moved by more than `tolerance` grey levels, the
+    feathered rim included (labelling the unfeathered region left a visibly shaded band outside
+    the mask, marked normal); it is empty on a black region, and the synthesizer then retries."""
 
     def __init__(self, gain: tuple[float, float] = (0.05, 0.35), feather: tuple[float, float] = (1.0, 8.0),
                  threshold: tuple[float, float] = (0.1, 0.5), max_exponent: int = 4, tolerance: int = 2):
@@ -377,8 +378,7 @@ class ShadeSource:
         gain = rng.uniform(*self.gain) * rng.choice((-1.0, 1.0))
         shaded = image.astype(np.float32) * (1.0 + gain * weight[..., None])
         out = np.clip(np.round(shaded), 0, 255).astype(np.uint8)
-        moved = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
-        return out, region if (moved & region).any() else np.zeros_like(region)
+        return out, np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
 
 
 class CrackSource:
