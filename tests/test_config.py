@@ -97,3 +97,17 @@ def test_negative_seeds_are_refused_by_the_command_line(command, tmp_path, monke
     assert exit_.value.code == 2
     assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_run_recorded_with_a_retired_setting_still_loads_but_nobody_can_set_it():
+    """train.num_workers was accepted and never used (synthesis runs in the training process)."""
+    from realnet.config import RealNetConfig
+
+    recorded = load_config("tiny").to_dict()
+    recorded["train"]["num_workers"] = 4
+    assert RealNetConfig.from_dict(recorded, saved=True).to_dict() == load_config("tiny").to_dict()
+    assert recorded["train"]["num_workers"] == 4  # the caller's mapping is left alone
+    with pytest.raises(RealnetError, match=r"unknown config key 'config\.train\.num_workers'"):
+        RealNetConfig.from_dict(recorded)
+    with pytest.raises(RealnetError, match=r"num_workers"):
+        load_config("tiny", overrides=["train.num_workers=2"])

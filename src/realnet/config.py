@@ -3,6 +3,7 @@ command-line overrides (in that order of precedence, lowest first)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from dataclasses import dataclass, field
 from importlib import resources
@@ -118,7 +119,6 @@ class TrainConfig:
     threshold_quantile: float = 0.99  # of held-out normal scores; sets is_anomalous
     checkpoint_every: int = 200  # steps
     feature_cache_gb: float = 4.0  # cache the normal images' backbone features when they fit
-    num_workers: int = 0
     bf16: bool = False  # autocast of the trainable part, on CUDA and on CPUs with native bf16
     score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
     # exponential moving average of the trainable weights, calibrated and saved instead of the last
@@ -133,6 +133,11 @@ class TrainConfig:
     def holdout_seed(self) -> int:
         """The seed of the held-out split and of its painted defects."""
         return self.seed if self.validation_seed is None else self.validation_seed
+
+
+# settings older runs may record that no longer exist (train.num_workers never had an effect:
+# synthesis runs in the training process)
+RETIRED_SETTINGS = frozenset({"train.num_workers"})
 
 
 @dataclass
@@ -152,7 +157,13 @@ class RealNetConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "RealNetConfig":
+    def from_dict(cls, values: dict[str, Any], saved: bool = False) -> "RealNetConfig":
+        """`saved`: values a run recorded, where settings realnet no longer has are dropped."""
+        if saved:
+            values = copy.deepcopy(values)
+            for name in RETIRED_SETTINGS:
+                section, key = name.split(".")
+                values.get(section, {}).pop(key, None)
         return _merge(cls(), values, "config")
 
 

@@ -59,7 +59,7 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
 def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, Any]]:
     """Re-create a finished run's detector; the backbone must hash to the recorded sha256."""
     meta = checkpoint.read_meta(run_dir)
-    config = RealNetConfig.from_dict(meta["config"])
+    config = RealNetConfig.from_dict(meta["config"], saved=True)
     recorded = meta["backbone"]
     backbone = build_backbone(config)
     if backbone.identity["sha256"] != recorded["sha256"]:

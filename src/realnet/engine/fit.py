@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from realnet.config import RealNetConfig, flat_config
+from realnet.config import RETIRED_SETTINGS, RealNetConfig, flat_config
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.engine import checkpoint
@@ -498,7 +498,7 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
 
 
 # settings that change how a run is carried out, never what it computes: a resume may change them
-RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.num_workers", "train.checkpoint_every"})
+RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
 
 
 def check_resumable(request: FitRequest, state: dict[str, Any]) -> None:
@@ -510,7 +510,7 @@ def check_resumable(request: FitRequest, state: dict[str, Any]) -> None:
                            "record the run's settings; start the run again without --resume")
     before, now = flat_config(started_with), flat_config(request.config.to_dict())
     differing = sorted(k for k in before.keys() | now.keys()
-                       if k not in RESUME_FREE_SETTINGS and before.get(k) != now.get(k))
+                       if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS and before.get(k) != now.get(k))
     if differing:
         shown = ", ".join(f"{k}={before.get(k)!r} (now {now.get(k)!r})" for k in differing[:4])
         raise RealnetError(f"{request.out}: the killed run was started with other settings: {shown}"
