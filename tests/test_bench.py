@@ -213,3 +213,46 @@ def test_efficiency_of_a_config_in_its_own_process_matches_the_model(tmp_path):
     markdown, text = tables.efficiency_table([{**result, "name": "tiny"}])
     assert markdown.splitlines()[2].startswith(f"| tiny | {result['detector_params'] / 1e6:.2f} |")
     assert list(csv.DictReader(text.splitlines()))[0]["checkpoint_mb"] == str(result["checkpoint_mb"])
+
+
+def fake_complete_cell(folder: Path, config: dict, data_root: Path, image_auroc: float) -> None:
+    folder.mkdir(parents=True)
+    metrics = {"image_auroc": image_auroc, "pixel_auroc": image_auroc, "aupro": image_auroc}
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    (folder / "cell.json").write_text(json.dumps({
+        "status": "complete", "config": config, "metrics": metrics, "data_root": str(data_root),
+        "inputs": {"data_root": str(data_root.resolve())}, "fit_wall_s": 1.0, "test_wall_s": 1.0}))
+
+
+def test_cells_of_another_configuration_are_stale_and_left_out_of_the_averages(tmp_path, fixture_data):
+    """Regression: tables read every cell.json, so a cell run before a suite edit or --set change
+    was averaged with the current ones."""
+    from realnet.bench.runner import cell_dir, collect_statuses, write_reports
+
+    suite = parse_suite(suite_dict([{"name": "reference"}, {"name": "p05", "set": {"rrs.ratio": 0.5}}]), "s.yaml")
+    reference, p05 = expand(suite)
+    old_config = json.loads(json.dumps(p05.config))
+    old_config["train"]["steps"] = 7
+    fake_complete_cell(cell_dir(tmp_path, suite, reference), reference.config, fixture_data, 0.9)
+    fake_complete_cell(cell_dir(tmp_path, suite, p05), old_config, fixture_data, 0.5)
+    statuses = collect_statuses(suite, [reference, p05], tmp_path)
+    assert statuses[reference.id]["status"] == "complete" and statuses[p05.id]["status"] == "stale"
+    write_reports(suite, [reference, p05], tmp_path)
+    table = (tmp_path / "s/tables/axis.md").read_text()
+    assert "stale" in table and "50.00" not in table
+
+
+def test_a_rerun_on_other_data_refuses_to_keep_the_old_cells(tmp_path, fixture_data):
+    """Regression: a complete cell was kept, and reported, when the suite was rerun on another
+    --data root (the identity was the configuration alone)."""
+    from realnet.bench.runner import cell_dir
+
+    suite = parse_suite(suite_dict([{"name": "reference"}]), "s.yaml")
+    (cell,) = expand(suite)
+    elsewhere = tmp_path / "other_data"
+    elsewhere.mkdir()
+    fake_complete_cell(cell_dir(tmp_path / "out", suite, cell), cell.config, elsewhere, 0.9)
+    request = BenchRequest(suite=suite, out=tmp_path / "out", data=fixture_data, data_roots={}, dtd=None, sia=None,
+                           only=[], device="cpu")
+    with pytest.raises(RealnetError, match=r"holds a run on other inputs \(data_root .*other_data"):
+        run_suite(request)

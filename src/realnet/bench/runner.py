@@ -112,17 +112,33 @@ def read_status(folder: Path) -> dict[str, Any] | None:
         raise RealnetError(f"{path}: unreadable cell status; delete that cell folder to rerun it") from None
 
 
-def check_identities(cells: list[Cell], out: Path, suite: Suite) -> None:
-    """No cell folder may hold a run of another configuration (a changed suite or --set)."""
+def cell_inputs(cell: Cell, data_root: Path, folders: dict[str, str]) -> dict[str, str]:
+    """What a cell reads besides its configuration: its data root and the --sia / --dtd folders it
+    needs. Part of its identity, so that a rerun on other data never keeps the old results."""
+    return {"data_root": str(Path(data_root).resolve()), **{name: folders[name] for name in cell.needs if name in folders}}
+
+
+def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str, Path],
+                     folders: dict[str, str]) -> None:
+    """No cell folder may hold a run of another configuration (a changed suite or --set) or on
+    other inputs (another data root, --sia or --dtd folder)."""
     for cell in cells:
         folder = cell_dir(out, suite, cell)
         status = read_status(folder)
-        if status is not None and status.get("config") != cell.config:
+        if status is None:
+            continue
+        if status.get("config") != cell.config:
             before, now = flat_config(status.get("config") or {}), flat_config(cell.config)
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
             raise RealnetError(
                 f"{folder} holds a run of another configuration ({shown}); choose another --out or delete it")
+        now = cell_inputs(cell, roots[cell.dataset.name], folders)
+        recorded = status.get("inputs") or {"data_root": str(Path(status.get("data_root", "")).resolve())}
+        changed = sorted(k for k in now if recorded.get(k) != now[k])
+        if changed:
+            shown = ", ".join(f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in changed)
+            raise RealnetError(f"{folder} holds a run on other inputs ({shown}); choose another --out or delete it")
 
 
 def is_complete(folder: Path, status: dict[str, Any] | None) -> bool:
@@ -131,11 +147,14 @@ def is_complete(folder: Path, status: dict[str, Any] | None) -> bool:
 
 def collect_statuses(suite: Suite, cells: list[Cell], out: Path,
                      folders: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """The status of every cell: its cell.json, or 'skipped' (a needed folder was not given) or
-    'pending' (not run yet)."""
+    """The status of every cell: its cell.json, or 'stale' (it was run under another
+    configuration, so its figures are not the suite's), 'skipped' (a needed folder was not given)
+    or 'pending' (not run yet)."""
     statuses = {}
     for cell in cells:
         status = read_status(cell_dir(out, suite, cell))
+        if status is not None and status.get("config") != cell.config:
+            status = {"status": "stale", "reason": "run under another configuration; rerun it or delete its folder"}
         if status is None:
             unmet = [n for n in cell.needs if n not in (folders or {})]
             status = ({"status": "skipped", "reason": "needs " + ", ".join(NEEDS_FLAG[n] for n in unmet)}
@@ -157,7 +176,7 @@ def run_suite(request: BenchRequest, report: Callable[[str], None] = lambda line
     folders = check_folders(request.dtd, request.sia)
     roots = resolve_roots(chosen, request.data, request.data_roots)
     check_data(chosen, roots)
-    check_identities(chosen, request.out, suite)
+    check_identities(chosen, request.out, suite, roots, folders)
 
     width = len(str(len(chosen)))
     for number, cell in enumerate(chosen, 1):
@@ -200,6 +219,7 @@ def run_cell(cell: Cell, folder: Path, data_root: Path, folders: dict[str, str],
         "id": cell.id, "dataset": cell.dataset.name, "layout": cell.dataset.layout, "category": cell.category,
         "variant": cell.variant, "members": [list(m) for m in cell.members],
         "overrides": dict(cell.overrides), "config": cell.config, "data_root": str(data_root),
+        "inputs": cell_inputs(cell, data_root, folders),
         "device": request.device, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(folder / CELL_STATUS, status)
