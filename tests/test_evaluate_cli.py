@@ -6,6 +6,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 
 from realnet.cli.main import main
 
@@ -106,3 +107,20 @@ def test_test_split_with_one_class_and_missing_masks_are_reported(tiny_run, tmp_
     assert main(["test", "--run", str(copy), "--data", str(one_mask_gone), "--category", "widget"]) == 0
     assert json.loads((copy / "metrics.json").read_text())["anomalous_without_mask"] == 1
     assert "1 anomalous test image(s) have no mask" in capsys.readouterr().err
+
+
+def test_a_second_test_replaces_the_panels_and_refuses_a_negative_count(tiny_run, tmp_path, capsys):
+    """Regression: panel names carry scores and panels/ was never cleared, so a re-test left the
+    earlier panels beside the new ones; --panels -1 showed all but the last case of each kind."""
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "panels").mkdir(exist_ok=True)
+    (copy / "panels" / "worst_anomalous_00_scratch_old_0.999.png").write_bytes(b"an earlier test's panel")
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 0
+    listed = json.loads((copy / "metrics.json").read_text())["panels"]
+    assert sorted(str(p) for p in (copy / "panels").iterdir()) == sorted(listed) and len(listed) == 3
+    assert not list(copy.glob(".panels.*"))
+    with pytest.raises(SystemExit):
+        main(["test", "--run", str(copy), "--panels", "-1"])
+    assert "--panels: must be >= 0" in capsys.readouterr().err

@@ -23,7 +23,7 @@ FOLDER_FLAGS = {
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type for seeds: numpy's seed sequences refuse negative integers deep inside a run."""
+    """argparse type for counts and seeds (numpy's seed sequences refuse negative integers deep inside a run)."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")

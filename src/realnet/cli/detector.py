@@ -36,7 +36,7 @@ def register(subparsers) -> None:
     add_data_arguments(test, default_dataset=None)
     test.add_argument("--device", default="auto")
     test.add_argument("--batch-size", type=int)
-    test.add_argument("--panels", type=int, default=6, help="panels per case kind (worst/best)")
+    test.add_argument("--panels", type=non_negative_int, default=6, help="panels per case kind (worst/best)")
     test.add_argument("--skip-bad", action="store_true")
     test.set_defaults(func=run_test)
 

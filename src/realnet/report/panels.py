@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from realnet.config import map_kind
-from realnet.engine.checkpoint import atomic_write
 
 
 def map_display_max(meta: dict) -> float:
@@ -56,14 +57,26 @@ def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, 
 
 def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6,
                  display_max: float = 1.0) -> list[Path]:
+    """Writes the panels of `pick_cases` into a new `out_dir`, replacing the folder as a whole,
+    so that it never mixes them with an earlier test's (their names carry scores)."""
     from PIL import Image
 
-    written = []
-    for kind, indices in pick_cases(split.labels, scores, count).items():
-        for rank, index in enumerate(indices):
-            record = split.records[index]
-            path = Path(out_dir) / f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
-            picture = Image.fromarray(panel(split.images[index], split.masks[index], maps[index], display_max))
-            atomic_write(path, lambda tmp: picture.save(tmp, format="PNG"))
-            written.append(path)
-    return written
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        names = []
+        for kind, indices in pick_cases(split.labels, scores, count).items():
+            for rank, index in enumerate(indices):
+                record = split.records[index]
+                name = f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
+                Image.fromarray(panel(split.images[index], split.masks[index], maps[index], display_max)).save(
+                    staging / name, format="PNG")
+                names.append(name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        staging.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return [out_dir / name for name in names]
