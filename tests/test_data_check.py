@@ -91,6 +91,35 @@ def test_empty_mask_is_a_note_not_a_problem(tmp_path):
     assert "note: 1 anomalous image(s) have an empty mask" in report.format()
 
 
+
+def test_shared_masks_masked_normals_split_leaks_and_too_few_training_images_are_problems(tmp_path):
+    """Regression: each of these passed as "no problems" (found by review): two test images with
+    one stem sharing a mask, a normal image whose mask marks defects (a VisA split row), the same
+    image in train and test, and a category with fewer training images than fit needs."""
+    import dataclasses
+
+    root = make_mvtec_tree(tmp_path, n_train=3, n_test_good=1, defects={"crack": 1})
+    category = root / "widget"
+    shutil.copy(category / "test" / "crack" / "000.png", category / "test" / "crack" / "000.bmp")
+    records = load_dataset(root, "widget")
+    good = next(r for r in records if r.split == "test" and r.defect == "good")
+    crack_mask = next(r.mask for r in records if r.defect == "crack")
+    training = [r for r in records if r.split == "train"]
+    leaked = dataclasses.replace(training[0], split="test")
+    marked = shutil.copy(crack_mask, tmp_path / "good_000_mask.png")
+    records = [r for r in records if r is not good] + [dataclasses.replace(good, mask=Path(marked)), leaked]
+    report = check_dataset(records)
+    crack_images = sorted(r.image for r in records if r.defect == "crack")
+    assert report.shared_masks == {crack_mask: crack_images}
+    assert report.normal_with_defect_mask == [good.image]
+    assert report.in_both_splits == [training[0].image]
+    assert report.too_few_training_images == {}
+    assert len(report.problems) == 3 and report.to_dict()["in_both_splits"] == [str(training[0].image)]
+
+    few = check_dataset([r for r in records if r.split == "test"] + training[:1])
+    assert few.too_few_training_images == {"widget": 1}
+    assert "category widget: 1 readable training image(s); fit needs at least 2" in few.problems
+
 def test_first_bad_file_in_record_order_raises(tmp_path):
     root = make_mvtec_tree(tmp_path, n_train=6)
     train = root / "widget" / "train" / "good"
@@ -117,7 +146,7 @@ def test_skip_bad_collects_bad_images_and_masks(tmp_path):
 
 
 def test_long_lists_are_shortened_in_text_only(tmp_path):
-    root = make_folder_tree(tmp_path, n_normal=2, n_abnormal=25, size=(8, 8))
+    root = make_folder_tree(tmp_path, n_normal=4, n_abnormal=25, size=(8, 8))
     records = load_dataset(root, "custom", "folder", normal_dir="normal", abnormal_dir="abnormal")
     report = check_dataset(records)
     assert len(report.missing_masks) == 25

@@ -1,7 +1,9 @@
 """`check_dataset`: decode every image and mask of a dataset once and report what is wrong.
 
 Problems (make `realnet data check` exit 1): anomalous images without a mask, masks without an
-image, and masks whose size differs from their image's. Files that cannot be decoded stop the
+image, masks whose size differs from their image's, one mask file shared by several images,
+normal images whose mask marks defect pixels, an image in both the training and the test split,
+and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum). Files that cannot be decoded stop the
 check with a `BadFileError` naming the first one (in record order), or with ``skip_bad=True`` are
 skipped and listed. Anomalous images whose mask marks no pixel are listed as a note only: some
 real datasets (Magnetic Tile) have them.
@@ -22,6 +24,7 @@ from realnet.data.records import ANOMALOUS, Record
 from realnet.errors import BadFileError
 
 _SHOWN_PER_LIST = 20
+MIN_TRAINING_IMAGES = 2
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,10 @@ class DatasetReport:
     orphan_masks: list[Path] = field(default_factory=list)
     size_mismatches: list[SizeMismatch] = field(default_factory=list)
     empty_masks: list[Path] = field(default_factory=list)
+    shared_masks: dict[Path, list[Path]] = field(default_factory=dict)  # mask -> the images naming it
+    normal_with_defect_mask: list[Path] = field(default_factory=list)
+    in_both_splits: list[Path] = field(default_factory=list)
+    too_few_training_images: dict[str, int] = field(default_factory=dict)  # category -> count
     skipped: list[SkippedFile] = field(default_factory=list)
     kept: list[Record] = field(default_factory=list, repr=False)  # decoded, sizes agree
 
@@ -68,6 +75,12 @@ class DatasetReport:
             f"image {m.image} is {_wxh(m.image_size)}"
             for m in self.size_mismatches
         ]
+        lines += [f"mask {mask} is shared by {len(images)} images: {', '.join(map(str, images))}"
+                  for mask, images in self.shared_masks.items()]
+        lines += [f"normal image with defect pixels in its mask: {path}" for path in self.normal_with_defect_mask]
+        lines += [f"image in both the train and the test split: {path}" for path in self.in_both_splits]
+        lines += [f"category {category}: {count} readable training image(s); fit needs at least {MIN_TRAINING_IMAGES}"
+                  for category, count in self.too_few_training_images.items()]
         return lines
 
     def to_dict(self) -> dict:
@@ -92,6 +105,10 @@ class DatasetReport:
                 for m in self.size_mismatches
             ],
             "empty_masks": [str(path) for path in self.empty_masks],
+            "shared_masks": {str(mask): [str(p) for p in images] for mask, images in self.shared_masks.items()},
+            "normal_with_defect_mask": [str(path) for path in self.normal_with_defect_mask],
+            "in_both_splits": [str(path) for path in self.in_both_splits],
+            "too_few_training_images": self.too_few_training_images,
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
             "problems": self.problems,
         }
@@ -145,6 +162,7 @@ def check_dataset(
     missing_masks: list[Path] = []
     size_mismatches: list[SizeMismatch] = []
     empty_masks: list[Path] = []
+    normal_with_defect_mask: list[Path] = []
     skipped: list[SkippedFile] = []
     executor = ThreadPoolExecutor(max_workers=workers)
     try:
@@ -165,13 +183,24 @@ def check_dataset(
                 continue
             elif mask_empty and record.label == ANOMALOUS:
                 empty_masks.append(record.image)
+            elif not mask_empty and record.label != ANOMALOUS:
+                normal_with_defect_mask.append(record.image)
             kept.append(record)
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
     counts, mask_counts = _tally(counted)
     anomalous = [r for r in counted if r.label == ANOMALOUS]
+    categories = sorted({r.category for r in records})
+    by_mask: dict[Path, list[Path]] = {}
+    for record in records:
+        if record.mask is not None:
+            by_mask.setdefault(Path(os.path.realpath(record.mask)), []).append(record.image)
+    splits_of: dict[Path, set[str]] = {}
+    for record in records:
+        splits_of.setdefault(Path(os.path.realpath(record.image)), set()).add(record.split)
+    training = Counter(r.category for r in counted if r.split == "train")
     return DatasetReport(
-        categories=sorted({r.category for r in records}),
+        categories=categories,
         counts=counts,
         mask_counts=mask_counts,
         anomalous_counts=dict(sorted(Counter(r.defect for r in anomalous).items())),
@@ -180,6 +209,10 @@ def check_dataset(
         orphan_masks=sorted(Path(p) for p in orphan_masks),
         size_mismatches=size_mismatches,
         empty_masks=empty_masks,
+        shared_masks={mask: images for mask, images in by_mask.items() if len(images) > 1},
+        normal_with_defect_mask=normal_with_defect_mask,
+        in_both_splits=sorted(path for path, splits in splits_of.items() if {"train", "test"} <= splits),
+        too_few_training_images={c: training[c] for c in categories if training[c] < MIN_TRAINING_IMAGES},
         skipped=skipped,
         kept=kept,
     )
