@@ -100,3 +100,32 @@ def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(RealnetError, match="size >= 32"):
         make_demo_dataset(tmp_path / "x", size=16)
     assert not (tmp_path / "x").exists()
+
+
+def test_test_images_come_from_the_half_of_the_photo_training_never_saw(tmp_path, monkeypatch):
+    """Regression: training and test crops were drawn from the whole photo, so most test images
+    were near re-crops of training images, which inflated the demo's metrics."""
+    import realnet.data.demo as demo
+
+    marked = np.zeros((512, 512), np.uint8)
+    marked[:, 256:] = 255  # the right half white, the left half black
+    monkeypatch.setattr(demo, "texture_photo", lambda category: marked)
+    root = make_demo_dataset(tmp_path / "demo", categories=("brick",), **SMALL)
+    for path in (root / "brick" / "train" / "good").iterdir():
+        assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).max() == 0
+    for path in (root / "brick" / "test" / "good").iterdir():
+        assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED).min() == 255
+
+
+@pytest.mark.parametrize("level", [0, 255])
+def test_painted_defects_mark_only_pixels_they_changed(level):
+    """Regression: darkening black pixels or brightening saturated ones left them unchanged, yet
+    the mask marked them (painted validation of images with black or white areas)."""
+    from realnet.data.demo import draw_defect_rgb
+
+    image = np.full((64, 64, 3), level, np.uint8)
+    image[:, 32:] = 128  # half flat at the extreme, half mid-grey
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        out, mask = draw_defect_rgb(image, rng)
+        assert mask.any() and (out != image).any(axis=2)[mask].all()

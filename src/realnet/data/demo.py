@@ -2,7 +2,9 @@
 
 Normal images are random crops (any of the 8 flips/rotations by 90 degrees) of the grayscale
 texture photographs shipped with scikit-image (`skimage.data.brick`, `gravel`, `grass`, 512 x 512),
-resized to `size`. Each defect image is a fresh crop with one drawn defect and its exact mask:
+resized to `size`: training images from the photo's left half, test images from its right half,
+so no test image shows texture the model was trained on. Each defect image is a fresh test crop
+with one drawn defect and its exact mask (the pixels the drawing changed):
 
 - scratch: a thin, gently curving polyline pulled towards a bright or dark tone;
 - hole: a filled ellipse darkened to 25-45 % of its brightness (the texture stays visible);
@@ -33,7 +35,9 @@ from realnet.errors import RealnetError
 DEMO_CATEGORIES = ("brick", "gravel", "grass")
 DEFECT_TYPES = ("scratch", "hole", "stain", "crack")
 MARKER = "realnet_demo.json"
-DEMO_VERSION = 1  # bump when the generator's output changes, so old trees are rebuilt
+DEMO_VERSION = 2  # bump when the generator's output changes, so old trees are rebuilt
+CROP_SIDE = (0.6, 0.95)  # a crop's side, as a fraction of the shorter side of the photo part
+MAX_DRAWS = 10  # attempts at a defect that changes at least one pixel
 
 Defect = Callable[[np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -48,8 +52,9 @@ def texture_photo(category: str) -> np.ndarray:
 
 
 def normal_crop(photo: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A random square crop of 50-80 % of the photo's side, randomly flipped/rotated, resized to size."""
-    side = int(rng.integers(int(0.5 * min(photo.shape)), int(0.8 * min(photo.shape)) + 1))
+    """A random square crop of `CROP_SIDE` of the photo's shorter side, randomly flipped/rotated,
+    resized to size."""
+    side = int(rng.integers(int(CROP_SIDE[0] * min(photo.shape)), int(CROP_SIDE[1] * min(photo.shape)) + 1))
     top = int(rng.integers(photo.shape[0] - side + 1))
     left = int(rng.integers(photo.shape[1] - side + 1))
     crop = photo[top:top + side, left:left + side]
@@ -134,6 +139,23 @@ def draw_crack(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
 DEFECTS: dict[str, Defect] = {"scratch": draw_scratch, "hole": draw_hole, "stain": draw_stain, "crack": draw_crack}
 
 
+def visible_mask(mask: np.ndarray, before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """A drawn mask restricted to the pixels the drawing changed: darkening a black pixel or
+    brightening a saturated one leaves it as it was, and it is then no defect pixel."""
+    changed = before != after
+    return mask & (changed.any(axis=2) if changed.ndim == 3 else changed)
+
+
+def draw_visible_defect(draw: Defect, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`draw` on `image` with its visible mask, drawn again (up to MAX_DRAWS times) while that is empty."""
+    for _ in range(MAX_DRAWS):
+        drawn, mask = draw(image, rng)
+        mask = visible_mask(mask, image, drawn)
+        if mask.any():
+            break
+    return drawn, mask
+
+
 def _write_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), image):
@@ -144,13 +166,13 @@ def _write_category(folder: Path, category: str, seed: int, size: int, n_train: 
                     n_test_defect: int) -> None:
     # Seeded per category by name, so a category's images do not depend on which others are made.
     rng = np.random.default_rng([seed, zlib.crc32(category.encode())])
-    photo = texture_photo(category)
-    for split, count in (("train", n_train), ("test", n_test_good)):
+    train_part, test_part = np.hsplit(texture_photo(category), 2)
+    for split, part, count in (("train", train_part, n_train), ("test", test_part, n_test_good)):
         for index in range(count):
-            _write_png(folder / split / "good" / f"{index:03d}.png", normal_crop(photo, size, rng))
+            _write_png(folder / split / "good" / f"{index:03d}.png", normal_crop(part, size, rng))
     for defect, draw in DEFECTS.items():
         for index in range(n_test_defect):
-            image, mask = draw(normal_crop(photo, size, rng), rng)
+            image, mask = draw_visible_defect(draw, normal_crop(test_part, size, rng), rng)
             _write_png(folder / "test" / defect / f"{index:03d}.png", image)
             _write_png(folder / "ground_truth" / defect / f"{index:03d}_mask.png", mask.astype(np.uint8) * 255)
 
@@ -217,8 +239,10 @@ def draw_defect_rgb(image: np.ndarray, rng: np.random.Generator) -> tuple[np.nda
     added to every channel. Used to make validation anomalies that share no code with the
     training-time synthesis."""
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
-    kind = DEFECT_TYPES[int(rng.integers(len(DEFECT_TYPES)))]
-    drawn, mask = DEFECTS[kind](gray, rng)
-    change = drawn.astype(np.int16) - gray.astype(np.int16)
-    out = np.clip(image.astype(np.int16) + change[..., None], 0, 255).astype(np.uint8)
-    return out, mask
+
+    def on_every_channel(_, generator: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        drawn, mask = DEFECTS[DEFECT_TYPES[int(generator.integers(len(DEFECT_TYPES)))]](gray, generator)
+        change = drawn.astype(np.int16) - gray.astype(np.int16)
+        return np.clip(image.astype(np.int16) + change[..., None], 0, 255).astype(np.uint8), mask
+
+    return draw_visible_defect(on_every_channel, image, rng)
