@@ -30,6 +30,14 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def positive_int(text: str) -> int:
+    """argparse type for step counts."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mvtec") -> None:
     """--data, --category, --dataset and the folder-dataset options. With default_dataset=None
     the dataset may be left out (e.g. `test`, which defaults to the run's own data)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realnet.cli.common import add_data_arguments, data_selection, non_negative_int, print_json_line
+from realnet.cli.common import add_data_arguments, data_selection, non_negative_int, positive_int, print_json_line
 
 def register(subparsers) -> None:
     fit = subparsers.add_parser("fit", help="train a detector from normal images")
@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     demo = subparsers.add_parser("demo", help="offline end-to-end run on an embedded demo dataset")
     demo.add_argument("--out", type=Path, default=Path("demo_run"))
     demo.add_argument("--category", default="brick", help="brick | gravel | grass")
-    demo.add_argument("--steps", type=int, help="training steps (default: the demo's budget)")
+    demo.add_argument("--steps", type=positive_int, help="training steps (default: the demo's budget)")
     demo.set_defaults(func=run_demo)
 
 

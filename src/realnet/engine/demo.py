@@ -10,7 +10,7 @@ import time
 from contextlib import redirect_stdout
 from pathlib import Path
 
-from realnet.config import load_config
+from realnet.config import load_config, validate_config
 from realnet.engine import checkpoint
 from realnet.errors import RealnetError
 
@@ -34,13 +34,14 @@ def demo_config(category: str, steps: int | None):
     # instead of 0.925 / 0.983 / 0.751.
     config.reconstruction.num_res_blocks = 2
     config.train.bf16 = False
-    config.train.steps = steps or DEMO_STEPS
+    config.train.steps = DEMO_STEPS if steps is None else steps
     config.train.checkpoint_every = 50
+    validate_config(config)
     return config
 
 
 def run_demo(out: Path, category: str = "brick", steps: int | None = None) -> int:
-    from realnet.data.demo import make_demo_dataset
+    from realnet.data.demo import DEMO_CATEGORIES, make_demo_dataset
     from realnet.engine.evaluate import evaluate
     from realnet.engine.fit import FitRequest, fit
     from realnet.engine.predict import predict
@@ -48,27 +49,30 @@ def run_demo(out: Path, category: str = "brick", steps: int | None = None) -> in
     started = time.time()
     out = Path(out)
     data_root = out / "data"
-    if not (data_root / category).is_dir():
-        print(f"[1/4] generating the demo dataset in {data_root}")
-        make_demo_dataset(data_root, categories=(category,))
+    if category not in DEMO_CATEGORIES:
+        raise RealnetError(f"unknown demo category {category!r}; choose from {', '.join(DEMO_CATEGORIES)}")
+    config = demo_config(category, steps)
+    # every category at once, so switching categories never rebuilds; an up-to-date tree is kept
+    print(f"[1/4] the demo dataset in {data_root}")
+    make_demo_dataset(data_root)
     run = out / "run"
     if run.exists():
         if not ((run / checkpoint.MODEL_META).exists() or (run / checkpoint.RESUME_STATE).exists()):
             raise RealnetError(f"{run} exists and is not a realnet run; remove it or choose another --out")
         shutil.rmtree(run)
-    print(f"[2/4] fitting RealNet (cpu preset, {steps or DEMO_STEPS} steps) on '{category}'")
-    fit(FitRequest(config=demo_config(category, steps), data_root=data_root, category=category, out=run))
+    print(f"[2/4] fitting RealNet (cpu preset, {config.train.steps} steps) on '{category}'")
+    fit(FitRequest(config=config, data_root=data_root, category=category, out=run))
     print("[3/4] testing")
     metrics = evaluate(run)
     print("[4/4] predicting two test images")
-    samples = [next((data_root / category / "test" / "good").iterdir()),
+    samples = [min((data_root / category / "test" / "good").iterdir()),
                next(p for d in sorted((data_root / category / "test").iterdir()) if d.name != "good"
                     for p in sorted(d.iterdir()))]
     buffer = io.StringIO()
     with redirect_stdout(buffer):
-        predict(run, [str(p) for p in samples], save_maps=run / "maps")
+        failures = predict(run, [str(p) for p in samples], save_maps=run / "maps")
     print(buffer.getvalue().rstrip())
     summary = {k: round(metrics[k], 4) for k in ("image_auroc", "pixel_auroc", "aupro")}
     print(f"\ndemo metrics ({category}, {metrics['n_images']} test images): {json.dumps(summary)}")
     print(f"panels: {run / 'panels'}   metrics: {run / 'metrics.json'}   total {time.time() - started:.0f} s")
-    return 0
+    return 1 if failures else 0

@@ -1,0 +1,66 @@
+"""`realnet demo` orchestration with fit, test and predict stubbed out (the real run is `make demo`):
+the demo dataset is rebuilt when out of date and kept across categories, and bad options are
+refused before anything runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from realnet.cli.main import main
+from realnet.data.demo import MARKER
+from realnet.engine.demo import run_demo
+
+
+@pytest.fixture
+def stubbed(monkeypatch):
+    import realnet.engine.evaluate as evaluate
+    import realnet.engine.fit as fit
+    import realnet.engine.predict as predict
+
+    seen = []
+
+    def fake_fit(request):
+        seen.append(request.config.train.steps)
+        (request.out / "model.json").parent.mkdir(parents=True, exist_ok=True)
+        (request.out / "model.json").write_text("{}")
+
+    monkeypatch.setattr(fit, "fit", fake_fit)
+    monkeypatch.setattr(evaluate, "evaluate", lambda run: {"image_auroc": 1.0, "pixel_auroc": 1.0, "aupro": 1.0,
+                                                           "n_images": 1})
+    monkeypatch.setattr(predict, "predict", lambda run, paths, save_maps: 0)
+    return seen
+
+
+def test_an_out_of_date_demo_dataset_is_rebuilt_and_categories_share_one(tmp_path, stubbed):
+    """Regression: the dataset was made only when <out>/data/<category> was missing, so a tree of
+    an older generator was used as it was, and a second category deleted the first's data."""
+    assert run_demo(tmp_path, "brick") == 0
+    marker = tmp_path / "data" / MARKER
+    brick = (tmp_path / "data" / "brick" / "train" / "good" / "000.png").read_bytes()
+    assert run_demo(tmp_path, "gravel") == 0
+    assert (tmp_path / "data" / "brick" / "train" / "good" / "000.png").read_bytes() == brick
+    settings = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**settings, "version": 0}))
+    (tmp_path / "data" / "brick" / "train" / "good" / "000.png").write_bytes(b"an older generator's image")
+    assert run_demo(tmp_path, "brick") == 0
+    assert json.loads(marker.read_text()) == settings
+    assert (tmp_path / "data" / "brick" / "train" / "good" / "000.png").read_bytes() == brick
+    assert stubbed == [800, 800, 800]
+
+
+@pytest.mark.parametrize("steps", ["0", "-5"])
+def test_demo_steps_must_be_positive(tmp_path, capsys, stubbed, steps):
+    """Regression: --steps 0 meant the default budget and --steps -5 tested an untrained model."""
+    with pytest.raises(SystemExit):
+        main(["demo", "--out", str(tmp_path / "demo"), "--steps", steps])
+    assert "--steps: must be >= 1" in capsys.readouterr().err
+    assert stubbed == [] and not (tmp_path / "demo").exists()
+
+
+def test_unknown_demo_category_is_one_error_line(tmp_path, capsys, stubbed):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--category", "marble"]) == 2
+    assert capsys.readouterr().err.splitlines() == ["realnet: error: unknown demo category 'marble'; "
+                                                    "choose from brick, gravel, grass"]
+    assert stubbed == [] and not (tmp_path / "demo").exists()
