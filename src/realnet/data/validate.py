@@ -3,9 +3,9 @@
 Problems (make `realnet data check` exit 1): anomalous images without a mask, masks without an
 image, masks whose size differs from their image's, one mask file shared by several images,
 normal images whose mask marks defect pixels, an image in both the training and the test split,
-and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum). Files that cannot be decoded stop the
-check with a `BadFileError` naming the first one (in record order), or with ``skip_bad=True`` are
-skipped and listed. Anomalous images whose mask marks no pixel are listed as a note only: some
+and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum).
+Files that cannot be decoded stop the check with a `BadFileError` naming the first one (in record
+order), or with ``skip_bad=True`` are skipped and listed. Anomalous images whose mask marks no pixel are listed as a note only: some
 real datasets (Magnetic Tile) have them.
 """
 
@@ -24,7 +24,7 @@ from realnet.data.records import ANOMALOUS, Record
 from realnet.errors import BadFileError
 
 _SHOWN_PER_LIST = 20
-MIN_TRAINING_IMAGES = 2
+MIN_TRAINING_IMAGES = 2  # fit holds some out and needs normal images on both sides
 
 
 @dataclass(frozen=True)
@@ -192,12 +192,11 @@ def check_dataset(
     anomalous = [r for r in counted if r.label == ANOMALOUS]
     categories = sorted({r.category for r in records})
     by_mask: dict[Path, list[Path]] = {}
-    for record in records:
-        if record.mask is not None:
-            by_mask.setdefault(Path(os.path.realpath(record.mask)), []).append(record.image)
     splits_of: dict[Path, set[str]] = {}
     for record in records:
         splits_of.setdefault(Path(os.path.realpath(record.image)), set()).add(record.split)
+        if record.mask is not None:
+            by_mask.setdefault(Path(os.path.realpath(record.mask)), []).append(record.image)
     training = Counter(r.category for r in counted if r.split == "train")
     return DatasetReport(
         categories=categories,

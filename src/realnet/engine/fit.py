@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from realnet.config import RETIRED_SETTINGS, RealNetConfig, flat_config
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
+from realnet.data.validate import MIN_TRAINING_IMAGES
 from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import (
@@ -166,8 +167,9 @@ def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: st
 def load_training_images(request: FitRequest, records: list[Record], rule) -> TrainingImages:
     config = request.config
     train = [r for r in records if r.split == "train" and r.label == 0]
-    if len(train) < 2:
-        raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(train)} normal training images; at least 2 are needed")
+    if len(train) < MIN_TRAINING_IMAGES:
+        raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(train)} normal training "
+                           f"images; at least {MIN_TRAINING_IMAGES} are needed")
     images, _, kept, skipped = load_samples(
         train, config.train.image_size, skip_bad=request.skip_bad, desc="loading train images",
         progress=request.progress,
