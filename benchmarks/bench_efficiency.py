@@ -24,21 +24,25 @@ from pathlib import Path
 
 from realnet.bench import tables
 from realnet.bench.efficiency import measure_in_subprocess
-from realnet.bench.runner import TABLES, cell_dir, is_complete, read_status, suite_dir, write_reports
-from realnet.bench.suite import expand, load_suite, parse_override
+from realnet.bench.runner import (EFFICIENCY_RECORD, EFFICIENCY_TABLE, TABLES, cell_dir, collect_statuses,
+                                  is_complete, suite_dir, write_reports)
+from realnet.bench.suite import Cell, expand, load_suite, parse_override
 
 OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_]+\.[A-Za-z_]+=)")
 
 
-def suite_specs(suite, args) -> list[tuple[str, dict]]:
+def suite_cells(suite, args) -> dict[str, tuple[Cell, str]]:
+    """The complete, current cells of one category: cell id -> (cell, its 'finished' stamp)."""
     cells = expand(suite)
     first = cells[0]
     dataset, category = args.dataset or first.dataset.name, args.category or first.category
-    chosen = [c for c in cells if c.dataset.name == dataset and c.category == category]
-    done = [c for c in chosen if is_complete(cell_dir(args.out, suite, c), read_status(cell_dir(args.out, suite, c)))]
+    statuses = collect_statuses(suite, cells, args.out)
+    done = {c.id: (c, statuses[c.id]["finished"]) for c in cells
+            if c.dataset.name == dataset and c.category == category and statuses[c.id]["status"] == "complete"
+            and is_complete(cell_dir(args.out, suite, c), statuses[c.id])}
     if not done:
         raise SystemExit(f"no complete cell of {dataset}/{category} under {suite_dir(args.out, suite)}")
-    return [(c.variant, {"run": str(cell_dir(args.out, suite, c))}) for c in done]
+    return done
 
 
 def config_specs(args) -> list[tuple[str, dict]]:
@@ -74,8 +78,9 @@ def main() -> None:
         parser.error("--run: expected NAME=DIR")
 
     suite = load_suite(args.suite).with_overrides([parse_override(t) for t in args.set]) if args.suite else None
-    specs = suite_specs(suite, args) if suite else config_specs(args) + [
-        (name, {"run": run}) for name, _, run in (text.partition("=") for text in args.run)]
+    measured = suite_cells(suite, args) if suite else {}
+    specs = [(cell.variant, {"run": str(cell_dir(args.out, suite, cell))}) for cell, _ in measured.values()] \
+        if suite else config_specs(args) + [(name, {"run": run}) for name, _, run in (t.partition("=") for t in args.run)]
     rows = []
     for name, spec in specs:
         spec.update(device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats)
@@ -85,11 +90,13 @@ def main() -> None:
     print(markdown)
     if suite:
         folder = suite_dir(args.out, suite) / TABLES
-        (folder / "efficiency.md").write_text(markdown)
-        (folder / "efficiency.csv").write_text(text)
-        (folder / "efficiency.json").write_text(json.dumps(rows, indent=2) + "\n")
+        # the record names the runs measured, so the README drops the table once one is rerun
+        record = {"cells": {cell_id: finished for cell_id, (_, finished) in measured.items()}, "rows": rows}
+        (folder / EFFICIENCY_TABLE).write_text(markdown)
+        (folder / EFFICIENCY_TABLE).with_suffix(".csv").write_text(text)
+        (folder / EFFICIENCY_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         write_reports(suite, expand(suite), args.out)
-        print(f"written: {folder / 'efficiency.md'} (and .csv, .json); README updated")
+        print(f"written: {folder / EFFICIENCY_TABLE} (and .csv, .json); README updated")
 
 
 if __name__ == "__main__":

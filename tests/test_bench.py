@@ -256,3 +256,52 @@ def test_a_rerun_on_other_data_refuses_to_keep_the_old_cells(tmp_path, fixture_d
                            only=[], device="cpu")
     with pytest.raises(RealnetError, match=r"holds a run on other inputs \(data_root .*other_data"):
         run_suite(request)
+
+
+def test_a_rerun_cell_drops_the_traceback_of_its_earlier_crash(tmp_path, fixture_data, monkeypatch):
+    """Regression: error.log of a crashed attempt stayed beside the cell after it was rerun."""
+    from realnet.bench import runner
+
+    suite = parse_suite(suite_dict([{"name": "reference"}]), "s.yaml")
+    (cell,) = expand(suite)
+    folder = runner.cell_dir(tmp_path, suite, cell)
+    folder.mkdir(parents=True)
+    request = BenchRequest(suite=suite, out=tmp_path, data=fixture_data, device="cpu")
+
+    def crash(*args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.setattr(runner, "fit_and_test", crash)
+    assert runner.run_cell(cell, folder, fixture_data, {}, request)["status"] == "failed"
+    assert "ZeroDivisionError" in (folder / "error.log").read_text()
+
+    def user_error(*args):
+        raise RealnetError("bad option")
+
+    monkeypatch.setattr(runner, "fit_and_test", user_error)
+    assert runner.run_cell(cell, folder, fixture_data, {}, request)["error"] == "bad option"
+    assert not (folder / "error.log").exists()
+
+
+def test_the_efficiency_table_is_dropped_once_a_measured_cell_is_rerun(tmp_path, fixture_data):
+    """Regression: the suite README kept showing efficiency.md after the cells it measured were
+    refitted under other settings."""
+    from realnet.bench.runner import cell_dir, write_reports
+
+    suite = parse_suite(suite_dict([{"name": "reference"}]), "s.yaml")
+    (cell,) = expand(suite)
+    folder = cell_dir(tmp_path, suite, cell)
+    fake_complete_cell(folder, cell.config, fixture_data, 0.9)
+    status = read_json(folder / "cell.json")
+    folder.joinpath("cell.json").write_text(json.dumps({**status, "finished": "2026-01-01T00:00:00"}))
+    tables_dir = tmp_path / "s/tables"
+    tables_dir.mkdir(parents=True)
+    (tables_dir / "efficiency.md").write_text("| name | MEASURED |\n")
+    (tables_dir / "efficiency.json").write_text(json.dumps({"cells": {cell.id: "2026-01-01T00:00:00"}, "rows": []}))
+    write_reports(suite, [cell], tmp_path)
+    assert "MEASURED" in (tables_dir / "README.md").read_text()
+
+    folder.joinpath("cell.json").write_text(json.dumps({**status, "finished": "2026-02-02T00:00:00"}))
+    write_reports(suite, [cell], tmp_path)
+    readme = (tables_dir / "README.md").read_text()
+    assert "MEASURED" not in readme and "Out of date" in readme

@@ -28,8 +28,10 @@ from realnet.config import flat_config
 from realnet.errors import RealnetError
 
 CELL_STATUS = "cell.json"
+CRASH_LOG = "error.log"
 TABLES = "tables"
 PLOTS = "plots"
+EFFICIENCY_TABLE, EFFICIENCY_RECORD = "efficiency.md", "efficiency.json"  # see benchmarks/bench_efficiency.py
 NEEDS_FLAG = {"sia": "--sia (SDAS image bank)", "dtd": "--dtd (DTD folder)"}
 
 
@@ -223,6 +225,7 @@ def run_cell(cell: Cell, folder: Path, data_root: Path, folders: dict[str, str],
         "device": request.device, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json(folder / CELL_STATUS, status)
+    (folder / CRASH_LOG).unlink(missing_ok=True)  # a previous attempt's traceback no longer applies
     try:
         status.update(fit_and_test(cell, folder, data_root, folders, request), status="complete")
     except KeyboardInterrupt:
@@ -231,8 +234,8 @@ def run_cell(cell: Cell, folder: Path, data_root: Path, folders: dict[str, str],
     except RealnetError as error:
         status.update(status="failed", error=one_line(str(error)))
     except Exception as error:  # a bug or a library error: keep going, keep the traceback
-        status.update(status="failed", error=f"{type(error).__name__}: {one_line(str(error))} (traceback in error.log)")
-        (folder / "error.log").write_text(traceback.format_exc())
+        status.update(status="failed", error=f"{type(error).__name__}: {one_line(str(error))} (traceback in {CRASH_LOG})")
+        (folder / CRASH_LOG).write_text(traceback.format_exc())
     status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(folder / CELL_STATUS, status)
     return status
@@ -302,7 +305,21 @@ def write_reports(suite: Suite, cells: list[Cell], out: Path,
         links = [Path("..") / p.relative_to(suite_dir(out, suite)) for p in plots]  # from tables/README.md
         sections.append(tables.axis_section(suite, axis, trend, by_category, links))
     save(table_dir / "results.csv", tables.results_csv(cells, statuses))
-    efficiency = table_dir / "efficiency.md"
     save(table_dir / "README.md", tables.index_markdown(suite, cells, statuses, sections,
-                                                        efficiency.read_text() if efficiency.is_file() else None))
+                                                        current_efficiency(table_dir, statuses)))
     return written
+
+
+def current_efficiency(table_dir: Path, statuses: dict[str, dict[str, Any]]) -> str | None:
+    """The efficiency table that benchmarks/bench_efficiency.py wrote, or a line saying it is out
+    of date when a cell it measured was rerun, or is no longer complete, since."""
+    markdown, record = table_dir / EFFICIENCY_TABLE, table_dir / EFFICIENCY_RECORD
+    if not markdown.is_file():
+        return None
+    measured = json.loads(record.read_text()).get("cells") if record.is_file() else None
+    if not isinstance(measured, dict) or any(
+            statuses.get(cell_id, {}).get("status") != "complete" or statuses[cell_id].get("finished") != finished
+            for cell_id, finished in measured.items()):
+        return ("*Out of date: cells it measured were rerun since. "
+                "Rerun `benchmarks/bench_efficiency.py --suite ... --out ...`.*")
+    return markdown.read_text()
