@@ -124,3 +124,25 @@ def test_a_second_test_replaces_the_panels_and_refuses_a_negative_count(tiny_run
     with pytest.raises(SystemExit):
         main(["test", "--run", str(copy), "--panels", "-1"])
     assert "--panels: must be >= 0" in capsys.readouterr().err
+
+
+def test_a_test_whose_panels_fail_leaves_the_previous_outputs_as_they_were(tiny_run, tmp_path, monkeypatch, capsys):
+    """Regression: scores.csv was rewritten before the panels, so a panel failure left a new
+    scores.csv beside the previous test's metrics.json and panels."""
+    import realnet.report.panels
+
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 0
+    before = {name: (copy / name).read_bytes() for name in ("scores.csv", "metrics.json")}
+    (copy / "scores.csv").write_text("path,defect,label,score,is_anomalous\nmarker,good,0,0,0\n")
+    before["scores.csv"] = (copy / "scores.csv").read_bytes()
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(realnet.report.panels, "write_panels", disk_full)
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert {name: (copy / name).read_bytes() for name in before} == before

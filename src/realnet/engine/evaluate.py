@@ -138,8 +138,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         metrics["anomalous_without_mask"] = split.anomalous_without_mask
         sys.stderr.write(f"realnet: warning: {split.anomalous_without_mask} anomalous test image(s) have no mask; "
                          "the pixel metrics count all their pixels as normal (`realnet data check` lists them)\n")
-    write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
+    # panels first: they are the likeliest to fail, and a failure then leaves the last test's
+    # scores.csv and metrics.json as they were instead of mixing two tests' outputs
     metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels,
                                                       display_max=map_display_max(meta))]
+    write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
     checkpoint.write_json(run_dir / "metrics.json", metrics)
     return metrics
