@@ -430,6 +430,17 @@ def test_nsa_without_donors_uses_the_image_itself():
         NSASource(None, SIZE, clone="blend")
 
 
+@pytest.mark.parametrize("size", [12, 16, 24])
+def test_nsa_pastes_show_on_small_images_and_too_small_ones_are_refused(size):
+    """Regression: rectangles of 5-8 px, all that fits on images under about 28 px, left the
+    image unchanged (empty masks every time), and images of 6 px or less crashed inside OpenCV."""
+    source, rng = NSASource(None, size), np.random.default_rng(0)
+    masks = [source.paste(noise_image(seed, size), rng)[1] for seed in range(10)]
+    assert sum(mask.any() for mask in masks) >= 7
+    with pytest.raises(RealnetError, match="nsa source needs images of at least 12 px a side, got 11x64"):
+        source.paste(noise_image(1, 64)[:11], rng)
+
+
 def test_shade_scales_brightness_inside_its_region_only():
     size = 96
     image = np.full((size, size, 3), 128, np.uint8)

@@ -312,6 +312,8 @@ class NSASource:
     drawn at the same place); the synthesizer then retries."""
 
     CLONE_FLAGS = {"normal": cv2.NORMAL_CLONE, "mixed": cv2.MIXED_CLONE}
+    # seamlessClone leaves the image unchanged for rectangles of 8 px or less (measured, OpenCV 5.1)
+    MIN_SIDE = 10
 
     def __init__(self, donors: str | Path | Sequence[str | Path | np.ndarray] | np.ndarray | None = None,
                  size: int = 256, cache: bool = True, side: tuple[float, float] = (0.1, 0.4),
@@ -325,9 +327,12 @@ class NSASource:
         self, image: np.ndarray, rng: np.random.Generator, foreground: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         height, width = image.shape[:2]
+        if min(height, width) < self.MIN_SIDE + 2:
+            raise RealnetError(f"the nsa source needs images of at least {self.MIN_SIDE + 2} px a side, "
+                               f"got {height}x{width}")
         other = image if self.bank is None else self.bank.draw(rng)
-        box_h = int(np.clip(round(rng.uniform(*self.side) * height), 5, height - 2))
-        box_w = int(np.clip(round(rng.uniform(*self.side) * width), 5, width - 2))
+        box_h = int(np.clip(round(rng.uniform(*self.side) * height), self.MIN_SIDE, height - 2))
+        box_w = int(np.clip(round(rng.uniform(*self.side) * width), self.MIN_SIDE, width - 2))
         src_top = int(rng.integers(other.shape[0] - box_h + 1))
         src_left = int(rng.integers(other.shape[1] - box_w + 1))
         patch = np.ascontiguousarray(other[src_top:src_top + box_h, src_left:src_left + box_w])
