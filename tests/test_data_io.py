@@ -75,6 +75,15 @@ def test_palette_uses_its_colours_and_transparent_index_is_black(tmp_path):
     np.testing.assert_array_equal(keyed[0], [[10, 20, 30], [0, 0, 0], [0, 0, 0]])
 
 
+def test_colour_key_of_gray_and_rgb_images_is_black(tmp_path):
+    """Regression: L and RGB returned before the colour-key check, so keyed pixels kept their colour."""
+    gray = read_image(_save(tmp_path / "l_trns.png", Image.fromarray(GRAY), transparency=128))
+    np.testing.assert_array_equal(gray[:, :, 0], np.where(GRAY == 128, 0, GRAY))
+    rgb = np.array([[[10, 20, 30], [40, 50, 60]]], np.uint8)
+    keyed = read_image(_save(tmp_path / "rgb_trns.png", Image.fromarray(rgb), transparency=(10, 20, 30)))
+    np.testing.assert_array_equal(keyed[0], [[0, 0, 0], [40, 50, 60]])
+
+
 def test_i16_tiff_is_scaled_by_its_16_bit_range_not_clipped(tmp_path):
     values = np.array([[0, 257, 1000], [32768, 65535, 255]], dtype=np.uint16)
     tiff = Image.fromarray(values)
@@ -123,6 +132,19 @@ def test_exif_orientation_is_applied(tmp_path):
     assert image.shape == (32, 16, 3)
     assert image[:12, :, 0].mean() > 200  # the red half is now on top
     assert image[20:, :, 0].mean() < 50
+
+
+def test_tiff_orientations_pillow_scrambles_are_refused_and_square_ones_read(tmp_path):
+    """Regression: Pillow transposes a non-square TIFF with orientation 5-8 itself, scrambling
+    its pixels, and drops the tag, so a wrong image was read silently."""
+    stored = (np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    with pytest.raises(BadFileError, match="r.tif.*TIFF orientation 6 on a non-square image"):
+        read_image(_save(tmp_path / "r.tif", Image.fromarray(stored), exif=exif))
+    square = stored[:3, :3].copy()
+    image = read_image(_save(tmp_path / "s.tif", Image.fromarray(square), exif=exif))
+    np.testing.assert_array_equal(image[:, :, 0], np.rot90(square, -1))
 
 
 # --- failures ------------------------------------------------------------------------------
@@ -197,6 +219,16 @@ def test_rgb_and_rgba_masks_use_any_channel_after_compositing(tmp_path):
     np.testing.assert_array_equal(mask, [[False, True, False]])
     mask = read_mask(_save(tmp_path / "m_rgb.png", Image.fromarray(rgba[:, :, :3].copy())))
     np.testing.assert_array_equal(mask, [[False, True, True]])
+
+
+def test_jpeg_mask_compression_noise_is_not_defect(tmp_path):
+    """Regression: every nonzero pixel counted, so JPEG ringing around a mask's edge grew the
+    defect by about a third."""
+    values = np.zeros((64, 64), np.uint8)
+    values[13:43, 9:50] = 255  # edges off the 8 px JPEG blocks
+    path = _save(tmp_path / "m.jpg", Image.fromarray(values), quality=90)
+    assert (np.asarray(Image.open(path)) != 0).sum() > values.astype(bool).sum() + 50  # the noise is there
+    np.testing.assert_array_equal(read_mask(path), values != 0)
 
 
 # --- resizing and samples ----------------------------------------------------------------

@@ -7,7 +7,8 @@ Rules (the same for every caller, so training, testing and `data check` see iden
 - Decompression bombs are refused: an image with more than `PIL.Image.MAX_IMAGE_PIXELS` pixels
   (Pillow's own limit, about 89.5 megapixels; raise it there if you really need more) fails
   before its pixels are decoded.
-- The EXIF orientation tag is applied, so pixels are in display orientation.
+- The EXIF orientation tag is applied, so pixels are in display orientation. A non-square TIFF
+  with a transposing orientation (5-8) is refused: Pillow decodes it into scrambled pixels.
 - Conversion to RGB uint8:
   - L and 1 are replicated to three channels; P, YCbCr and RGBX go through Pillow's conversion;
     CMYK uses Pillow's plain formula R = (255 - C)(255 - K) / 255 (no ICC colour management).
@@ -22,7 +23,9 @@ Rules (the same for every caller, so training, testing and `data check` see iden
     NaN becomes 0.
 - Masks: single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero
   (no scaling first, so label values such as 1 count). Other files are converted to RGB by the
-  rules above and a pixel is a defect where any channel is nonzero.
+  rules above and a pixel is a defect where any channel is nonzero. JPEG masks are the exception:
+  their compression noise around an edge is nonzero too, so there a pixel is a defect where its
+  8-bit value (any channel) is above 127.
 - Resizing is a straight resize to size x size (no crop, aspect ratio not kept): images bilinear,
   masks nearest neighbour, both with Pillow's pixel-centre geometry so they stay aligned.
 """
@@ -39,9 +42,12 @@ from realnet.errors import BadFileError
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _SINGLE_BAND_MODES = frozenset({"1", "L", "I", "F"})
+_LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED_INTEGER = 2
+_TIFF_ORIENTATION = 274
+_TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
 def open_image(path: str | Path) -> Image.Image:
@@ -50,6 +56,7 @@ def open_image(path: str | Path) -> Image.Image:
     try:
         with Image.open(path) as image:
             _refuse_bomb(path, image.size)
+            _refuse_misdecoded_tiff(path, image)
             image.load()
             # In place keeps the format's own object (a TIFF's BitsPerSample tag) and skips a copy.
             ImageOps.exif_transpose(image, in_place=True)
@@ -80,6 +87,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     """Read a ground-truth mask as (H, W) bool: True where the file marks a defect (nonzero)."""
     path = Path(path)
     image = open_image(path)
+    if image.format in _LOSSY_FORMATS:
+        return _to_rgb(image, path).max(axis=2) > 127
     if image.mode in _SINGLE_BAND_MODES or image.mode.startswith("I;16"):
         return np.asarray(image) != 0
     return _to_rgb(image, path).any(axis=2)
@@ -127,11 +136,21 @@ def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:
         )
 
 
+def _refuse_misdecoded_tiff(path: Path, image: Image.Image) -> None:
+    """Pillow (13.0, libtiff 4.7) applies a TIFF's transposing orientations itself and scrambles
+    the pixels of a non-square image (python-pillow/Pillow#7381), so such files are refused."""
+    orientation = image.tag_v2.get(_TIFF_ORIENTATION, 1) if image.format == "TIFF" else 1
+    if orientation in _TRANSPOSING_ORIENTATIONS and image.size[0] != image.size[1]:
+        raise BadFileError(path, f"TIFF orientation {orientation} on a non-square image, which Pillow decodes "
+                                 "wrongly; save it without the orientation tag (pixels in display orientation)")
+
+
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
     mode = image.mode
-    if mode == "RGB":
+    keyed = "transparency" in image.info and mode in ("RGB", "L", "1")
+    if mode == "RGB" and not keyed:
         return np.asarray(image)
-    if mode in ("L", "1"):
+    if mode in ("L", "1") and not keyed:
         return np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
     if mode == "F" or mode == "I" or mode.startswith("I;16"):
         gray = _scale_to_uint8(image)
