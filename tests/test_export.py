@@ -143,6 +143,24 @@ def test_failed_parity_raises_and_writes_nothing(detector, tmp_path, monkeypatch
     assert os.listdir(tmp_path) == []
 
 
+def test_a_standardised_map_with_amplified_rounding_still_exports(tmp_path):
+    """Regression: the parity bound was absolute, so a position-normalised detector, whose
+    scales (up to 100) multiply float32 rounding, was refused although its graph was right."""
+    from realnet.config import load_config
+    from realnet.engine.build import build_backbone, build_model
+
+    torch.manual_seed(0)
+    config = load_config("tiny", overrides=["train.map_normalization=position"])
+    model = build_model(config, build_backbone(config)).eval()
+    model.map_normalization.calibrate(torch.full((SIZE, SIZE), 0.5), torch.zeros(SIZE, SIZE))
+    images = torch.rand((3, 3, SIZE, SIZE), generator=torch.Generator().manual_seed(1))
+    report = onnx_export.export_onnx(model, tmp_path / "m.onnx", image_size=SIZE, metadata={"threshold": "1.0"},
+                                     parity_images=images)
+    expected = model.predict(images)[0].abs().max().item()
+    assert report.parity.passed and expected > 10  # so the bound is relative here
+    assert report.parity.map_tolerance == pytest.approx(onnx_export.MAP_TOLERANCE * expected)
+
+
 @pytest.mark.parametrize("opset", ["9", "0"])
 def test_unsupported_opset_is_one_error_line(tiny_run, tmp_path, capsys, opset):
     """Regression: --opset 0 was taken as 'not given' and silently exported at opset 17."""
