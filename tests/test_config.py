@@ -38,7 +38,22 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("reconstruction.attention=1", "reconstruction.attention must be true or false"),
     ("train.lr_schedule=linear", "train.lr_schedule must be constant or cosine"),
     ("synthesis.delta_ranges.dtd=[0.9, 0.1]", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
-    ("synthesis.delta_ranges.dtd=0.5", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
+    ("synthesis.delta_ranges.dtd=0.5", r"synthesis.delta_ranges.dtd must be a list, got 0.5"),
+    ("synthesis.delta_ranges.dtd=[0.5]", r"synthesis.delta_ranges.dtd must be \[low, high\]"),
+    # regressions: each of these passed validation and failed later with a traceback
+    ("train.learning_rate=-1", "train.learning_rate must be a positive number"),
+    ("train.seed=1e3", r"train.seed must be an integer, got '1e3'"),
+    ("train.steps=true", "train.steps must be an integer or null, got True"),
+    ("train.steps=2.5", "train.steps must be an integer or null, got 2.5"),
+    ("synthesis.sources=5", "synthesis.sources must be a mapping, got 5"),
+    ("synthesis.sources={dtd: x}", "synthesis.sources.dtd must be a number, got 'x'"),
+    ("train.image_size=0", "train.image_size must be a positive multiple of 32"),
+    ("train.score_kernel=0", "train.score_kernel must be between 1 and train.image_size"),
+    ("train.score_kernel=1000", "train.score_kernel must be between 1 and train.image_size"),
+    ("selection.batches=0", "selection.batches and selection.batch_size must be >= 1"),
+    ("reconstruction.channel_mults=5", "reconstruction.channel_mults must be a list, got 5"),
+    ("reconstruction.width_factor=0", "reconstruction.width_factor must be > 0"),
+    ("discriminator.hidden=[]", "discriminator.hidden must be a non-empty list"),
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
@@ -65,6 +80,17 @@ def test_unknown_preset_and_missing_file(tmp_path):
         load_config("huge")
     with pytest.raises(RealnetError, match=str(tmp_path / "missing.yaml")):
         load_config("tiny", tmp_path / "missing.yaml")
+
+
+def test_a_config_file_cannot_relabel_the_preset_and_yaml_1_1_exponents_are_numbers(tmp_path):
+    """Regressions: 'preset: paper' in a file relabelled a tiny run as the paper preset; YAML 1.1
+    reads 1e-3 as a string, which Adam rejected with a traceback at the first step."""
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: paper\n")
+    with pytest.raises(RealnetError, match="cannot set 'preset'"):
+        load_config("tiny", path)
+    path.write_text("train: {learning_rate: 1e-3}\n")
+    assert load_config("tiny", path).train.learning_rate == 0.001
 
 
 def test_delta_ranges_reach_the_synthesizer(tmp_path):

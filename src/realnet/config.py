@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 import math
 from pathlib import Path
+import types
+import typing
 from typing import Any
 
 import yaml
@@ -168,21 +170,47 @@ class RealNetConfig:
 
 
 def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
-    """Overlay `values` on a dataclass instance, rejecting unknown keys by name."""
+    """Overlay `values` on a dataclass instance, rejecting unknown keys by name and values of the
+    wrong type (so that a typo fails here in one line, not as a traceback hours into a fit)."""
     if not isinstance(values, dict):
         raise RealnetError(f"{where}: expected a mapping, got {type(values).__name__}")
     known = {f.name: f for f in dataclasses.fields(target)}
+    hints = typing.get_type_hints(type(target))
     for key, value in values.items():
         if key not in known:
             raise RealnetError(f"unknown config key '{where}.{key}' (known: {', '.join(known)})")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{where}.{key}")
-        elif isinstance(current, bool) and not isinstance(value, bool):
-            raise RealnetError(f"{where}.{key} must be true or false, got {value!r}")
         else:
-            setattr(target, key, value)
+            setattr(target, key, _typed(value, hints[key], f"{where}.{key}"))
     return target
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """`value` as the field type `hint` (bool, int, float, str, list[T], dict[str, T], T | None):
+    ints are accepted for floats, and strings YAML 1.1 leaves unparsed such as '1e-3' too."""
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in options:
+        return None
+    (kind,) = [option for option in options if option is not type(None)]
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is list and isinstance(value, (list, tuple)):
+        return [_typed(item, args[0], f"{name}[{i}]") for i, item in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        return {_typed(k, args[0], name): _typed(v, args[1], f"{name}.{k}") for k, v in value.items()}
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if origin is None and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        kind, "a list" if origin is list else "a mapping")
+    raise RealnetError(f"{name} must be {wanted}{' or null' if type(None) in options else ''}, got {value!r}")
 
 
 def _parse_scalar(text: str) -> Any:
@@ -206,6 +234,9 @@ def load_config(
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        if isinstance(values, dict) and "preset" in values:
+            raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
+                               "give the preset with --preset")
         _merge(config, values, "config")
     return apply_overrides(config, overrides)
 
@@ -250,7 +281,24 @@ def validate_config(config: RealNetConfig) -> None:
         (config.rrs.recalibration_batches >= 0, "rrs.recalibration_batches must be >= 0"),
         (0 <= config.synthesis.normal_probability < 1, "synthesis.normal_probability must be in [0, 1)"),
         (config.synthesis.foreground in ("rule", "auto", "none"), "synthesis.foreground must be rule, auto or none"),
-        (config.train.image_size % 32 == 0, "train.image_size must be a multiple of 32"),
+        (config.train.image_size >= 32 and config.train.image_size % 32 == 0,
+         "train.image_size must be a positive multiple of 32"),
+        (1 <= config.train.score_kernel <= config.train.image_size,
+         "train.score_kernel must be between 1 and train.image_size (pixels)"),
+        (math.isfinite(config.train.learning_rate) and config.train.learning_rate > 0,
+         "train.learning_rate must be a positive number"),
+        (config.train.feature_cache_gb >= 0, "train.feature_cache_gb must be >= 0"),
+        (config.selection.batches >= 1 and config.selection.batch_size >= 1,
+         "selection.batches and selection.batch_size must be >= 1"),
+        (config.selection.channels is None or all(m >= 1 for m in config.selection.channels),
+         "selection.channels must be positive channel counts or null"),
+        (config.reconstruction.width_factor > 0, "reconstruction.width_factor must be > 0"),
+        (bool(config.reconstruction.channel_mults) and all(m >= 1 for m in config.reconstruction.channel_mults),
+         "reconstruction.channel_mults must be a non-empty list of positive integers"),
+        (config.reconstruction.num_res_blocks >= 1, "reconstruction.num_res_blocks must be >= 1"),
+        (bool(config.discriminator.hidden) and all(h >= 1 for h in config.discriminator.hidden),
+         "discriminator.hidden must be a non-empty list of positive integers"),
+        (config.discriminator.residual_units >= 0, "discriminator.residual_units must be >= 0"),
         (0 <= config.train.holdout_fraction < 1, "train.holdout_fraction must be in [0, 1)"),
         (0 < config.train.threshold_quantile <= 1, "train.threshold_quantile must be in (0, 1]"),
         (config.train.lr_schedule in ("constant", "cosine"), "train.lr_schedule must be constant or cosine"),
