@@ -72,6 +72,20 @@ def test_missing_data_and_bad_preset_are_one_line_errors(tmp_path, capsys):
     assert "unknown preset" in capsys.readouterr().err
 
 
+def test_counts_out_of_range_and_eval_every_without_selection_are_refused(tmp_path, tiny_run, capsys):
+    """Regressions: test --batch-size -4 scored nothing and failed with a traceback (0 fell back to
+    the default silently); --eval-every without --select-on-test was ignored silently."""
+    fit = ["fit", "--data", str(tmp_path), "--category", "x", "--preset", "tiny", "--out", str(tmp_path / "r")]
+    assert main(fit + ["--eval-every", "5"]) == 2
+    assert "--eval-every only applies with --select-on-test" in capsys.readouterr().err
+    for command in (fit + ["--eval-every", "0", "--select-on-test"], fit + ["--steps", "0"],
+                    ["test", "--run", str(tiny_run[1]), "--batch-size", "-4"]):
+        with pytest.raises(SystemExit):
+            main(command)
+        assert "must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
 def test_folder_dataset_fits_and_tests_from_the_command_line(tmp_path):
     """The folder options reached model.json as Path objects, so every CLI fit of a folder
     dataset crashed at the end and left an unfinished run."""

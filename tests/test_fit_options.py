@@ -181,6 +181,8 @@ def test_ema_is_refused_outside_its_range():
     # the position statistics are calibrated after training, so the test scores that chose the
     # model were not the saved model's (this one was accepted)
     (["train.map_normalization=position"], "needs train.map_normalization=none"),
+    # the step was chosen on the live RRS statistics, then recalibrated ones were saved (accepted)
+    (["rrs.recalibration_batches=2"], "needs rrs.recalibration_batches=0"),
 ])
 def test_test_set_selection_refuses_what_is_calibrated_after_training_before_anything_is_written(
         tmp_path, overrides, message):
@@ -236,3 +238,19 @@ def test_out_that_is_a_file_gets_one_clear_error(tmp_path):
         fit_module.prepare_run_dir(fit_module.FitRequest(config=load_config("tiny"), data_root=tmp_path,
                                                          category="widget", out=out))
     assert out.read_text() == "x"
+
+
+def test_skipped_bad_images_still_leave_enough_training_images(tmp_path):
+    """Regression: the minimum was checked before --skip-bad dropped images, so a category with one
+    readable image trained without any held-out image, and one with none raised a traceback."""
+    from dataset_fixtures import make_mvtec_tree
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=3, n_test_good=1, size=(64, 64))
+    for path in sorted((data / "widget" / "train" / "good").iterdir())[1:]:
+        path.write_bytes(path.read_bytes()[:40])  # truncated
+    with pytest.raises(RealnetError, match=r"has 1 readable normal training images \(2 skipped\)"):
+        fit_module.fit(fit_module.FitRequest(config=load_config("tiny", overrides=["train.steps=2"]), data_root=data,
+                                             category="widget", out=tmp_path / "run", device="cpu", progress=False,
+                                             skip_bad=True))
+    assert not (tmp_path / "run").exists()

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,29 @@ def test_resume_with_other_settings_is_refused_with_the_setting_named(tmp_path, 
     # how often it checkpoints does not change what it computes
     fit(tiny_request(data, tmp_path / "run", "train.checkpoint_every=3", resume=True))
     assert (tmp_path / "run" / "model.json").exists()
+
+
+def test_resume_on_other_data_or_of_a_finished_run_with_other_settings_is_refused(tmp_path, monkeypatch):
+    """Regressions: a killed run resumed on another category trained the old weights and AFS
+    channels on the new images and recorded the new data; --resume on a finished run returned
+    it whatever settings and data were asked for."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    make_mvtec_tree(tmp_path / "data", "gadget", n_train=10, n_test_good=2, size=(64, 64))
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "run"), 2)
+    other = tiny_request(data, tmp_path / "run", resume=True)
+    with pytest.raises(RealnetError, match=r"started on other inputs: category 'widget' \(now 'gadget'\)"):
+        fit(replace(other, category="gadget"))
+    fewer = sorted((data / "widget" / "train" / "good").iterdir())[-1]
+    moved = fewer.rename(tmp_path / fewer.name)
+    with pytest.raises(RealnetError, match=r"n_training_images 10 \(now 9\)"):
+        fit(other)
+    moved.rename(fewer)
+    fit(other)
+    with pytest.raises(RealnetError, match=r"finished run was trained with other settings: train.steps=12 \(now 13\)"):
+        fit(tiny_request(data, tmp_path / "run", "train.steps=13", resume=True))
+    with pytest.raises(RealnetError, match=r"finished run was trained on other inputs: category"):
+        fit(replace(other, category="gadget"))
+    assert fit(other)["fit"]["steps"] == 12

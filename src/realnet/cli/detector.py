@@ -20,14 +20,15 @@ def register(subparsers) -> None:
                      help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise (repeatable; replaces the preset's)")
     fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    fit.add_argument("--steps", type=int, help="number of training steps (overrides epochs)")
+    fit.add_argument("--steps", type=positive_int, help="number of training steps (overrides epochs)")
     fit.add_argument("--seed", type=non_negative_int)
     fit.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     fit.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     fit.add_argument("--select-on-test", action="store_true",
                      help="paper protocol: evaluate on the TEST split every --eval-every steps and keep "
                           "the best (test-set model selection; labelled in metrics.json)")
-    fit.add_argument("--eval-every", type=int)
+    fit.add_argument("--eval-every", type=positive_int, metavar="STEPS",
+                     help="with --select-on-test: steps between test evaluations (default train.checkpoint_every)")
     fit.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     fit.set_defaults(func=run_fit)
 
@@ -35,7 +36,7 @@ def register(subparsers) -> None:
     test.add_argument("--run", type=Path, required=True)
     add_data_arguments(test, default_dataset=None)
     test.add_argument("--device", default="auto")
-    test.add_argument("--batch-size", type=int)
+    test.add_argument("--batch-size", type=positive_int, help="default: the run's train.batch_size")
     test.add_argument("--panels", type=non_negative_int, default=6, help="panels per case kind (worst/best)")
     test.add_argument("--skip-bad", action="store_true")
     test.set_defaults(func=run_test)
@@ -77,9 +78,9 @@ def config_from_args(args):
     if args.seed is not None:
         config.train.seed = args.seed
     if args.dtd:
-        config.synthesis.dtd_root = args.dtd
+        config.synthesis.dtd_root = str(Path(args.dtd).resolve())  # the run is recorded with paths that work anywhere
     if args.sia:
-        config.synthesis.sia_root = args.sia
+        config.synthesis.sia_root = str(Path(args.sia).resolve())
     if args.source:
         config.synthesis.sources = parse_sources(args.source)
     if args.backbone_weights:
@@ -93,8 +94,11 @@ def config_from_args(args):
 def run_fit(args) -> int:
     from realnet.engine.distributed import launched_rank
     from realnet.engine.fit import FitRequest, fit
+    from realnet.errors import RealnetError
 
     root, category, dataset, folder_options = data_selection(args)
+    if args.eval_every is not None and not args.select_on_test:
+        raise RealnetError("--eval-every only applies with --select-on-test")
     meta = fit(FitRequest(
         config=config_from_args(args), data_root=root, category=category, out=args.out,
         dataset=dataset, resume=args.resume, device=args.device, skip_bad=args.skip_bad,

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
@@ -176,6 +176,9 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
     )
     for error in skipped:
         tqdm.write(f"realnet: skipped {error}")
+    if len(images) < MIN_TRAINING_IMAGES:
+        raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(images)} readable normal "
+                           f"training images ({len(skipped)} skipped); at least {MIN_TRAINING_IMAGES} are needed")
     fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
     fit = images[fit_idx]
     foreground = np.stack([foreground_mask(image, rule) for image in fit])
@@ -503,23 +506,50 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
 RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
 
 
-def check_resumable(request: FitRequest, state: dict[str, Any]) -> None:
-    """A killed run continues only with the settings it was started with: another seed, step
-    budget or architecture would silently mix two runs in one set of weights."""
+def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """A killed run continues only with the settings and data it was started with: another
+    seed, step budget, architecture or dataset would silently mix two runs in one set of weights."""
     started_with = state.get("config")
     if started_with is None:
         raise RealnetError(f"{request.out / checkpoint.RESUME_STATE} was written by an older realnet that did not "
                            "record the run's settings; start the run again without --resume")
-    before, now = flat_config(started_with), flat_config(request.config.to_dict())
+    check_same_settings(request, started_with, "the killed run was started with")
+    if ("select_on_test" in state) != request.select_on_test:
+        raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
+                           " --select-on-test; resume it the same way")
+    check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
+
+
+def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], what: str) -> None:
+    before, now = flat_config(recorded_config), flat_config(request.config.to_dict())
     differing = sorted(k for k in before.keys() | now.keys()
                        if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS and before.get(k) != now.get(k))
     if differing:
         shown = ", ".join(f"{k}={before.get(k)!r} (now {now.get(k)!r})" for k in differing[:4])
-        raise RealnetError(f"{request.out}: the killed run was started with other settings: {shown}"
-                           f"{' ...' if len(differing) > 4 else ''}; resume it with the settings it was started with")
-    if ("select_on_test" in state) != request.select_on_test:
-        raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
-                           " --select-on-test; resume it the same way")
+        raise RealnetError(f"{request.out}: {what} other settings: {shown}"
+                           f"{' ...' if len(differing) > 4 else ''}; give the settings it was started with")
+
+
+def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int | None = None) -> dict[str, Any]:
+    """What a run trains on besides its config: the data it reads and, once loaded, how many
+    training images were readable and how many processes shared each batch."""
+    inputs: dict[str, Any] = {"root": str(request.data_root), "category": request.category,
+                              "dataset": request.dataset, "folder_options": request.folder_options}
+    if n_images is not None:
+        inputs |= {"n_training_images": n_images, "world_size": world_size}
+    return inputs
+
+
+def check_same_inputs(request: FitRequest, recorded: dict[str, Any] | None, now: dict[str, Any], what: str) -> None:
+    """Refuse to continue a run on other data (or another image count or number of processes):
+    the weights would mix two trainings while model.json named one. `recorded` None: written by
+    a realnet that did not record them."""
+    recorded = {} if recorded is None else {**recorded, "root": str(Path(recorded["root"]).resolve())}
+    differing = [f"{key} {recorded[key]!r} (now {now.get(key)!r})" for key in sorted(recorded)
+                 if recorded[key] != now.get(key)]
+    if differing:
+        raise RealnetError(f"{request.out}: {what} other inputs: {', '.join(differing)}; give the same ones "
+                           "or choose another --out")
 
 
 def prepare_run_dir(request: FitRequest) -> bool:
@@ -538,8 +568,12 @@ def prepare_run_dir(request: FitRequest) -> bool:
 
 def fit(request: FitRequest) -> dict[str, Any]:
     """Train a detector and write RUN/model.safetensors + RUN/model.json. Returns the metadata."""
+    request = replace(request, data_root=Path(request.data_root).resolve())  # test works from anywhere
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
-        return checkpoint.read_meta(request.out)
+        meta = checkpoint.read_meta(request.out)  # finished: nothing to continue, if it is the same run
+        check_same_settings(request, meta["config"], "the finished run was trained with")
+        check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
+        return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
         # the fused maps are calibrated once, after training; mid-run test scores would not be the fused ones
         raise RealnetError("--select-on-test reproduces the paper's protocol and needs density.weight=0 and "
@@ -549,6 +583,10 @@ def fit(request: FitRequest) -> dict[str, Any]:
     if request.select_on_test and request.config.train.map_normalization != "none":
         # the position statistics are calibrated after training: mid-run test scores would not be the saved model's
         raise RealnetError("--select-on-test reproduces the paper's protocol and needs train.map_normalization=none")
+    if request.select_on_test and request.config.rrs.recalibration_batches > 0:
+        # the step is chosen on the live RRS statistics; recalibrating after would save another model
+        raise RealnetError("--select-on-test keeps the best step as it was evaluated; it needs "
+                           "rrs.recalibration_batches=0")
     created = prepare_run_dir(request)
     try:
         return _fit(request)
@@ -585,8 +623,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
     selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
+    inputs = run_inputs(request, len(images.fit) + len(images.holdout), context.world_size)
     if resume_state is not None:
-        check_resumable(request, resume_state)
+        check_resumable(request, resume_state, inputs)
         model.load_state_dict(resume_state["model"], strict=False)
         optimizer.load_state_dict(resume_state["optimizer"])
         if selector_on_test is not None:
@@ -631,7 +670,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
-                "config": config.to_dict(),
+                "config": config.to_dict(), "inputs": inputs,
                 **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                 **({"select_on_test": selector_on_test.state_dict()} if selector_on_test is not None else {}),
             })
@@ -651,8 +690,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     meta = {
         "config": config.to_dict(),
         "preset": config.preset,
-        "data": {"root": str(request.data_root), "category": request.category,
-                 "dataset": request.dataset, "folder_options": request.folder_options},
+        "data": run_inputs(request),
         "backbone": backbone.identity,
         "selection": {k: v for k, v in selection.items() if k != "losses"},
         "channels": {"backbone": backbone.channels, "selected": model.selector.out_channels,
