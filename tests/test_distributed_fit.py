@@ -64,7 +64,7 @@ def test_batch_size_must_split_evenly_over_the_ranks(tmp_path, monkeypatch):
     from realnet.engine.fit import FitRequest, fit
     from realnet.errors import RealnetError
 
-    monkeypatch.setattr(distributed, "init_distributed", lambda: distributed.DistributedContext(0, 3))
+    monkeypatch.setattr(distributed, "init_distributed", lambda backend=None: distributed.DistributedContext(0, 3))
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, size=(64, 64))
     with pytest.raises(RealnetError, match="train.batch_size=4 must be a multiple of the 3 processes"):
         fit(FitRequest(config=load_config("tiny"), data_root=data, category="widget", out=tmp_path / "run",
@@ -79,7 +79,7 @@ def test_batch_shards_partition_the_single_process_batch():
 
     rng = torch.Generator().manual_seed(0)
     images = (torch.rand(6, 32, 32, 3, generator=rng) * 255).to(torch.uint8).numpy()
-    train = TrainingImages(images, images[:0], images[..., 0] >= 0, [])
+    train = TrainingImages(images, images[:0], images[..., 0] >= 0)
     synthesizer = AnomalySynthesizer(SynthesisConfig(source_weights={"cutpaste": 1.0}),
                                      {"cutpaste": CutPasteSource()}, NO_FOREGROUND)
     batches = SyntheticBatches(synthesizer, train, batch_size=4, seed=3)
@@ -89,3 +89,67 @@ def test_batch_shards_partition_the_single_process_batch():
         merged = [None] * 4
         merged[0::2], merged[1::2] = list(shards[0][part]), list(shards[1][part])
         assert all((a == b).all() for a, b in zip(merged, whole[part]))
+
+
+def _state_worker(rank: int, world_size: int, init_file: str) -> None:
+    import torch.distributed as dist
+
+    from realnet.engine.distributed import DistributedContext, average_scalars, broadcast_state
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        context = DistributedContext(rank, world_size)
+        torch.manual_seed(rank)  # ranks that built their initial weights apart
+        layer = torch.nn.Linear(3, 2)
+        layer.register_buffer("indices", torch.tensor([rank, 5]))
+        broadcast_state(layer, context)
+        for tensor in (layer.weight.detach(), layer.indices):
+            gathered = [torch.empty_like(tensor) for _ in range(world_size)]
+            dist.all_gather(gathered, tensor.contiguous())
+            assert torch.equal(gathered[0], gathered[1])
+        assert layer.indices.tolist() == [0, 5] and layer.weight.requires_grad
+        assert average_scalars({"loss": float(rank), "seg": 2.0}, context) == {"loss": 0.5, "seg": 2.0}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_start_from_rank_zeros_state_and_report_the_mean_loss(tmp_path):
+    """Regression: nothing was broadcast before step 0 (ranks relied on computing the same initial
+    weights and AFS indices), and model.json recorded rank 0's shard loss as the batch's."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_state_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)
+
+
+def test_a_named_device_under_torchrun_is_refused(monkeypatch):
+    """Regression: --device cuda:1 or mps was silently replaced by each rank's cuda:LOCAL_RANK."""
+    from realnet.engine import distributed
+    from realnet.errors import RealnetError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    asked = []
+    monkeypatch.setattr(distributed, "init_distributed", lambda backend=None: asked.append(backend))
+    for name in ("cuda:1", "mps"):
+        with pytest.raises(RealnetError, match=f"--device {name}: under torchrun"):
+            distributed.init_for_device(name)
+    distributed.init_for_device("cpu")
+    distributed.init_for_device("auto")
+    assert asked == ["gloo", None]
+
+
+def test_a_failure_after_the_run_is_saved_keeps_the_run(tmp_path, monkeypatch):
+    """Regression: the clean-up of a failed fit removed the folder it created even when the
+    finished model was already in it (e.g. a failing barrier after saving)."""
+    from realnet.config import load_config
+    from realnet.engine import distributed
+    from realnet.engine.fit import FitRequest, fit
+
+    def broken_barrier(context):
+        raise RuntimeError("barrier timed out")
+
+    monkeypatch.setattr(distributed, "barrier", broken_barrier)
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, size=(64, 64))
+    with pytest.raises(RuntimeError, match="barrier"):
+        fit(FitRequest(config=load_config("tiny", overrides=["train.steps=2"]), data_root=data, category="widget",
+                       out=tmp_path / "run", device="cpu", progress=False))
+    assert (tmp_path / "run" / "model.json").exists()

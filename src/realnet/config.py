@@ -110,7 +110,7 @@ class TrainConfig:
     image_size: int = 256
     batch_size: int = 16
     learning_rate: float = 1e-4
-    lr_schedule: str = "constant"  # "constant" (the paper) | "cosine": decays to 0 by the last step (ours)
+    lr_schedule: str = "constant"  # "constant" (the paper) | "cosine": half a cosine from the base rate towards 0 (ours)
     steps: int | None = None  # when set, overrides epochs
     epochs: int = 1000
     seed: int = 100

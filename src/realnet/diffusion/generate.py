@@ -135,7 +135,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     from realnet.engine.checkpoint import atomic_write, write_json
 
     _check_request(request)
-    context = distributed.init_distributed()
+    context = distributed.init_for_device(request.device)
     try:
         device = run_device(context, request.device, request.bf16)
         unet, meta = load_sdas_model(request.model, device)

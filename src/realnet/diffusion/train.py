@@ -328,7 +328,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
     from realnet.engine import distributed
 
     _check_request(request)
-    context = distributed.init_distributed()
+    context = distributed.init_for_device(request.device)
     try:
         device = run_device(context, request.device, request.bf16)
         if request.batch_size % context.world_size:

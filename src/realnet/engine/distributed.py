@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from realnet.errors import RealnetError
+
 
 @dataclass(frozen=True)
 class DistributedContext:
@@ -51,6 +53,35 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     if not dist.is_initialized():
         dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
     return DistributedContext(rank, world_size, local_rank, device)
+
+
+def init_for_device(name: str) -> DistributedContext:
+    """`init_distributed` for a command's --device. Under torchrun, "cpu" puts every rank on the
+    CPU with gloo (even where CUDA exists) and "auto" / "cuda" give each rank cuda:LOCAL_RANK; one
+    named device (cuda:1, mps) cannot be every rank's and is refused."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in ("auto", "cpu", "cuda"):
+        raise RealnetError(f"--device {name}: under torchrun every rank takes cuda:LOCAL_RANK (--device auto or "
+                           "cuda) or the CPU (--device cpu)")
+    return init_distributed(backend="gloo" if name == "cpu" else None)
+
+
+def broadcast_state(module: torch.nn.Module, context: DistributedContext) -> None:
+    """Rank 0's parameters and buffers copied to every rank once before training, so that ranks
+    which computed their initial state apart (weights, AFS indices) cannot start out different."""
+    if not context.enabled:
+        return
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(tensor.data, src=0)
+
+
+def average_scalars(values: dict[str, float], context: DistributedContext) -> dict[str, float]:
+    """The mean over ranks of each value (e.g. each rank's loss on its shard of the batch)."""
+    if not context.enabled or not values:
+        return values
+    stacked = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    return dict(zip(values, (stacked / context.world_size).tolist()))
 
 
 def _buckets(tensors: list[torch.Tensor], max_elements: int) -> Iterator[list[torch.Tensor]]:
@@ -95,11 +126,6 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], context: Distrib
 def barrier(context: DistributedContext) -> None:
     if context.enabled:
         dist.barrier()
-
-
-def shard(indices: list[int] | range, context: DistributedContext) -> list[int]:
-    """Rank r takes the items i with position i = r (mod world size)."""
-    return list(indices)[context.rank::context.world_size]
 
 
 def cleanup(context: DistributedContext) -> None:

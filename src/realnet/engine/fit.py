@@ -65,7 +65,6 @@ class TrainingImages:
     fit: np.ndarray  # (N, S, S, 3) uint8
     holdout: np.ndarray
     foreground: np.ndarray  # (N, S, S) bool, per fit image
-    fit_records: list[Record]
 
 
 def split_holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +169,7 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
     if len(train) < MIN_TRAINING_IMAGES:
         raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(train)} normal training "
                            f"images; at least {MIN_TRAINING_IMAGES} are needed")
-    images, _, kept, skipped = load_samples(
+    images, _, _, skipped = load_samples(
         train, config.train.image_size, skip_bad=request.skip_bad, desc="loading train images",
         progress=request.progress,
     )
@@ -182,7 +181,7 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
     fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
     fit = images[fit_idx]
     foreground = np.stack([foreground_mask(image, rule) for image in fit])
-    return TrainingImages(fit, images[holdout_idx], foreground, [kept[i] for i in fit_idx])
+    return TrainingImages(fit, images[holdout_idx], foreground)
 
 
 def run_feature_selection(model: RealNet, batches: SyntheticBatches, config: RealNetConfig,
@@ -312,7 +311,8 @@ def weight_average(trainable: torch.nn.Module, decay: float | None):
 
 def learning_rate_at(step: int, total_steps: int, base: float, schedule: str) -> float:
     """The step's learning rate, a pure function of the step so that --resume needs no scheduler
-    state. "cosine" (ours, not the paper's constant rate) decays from base to 0 over the run."""
+    state. "cosine" (ours, not the paper's constant rate) decays from base towards 0, which it
+    would reach at step `total_steps`, one after the last."""
     if schedule == "constant":
         return base
     if schedule == "cosine":
@@ -587,11 +587,15 @@ def fit(request: FitRequest) -> dict[str, Any]:
         # the step is chosen on the live RRS statistics; recalibrating after would save another model
         raise RealnetError("--select-on-test keeps the best step as it was evaluated; it needs "
                            "rrs.recalibration_batches=0")
+    from realnet.engine.distributed import launched_rank
+
     created = prepare_run_dir(request)
     try:
         return _fit(request)
     except BaseException:
-        if created and not (request.out / checkpoint.RESUME_STATE).exists():
+        # only rank 0 owns the folder, and a finished run (a failure after saving it) is kept
+        if created and launched_rank() == 0 and not any(
+                (request.out / name).exists() for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META)):
             shutil.rmtree(request.out, ignore_errors=True)
         raise
 
@@ -601,8 +605,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
 
     config, tc = request.config, request.config.train
     started = time.time()
-    context = distributed.init_distributed()
-    device = context.device if context.world_size > 1 else resolve_device(request.device)
+    context = distributed.init_for_device(request.device)
+    device = context.device if context.enabled else resolve_device(request.device)
     main_process = context.rank == 0
     if tc.batch_size % context.world_size:
         raise RealnetError(f"train.batch_size={tc.batch_size} must be a multiple of the {context.world_size} "
@@ -637,6 +641,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     else:
         selection = run_feature_selection(model, batches, config, device, progress)
         start_step, elapsed_before = 0, 0.0
+    distributed.broadcast_state(model.selector, context)
+    distributed.broadcast_state(trainable, context)
     total_steps = tc.steps or tc.epochs * steps_per_epoch(len(images.fit), tc.batch_size)
     normal_features = NormalFeatures(model, images.fit, device, tc.feature_cache_gb, tc.batch_size, progress)
     training_features = TrainingFeatures(model, normal_features, device, batches.has_feature_noise)
@@ -675,6 +681,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 **({"select_on_test": selector_on_test.state_dict()} if selector_on_test is not None else {}),
             })
     bar.close()
+    losses = distributed.average_scalars(losses, context)  # the whole batch's, not rank 0's shard's
     if averaged is not None:
         trainable.load_state_dict(averaged.module.state_dict())
 
