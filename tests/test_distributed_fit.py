@@ -153,3 +153,17 @@ def test_a_failure_after_the_run_is_saved_keeps_the_run(tmp_path, monkeypatch):
         fit(FitRequest(config=load_config("tiny", overrides=["train.steps=2"]), data_root=data, category="widget",
                        out=tmp_path / "run", device="cpu", progress=False))
     assert (tmp_path / "run" / "model.json").exists()
+
+
+def test_devices_that_cannot_work_are_refused_in_one_line(monkeypatch):
+    """Regression: cuda:7 on a one-GPU machine and 'meta' passed and failed later with a traceback."""
+    from realnet.engine.runtime import resolve_device
+    from realnet.errors import RealnetError
+
+    with pytest.raises(RealnetError, match="--device 'meta': use auto, cpu"):
+        resolve_device("meta")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RealnetError, match="--device cuda:7: this machine has 1 CUDA device"):
+        resolve_device("cuda:7")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)

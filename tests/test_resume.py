@@ -167,3 +167,14 @@ def test_resume_on_other_data_or_of_a_finished_run_with_other_settings_is_refuse
     with pytest.raises(RealnetError, match=r"finished run was trained on other inputs: category"):
         fit(replace(other, category="gadget"))
     assert fit(other)["fit"]["steps"] == 12
+
+
+def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monkeypatch):
+    """Regression: a kill during a checkpoint write left .resume.pt.*.tmp in the run for good."""
+    from realnet.engine.fit import fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "run"), 1)
+    (tmp_path / "run" / ".resume.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    fit(tiny_request(data, tmp_path / "run", resume=True))
+    assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []

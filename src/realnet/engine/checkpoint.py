@@ -43,6 +43,13 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete the half-written files `atomic_write` leaves when its process is killed mid-write
+    (hundreds of MB for a resume state of the paper preset)."""
+    for stale in Path(folder).glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def _json_default(value: Any) -> str:
     if isinstance(value, PurePath):  # folder options and other paths in run metadata
         return str(value)

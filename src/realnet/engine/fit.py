@@ -563,6 +563,7 @@ def prepare_run_dir(request: FitRequest) -> bool:
         raise RealnetError(f"{out} exists and is not empty; use --resume to continue it or choose another --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint
     return created
 
 

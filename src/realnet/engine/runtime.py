@@ -32,8 +32,12 @@ def resolve_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise RealnetError(f"--device {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise RealnetError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RealnetError("--device cuda was requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise RealnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not _mps_available():
         raise RealnetError("--device mps was requested but MPS is not available")
     return device
