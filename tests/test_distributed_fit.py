@@ -17,10 +17,12 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 @pytest.mark.slow
 def test_two_rank_gloo_fit_writes_one_run(tmp_path):
     data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    bad = sorted((data / "widget" / "train" / "good").iterdir())[0]
+    bad.write_bytes(bad.read_bytes()[:40])
     out = tmp_path / "run"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "realnet", "fit", "--data", str(data), "--category", "widget", "--preset", "tiny",
-               "--out", str(out), "--steps", "3"]
+               "--out", str(out), "--steps", "3", "--skip-bad"]
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -31,6 +33,7 @@ def test_two_rank_gloo_fit_writes_one_run(tmp_path):
     assert (out / "model.safetensors").exists()
     summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1, result.stdout  # every rank printed its own summary
+    assert result.stderr.count(f"skipped {bad}") == 1 and "skipped" not in result.stdout, result.stdout  # one rank, on stderr
 
 
 def _broadcast_worker(rank: int, world_size: int, init_file: str) -> None:

@@ -60,7 +60,7 @@ def test_fit_records_the_precision_it_trained_in(tmp_path, monkeypatch, capsys, 
     monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: native)
     assert tiny_fit(tmp_path, "fp32")["precision"] == "fp32"
     assert tiny_fit(tmp_path, "bf16", "train.bf16=true")["precision"] == ("bf16 autocast" if native else "fp32")
-    warned = "train.bf16 ignored" in capsys.readouterr().out
+    warned = "train.bf16 ignored" in capsys.readouterr().err  # stdout is for the JSON summary
     assert warned is not native
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from realnet.data.records import Record
 from realnet.data.validate import MIN_TRAINING_IMAGES
 from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
+from realnet.engine.distributed import launched_rank
 from realnet.engine.runtime import (
     adam,
     batch_indices,
@@ -173,8 +175,8 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
         train, config.train.image_size, skip_bad=request.skip_bad, desc="loading train images",
         progress=request.progress,
     )
-    for error in skipped:
-        tqdm.write(f"realnet: skipped {error}")
+    for error in skipped if launched_rank() == 0 else ():
+        tqdm.write(f"realnet: skipped {error}", file=sys.stderr)  # stdout holds the JSON summary
     if len(images) < MIN_TRAINING_IMAGES:
         raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(images)} readable normal "
                            f"training images ({len(skipped)} skipped); at least {MIN_TRAINING_IMAGES} are needed")
@@ -588,8 +590,6 @@ def fit(request: FitRequest) -> dict[str, Any]:
         # the step is chosen on the live RRS statistics; recalibrating after would save another model
         raise RealnetError("--select-on-test keeps the best step as it was evaluated; it needs "
                            "rrs.recalibration_batches=0")
-    from realnet.engine.distributed import launched_rank
-
     created = prepare_run_dir(request)
     try:
         return _fit(request)
@@ -613,6 +613,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         raise RealnetError(f"train.batch_size={tc.batch_size} must be a multiple of the {context.world_size} "
                            "processes, so that every rank trains an equal shard of each batch")
     progress = request.progress and main_process
+    request = replace(request, progress=progress)  # one progress bar under torchrun, not one per rank
     seed_everything(tc.seed)
 
     records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
@@ -649,8 +650,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     training_features = TrainingFeatures(model, normal_features, device, batches.has_feature_noise)
 
     use_bf16 = tc.bf16 and bf16_autocast_available(device)
-    if tc.bf16 and not use_bf16:
-        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32")
+    if tc.bf16 and not use_bf16 and main_process:
+        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32",
+                   file=sys.stderr)
     autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     reduce_gradients = lambda: distributed.average_gradients(trainable.parameters(), context)  # noqa: E731
 
