@@ -97,7 +97,7 @@ def test_batch_shards_partition_the_single_process_batch():
 def _state_worker(rank: int, world_size: int, init_file: str) -> None:
     import torch.distributed as dist
 
-    from realnet.engine.distributed import DistributedContext, average_scalars, broadcast_state
+    from realnet.engine.distributed import DistributedContext, all_ranks_agree, average_scalars, broadcast_state
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
@@ -112,13 +112,16 @@ def _state_worker(rank: int, world_size: int, init_file: str) -> None:
             assert torch.equal(gathered[0], gathered[1])
         assert layer.indices.tolist() == [0, 5] and layer.weight.requires_grad
         assert average_scalars({"loss": float(rank), "seg": 2.0}, context) == {"loss": 0.5, "seg": 2.0}
+        # a rank that found no resume.pt (-1) while the other resumes at step 8: both must stop
+        assert all_ranks_agree(8, context) and not all_ranks_agree(8 if rank == 0 else -1, context)
     finally:
         dist.destroy_process_group()
 
 
 def test_ranks_start_from_rank_zeros_state_and_report_the_mean_loss(tmp_path):
-    """Regression: nothing was broadcast before step 0 (ranks relied on computing the same initial
-    weights and AFS indices), and model.json recorded rank 0's shard loss as the batch's."""
+    """Regressions: nothing was broadcast before step 0 (ranks relied on computing the same initial
+    weights and AFS indices); model.json recorded rank 0's shard loss as the batch's; ranks that
+    saw different resume states (no shared file system) started apart and hung."""
     import torch.multiprocessing as mp
 
     mp.spawn(_state_worker, args=(2, str(tmp_path / "init")), nprocs=2, join=True)

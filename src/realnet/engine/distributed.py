@@ -75,6 +75,16 @@ def broadcast_state(module: torch.nn.Module, context: DistributedContext) -> Non
             dist.broadcast(tensor.data, src=0)
 
 
+def all_ranks_agree(value: int, context: DistributedContext) -> bool:
+    """Whether every rank holds the same `value`; the same answer on every rank, so all of them can
+    stop together instead of leaving the others waiting in a collective."""
+    if not context.enabled:
+        return True
+    extremes = torch.tensor([value, -value], dtype=torch.int64)
+    dist.all_reduce(extremes, op=dist.ReduceOp.MAX)
+    return int(extremes[0]) == -int(extremes[1])
+
+
 def average_scalars(values: dict[str, float], context: DistributedContext) -> dict[str, float]:
     """The mean over ranks of each value (e.g. each rank's loss on its shard of the batch)."""
     if not context.enabled or not values:

@@ -629,6 +629,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
     selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
+    if not distributed.all_ranks_agree(-1 if resume_state is None else resume_state["step"], context):
+        raise RealnetError(f"{request.out}: the ranks found different resume states (is --out on a file system "
+                           "every node shares?); resume with the same resume.pt visible to all ranks")
     inputs = run_inputs(request, len(images.fit) + len(images.holdout), context.world_size)
     if resume_state is not None:
         check_resumable(request, resume_state, inputs)
