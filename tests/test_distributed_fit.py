@@ -141,6 +141,9 @@ def test_a_named_device_under_torchrun_is_refused(monkeypatch):
     distributed.init_for_device("cpu")
     distributed.init_for_device("auto")
     assert asked == ["gloo", None]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # it fell back to gloo on the CPU
+    with pytest.raises(RealnetError, match="--device cuda was requested but CUDA is not available"):
+        distributed.init_for_device("cuda")
 
 
 def test_a_failure_after_the_run_is_saved_keeps_the_run(tmp_path, monkeypatch):

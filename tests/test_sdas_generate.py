@@ -76,9 +76,10 @@ def test_a_rerun_fills_in_missing_files_only(model, tmp_path):
     before = files(folder)
     inodes = {p.name: p.stat().st_ino for p in folder.glob("*.png")}
     (folder / "000002.png").unlink()
+    (folder / ".000002.png.x1y2.tmp").write_bytes(b"half an image")  # a kill mid-write; it stayed for good
     summary = bank(model, tmp_path / "sia", 4)
     assert summary["written"] == 1 and summary["sampled"] == 2
-    assert files(folder) == before
+    assert files(folder) == before and not list(folder.glob(".*.tmp"))
     assert all(inodes[p.name] == p.stat().st_ino for p in folder.glob("*.png") if p.name != "000002.png")
 
 
@@ -118,7 +119,7 @@ def test_ddim_bank(model, tmp_path):
 
 def test_strength_parsing_and_draws():
     assert parse_strength("0.1:0.2") == (0.1, 0.2) and parse_strength("0.15") == (0.15, 0.15)
-    for bad in ("0.2:0.1", "-1", "a:b", "0.1:0.2:0.3"):
+    for bad in ("0.2:0.1", "-1", "a:b", "0.1:0.2:0.3", "inf", "0.1:inf", "nan"):  # inf drew all-black images
         with pytest.raises(RealnetError, match="--strength"):
             parse_strength(bad)
     draws = [image_strength(0, i, (0.1, 0.2)) for i in range(200)]

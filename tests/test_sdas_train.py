@@ -102,6 +102,46 @@ def test_existing_runs_are_protected(gray_data, tmp_path):
         train(request(gray_data, tmp_path / "empty", resume=True))
 
 
+def test_a_kill_before_model_json_still_resumes_and_a_trimmed_model_is_protected(gray_data, tmp_path):
+    """Regressions: a kill after the resume state but before model.json was written left a folder
+    that could neither resume nor restart; a model folder without train_state.safetensors (what
+    generate needs) was overwritten by a fresh train; a half-written checkpoint stayed for good;
+    a torn last log line broke --resume with a traceback; --steps below the step reached 'succeeded'."""
+    out = tmp_path / "run"
+    train(request(gray_data, out, steps=2))
+    (out / MODEL_META).unlink()
+    (out / EMA_WEIGHTS).unlink()
+    (out / ".train_state.safetensors.abc.tmp").write_bytes(b"half")
+    with open(out / "log.jsonl", "a") as log:
+        log.write('{"step": 3, "loss": 1.0')
+    assert train(request(gray_data, out, resume=True))["started_at_step"] == 2
+    assert not list(out.glob(".*.tmp")) and json.loads((out / MODEL_META).read_text())["step"] == 4
+    with pytest.raises(RealnetError, match="already at step 4; --steps 3"):
+        train(request(gray_data, out, steps=3, resume=True))
+
+    (out / TRAIN_STATE).unlink()
+    with pytest.raises(RealnetError, match="already holds an SDAS model"):
+        train(request(gray_data, out, steps=2))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"grad_clip": -1.0}, "--grad-clip -1.0: must be a positive number"),
+    ({"grad_clip": 0.0}, "--grad-clip 0.0: must be a positive number"),
+    ({"lr": float("nan")}, "--lr nan: must be a positive number"),
+    ({"sample_steps": 2000}, "--sample-steps 2000: at most the 1000"),
+    ({"schedule": "foo"}, "--schedule 'foo': use one of linear, cosine"),
+    ({"image_size": 9}, "--image-size 9: the tiny preset needs a positive multiple of"),
+    ({"categories": ["tile", "tile"]}, "each category once"),
+    ({"dataset": "folder"}, "--dataset folder: sdas train reads"),
+])
+def test_bad_training_requests_fail_before_any_work(gray_data, tmp_path, overrides, message):
+    """Regressions: each was accepted; a negative clip norm trained by gradient ascent, 0 never
+    learnt, the others failed with a traceback after loading the data or hours into training."""
+    with pytest.raises(RealnetError, match=message):
+        train(request(gray_data, tmp_path / "run", **overrides))
+    assert not (tmp_path / "run").exists()
+
+
 def test_init_copies_matching_tensors_and_conditions_on_categories(gray_data, tmp_path):
     source = tmp_path / "gray_model"
     train(request(gray_data, source, steps=1))

@@ -31,6 +31,9 @@ def cosine_betas(num_timesteps: int = DEFAULT_TIMESTEPS, offset: float = 0.008, 
     return np.minimum(1 - alpha_bar[1:] / alpha_bar[:-1], max_beta)
 
 
+SCHEDULES = ("linear", "cosine")
+
+
 def make_betas(schedule: str, num_timesteps: int = DEFAULT_TIMESTEPS) -> np.ndarray:
     """The betas of a named schedule: "linear" (the paper's) or "cosine"."""
     if schedule == "linear":

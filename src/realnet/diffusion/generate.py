@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -67,8 +68,8 @@ def parse_strength(text: str) -> tuple[float, float]:
         parts = []
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or not 0 <= parts[0] <= parts[1]:
-        raise RealnetError(f"--strength {text!r}: use LOW:HIGH with 0 <= LOW <= HIGH, or one value")
+    if len(parts) != 2 or not 0 <= parts[0] <= parts[1] < math.inf:
+        raise RealnetError(f"--strength {text!r}: use LOW:HIGH with 0 <= LOW <= HIGH (finite), or one value")
     return parts[0], parts[1]
 
 
@@ -132,7 +133,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from realnet.engine import distributed
-    from realnet.engine.checkpoint import atomic_write, write_json
+    from realnet.engine.checkpoint import atomic_write, remove_stale_temporaries, write_json
 
     _check_request(request)
     context = distributed.init_for_device(request.device)
@@ -154,6 +155,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         distributed.barrier(context)
         if context.is_main_process:
             folder.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(folder)  # of a run killed while it wrote an image
             write_json(folder / SETTINGS, settings)
         distributed.barrier(context)
 

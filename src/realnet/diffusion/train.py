@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,10 +32,10 @@ from torch import nn
 
 from realnet import __version__
 from realnet.data.records import NORMAL
-from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, GaussianDiffusion, make_betas
+from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, SCHEDULES, GaussianDiffusion, make_betas
 from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_config
 from realnet.diffusion.sampler import sdas_sample
-from realnet.engine.checkpoint import atomic_write, read_json
+from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temporaries
 from realnet.engine.runtime import batch_indices
 from realnet.engine.distributed import DistributedContext
 from realnet.errors import BadFileError, RealnetError
@@ -130,10 +131,23 @@ def save_train_state(out: Path, meta: dict[str, Any], unet: nn.Module, ema: nn.M
     optimizer_state = optimizer.state_dict()
     for index, state in optimizer_state["state"].items():
         tensors.update({f"optimizer.{index}.{name}": value.detach().cpu().contiguous() for name, value in state.items()})
-    metadata = {"step": str(step), "param_groups": json.dumps(optimizer_state["param_groups"])}
+    # the run's metadata travels with the resume state, so a kill before model.json is written
+    # (the paper preset's EMA file takes a while) still leaves a resumable run
+    metadata = {"step": str(step), "param_groups": json.dumps(optimizer_state["param_groups"]),
+                "meta": json.dumps({**meta, "step": step})}
     _atomic_save_file(tensors, out / TRAIN_STATE, metadata)
     _atomic_save_file(_cpu_state(ema), out / EMA_WEIGHTS)
     write_json(out / MODEL_META, {**meta, "step": step})
+
+
+def resume_meta(out: Path) -> dict[str, Any]:
+    """The metadata saved with the resume state (model.json for states older than that)."""
+    try:
+        with safe_open(str(out / TRAIN_STATE), "pt") as handle:
+            saved = handle.metadata().get("meta")
+    except Exception as error:  # a truncated or foreign file
+        raise BadFileError(out / TRAIN_STATE, f"unreadable resume state ({error})") from None
+    return json.loads(saved) if saved else read_model_meta(out)
 
 
 def load_train_state(out: Path, unet: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -280,6 +294,24 @@ def _check_request(request: TrainRequest) -> None:
         raise RealnetError("--categories: name at least one category")
     if request.ema_decay is not None and not 0.0 <= request.ema_decay < 1.0:
         raise RealnetError(f"--ema {request.ema_decay}: must be in [0, 1)")
+    # a negative clip norm reverses the gradients and 0 zeroes them: both train without an error
+    for name, value in (("lr", request.lr), ("grad-clip", request.grad_clip)):
+        if not 0 < value < math.inf:
+            raise RealnetError(f"--{name} {value}: must be a positive number")
+    if request.sample_steps > DEFAULT_TIMESTEPS:
+        raise RealnetError(f"--sample-steps {request.sample_steps}: at most the {DEFAULT_TIMESTEPS} training timesteps")
+    if request.schedule not in SCHEDULES:
+        raise RealnetError(f"--schedule {request.schedule!r}: use one of {', '.join(SCHEDULES)}")
+    if request.image_size is not None:
+        factor = 2 ** (len(PRESETS[request.preset].channel_mults) - 1)  # the U-Net's downsampling
+        if request.image_size < factor or request.image_size % factor:
+            raise RealnetError(f"--image-size {request.image_size}: the {request.preset} preset needs a positive "
+                               f"multiple of {factor}")
+    if request.dataset == "folder":  # its layout needs options (--normal-dir ...) this command does not take
+        raise RealnetError("--dataset folder: sdas train reads the mvtec, visa, mpdd and btad layouts; put the "
+                           "normal images in ROOT/CATEGORY/train/good/ and use --dataset mvtec")
+    if len(set(request.categories)) != len(request.categories):
+        raise RealnetError(f"--categories {','.join(request.categories)}: each category once")
 
 
 def keep_log_until(path: Path, step: int) -> None:
@@ -289,9 +321,17 @@ def keep_log_until(path: Path, step: int) -> None:
     if not path.is_file():
         return
     lines = [line for line in path.read_text().splitlines() if line]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    kept = [line for line in lines if _logged_step(line) <= step]
     if len(kept) < len(lines):
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
+
+
+def _logged_step(line: str) -> float:
+    """A log record's step; a line torn by a kill mid-write counts as after every save."""
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
@@ -299,15 +339,21 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
     out = Path(request.out)
     has_state = (out / TRAIN_STATE).is_file()
     if not request.resume:
-        if has_state:
-            raise RealnetError(f"{out} already holds an SDAS training run: pass --resume to continue it or choose a new --out")
+        # a model folder without its resume state (all that generate needs) is a trained model too
+        if any((out / name).is_file() for name in (TRAIN_STATE, EMA_WEIGHTS, MODEL_META)):
+            raise RealnetError(f"{out} already holds an SDAS model: pass --resume to continue its training or "
+                               "choose a new --out")
         return
     if not has_state:
         raise RealnetError(f"{out}: nothing to resume (no {TRAIN_STATE})")
-    previous = read_model_meta(out)
+    previous = resume_meta(out)
     changed = [key for key in RESUME_KEYS if previous.get(key) != meta[key]]
     if changed:
         raise RealnetError(f"{out}: cannot resume with different {', '.join(changed)} than the run there")
+    if previous["step"] > request.steps:
+        raise RealnetError(f"{out} is already at step {previous['step']}; --steps {request.steps} would not train "
+                           "it (give more steps, or use the model as it is)")
+    remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint
 
 
 def run_device(context: DistributedContext, name: str, bf16: bool) -> torch.device:
@@ -361,7 +407,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
         optimizer = torch.optim.Adam(unet.parameters(), lr=request.lr)
         start = load_train_state(out, unet, ema, optimizer) if request.resume else 0
         if request.resume:
-            meta["init"] = read_model_meta(out).get("init")
+            meta["init"] = resume_meta(out).get("init")
         if main:
             out.mkdir(parents=True, exist_ok=True)
             keep_log_until(out / TRAIN_LOG, start)
@@ -404,6 +450,8 @@ def _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, 
         logged_steps += 1
         done = step + 1
         bar.update(1)
+        if done % request.log_every == 0 or done == request.steps:
+            totals = distributed.average_scalars(totals, context)  # the whole batch's loss, on every rank
         if main and (done % request.log_every == 0 or done == request.steps):
             record = {"step": done, **{k: v / logged_steps for k, v in totals.items()},
                       "seconds": round(time.perf_counter() - began, 2)}
