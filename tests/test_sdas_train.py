@@ -196,3 +196,17 @@ def test_two_gloo_ranks_train_like_one_process(gray_data, tmp_path):
     # Only rounding differs; a rare Adam sign flip on a near-zero gradient may move one weight.
     assert differences.mean() < 1e-4 * moved.mean() and (differences > 1e-6).float().mean() < 1e-3
     assert json.loads((tmp_path / "ddp" / MODEL_META).read_text())["world_size"] == 2
+
+
+def test_only_rank_zero_draws_the_loading_bar(gray_data, monkeypatch):
+    """Regression: under torchrun every rank drew its own 'loading' progress bar."""
+    from realnet.diffusion import train as train_module
+    from realnet.engine import runtime
+
+    asked = []
+    load = runtime.load_samples
+    monkeypatch.setattr(runtime, "load_samples", lambda *a, **k: asked.append(k["progress"]) or load(*a, **k))
+    for rank in (1, 0):
+        monkeypatch.setattr(train_module, "launched_rank", lambda: rank)
+        train_module.load_training_images(request(gray_data, Path("unused"), progress=True), 16)
+    assert asked == [False, True]

@@ -37,7 +37,7 @@ from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_
 from realnet.diffusion.sampler import sdas_sample
 from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temporaries
 from realnet.engine.runtime import batch_indices
-from realnet.engine.distributed import DistributedContext
+from realnet.engine.distributed import DistributedContext, launched_rank
 from realnet.errors import BadFileError, RealnetError
 
 MODEL_META = "model.json"
@@ -202,7 +202,8 @@ def load_training_images(request: TrainRequest, size: int) -> tuple[torch.Tensor
                    if r.split == "train" and r.label == NORMAL]
         if not records:
             raise RealnetError(f"{request.data}: category {category!r} has no normal training images")
-        images, _, _, _ = load_samples(records, size, desc=f"loading {category}", progress=request.progress)
+        images, _, _, _ = load_samples(records, size, desc=f"loading {category}",
+                                       progress=request.progress and launched_rank() == 0)  # one bar under torchrun
         arrays.append(images)
         labels += [index] * len(images)
     images = np.concatenate(arrays)
