@@ -11,8 +11,11 @@ s ~ U(lo, hi) drawn from (seed, i). Images are sampled in blocks of `batch_size`
 indices [kB, (k+1)B), always whole (the last block too, whatever --count), and block k goes to
 rank k mod world size. A block always holds the same images, so the bytes of image i never
 depend on --count, on the number of ranks or on what an earlier, interrupted run already wrote
-(batched matrix products round differently for different batch compositions). With --batch 1
-this is the plain rule "rank r takes the indices i = r mod world size".
+(batched matrix products round differently for different batch compositions), as long as
+every process runs with the same number of CPU threads: on the CPU another thread count picks
+other kernels, which can move a pixel by one level (torchrun sets OMP_NUM_THREADS=1, so compare
+with --threads 1). With --batch 1 this is the plain rule "rank r takes the indices i = r mod
+world size".
 Files are written atomically; a rerun skips complete blocks and fills in missing files.
 """
 
