@@ -137,3 +137,14 @@ def test_a_run_recorded_with_a_retired_setting_still_loads_but_nobody_can_set_it
         RealNetConfig.from_dict(recorded)
     with pytest.raises(RealnetError, match=r"num_workers"):
         load_config("tiny", overrides=["train.num_workers=2"])
+
+
+def test_fit_takes_several_sources_after_one_flag_as_preview_does():
+    """Regression: `fit --source dtd shade`, the form `synth preview` and the README use, failed
+    with 'unrecognized arguments: shade'."""
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    args = build_parser().parse_args(["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny",
+                                      "--source", "cutpaste", "shade:0.5", "--source", "nsa"])
+    assert config_from_args(args).synthesis.sources == {"cutpaste": 1.0, "shade": 0.5, "nsa": 1.0}

@@ -123,6 +123,22 @@ def test_test_split_with_one_class_and_missing_masks_are_reported(tiny_run, tmp_
     assert "1 anomalous test image(s) have no mask" in capsys.readouterr().err
 
 
+def test_skipped_test_images_are_named_and_recorded(tiny_run, tmp_path, capsys):
+    """Regression: test --skip-bad dropped unreadable images without a word, so the metrics were
+    computed over fewer images than the split had."""
+    data, run = tiny_run
+    broken = tmp_path / "broken"
+    shutil.copytree(data, broken)
+    bad = sorted((broken / "widget" / "test" / "good").iterdir())[0]
+    bad.write_bytes(bad.read_bytes()[:40])
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["test", "--run", str(copy), "--data", str(broken), "--category", "widget", "--skip-bad"]) == 0
+    assert f"realnet: skipped {bad}" in capsys.readouterr().err
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["skipped_images"] == [str(bad)] and metrics["n_images"] == 7
+
+
 def test_a_second_test_replaces_the_panels_and_refuses_a_negative_count(tiny_run, tmp_path, capsys):
     """Regression: panel names carry scores and panels/ was never cleared, so a re-test left the
     earlier panels beside the new ones; --panels -1 showed all but the last case of each kind."""

@@ -524,7 +524,7 @@ def _near(mask: np.ndarray) -> np.ndarray:
 # --- CLI ----------------------------------------------------------------------------------
 
 
-def test_synth_preview_cli_writes_the_grid(tmp_path, capsys):
+def test_synth_preview_cli_writes_the_grid(tmp_path, capsys, monkeypatch):
     from realnet.cli.main import main
     from realnet.data.demo import make_demo_dataset
 
@@ -546,6 +546,10 @@ def test_synth_preview_cli_writes_the_grid(tmp_path, capsys):
 
     assert main(argv[:8] + ["--out", str(tmp_path / "g.png")]) == 2  # dtd without --dtd
     assert "--dtd" in capsys.readouterr().err
+    # regression: preview looked only at --dtd, where fit also takes $REALNET_DTD and <data root>/dtd
+    monkeypatch.setenv("REALNET_DTD", str(tmp_path / "dtd"))
+    assert main(argv[:8] + ["--size", "32", "--out", str(tmp_path / "env.png")]) == 0
+    monkeypatch.delenv("REALNET_DTD")
     missing = argv[:10] + ["--dtd", str(tmp_path / "nowhere")] + argv[12:]
     assert main(missing) == 2
     assert "nowhere" in capsys.readouterr().err

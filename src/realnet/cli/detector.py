@@ -16,8 +16,9 @@ def register(subparsers) -> None:
                      help="override one config value, e.g. --set train.steps=500 (repeatable)")
     fit.add_argument("--dtd", help="DTD root for the dtd source (folder holding dtd/images or images/)")
     fit.add_argument("--sia", help="SDAS image bank (folder holding <category>/ images)")
-    fit.add_argument("--source", action="append", metavar="NAME[:WEIGHT]",
-                     help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise (repeatable; replaces the preset's)")
+    fit.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
+                     help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise, e.g. "
+                          "--source dtd shade:0.5 (replaces the preset's)")
     fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     fit.add_argument("--steps", type=positive_int, help="number of training steps (overrides epochs)")
@@ -38,7 +39,8 @@ def register(subparsers) -> None:
     test.add_argument("--device", default="auto")
     test.add_argument("--batch-size", type=positive_int, help="default: the run's train.batch_size")
     test.add_argument("--panels", type=non_negative_int, default=6, help="panels per case kind (worst/best)")
-    test.add_argument("--skip-bad", action="store_true")
+    test.add_argument("--skip-bad", action="store_true",
+                      help="skip unreadable test images (named on stderr and in metrics.json) instead of stopping")
     test.set_defaults(func=run_test)
 
     predict = subparsers.add_parser("predict", help="score images or folders")

@@ -92,6 +92,7 @@ def run_preview(args: argparse.Namespace) -> int:
     from realnet.data.layouts import load_dataset
     from realnet.data.records import NORMAL
     from realnet.synthesis.foreground import resolve_foreground
+    from realnet.engine.fit import find_dtd_root
     from realnet.synthesis.preview import preview_grid
     from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
@@ -107,7 +108,8 @@ def run_preview(args: argparse.Namespace) -> int:
     config = SynthesisConfig(source_weights=weights, match_gray=not args.colour_textures,
                              delta_ranges=_delta_ranges(args.delta_range))
     names = [name for name, weight in config.source_weights.items() if weight > 0]
-    sources = build_sources(names, size=args.size, category=category, dtd_root=args.dtd,
+    dtd_root = find_dtd_root(args.dtd, root) if "dtd" in names else None  # where fit looks, too
+    sources = build_sources(names, size=args.size, category=category, dtd_root=dtd_root,
                             sia_root=args.sia, normal_images=train)
     synthesizer = AnomalySynthesizer(config, sources, resolve_foreground(args.foreground, dataset, category))
     rng = np.random.default_rng(args.seed)

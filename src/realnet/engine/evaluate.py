@@ -6,7 +6,7 @@ import csv
 import io
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class TestSplit:
     images: np.ndarray  # (N, S, S, 3) uint8
     masks: np.ndarray  # (N, S, S) bool
     records: list[Record]
+    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--skip-bad)
 
     @property
     def labels(self) -> np.ndarray:
@@ -45,9 +46,11 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
                if r.split == "test"]
     if not records:
         raise RealnetError(f"{data_root}: category '{category}' has no test images")
-    images, masks, kept, _ = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
-                                          progress=progress)
-    split = TestSplit(images, masks, kept)
+    images, masks, kept, skipped = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
+                                                progress=progress)
+    for error in skipped:
+        sys.stderr.write(f"realnet: skipped {error}\n")
+    split = TestSplit(images, masks, kept, [str(error.path) for error in skipped])
     if len(set(split.labels.tolist())) < 2:
         present = "normal" if split.labels[0] == 0 else "anomalous"
         raise RealnetError(f"{data_root}: category '{category}' has only {present} test images; the metrics need "
@@ -134,6 +137,8 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     }
     if meta["protocol"] == "select-on-test":
         metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
+    if split.skipped:
+        metrics["skipped_images"] = split.skipped  # the metrics are over fewer images than the split has
     if split.anomalous_without_mask:
         metrics["anomalous_without_mask"] = split.anomalous_without_mask
         sys.stderr.write(f"realnet: warning: {split.anomalous_without_mask} anomalous test image(s) have no mask; "

@@ -136,9 +136,11 @@ class SyntheticBatches:
         return "feature_noise" in self.synthesizer.names
 
 
-def find_dtd_root(config: RealNetConfig, data_root: Path) -> Path:
-    """DTD is looked up in synthesis.dtd_root (--dtd), then $REALNET_DTD, then <data root>/dtd."""
-    candidates = [config.synthesis.dtd_root, os.environ.get("REALNET_DTD"), Path(data_root) / "dtd"]
+def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
+    """DTD is looked up in `given` (--dtd, synthesis.dtd_root), then $REALNET_DTD, then <data root>/dtd."""
+    if given is not None and not Path(given).is_dir():
+        raise RealnetError(f"DTD folder {given} not found (--dtd or synthesis.dtd_root)")
+    candidates = [given, os.environ.get("REALNET_DTD"), Path(data_root) / "dtd"]
     for candidate in candidates:
         if candidate and Path(candidate).is_dir():
             return Path(candidate)
@@ -156,7 +158,7 @@ def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: st
     weights = {name: w for name, w in config.synthesis.sources.items() if w > 0}
     sources = build_sources(
         list(weights), size=config.train.image_size, category=category,
-        dtd_root=find_dtd_root(config, data_root) if "dtd" in weights else None,
+        dtd_root=find_dtd_root(config.synthesis.dtd_root, data_root) if "dtd" in weights else None,
         sia_root=config.synthesis.sia_root, normal_images=normal_images,
     )
     settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights,
