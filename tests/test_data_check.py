@@ -197,8 +197,10 @@ def test_cli_bad_file_one_line_and_skip_bad(tmp_path, capsys):
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith(f"realnet: error: {bad}: ")
     code, out, err = _run(capsys, "--data", root, "--category", "widget", "--skip-bad")
-    assert code == 0 and err == ""
-    assert f"skipped 1 file(s):\n  {bad}: " in out
+    # regression: this exited 0 with "no problems", so `data check --skip-bad && fit` went on to a
+    # fit that failed on the same file
+    assert code == 1 and err == ""
+    assert f"skipped 1 file(s):\n  {bad}: " in out and "no problems" not in out
 
 
 def test_cli_folder_dataset(tmp_path, capsys):
@@ -256,7 +258,7 @@ def test_magnetic_tile_with_one_truncated_jpeg(shared_data, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith(f"realnet: error: {bad}: ")
 
     code, out, err = _run(capsys, "--data", tmp_path, "--category", "magnetic_tile", "--skip-bad")
-    assert code == 0
+    assert code == 1  # the skipped file would stop a fit run without --skip-bad
     assert f"skipped 1 file(s):\n  {bad}: " in out
     assert re.search(r"^  train  good +701 +0$", out, re.MULTILINE)
-    assert out.rstrip().endswith("no problems")
+    assert "no problems" not in out

@@ -40,4 +40,4 @@ def run_check(args: argparse.Namespace) -> int:
     orphans = find_orphan_masks(root, category, dataset, **folder_options)
     report = check_dataset(records, skip_bad=args.skip_bad, orphan_masks=orphans)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
-    return 1 if report.problems else 0
+    return 1 if report.problems or report.skipped else 0  # an unreadable file stops a fit without --skip-bad

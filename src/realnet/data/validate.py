@@ -140,7 +140,7 @@ class DatasetReport:
         if problems:
             lines.append(f"{len(problems)} problem(s):")
             lines += _indented(problems)
-        else:
+        elif not self.skipped:
             lines.append("no problems")
         return "\n".join(lines)
 
