@@ -176,3 +176,51 @@ def test_a_test_whose_panels_fail_leaves_the_previous_outputs_as_they_were(tiny_
     assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {name: (copy / name).read_bytes() for name in before} == before
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    """Regression: `realnet --help` printed a sentence cut off mid-way and several options (test
+    --run, predict --device, demo --out, the seeds ...) had no help text."""
+    import argparse
+
+    from realnet.cli.main import build_parser
+
+    parser = build_parser()
+    assert parser.description.endswith(".")
+    undocumented = []
+
+    def walk(parser, prefix):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    walk(sub, [*prefix, name])
+            elif action.option_strings and action.dest != "help" and not action.help:
+                undocumented.append(" ".join([*prefix, action.option_strings[0]]))
+
+    walk(parser, [])
+    assert undocumented == []
+
+
+def test_errors_say_what_to_do_when_data_moved_a_folder_is_empty_or_a_config_file_is_wrong(
+        tiny_run, tmp_path, capsys):
+    """Regressions: a run whose data moved said only 'data root ... not found'; predict on an
+    empty folder said 'no input images given' although a folder was given; an unknown key in a
+    --config file did not name the file."""
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["data"]["root"] = str(tmp_path / "moved")
+    (copy / "model.json").write_text(json.dumps(meta))
+    assert main(["test", "--run", str(copy)]) == 2
+    assert "is not there any more; pass --data" in capsys.readouterr().err
+
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--run", str(run), str(tmp_path / "empty")]) == 2
+    assert f"no image files in {tmp_path / 'empty'}" in capsys.readouterr().err
+
+    config = tmp_path / "c.yaml"
+    config.write_text("train: {trian: 1}\n")
+    assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--config", str(config),
+                 "--out", str(tmp_path / "r")]) == 2
+    assert f"{config}: unknown config key 'config.train.trian'" in capsys.readouterr().err

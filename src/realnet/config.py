@@ -237,7 +237,10 @@ def load_config(
         if isinstance(values, dict) and "preset" in values:
             raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
                                "give the preset with --preset")
-        _merge(config, values, "config")
+        try:
+            _merge(config, values, "config")
+        except RealnetError as error:
+            raise RealnetError(f"{path}: {error}") from None
     return apply_overrides(config, overrides)
 
 

@@ -22,7 +22,7 @@ def register(subparsers) -> None:
     fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     fit.add_argument("--steps", type=positive_int, help="number of training steps (overrides epochs)")
-    fit.add_argument("--seed", type=non_negative_int)
+    fit.add_argument("--seed", type=non_negative_int, help="training seed (default: the preset's train.seed)")
     fit.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     fit.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     fit.add_argument("--select-on-test", action="store_true",
@@ -34,25 +34,26 @@ def register(subparsers) -> None:
     fit.set_defaults(func=run_fit)
 
     test = subparsers.add_parser("test", help="evaluate a run on its test split")
-    test.add_argument("--run", type=Path, required=True)
+    test.add_argument("--run", type=Path, required=True, help="a finished fit's folder")
     add_data_arguments(test, default_dataset=None)
-    test.add_argument("--device", default="auto")
+    test.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     test.add_argument("--batch-size", type=positive_int, help="default: the run's train.batch_size")
-    test.add_argument("--panels", type=non_negative_int, default=6, help="panels per case kind (worst/best)")
+    test.add_argument("--panels", type=non_negative_int, default=6, help="panels per case kind (worst/best; default 6)")
     test.add_argument("--skip-bad", action="store_true",
                       help="skip unreadable test images (named on stderr and in metrics.json) instead of stopping")
     test.set_defaults(func=run_test)
 
     predict = subparsers.add_parser("predict", help="score images or folders")
-    predict.add_argument("--run", type=Path, required=True)
+    predict.add_argument("--run", type=Path, required=True, help="a finished fit's folder")
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--save-maps", "--out", dest="save_maps", type=Path, metavar="DIR",
                          help="write anomaly maps as PNGs into DIR")
-    predict.add_argument("--device", default="auto")
+    predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     predict.set_defaults(func=run_predict)
 
     demo = subparsers.add_parser("demo", help="offline end-to-end run on an embedded demo dataset")
-    demo.add_argument("--out", type=Path, default=Path("demo_run"))
+    demo.add_argument("--out", type=Path, default=Path("demo_run"),
+                      help="folder for the demo's data and run (default ./demo_run)")
     demo.add_argument("--category", default="brick", help="brick | gravel | grass")
     demo.add_argument("--steps", type=positive_int, help="training steps (default: the demo's budget)")
     demo.set_defaults(func=run_demo)

@@ -14,7 +14,8 @@ COMMAND_MODULES = ("data", "detector", "synth", "sdas", "export", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="realnet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="realnet", description="RealNet industrial anomaly detection: train "
+                                     "from normal images, then score and map anomalies (CVPR 2024).")
     parser.add_argument("--version", action="version", version=f"realnet {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

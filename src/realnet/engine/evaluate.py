@@ -114,6 +114,9 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     model, meta = load_run(run_dir, torch_device)
     data = meta["data"]
     size = meta["config"]["train"]["image_size"]
+    if data_root is None and not Path(data["root"]).is_dir():
+        raise RealnetError(f"the run's data root {data['root']} is not there any more; pass --data (and --category) "
+                           "to test where the data is now")
     split = load_test_split(data_root or data["root"], category or data["category"], dataset or data["dataset"],
                             size, folder_options if folder_options is not None else data.get("folder_options"),
                             skip_bad=skip_bad, progress=progress)

@@ -40,7 +40,8 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     failures = 0
     paths = list(expand_inputs(inputs))
     if not paths:
-        raise RealnetError("no input images given (pass image files or folders)")
+        raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
+                           "holding them)")
     if save_maps is not None:
         save_maps = Path(save_maps)
         try:
