@@ -156,6 +156,16 @@ def test_maps_folder_that_cannot_be_created_is_one_error_line_before_scoring(pre
                                               f"(Not a directory)"]
 
 
+def test_a_maps_folder_is_not_left_behind_when_no_image_could_be_scored(predict, tiny_run, awkward, tmp_path,
+                                                                         capsys):
+    """Regression: --save-maps created an empty folder even when every input failed."""
+    assert predict(tiny_run[1], awkward["truncated"], "--save-maps", tmp_path / "maps") == 1
+    assert "truncated.jpg" in capsys.readouterr().err and not (tmp_path / "maps").exists()
+    (tmp_path / "kept").mkdir()  # a folder the user made stays
+    assert predict(tiny_run[1], awkward["truncated"], "--save-maps", tmp_path / "kept") == 1
+    assert (tmp_path / "kept").is_dir()
+
+
 def test_out_is_the_design_contracts_name_for_save_maps(predict, tiny_run, awkward, tmp_path, capsys):
     assert predict(tiny_run[1], awkward["gray"], "--out", tmp_path / "maps") == 0
     (result,) = json_lines(capsys.readouterr().out)

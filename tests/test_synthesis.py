@@ -605,3 +605,10 @@ def test_crack_curve_has_the_configured_length_and_starts_on_the_foreground():
     assert vertices.shape == (source.points + 1, 2)
     assert 70 <= vertices[0, 0] < 72 and 40 <= vertices[0, 1] < 42  # (x, y)
     assert np.linalg.norm(vertices[-1] - vertices[0]) == pytest.approx(50.0)  # straight when bend = 0
+
+
+def test_an_opacity_range_for_a_source_without_opacity_is_refused():
+    """Regression: --delta-range shade=0.1,0.2 was accepted and changed nothing."""
+    config = SynthesisConfig(source_weights={"shade": 1.0}, delta_ranges={"dtd": (0.2, 1.0), "shade": (0.1, 0.2)})
+    with pytest.raises(RealnetError, match="delta_ranges.shade: the shade source is not blended"):
+        AnomalySynthesizer(config, {"shade": ShadeSource()}, NO_FOREGROUND)

@@ -42,8 +42,10 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     if not paths:
         raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
                            "holding them)")
+    created = False
     if save_maps is not None:
         save_maps = Path(save_maps)
+        created = not save_maps.exists()
         try:
             save_maps.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -66,4 +68,6 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             Image.fromarray(map_to_uint8(maps[0].cpu().numpy(), display_max)).save(map_path)
             result["map"] = str(map_path)
         print(json.dumps(result), file=out, flush=True)
+    if created and failures == len(paths):
+        save_maps.rmdir()  # created for maps of which none came
     return failures

@@ -125,6 +125,10 @@ class AnomalySynthesizer:
                 raise TypeError(f"source {name!r} has neither texture() nor paste()")
             if isinstance(source, TextureSource) and name not in config.delta_ranges:
                 raise RealnetError(f"synthesis.delta_ranges has no range for texture source {name!r}")
+            if not isinstance(source, TextureSource) and name in config.delta_ranges:
+                # it would be accepted and change nothing: only blended textures have an opacity
+                raise RealnetError(f"synthesis.delta_ranges.{name}: the {name} source is not blended with an "
+                                   "opacity (only texture sources such as dtd and sia are)")
         self.sources = {name: sources[name] for name in self.names}
         weights = np.array([config.source_weights[name] for name in self.names])
         self.probabilities = weights / weights.sum()
