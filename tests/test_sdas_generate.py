@@ -163,3 +163,25 @@ def test_json_summaries_are_one_write_so_torchrun_ranks_cannot_interleave(monkey
     monkeypatch.setattr(sys, "stdout", stdout)
     print_json_line({"rank": 1, "written": 3})
     assert stdout.writes == ['{"rank": 1, "written": 3}\n']
+
+
+def test_a_model_replaced_while_loading_is_refused(model, tmp_path, monkeypatch):
+    """Regression: the recorded model_sha256 was taken after loading, so weights a training run
+    saved in between were recorded for images made with the older ones."""
+    import shutil
+
+    from realnet.diffusion import generate as generate_module
+    from realnet.diffusion.train import EMA_WEIGHTS
+
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    load = generate_module.load_sdas_model
+
+    def load_then_training_saves(*args, **kwargs):
+        loaded = load(*args, **kwargs)
+        (copy / EMA_WEIGHTS).write_bytes((copy / EMA_WEIGHTS).read_bytes() + b" ")
+        return loaded
+
+    monkeypatch.setattr(generate_module, "load_sdas_model", load_then_training_saves)
+    with pytest.raises(RealnetError, match="was replaced while it was loaded"):
+        bank(copy, tmp_path / "sia", 2)

@@ -142,12 +142,17 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     context = distributed.init_for_device(request.device)
     try:
         device = run_device(context, request.device, request.bf16)
+        weights = Path(request.model) / EMA_WEIGHTS
+        model_sha256 = file_sha256(weights)
         unet, meta = load_sdas_model(request.model, device)
+        if file_sha256(weights) != model_sha256:  # a training run still saving into the folder
+            raise RealnetError(f"{weights} was replaced while it was loaded (is sdas train still writing to "
+                               f"{request.model}?); run generate again")
         if request.category not in meta["categories"]:
             raise RealnetError(f"--category {request.category!r}: the model knows only {', '.join(meta['categories'])}")
         steps = request.steps or meta["diffusion"]["sample_steps"]
         settings = {
-            "model": str(Path(request.model).resolve()), "model_sha256": file_sha256(Path(request.model) / EMA_WEIGHTS),
+            "model": str(Path(request.model).resolve()), "model_sha256": model_sha256,
             "model_step": meta["step"], "category": request.category, "seed": request.seed,
             "strength": list(request.strength), "batch_size": request.batch_size, "steps": steps,
             "sampler": request.sampler, "ddim_variance": request.ddim_variance if request.sampler == "ddim" else None,
