@@ -185,3 +185,26 @@ def test_a_model_replaced_while_loading_is_refused(model, tmp_path, monkeypatch)
     monkeypatch.setattr(generate_module, "load_sdas_model", load_then_training_saves)
     with pytest.raises(RealnetError, match="was replaced while it was loaded"):
         bank(copy, tmp_path / "sia", 2)
+
+
+def test_a_terminated_generate_still_writes_its_manifest(model, tmp_path):
+    """Regression: SIGTERM (what torchrun sends the other ranks when one fails) killed generate
+    without the clean-up it does for Ctrl-C, so the manifest of the images it wrote was missing."""
+    import signal
+    import time
+
+    out = tmp_path / "sia"
+    env = {**os.environ, "PYTHONPATH": str(Path(realnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "realnet", "sdas", "generate", "--model", str(model), "--category", "tile",
+         "--count", "5000", "--batch", "1", "--steps", "4", "--threads", "1", "--no-progress", "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not list(out.glob("tile/0000*.png")) and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143 and "realnet: terminated" in err
+    written = sorted(p.name for p in (out / "tile").glob("*.png"))
+    listed = [json.loads(line)["file"] for line in (out / "tile" / MANIFEST).read_text().splitlines()]
+    assert 0 < len(written) < 5000 and listed == written
