@@ -78,9 +78,11 @@ def main() -> None:
         parser.error("--run: expected NAME=DIR")
 
     suite = load_suite(args.suite).with_overrides([parse_override(t) for t in args.set]) if args.suite else None
-    measured = suite_cells(suite, args) if suite else {}
-    specs = [(cell.variant, {"run": str(cell_dir(args.out, suite, cell))}) for cell, _ in measured.values()] \
-        if suite else config_specs(args) + [(name, {"run": run}) for name, _, run in (t.partition("=") for t in args.run)]
+    if suite:
+        measured = suite_cells(suite, args)
+        specs = [(cell.variant, {"run": str(cell_dir(args.out, suite, cell))}) for cell, _ in measured.values()]
+    else:
+        specs = config_specs(args) + [(name, {"run": run}) for name, _, run in (t.partition("=") for t in args.run)]
     rows = []
     for name, spec in specs:
         spec.update(device=args.device, threads=args.threads, warmup=args.warmup, repeats=args.repeats)

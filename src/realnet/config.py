@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from importlib import resources
 import math
@@ -174,17 +175,23 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
     wrong type (so that a typo fails here in one line, not as a traceback hours into a fit)."""
     if not isinstance(values, dict):
         raise RealnetError(f"{where}: expected a mapping, got {type(values).__name__}")
-    known = {f.name: f for f in dataclasses.fields(target)}
-    hints = typing.get_type_hints(type(target))
+    hints = _field_types(type(target))
     for key, value in values.items():
-        if key not in known:
-            raise RealnetError(f"unknown config key '{where}.{key}' (known: {', '.join(known)})")
+        if key not in hints:
+            raise RealnetError(f"unknown config key '{where}.{key}' (known: {', '.join(hints)})")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
             _merge(current, value, f"{where}.{key}")
         else:
             setattr(target, key, _typed(value, hints[key], f"{where}.{key}"))
     return target
+
+
+@functools.cache
+def _field_types(section: type) -> dict[str, Any]:
+    """A config dataclass's field names, in order, and their resolved type annotations."""
+    hints = typing.get_type_hints(section)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section)}
 
 
 def _typed(value: Any, hint: Any, name: str) -> Any:

@@ -92,8 +92,8 @@ def run_preview(args: argparse.Namespace) -> int:
     from realnet.data.layouts import load_dataset
     from realnet.data.records import NORMAL
     from realnet.synthesis.foreground import resolve_foreground
-    from realnet.engine.fit import find_dtd_root
     from realnet.synthesis.preview import preview_grid
+    from realnet.synthesis.sources import find_dtd_root
     from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
     if args.count < 1 or args.size < 8:

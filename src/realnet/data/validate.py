@@ -5,8 +5,8 @@ image, masks whose size differs from their image's, one mask file shared by seve
 normal images whose mask marks defect pixels, an image in both the training and the test split,
 and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum).
 Files that cannot be decoded stop the check with a `BadFileError` naming the first one (in record
-order), or with ``skip_bad=True`` are skipped and listed. Anomalous images whose mask marks no pixel are listed as a note only: some
-real datasets (Magnetic Tile) have them.
+order), or with ``skip_bad=True`` are skipped and listed. Anomalous images whose mask marks no
+pixel are listed as a note only: some real datasets (Magnetic Tile) have them.
 """
 
 from __future__ import annotations

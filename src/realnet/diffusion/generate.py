@@ -100,6 +100,11 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _file_identity(path: Path) -> tuple[int, int, int]:
+    status = path.stat()
+    return status.st_ino, status.st_mtime_ns, status.st_size
+
+
 def manifest_rows(folder: Path, seed: int, strength: tuple[float, float]) -> list[dict[str, Any]]:
     """One row per bank image present in `folder`, by index."""
     indices = sorted(int(m.group(1)) for p in folder.iterdir() if (m := IMAGE_NAME.match(p.name)))
@@ -143,9 +148,10 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     try:
         device = run_device(context, request.device, request.bf16)
         weights = Path(request.model) / EMA_WEIGHTS
+        identity = _file_identity(weights)  # training saves by atomic replace: a new inode and mtime
         model_sha256 = file_sha256(weights)
         unet, meta = load_sdas_model(request.model, device)
-        if file_sha256(weights) != model_sha256:  # a training run still saving into the folder
+        if _file_identity(weights) != identity:  # a training run still saving into the folder
             raise RealnetError(f"{weights} was replaced while it was loaded (is sdas train still writing to "
                                f"{request.model}?); run generate again")
         if request.category not in meta["categories"]:

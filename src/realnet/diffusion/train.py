@@ -451,9 +451,10 @@ def _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, 
         logged_steps += 1
         done = step + 1
         bar.update(1)
-        if done % request.log_every == 0 or done == request.steps:
+        log_now = done % request.log_every == 0 or done == request.steps
+        if log_now:
             totals = distributed.average_scalars(totals, context)  # the whole batch's loss, on every rank
-        if main and (done % request.log_every == 0 or done == request.steps):
+        if main and log_now:
             record = {"step": done, **{k: v / logged_steps for k, v in totals.items()},
                       "seconds": round(time.perf_counter() - began, 2)}
             bar.set_postfix(loss=f"{record['loss']:.4f}")

@@ -62,8 +62,10 @@ def init_for_device(name: str) -> DistributedContext:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and name not in ("auto", "cpu", "cuda"):
         raise RealnetError(f"--device {name}: under torchrun every rank takes cuda:LOCAL_RANK (--device auto or "
                            "cuda) or the CPU (--device cpu)")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RealnetError("--device cuda was requested but CUDA is not available")
+    if name != "auto":
+        from realnet.engine.runtime import resolve_device  # its one-line errors for unusable devices
+
+        resolve_device(name)
     return init_distributed(backend="gloo" if name == "cpu" else None)
 
 

@@ -4,7 +4,6 @@ held-out normal training images. No test image is seen unless `select_on_test` i
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import sys
 import time
@@ -136,23 +135,10 @@ class SyntheticBatches:
         return "feature_noise" in self.synthesizer.names
 
 
-def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
-    """DTD is looked up in `given` (--dtd, synthesis.dtd_root), then $REALNET_DTD, then <data root>/dtd."""
-    if given is not None and not Path(given).is_dir():
-        raise RealnetError(f"DTD folder {given} not found (--dtd or synthesis.dtd_root)")
-    candidates = [given, os.environ.get("REALNET_DTD"), Path(data_root) / "dtd"]
-    for candidate in candidates:
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    raise RealnetError(
-        "the dtd synthesis source needs the Describable Textures Dataset: pass --dtd DIR, set "
-        f"REALNET_DTD, or place it at {Path(data_root) / 'dtd'}"
-    )
-
-
 def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_images: np.ndarray):
     """The training-time anomaly synthesizer (Eq. 3) with the configured sources; NSA takes its
     donor patches from the other normal fit images."""
+    from realnet.synthesis.sources import find_dtd_root
     from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
     weights = {name: w for name, w in config.synthesis.sources.items() if w > 0}

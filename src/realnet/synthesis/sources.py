@@ -13,6 +13,7 @@ in memory (`cache=True`, about 200 KB per image at 256 px), so later draws touch
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -70,6 +71,21 @@ def collect_images(root_or_items: str | Path | Sequence[str | Path | np.ndarray]
     if not items:
         raise RealnetError(f"no images given for the {what} source")
     return items
+
+
+def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
+    """DTD is looked up in `given` (--dtd, synthesis.dtd_root), then $REALNET_DTD, then <data root>/dtd."""
+    if given is not None:
+        if not Path(given).is_dir():
+            raise RealnetError(f"DTD folder {given} not found (--dtd or synthesis.dtd_root)")
+        return Path(given)
+    for candidate in (os.environ.get("REALNET_DTD"), Path(data_root) / "dtd"):
+        if candidate and Path(candidate).is_dir():
+            return Path(candidate)
+    raise RealnetError(
+        "the dtd synthesis source needs the Describable Textures Dataset: pass --dtd DIR, set "
+        f"REALNET_DTD, or place it at {Path(data_root) / 'dtd'}"
+    )
 
 
 class ImageBank:
