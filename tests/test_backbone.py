@@ -4,6 +4,7 @@ import dataclasses
 import importlib.metadata
 import pathlib
 import pickle
+import socket
 
 import pytest
 import timm
@@ -306,6 +307,56 @@ def test_download_failures_surface_as_one_line(monkeypatch):
     assert "\n" not in str(raised.value) and "network is unreachable" in str(raised.value)
     with pytest.raises(RealnetError, match="no torchvision weights are known for tf_efficientnet_b4"):
         create_backbone("tf_efficientnet_b4", weights="torchvision")
+
+
+def _unresolvable(*args, **kwargs):
+    raise socket.gaierror(-2, "Name or service not known")
+
+
+def _no_retry_wait(seconds):
+    raise AssertionError(f"huggingface_hub waited {seconds} s to retry a request")
+
+
+def test_timm_download_uses_the_cache_at_once_when_the_hub_is_unreachable(monkeypatch, tmp_path):
+    """Offline, huggingface_hub would retry for about 50 s before looking in its cache; with the
+    Hub's host name unresolvable a cached download loads without any request."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import _http as hub_http
+
+    commit = "0" * 40
+    snapshot = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    save_file(_resnet18_state(4), str(snapshot / "model.safetensors"))
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(socket, "getaddrinfo", _unresolvable)
+    monkeypatch.setattr(hub_http.time, "sleep", _no_retry_wait)
+    before = constants.HF_HUB_OFFLINE
+    cached = create_backbone("resnet18", weights="timm")
+    assert torch.equal(cached.model.conv1.weight, _resnet18_state(4)["conv1.weight"])
+    assert cached.identity["url"] == "hf-hub:timm/resnet18.a1_in1k"
+    assert constants.HF_HUB_OFFLINE == before
+    (snapshot / "model.safetensors").unlink()
+    with pytest.raises(RealnetError, match="no weights for backbone resnet18: timm download failed"):
+        create_backbone("resnet18", weights="timm")
+
+
+def test_timm_download_goes_online_when_the_hub_resolves(monkeypatch):
+    from huggingface_hub import constants
+
+    seen = []
+
+    def fake_create_model(name, pretrained=False, **kwargs):
+        seen.append(constants.is_offline_mode())
+        raise OSError("connection refused")
+
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *args, **kwargs: [])
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(timm, "create_model", fake_create_model)
+    with pytest.raises(RealnetError, match="connection refused"):
+        bb.resolve_weights("resnet18", "timm")
+    assert seen == [False]
 
 
 class _TouchOnUnpickle:

@@ -29,14 +29,17 @@ the networks themselves are plain frozen ``nn.Module``s.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import pickle
+import socket
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -344,7 +347,8 @@ def _download(name: str, source: str) -> ResolvedWeights:
     if source == "timm":
         import timm
 
-        model = timm.create_model(name, pretrained=True)
+        with _hub_cache_only_when_unreachable():
+            model = timm.create_model(name, pretrained=True)
         config = model.pretrained_cfg
         location = f"hf-hub:{config['hf_hub_id']}" if config.get("hf_hub_id") else config["url"]
         return ResolvedWeights(model.state_dict(), {"source": "timm", "url": location}, location,
@@ -357,6 +361,30 @@ def _download(name: str, source: str) -> ResolvedWeights:
     preprocess = tv_weights.transforms()
     return ResolvedWeights(state, {"source": "torchvision", "url": tv_weights.url}, tv_weights.url,
                            tuple(preprocess.mean), tuple(preprocess.std))
+
+
+@contextlib.contextmanager
+def _hub_cache_only_when_unreachable() -> Iterator[None]:
+    """huggingface_hub's offline mode (its cache only) while the Hub's host name does not resolve.
+    Offline, huggingface_hub otherwise retries each request for about 50 s before it falls back
+    to its cache or fails; a cached file is still found either way."""
+    from huggingface_hub import constants
+
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        reachable = False
+    else:
+        reachable = True
+    if reachable or constants.HF_HUB_OFFLINE:
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
