@@ -55,6 +55,16 @@ def test_resume_continues_bit_identically(gray_data, tmp_path):
     assert steps == [2, 4]
 
 
+def test_log_records_say_how_many_steps_they_average_also_across_a_resume(gray_data, tmp_path):
+    """A resume from a save between two log steps starts a shorter averaging window; the records
+    read as if every one averaged log_every steps."""
+    out = tmp_path / "run"
+    train(request(gray_data, out, steps=2, log_every=3))
+    train(request(gray_data, out, steps=7, log_every=3, resume=True))
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["averaged_steps"]) for r in records] == [(2, 2), (3, 1), (6, 3), (7, 1)]
+
+
 def test_a_killed_run_logs_each_step_once(gray_data, tmp_path, monkeypatch):
     """Killed after logging step 3 but before saving it, the resumed run redid step 3 from the
     step-2 state and logged it a second time ([1, 2, 3, 3, 4])."""

@@ -6,7 +6,8 @@ every rank of a `torchrun` job (gradients averaged across ranks). A model folder
 - `model.json`: network, diffusion and data settings, the step reached;
 - `ema.safetensors`: the EMA weights, which `realnet sdas generate` samples from;
 - `train_state.safetensors`: weights, EMA, Adam state and step, for `--resume`;
-- `log.jsonl`: mean losses every `log_every` steps;
+- `log.jsonl`: mean losses every `log_every` steps (`averaged_steps` says over how many: fewer
+  in the window a resume starts in);
 - `samples/step_NNNNNNN.png`: grids of EMA samples, one row per strength s.
 
 Every step's randomness (batch, timesteps, noise) comes from (seed, step) alone, so a resumed run
@@ -456,7 +457,7 @@ def _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, 
             totals = distributed.average_scalars(totals, context)  # the whole batch's loss, on every rank
         if main and log_now:
             record = {"step": done, **{k: v / logged_steps for k, v in totals.items()},
-                      "seconds": round(time.perf_counter() - began, 2)}
+                      "averaged_steps": logged_steps, "seconds": round(time.perf_counter() - began, 2)}
             bar.set_postfix(loss=f"{record['loss']:.4f}")
             with open(out / TRAIN_LOG, "a") as log:
                 log.write(json.dumps(record) + "\n")
