@@ -263,8 +263,9 @@ def test_auto_without_package_or_internet_says_how_to_get_weights(monkeypatch):
 
 
 def _resnet18_state(seed: int) -> dict[str, torch.Tensor]:
-    torch.manual_seed(seed)
-    return torchvision.models.resnet18(weights=None).state_dict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return torchvision.models.resnet18(weights=None).state_dict()
 
 
 def test_online_sources_load_what_the_download_returns(monkeypatch):
@@ -287,8 +288,10 @@ def test_online_sources_load_what_the_download_returns(monkeypatch):
 
     monkeypatch.setattr(_api, "load_state_dict_from_url", fake_hub_fetch)
     monkeypatch.setattr(_builder, "load_state_dict_from_hf", fake_hf_fetch)
+    rng_before = torch.random.get_rng_state()
     from_torchvision = create_backbone("resnet18", weights="torchvision")
     from_timm = create_backbone("resnet18", weights="timm")
+    assert torch.equal(torch.random.get_rng_state(), rng_before)  # a seeded fit trains the same whatever the source
     torchvision_url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
     assert fetched == {"torchvision": torchvision_url, "timm": "timm/resnet18.a1_in1k"}
     assert from_torchvision.identity["url"] == fetched["torchvision"]

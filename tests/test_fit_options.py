@@ -254,3 +254,15 @@ def test_skipped_bad_images_still_leave_enough_training_images(tmp_path):
                                              category="widget", out=tmp_path / "run", device="cpu", progress=False,
                                              skip_bad=True))
     assert not (tmp_path / "run").exists()
+
+
+def test_missing_backbone_weights_fail_before_any_image_is_read(tmp_path, monkeypatch):
+    from realnet.errors import BadFileError
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the training images were read before the backbone weights were found")
+
+    monkeypatch.setattr(fit_module, "load_training_images", no_reading)
+    with pytest.raises(BadFileError, match="backbone weights file not found"):
+        tiny_fit(tmp_path, "run", f"backbone.weights={tmp_path / 'missing.safetensors'}")
+    assert not (tmp_path / "run").exists()

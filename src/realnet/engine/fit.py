@@ -604,10 +604,10 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     request = replace(request, progress=progress)  # one progress bar under torchrun, not one per rank
     seed_everything(tc.seed)
 
+    backbone = build_backbone(config).to(device)  # missing weights fail before the images are read
     records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
     rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
     images = load_training_images(request, records, rule)
-    backbone = build_backbone(config).to(device)
     model = build_model(config, backbone).to(device)
     synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)

@@ -347,7 +347,9 @@ def _download(name: str, source: str) -> ResolvedWeights:
     if source == "timm":
         import timm
 
-        with _hub_cache_only_when_unreachable():
+        # the random initialisation that the download overwrites must not advance the global RNG: the
+        # same seed and weights train the same run whether the weights came from here or a file
+        with _hub_cache_only_when_unreachable(), torch.random.fork_rng(devices=[]):
             model = timm.create_model(name, pretrained=True)
         config = model.pretrained_cfg
         location = f"hf-hub:{config['hf_hub_id']}" if config.get("hf_hub_id") else config["url"]
