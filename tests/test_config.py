@@ -133,10 +133,12 @@ def test_a_run_recorded_with_a_retired_setting_still_loads_but_nobody_can_set_it
     recorded["train"]["num_workers"] = 4
     assert RealNetConfig.from_dict(recorded, saved=True).to_dict() == load_config("tiny").to_dict()
     assert recorded["train"]["num_workers"] == 4  # the caller's mapping is left alone
-    with pytest.raises(RealnetError, match=r"unknown config key 'config\.train\.num_workers'"):
+    with pytest.raises(RealnetError, match=r"unknown config key 'train\.num_workers'"):
         RealNetConfig.from_dict(recorded)
-    with pytest.raises(RealnetError, match=r"num_workers"):
+    with pytest.raises(RealnetError, match=r"unknown config key 'train\.num_workers'"):
         load_config("tiny", overrides=["train.num_workers=2"])
+    with pytest.raises(RealnetError, match=r"unknown config key 'trian' \(known: preset, backbone"):
+        load_config("tiny", overrides=["trian.steps=2"])
 
 
 def test_fit_takes_several_sources_after_one_flag_as_preview_does():

@@ -223,4 +223,4 @@ def test_errors_say_what_to_do_when_data_moved_a_folder_is_empty_or_a_config_fil
     config.write_text("train: {trian: 1}\n")
     assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--config", str(config),
                  "--out", str(tmp_path / "r")]) == 2
-    assert f"{config}: unknown config key 'config.train.trian'" in capsys.readouterr().err
+    assert f"{config}: unknown config key 'train.trian'" in capsys.readouterr().err

@@ -167,23 +167,24 @@ class RealNetConfig:
             for name in RETIRED_SETTINGS:
                 section, key = name.split(".")
                 values.get(section, {}).pop(key, None)
-        return _merge(cls(), values, "config")
+        return _merge(cls(), values, "")
 
 
 def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
     """Overlay `values` on a dataclass instance, rejecting unknown keys by name and values of the
     wrong type (so that a typo fails here in one line, not as a traceback hours into a fit)."""
     if not isinstance(values, dict):
-        raise RealnetError(f"{where}: expected a mapping, got {type(values).__name__}")
+        raise RealnetError(f"{where or 'the config'}: expected a mapping, got {type(values).__name__}")
     hints = _field_types(type(target))
     for key, value in values.items():
+        name = f"{where}.{key}" if where else key  # as a user writes it in --set or a config file
         if key not in hints:
-            raise RealnetError(f"unknown config key '{where}.{key}' (known: {', '.join(hints)})")
+            raise RealnetError(f"unknown config key '{name}' (known: {', '.join(hints)})")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, f"{where}.{key}")
+            _merge(current, value, name)
         else:
-            setattr(target, key, _typed(value, hints[key], f"{where}.{key}"))
+            setattr(target, key, _typed(value, hints[key], name))
     return target
 
 
@@ -245,7 +246,7 @@ def load_config(
             raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
                                "give the preset with --preset")
         try:
-            _merge(config, values, "config")
+            _merge(config, values, "")
         except RealnetError as error:
             raise RealnetError(f"{path}: {error}") from None
     return apply_overrides(config, overrides)
@@ -263,7 +264,7 @@ def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfi
         for part in parents:
             cursor = cursor.setdefault(part, {})
         cursor[leaf] = _parse_scalar(value)
-        _merge(config, nested, "config")
+        _merge(config, nested, "")
     validate_config(config)
     return config
 
