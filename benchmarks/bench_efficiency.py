@@ -27,6 +27,8 @@ from realnet.bench.efficiency import measure_in_subprocess
 from realnet.bench.runner import (EFFICIENCY_RECORD, EFFICIENCY_TABLE, TABLES, cell_dir, collect_statuses,
                                   is_complete, suite_dir, write_reports)
 from realnet.bench.suite import Cell, expand, load_suite, parse_override
+from realnet.cli.common import positive_int
+from realnet.engine.checkpoint import atomic_write
 
 OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_]+\.[A-Za-z_]+=)")
 
@@ -70,10 +72,12 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=positive_int, default=5)
     args = parser.parse_args()
     if bool(args.suite) == bool(args.config or args.run) or (args.suite and not args.out):
         parser.error("give either --suite with --out, or one or more --config and/or --run")
+    if args.warmup < 0 or args.threads < 0:
+        parser.error("--warmup and --threads must be >= 0")
     if any("=" not in text for text in args.run):
         parser.error("--run: expected NAME=DIR")
 
@@ -94,9 +98,12 @@ def main() -> None:
         folder = suite_dir(args.out, suite) / TABLES
         # the record names the runs measured, so the README drops the table once one is rerun
         record = {"cells": {cell_id: finished for cell_id, (_, finished) in measured.items()}, "rows": rows}
-        (folder / EFFICIENCY_TABLE).write_text(markdown)
-        (folder / EFFICIENCY_TABLE).with_suffix(".csv").write_text(text)
-        (folder / EFFICIENCY_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        # the record goes first and comes back last: a crash in between leaves no record, so the
+        # README shows no table rather than a new table with an old record (or the reverse)
+        (folder / EFFICIENCY_RECORD).unlink(missing_ok=True)
+        for name, content in ((EFFICIENCY_TABLE, markdown), (Path(EFFICIENCY_TABLE).with_suffix(".csv").name, text),
+                              (EFFICIENCY_RECORD, json.dumps(record, indent=2) + "\n")):
+            atomic_write(folder / name, lambda tmp, content=content: tmp.write_text(content))
         write_reports(suite, expand(suite), args.out)
         print(f"written: {folder / EFFICIENCY_TABLE} (and .csv, .json); README updated")
 

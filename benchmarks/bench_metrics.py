@@ -21,6 +21,7 @@ import tracemalloc
 import numpy as np
 from scipy import ndimage
 
+from realnet.cli.common import positive_int
 from realnet.metrics import aupro, pixel_auroc
 
 
@@ -54,12 +55,14 @@ def measure(metric, maps: np.ndarray, masks: np.ndarray, repeats: int) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=500, help="number of maps (default 500)")
-    parser.add_argument("--size", type=int, default=256, help="map height and width (default 256)")
+    parser.add_argument("--n", type=positive_int, default=500, help="number of maps (default 500)")
+    parser.add_argument("--size", type=positive_int, default=256, help="map height and width (default 256)")
     parser.add_argument("--normal-fraction", type=float, default=0.3, help="share of fully normal images")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per metric (default 3)")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed calls per metric (default 3)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    if not 0 <= args.normal_fraction < 1:
+        parser.error(f"--normal-fraction {args.normal_fraction}: must be in [0, 1) (AUPRO needs defect pixels)")
 
     maps, masks = blob_maps(args.n, args.size, args.normal_fraction, args.seed)
     n_regions = sum(ndimage.label(mask, structure=np.ones((3, 3)))[1] for mask in masks)

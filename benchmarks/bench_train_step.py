@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
+from common import one_line_errors
+
+from realnet.cli.common import positive_int
 from realnet.config import load_config
 from realnet.engine.build import build_model
 from realnet.engine.fit import synthesize, train_step
@@ -29,23 +33,29 @@ from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, b
 
 
 def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    """The median of `repeats` timed calls after `warmup` untimed ones."""
     for _ in range(warmup):
         fn()
-    started = time.perf_counter()
+    times = []
     for _ in range(repeats):
+        started = time.perf_counter()
         fn()
-    return (time.perf_counter() - started) / repeats
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override, as in realnet fit --set")
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--backbone-batch", type=int, default=4,
+    parser.add_argument("--repeats", type=positive_int, default=10)
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--backbone-batch", type=positive_int, default=4,
                         help="images per backbone call (a fit step passes only its anomalous rows)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     config = load_config(args.preset, overrides=args.overrides)
     tc = config.train

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import torch
 
+from common import one_line_errors
+
+from realnet.cli.common import positive_int
 from realnet.engine.evaluate import load_run
 
 
@@ -28,12 +31,13 @@ def median_ms(call, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1, 8])
+    parser.add_argument("--repeats", type=positive_int, default=30)
+    parser.add_argument("--threads", type=positive_int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, meta = load_run(args.run, torch.device("cpu"))

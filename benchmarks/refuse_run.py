@@ -20,23 +20,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import normal_training_images, one_line_errors
+
 from realnet.config import RealNetConfig, apply_overrides
-from realnet.data.layouts import load_dataset
 from realnet.engine import checkpoint
 from realnet.engine.build import build_fusion
 from realnet.engine.evaluate import load_run
 from realnet.engine.fit import calibrate_fusion_and_threshold, split_holdout, validate_on_painted_defects
-from realnet.engine.runtime import load_samples
 
 RUN_FILES = ("afs.json",)  # what the copy keeps besides the rewritten model files
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("out", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--category", required=True)
+    parser.add_argument("--data", type=Path, help="the data root, if it moved since the run was fitted")
+    parser.add_argument("--category", help="refuse a run fitted on another category")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="density.* or memory.* settings of the copy")
     args = parser.parse_args()
@@ -48,14 +49,7 @@ def main() -> None:
     model, meta = load_run(args.run, device)
     config = apply_overrides(RealNetConfig.from_dict(meta["config"]), args.overrides)
     tc = config.train
-    recorded_data = meta["data"]  # the run's own layout and folder options
-    records = [r for r in load_dataset(args.data, args.category, recorded_data["dataset"],
-                                       **recorded_data.get("folder_options", {}))
-               if r.split == "train" and r.label == 0]
-    images = load_samples(records, tc.image_size, skip_bad=False, desc="loading", progress=False)[0]
-    if len(images) != meta["fit"]["n_fit_images"] + meta["fit"]["n_holdout_images"]:
-        raise SystemExit(f"refuse_run: {args.data} has {len(images)} normal training images; {args.run} was "
-                         "fitted on a different set")
+    images = normal_training_images(args.run, meta, tc.image_size, args.data, args.category)
     fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.holdout_seed)
     model.fusion = build_fusion(config, model.backbone)
     threshold, _ = calibrate_fusion_and_threshold(model, images[fit_rows], images[holdout_rows], config, device,

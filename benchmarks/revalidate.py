@@ -28,9 +28,13 @@ With --ensemble, the runs (fitted on the same held-out split, e.g. training seed
 fused with the first run's fused maps and weights, recalibrated as `fit` does it (on the painted
 draws when given).
 
-With --position-normalization, runs fitted without it are validated a second time after a
-`PositionNormalization` is calibrated on their fit images exactly as `fit` does it (how that
-option was assessed; see docs/results.md).
+With --position-normalization, runs fitted without it (and without fused maps) are validated a
+second time after a `PositionNormalization` is calibrated on their fit images exactly as `fit`
+does it (how that option was assessed; see docs/results.md).
+
+Each run's normal training images are read from the data root, layout and category it recorded
+(--data only when the root moved), and the run is refused unless they number as at fit: its
+held-out split would otherwise name images it was trained on (benchmarks/common.py).
 
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile runs/mt_cpu runs/mt_cpu2
@@ -61,8 +65,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common import normal_training_images, one_line_errors
+
 from realnet.config import RealNetConfig
-from realnet.data.layouts import load_dataset
 from realnet.engine.build import build_fusion
 from realnet.engine.evaluate import load_run
 from realnet.engine.fit import (
@@ -78,7 +83,6 @@ from realnet.engine.fit import (
     split_holdout,
     validate_on_painted_defects,
 )
-from realnet.engine.runtime import load_samples
 from realnet.model.discriminator import PositionNormalization
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
@@ -93,10 +97,11 @@ def recalibrate_from_run(model, config: RealNetConfig, meta: dict, fit_images: n
                          args: argparse.Namespace, device: torch.device) -> None:
     """What fit does with rrs.recalibration_batches = N, on a finished run's fit images."""
     tc = config.train
-    rule = resolve_foreground(config.synthesis.foreground, args.dataset, args.category)
+    rule = resolve_foreground(config.synthesis.foreground, meta["data"]["dataset"], meta["data"]["category"])
     foreground = np.stack([foreground_mask(image, rule) for image in fit_images])
-    images = TrainingImages(fit_images, np.zeros((0, *fit_images.shape[1:]), np.uint8), foreground, [])
-    synthesizer = build_synthesizer(config, rule, args.data, args.category, fit_images)
+    images = TrainingImages(fit_images, np.zeros((0, *fit_images.shape[1:]), np.uint8), foreground)
+    synthesizer = build_synthesizer(config, rule, Path(meta["data"]["root"]) if args.data is None else args.data,
+                                    meta["data"]["category"], fit_images)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     normal = NormalFeatures(model, fit_images, device, tc.feature_cache_gb, tc.batch_size, progress=False)
     features = TrainingFeatures(model, normal, device, batches.has_feature_noise)
@@ -225,29 +230,30 @@ def validate_image_weights(run: Path, model, config: RealNetConfig, holdout: np.
             validate_on_draws(run, detector, config, holdout, draws, device, variant)
 
 
-def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig]], images: np.ndarray, draws: int,
+def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig, np.ndarray]], draws: int,
                       device: torch.device) -> None:
     splits = {(config.train.holdout_seed, config.train.holdout_fraction, config.train.image_size)
-              for _, _, config in loaded}
-    if len(splits) != 1:
-        raise SystemExit(f"--ensemble: the runs were fitted on different held-out splits or sizes: {sorted(splits)}")
-    _, first, config = loaded[0]
+              for _, _, config, _ in loaded}
+    if len(splits) != 1 or any(not np.array_equal(images, loaded[0][3]) for *_, images in loaded):
+        raise SystemExit(f"--ensemble: the runs were fitted on different images or held-out splits: {sorted(splits)}")
+    _, first, config, images = loaded[0]
     fit_rows, holdout_rows = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
-    ensemble = EnsembleDetector([model for _, model, _ in loaded], first.fusion, first.score_kernel).to(device)
+    ensemble = EnsembleDetector([model for _, model, _, _ in loaded], first.fusion, first.score_kernel).to(device)
     calibrate_fusion(ensemble, images[fit_rows], images[holdout_rows], config, device)
-    name = Path("+".join(str(run) for run, _, _ in loaded))
+    name = Path("+".join(str(run) for run, *_ in loaded))
     report(name, "ensemble: mean of the discriminator maps", validate_on_painted_defects(ensemble, images[holdout_rows],
                                                                                       config, device))
     if draws:
         validate_on_draws(name, ensemble, config, images[holdout_rows], draws, device, "ensemble")
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--category", required=True)
-    parser.add_argument("--dataset", default="mvtec")
+    parser.add_argument("--data", type=Path,
+                        help="the data root, if it moved since the runs were fitted (default: each run's own)")
+    parser.add_argument("--category", help="refuse runs fitted on another category")
     parser.add_argument("--recalibrate-rrs", type=int, default=0, metavar="N",
                         help="also validate after recomputing the RRS statistics over N training batches")
     parser.add_argument("--density-weights", type=float, nargs="+", default=[], metavar="W",
@@ -286,18 +292,18 @@ def main() -> None:
         parser.error("--score-kernels: every kernel must be at least 1")
     if args.painted_draws == 1 or args.painted_draws < 0:
         parser.error("--painted-draws: give 0 (off) or at least 2 draws")
-    records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
+    if args.recalibrate_rrs < 0:
+        parser.error("--recalibrate-rrs: give 0 (off) or a number of batches")
     device = torch.device("cpu")
-    images_by_size: dict[int, np.ndarray] = {}
     loaded = []
     for run in args.runs:
         model, meta = load_run(run, device)
+        if args.position_normalization and model.fusion is not None:
+            raise SystemExit(f"--position-normalization: {run} is fused; fit refuses position normalisation "
+                             "with density.weight or memory.weight > 0")
         config = RealNetConfig.from_dict(meta["config"])
         tc = config.train
-        if tc.image_size not in images_by_size:
-            images_by_size[tc.image_size] = load_samples(records, tc.image_size, skip_bad=False, desc="loading",
-                                                         progress=False)[0]
-        images = images_by_size[tc.image_size]
+        images = normal_training_images(run, meta, tc.image_size, args.data, args.category)
         fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.holdout_seed)
         report(run, f"map_normalization {tc.map_normalization}, density weight {config.density.weight}, "
                     f"memory weight {config.memory.weight}",
@@ -313,20 +319,25 @@ def main() -> None:
         if args.score_kernels:
             validate_score_kernels(run, model, config, images[holdout_rows], args.score_kernels, args.painted_draws,
                                    device)
-        if args.recalibrate_rrs > 0:
-            recalibrate_from_run(model, config, meta, images[fit_rows], args, device)
-            report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",
-                   validate_on_painted_defects(model, images[holdout_rows], config, device))
-        if args.position_normalization and tc.map_normalization == "none":
-            model.map_normalization = PositionNormalization(tc.image_size)
-            features = NormalFeatures(model, images[fit_rows], device, tc.feature_cache_gb, tc.batch_size,
-                                      progress=False)
-            calibrate_map_normalization(model, features, len(fit_rows), tc.batch_size)
-            report(run, "position", validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.ensemble:
-            loaded.append((run, model, config))
+            loaded.append((run, model, config, images))
+        # the variants below change the model: each gets a fresh copy, so nothing above or after is affected
+        if args.recalibrate_rrs > 0:
+            recalibrated, _ = load_run(run, device)
+            recalibrate_from_run(recalibrated, config, meta, images[fit_rows], args, device)
+            if recalibrated.fusion is not None:  # fit calibrates the fusion's scales after the statistics
+                calibrate_fusion_scales(recalibrated, images[holdout_rows], tc.batch_size, device)
+            report(run, f"{tc.map_normalization}, RRS recalibrated on {args.recalibrate_rrs} batches",
+                   validate_on_painted_defects(recalibrated, images[holdout_rows], config, device))
+        if args.position_normalization and tc.map_normalization == "none":
+            normalized, _ = load_run(run, device)
+            normalized.map_normalization = PositionNormalization(tc.image_size)
+            features = NormalFeatures(normalized, images[fit_rows], device, tc.feature_cache_gb, tc.batch_size,
+                                      progress=False)
+            calibrate_map_normalization(normalized, features, len(fit_rows), tc.batch_size)
+            report(run, "position", validate_on_painted_defects(normalized, images[holdout_rows], config, device))
     if args.ensemble:
-        validate_ensemble(loaded, images_by_size[loaded[0][2].train.image_size], args.painted_draws, device)
+        validate_ensemble(loaded, args.painted_draws, device)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ reports, `realnet.engine.fit.painted_validation_set`) are scored once by the run
 and once per density variant (backbone layers, channel subset, covariance regularisation,
 statistics pooled over a neighbourhood of positions); each map is divided by the mean image score
 of the held-out normal images, as `fit` calibrates the fusion. Then the fused map is varied on the
-preset's density: weight, Gaussian smoothing, fusion rule, a separate weight for the image score,
+run's own density settings: weight, Gaussian smoothing, fusion rule, a separate weight for the image score,
 the image score's mean-filter size. One JSON line per variant with the six validation numbers
 and their mean. The ninth session's screens in docs/results.md are its output:
 
@@ -24,20 +24,21 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
+from common import normal_training_images, one_line_errors
+
 from realnet.config import RealNetConfig
-from realnet.data.layouts import load_dataset
 from realnet.engine.build import density_channel_subset
 from realnet.engine.evaluate import load_run
 from realnet.engine.fit import painted_validation_metrics, painted_validation_set, split_holdout
-from realnet.engine.runtime import load_samples, to_tensor
+from realnet.engine.runtime import to_tensor
 from realnet.model.backbone import create_backbone
 from realnet.model.density import FeatureDensity, feature_embedding, gaussian_statistics
 from realnet.model.fusion import MapFusion
 from realnet.model.discriminator import image_score
 
-# (layers or None for the run's own, channel subset or None, regularisation, neighbourhood or None)
+# (layers or None for the run's own, channel subset or None, regularisation, neighbourhood or None);
+# the run's own density settings come first
 DENSITY_VARIANTS = [
-    (None, None, 0.01, None),  # the cpu preset
     (None, None, 0.001, None), (None, None, 0.1, None), (None, None, 1.0, None),
     (None, 100, 0.01, None), (None, 50, 0.01, None),
     (None, None, 0.01, 3), (None, None, 0.01, 5), (None, None, 0.01, "all"),
@@ -94,20 +95,24 @@ def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(maps.unsqueeze(1), [side, side], [sigma, sigma])[:, 0]
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--category", required=True)
-    parser.add_argument("--dataset", default="mvtec")
-    parser.add_argument("--weight", type=float, default=0.5, help="density weight of the density variants")
+    parser.add_argument("--data", type=Path, help="the data root, if it moved since the run was fitted")
+    parser.add_argument("--category", help="refuse a run fitted on another category")
+    parser.add_argument("--weight", type=float, help="density weight of the density variants (default: the "
+                                                     "run's density.weight, else 0.5)")
     args = parser.parse_args()
     model, meta = load_run(args.run, torch.device("cpu"))
     model.eval()
     config = RealNetConfig.from_dict(meta["config"])
+    if args.weight is None:
+        args.weight = config.density.weight or 0.5
+    if not 0 < args.weight <= 1:
+        parser.error(f"--weight {args.weight}: must be in (0, 1]")
     tc = config.train
-    records = [r for r in load_dataset(args.data, args.category, args.dataset) if r.split == "train" and r.label == 0]
-    normal = load_samples(records, tc.image_size, skip_bad=False, desc="loading", progress=False)[0]
+    normal = normal_training_images(args.run, meta, tc.image_size, args.data, args.category)
     fit_rows, holdout_rows = split_holdout(len(normal), tc.holdout_fraction, tc.holdout_seed)
     images, defect_masks = painted_validation_set(normal[holdout_rows], tc.holdout_seed)
     n = len(holdout_rows)
@@ -124,16 +129,17 @@ def main() -> None:
     with torch.no_grad():
         p = scaled(torch.cat([model.probability_maps(model.select_features(x)) for x in batches(images, tc.batch_size)]))
     report("discriminator alone", p)
-    preset_density = None
-    for layers, channels, regularization, neighbourhood in DENSITY_VARIANTS:
+    own_density = None
+    own = (None, config.density.channels, config.density.regularization, None)
+    for layers, channels, regularization, neighbourhood in [own, *DENSITY_VARIANTS]:
         backbone = model.backbone if layers is None else create_backbone(
             config.backbone.name, weights=config.backbone.weights, layers=layers).eval()
         d = scaled(density_maps(backbone, channels, regularization, neighbourhood, normal[fit_rows], images,
                                 tc.seed, tc.batch_size))
-        preset_density = d if preset_density is None else preset_density
+        own_density = d if own_density is None else own_density
         report(f"layers {layers or 'run'}, channels {channels or 'all'}, regularisation {regularization}, "
                f"neighbourhood {neighbourhood or 1}, w {args.weight}", (1 - args.weight) * p + args.weight * d)
-    d = preset_density
+    d = own_density
     for weight in (0.25, 0.75, 1.0):
         report(f"w {weight}", (1 - weight) * p + weight * d)
     fused = (1 - args.weight) * p + args.weight * d

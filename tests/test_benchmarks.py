@@ -1,0 +1,70 @@
+"""The benchmark scripts that re-score a finished run's held-out validation (benchmarks/) must
+score the images the run held out, and their options must run on the current package."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import common  # noqa: E402
+import revalidate  # noqa: E402
+
+from realnet.engine.evaluate import load_run  # noqa: E402
+from realnet.engine.fit import split_holdout  # noqa: E402
+from realnet.errors import RealnetError  # noqa: E402
+
+
+def test_held_out_images_are_the_runs_own_and_other_data_is_refused(fused_run, tmp_path):
+    data_root, run_dir, fit_images, holdout_images = fused_run
+    _, meta = load_run(run_dir, torch.device("cpu"))
+    size = meta["config"]["train"]["image_size"]
+    images = common.normal_training_images(run_dir, meta, size)  # the recorded root, layout and category
+    fit_rows, holdout_rows = split_holdout(len(images), meta["config"]["train"]["holdout_fraction"],
+                                           meta["config"]["train"]["seed"])
+    assert np.array_equal(images[fit_rows], fit_images) and np.array_equal(images[holdout_rows], holdout_images)
+
+    # one training image fewer: the seeded split would move images the run trained on into "held out"
+    copy = shutil.copytree(data_root, tmp_path / "data")
+    next((copy / "widget" / "train" / "good").iterdir()).unlink()
+    with pytest.raises(RealnetError, match="readable normal training images of widget; .* was fitted on 12"):
+        common.normal_training_images(run_dir, meta, size, data=copy)
+    with pytest.raises(RealnetError, match="fitted on category 'widget', not 'gadget'"):
+        common.normal_training_images(run_dir, meta, size, category="gadget")
+    with pytest.raises(RealnetError, match="chosen on the test split"):
+        common.normal_training_images(run_dir, {**meta, "protocol": "select-on-test"}, size)
+
+
+def test_revalidate_recalibrates_rrs_then_the_fusion_scales_as_fit_does(fused_run, monkeypatch, capsys):
+    """--recalibrate-rrs crashed (TrainingImages lost a field), skipped the fusion scales fit
+    recalibrates after it, and changed the model that later variants were measured on."""
+    _, run_dir, _, _ = fused_run
+    _, meta = load_run(run_dir, torch.device("cpu"))
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--recalibrate-rrs", "2", "--score-kernels", "4"])
+    recalibrated_scales = []
+    original = revalidate.calibrate_fusion_scales
+    monkeypatch.setattr(revalidate, "calibrate_fusion_scales",
+                        lambda model, *args: recalibrated_scales.append(model) or original(model, *args))
+    revalidate.main()
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["variant"].split(",")[0] for line in lines] == [
+        "map_normalization none", "score kernel 4", "none"]
+    as_fitted = {k: v for k, v in meta["fit"]["validation"].items() if not k.startswith("val_n_")}
+    assert {k: lines[0][k] for k in as_fitted} == {k: round(v, 4) for k, v in as_fitted.items()}
+    assert len(recalibrated_scales) == 2  # the score-kernel variant's, then the recalibrated model's
+
+
+def test_revalidate_refuses_position_normalization_on_a_fused_run(fused_run, monkeypatch, capsys):
+    _, run_dir, _, _ = fused_run
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--position-normalization"])
+    with pytest.raises(SystemExit, match="is fused"):
+        revalidate.main()
+    assert capsys.readouterr().out == ""
