@@ -58,3 +58,30 @@ def test_selector_keeps_indexed_channels_and_rlpr_projects():
 def test_selector_rejects_bad_counts():
     with pytest.raises(ValueError):
         FeatureSelector("afs", [4], [5])
+
+
+def test_afs_normalisation_spans_the_whole_batch_not_each_image():
+    """Notes (AFS, Eq. 4): F is a per-channel min-max over all B*H*W positions of the batch, so an
+    image with a weaker difference stays below 1 after normalisation."""
+    normal = torch.zeros(2, 1, 2, 2)
+    anomalous = torch.zeros(2, 1, 2, 2)
+    anomalous[0, 0, 0, 0] = 2.0  # d = 4
+    anomalous[1, 0, 0, 0] = 1.0  # d = 1
+    mask = torch.zeros(2, 2, 2)
+    mask[:, 0, 0] = 1.0
+    # batch max 4: normalised 4/(4+eps) and 1/(4+eps) at the masked pixel, 0 elsewhere; mean over 8
+    expected = ((4 / (4 + 1e-4) - 1) ** 2 + (1 / (4 + 1e-4) - 1) ** 2) / 8
+    assert expected == pytest.approx(0.0703137, abs=1e-6)
+    assert afs_loss(anomalous, normal, mask).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_afs_mask_is_resized_with_nearest_neighbour():
+    """M is resized (nearest) to the feature size: a 4x4 mask with only [0, 0] set becomes a 2x2
+    mask with [0, 0] = 1 exactly, not a blurred 0.25."""
+    normal = torch.zeros(1, 1, 2, 2)
+    anomalous = torch.zeros(1, 1, 2, 2)
+    anomalous[0, 0, 0, 0] = 1.0
+    mask = torch.zeros(1, 4, 4)
+    mask[0, 0, 0] = 1.0
+    expected = (1 / (1 + 1e-4) - 1) ** 2 / 4  # about 2.5e-9
+    assert afs_loss(anomalous, normal, mask).item() == pytest.approx(expected, abs=1e-9)

@@ -150,3 +150,11 @@ def test_fit_takes_several_sources_after_one_flag_as_preview_does():
     args = build_parser().parse_args(["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny",
                                       "--source", "cutpaste", "shade:0.5", "--source", "nsa"])
     assert config_from_args(args).synthesis.sources == {"cutpaste": 1.0, "shade": 0.5, "nsa": 1.0}
+
+
+def test_paper_preset_seed_and_synthesis_match_the_notes():
+    """Notes: seed 100; SIA is the only anomaly source, applied to half the images."""
+    config = load_config("paper")
+    assert config.train.seed == 100
+    assert config.synthesis.normal_probability == 0.5
+    assert config.synthesis.sources == {"sia": 1.0}

@@ -349,3 +349,12 @@ def test_visa_tree_without_the_standard_mask_folder_loads(tmp_path):
         writer.writerows(rows)
     records = load_dataset(root, "candle", "visa")
     assert sum(r.mask is not None for r in records) == 1
+
+
+def test_mvtec_mask_named_stem_mask_wins_over_a_same_stem_file(tmp_path):
+    """MVTec names masks `<stem>_mask.png`; a stray `<stem>.png` beside it is not the mask."""
+    root = make_mvtec_tree(tmp_path, defects={"scratch": 1})
+    truth = root / "widget" / "ground_truth" / "scratch"
+    shutil.copy(truth / "000_mask.png", truth / "000.png")
+    [record] = [r for r in load_dataset(root, "widget") if r.label == ANOMALOUS]
+    assert record.mask == truth / "000_mask.png"

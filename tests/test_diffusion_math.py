@@ -226,3 +226,13 @@ def test_every_attention_layer_is_group_normalised_as_in_adm(preset):
     attentions = [m for m in unet.modules() if isinstance(m, Attention)]
     assert attentions and any(a in list(unet.mid_block.modules()) for a in attentions)
     assert all(isinstance(a.group_norm, torch.nn.GroupNorm) for a in attentions)
+
+
+@pytest.mark.parametrize("count", [None, 20])
+def test_posterior_log_variance_at_t0_is_clipped_to_the_t1_posterior_variance(diffusion, count):
+    """IDDPM: the posterior variance is 0 at t=0, so its log there is that of beta_tilde at t=1
+    (not beta_1, which it nearly equals after respacing); elsewhere it is log(beta_tilde_t)."""
+    process = diffusion if count is None else diffusion.respace(count)
+    clipped = process.posterior_log_variance_clipped
+    assert clipped[0] == pytest.approx(math.log(process.posterior_variance[1]), rel=1e-12)
+    np.testing.assert_allclose(clipped[1:], np.log(process.posterior_variance[1:]), rtol=1e-12)

@@ -5,6 +5,7 @@ statistics after training."""
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -266,3 +267,71 @@ def test_missing_backbone_weights_fail_before_any_image_is_read(tmp_path, monkey
     with pytest.raises(BadFileError, match="backbone weights file not found"):
         tiny_fit(tmp_path, "run", f"backbone.weights={tmp_path / 'missing.safetensors'}")
     assert not (tmp_path / "run").exists()
+
+
+def test_threshold_is_the_configured_quantile_of_the_held_out_normal_scores(fused_run):
+    """Not of the fit images (on which the maps read low) and not the complementary quantile."""
+    from realnet.engine.evaluate import load_run
+    from realnet.engine.fit import calibrate_threshold, score_images
+
+    assert calibrate_threshold(np.arange(101.0), 0.99) == 99.0
+    _, run_dir, fit_images, holdout = fused_run
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    quantile = meta["config"]["train"]["threshold_quantile"]
+    _, held_out_scores = score_images(model, holdout, torch.device("cpu"), 4)
+    _, fit_scores = score_images(model, fit_images, torch.device("cpu"), 4)
+    assert meta["threshold"] == pytest.approx(float(np.quantile(held_out_scores.astype(np.float64), quantile)),
+                                              abs=1e-6)
+    assert abs(meta["threshold"] - float(np.quantile(fit_scores.astype(np.float64), quantile))) > 1e-4
+
+
+def test_fit_seeds_everything_from_the_configured_seed(tmp_path, monkeypatch):
+    seeds = []
+    monkeypatch.setattr(fit_module, "seed_everything", seeds.append)
+    tiny_fit(tmp_path, "run", "train.seed=7")
+    assert seeds == [7]
+
+
+def test_afs_keeps_the_lowest_loss_channels_measured_on_anomalous_samples_only(tmp_path, monkeypatch):
+    """Eq. 4: a channel's loss is small where its normalised difference matches the anomaly mask,
+    so AFS keeps the m smallest; every AFS sample carries a synthetic anomaly (force_anomalous)."""
+    from safetensors.torch import load_file
+
+    from realnet.engine.runtime import Stream
+
+    labels_by_stream = []
+    make = fit_module.SyntheticBatches.make
+
+    def recording_make(self, indices, key, force_anomalous=False):
+        batch = make(self, indices, key, force_anomalous)
+        labels_by_stream.append((key[0], batch.labels.copy()))
+        return batch
+
+    monkeypatch.setattr(fit_module.SyntheticBatches, "make", recording_make)
+    tiny_fit(tmp_path, "run")
+    afs_batches = [labels for stream, labels in labels_by_stream if stream == Stream.AFS_SAMPLE]
+    assert afs_batches and all(labels.all() for labels in afs_batches)
+    afs = json.loads((tmp_path / "run" / "afs.json").read_text())
+    weights = load_file(str(tmp_path / "run" / "model.safetensors"))
+    for k, (indices, losses) in enumerate(zip(afs["indices"], afs["losses"])):
+        assert weights[f"selector.indices_{k}"].tolist() == indices
+        assert sorted(indices) == sorted(np.argsort(losses, kind="stable")[:len(indices)].tolist())
+        assert max(losses[i] for i in indices) < max(losses)  # a real choice, not every channel
+
+
+def test_the_saved_weights_never_hold_the_backbone(tiny_run):
+    from safetensors import safe_open
+
+    with safe_open(str(tiny_run[1] / "model.safetensors"), "pt") as weights:
+        keys = list(weights.keys())
+    assert keys and not any(key.startswith("backbone.") for key in keys)
+
+
+def test_the_synthesizer_gets_the_configured_normal_probability():
+    from realnet.engine.fit import build_synthesizer
+    from realnet.synthesis.foreground import NO_FOREGROUND
+
+    config = load_config("tiny", overrides=["synthesis.normal_probability=0.2", "synthesis.sources={cutpaste: 1}"])
+    images = np.zeros((4, config.train.image_size, config.train.image_size, 3), np.uint8)
+    synthesizer = build_synthesizer(config, NO_FOREGROUND, None, "widget", images)
+    assert synthesizer.config.normal_probability == 0.2

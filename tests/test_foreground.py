@@ -176,3 +176,13 @@ def test_bad_rules_and_images_are_refused():
         ForegroundRule("otsu", channel="alpha")
     with pytest.raises(ValueError, match="uint8"):
         foreground_mask(np.zeros((8, 8, 3), np.float32), NO_FOREGROUND)
+
+
+def test_closing_runs_before_opening():
+    """Notes: closing then opening. A grid of isolated dots is first closed into one solid square,
+    which the opening keeps; opening first would erase the dots and leave nothing to close."""
+    region = np.zeros((64, 64), bool)
+    region[10:50:2, 10:50:2] = True
+    image = np.repeat(np.where(region, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
+    mask = foreground_mask(image, ForegroundRule("otsu", closing=6, opening=6))
+    assert mask[12:46, 12:46].all()

@@ -242,3 +242,10 @@ def test_aupro_of_a_perfect_map_is_at_most_one():
     masks = rng.random((6, 40, 40)) > 0.8  # 1.000000000000008 before the clip
     assert aupro(masks.astype(np.float64), masks) <= 1.0
     assert aupro(masks.astype(np.float64), masks) == pytest.approx(1.0)
+
+
+def test_f1_max_threshold_returns_the_highest_threshold_among_ties():
+    """At t=4 (TP 1, FP 0) and t=1 (TP 2, FP 2) F1 is 2/3; the higher threshold is returned."""
+    f1, threshold = f1_max_threshold([4.0, 3.0, 2.0, 1.0], [1, 0, 0, 1])
+    assert f1 == pytest.approx(2 / 3)
+    assert threshold == 4.0

@@ -210,3 +210,20 @@ def test_runs_with_unbounded_maps_predict_draw_and_export_them(unbounded_map_run
     assert main(["export", "--run", str(run_dir), "--out", str(tmp_path / "m.onnx")]) == 0
     props = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
     assert words in props["output_format"]
+
+
+def test_the_printed_score_is_the_models_image_score_not_the_map_maximum(predict, tiny_run, awkward, capsys):
+    """The image score is the max of the score_kernel-mean-filtered map (paper Sec. 3.4), exactly
+    as `test` computes it; the map's own maximum is another, larger number."""
+    from realnet.data.io import read_image, resize_image
+    from realnet.engine.evaluate import load_run
+    from realnet.engine.runtime import to_tensor
+
+    model, _ = load_run(tiny_run[1], torch.device("cpu"))
+    image = resize_image(read_image(awkward["rgba"]), SIZE)
+    with torch.no_grad():
+        maps, scores = model.predict(to_tensor(image[None]))
+    assert float(maps.max()) - float(scores[0]) > 1e-4  # else the two readings could not be told apart
+    assert predict(tiny_run[1], awkward["rgba"]) == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    assert result["score"] == round(float(scores[0]), 6)

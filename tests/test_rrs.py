@@ -82,3 +82,24 @@ def test_recalibration_averages_the_batch_statistics_and_restores_the_module():
     before = (module.norm.running_mean.clone(), module.norm.running_var.clone())
     assert module.recalibrate(iter([])) == 0  # nothing seen: statistics kept
     assert torch.equal(module.norm.running_mean, before[0]) and torch.equal(module.norm.running_var, before[1])
+
+
+def test_residuals_are_squared_differences():
+    """E_k = [phi_k - G_k(phi_k)]^2 (Sec. 3.3): a difference of 2 gives 4, not 2."""
+    features = [torch.full((1, 2, 4, 4), 3.0)]
+    reconstructions = [torch.ones(1, 2, 4, 4)]
+    residuals = reconstruction_residuals(features, reconstructions)
+    assert torch.equal(residuals, torch.full((1, 2, 4, 4), 4.0))
+
+
+def test_coarse_residuals_are_upsampled_bilinearly():
+    """A coarser layer's residual is resized to the finest resolution with bilinear interpolation."""
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    fine_f, fine_g = torch.rand(2, 1, 2, 8, 8, generator=generator)
+    coarse_f, coarse_g = torch.rand(2, 1, 3, 4, 4, generator=generator)
+    residuals = reconstruction_residuals([fine_f, coarse_f], [fine_g, coarse_g])
+    expected = F.interpolate((coarse_f - coarse_g) ** 2, size=(8, 8), mode="bilinear", align_corners=False)
+    assert torch.allclose(residuals[:, :2], (fine_f - fine_g) ** 2)
+    assert torch.allclose(residuals[:, 2:], expected, atol=1e-6)

@@ -220,3 +220,29 @@ def test_only_rank_zero_draws_the_loading_bar(gray_data, monkeypatch):
         monkeypatch.setattr(train_module, "launched_rank", lambda: rank)
         train_module.load_training_images(request(gray_data, Path("unused"), progress=True), 16)
     assert asked == [False, True]
+
+
+def test_ema_moves_a_fraction_one_minus_decay_towards_the_model():
+    """EMA: ema <- decay * ema + (1 - decay) * model."""
+    from realnet.diffusion.train import update_ema
+
+    ema, model = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    torch.nn.init.zeros_(ema.weight), torch.nn.init.zeros_(ema.bias)
+    torch.nn.init.ones_(model.weight), torch.nn.init.ones_(model.bias)
+    update_ema(ema, model, 0.9)
+    for parameter in ema.parameters():
+        assert torch.allclose(parameter, torch.full_like(parameter, 0.1))
+
+
+def test_gradients_are_clipped_to_grad_clip_every_step(gray_data, tmp_path, monkeypatch):
+    """Each optimiser step clips the U-Net's gradient norm to --grad-clip."""
+    calls = []
+    clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(parameters, max_norm, *args, **kwargs):
+        calls.append(max_norm)
+        return clip(parameters, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    train(request(gray_data, tmp_path / "run", steps=2, save_every=2, log_every=1, grad_clip=0.5))
+    assert calls == [0.5, 0.5]

@@ -68,3 +68,43 @@ def test_random_streams_of_one_seed_never_coincide():
     }
     assert len(set(draws.values())) == len(draws)
     assert first(stream_rng(100, Stream.TRAINING_SAMPLE, 7, 0)) == draws["step 7 slot 0"]
+
+
+def test_each_epoch_visits_every_image_once_in_a_new_order():
+    import numpy as np
+
+    from realnet.engine.runtime import batch_indices
+
+    epochs = [np.concatenate([batch_indices(step, 12, 4, seed=100) for step in range(3 * e, 3 * e + 3)])
+              for e in range(3)]
+    assert all(sorted(order.tolist()) == list(range(12)) for order in epochs)
+    assert len({tuple(order.tolist()) for order in epochs}) == 3
+
+
+def test_test_set_selection_keeps_the_step_with_the_best_test_scores(monkeypatch):
+    """The authors' protocol (--select-on-test) keeps the best image AUROC (pixel AUROC breaks
+    ties, an exact tie keeps the earlier step) and restores exactly that step's weights."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import torch
+
+    from realnet.engine import evaluate
+    from realnet.engine import fit as fit_module
+
+    test_auroc = {2: (0.6, 0.9), 4: (0.9, 0.5), 6: (0.9, 0.4), 8: (0.7, 0.99), 10: (0.9, 0.5)}  # 10 ties 4
+    current = {}
+    monkeypatch.setattr(fit_module, "score_images", lambda *args: (np.zeros(1), np.zeros(1)))
+    monkeypatch.setattr(evaluate, "compute_metrics", lambda *args, **kwargs: dict(
+        zip(("image_auroc", "pixel_auroc"), test_auroc[current["step"]])))
+    selector = object.__new__(fit_module.TestSetSelector)
+    selector.split, selector.device, selector.batch_size = SimpleNamespace(images=None), torch.device("cpu"), 1
+    selector.best_key, selector.best_step, selector.best_metrics, selector.best_state = None, 0, {}, None
+    model = torch.nn.Linear(1, 1, bias=False)
+    for step in test_auroc:
+        current["step"] = step
+        model.weight.data.fill_(step)
+        selector.consider(model, step)
+    assert selector.best_step == 4 and selector.best_metrics == {"image_auroc": 0.9, "pixel_auroc": 0.5}
+    selector.restore_best(model)
+    assert model.weight.item() == 4
