@@ -120,9 +120,21 @@ def test_mvtec_missing_folders_are_named(tmp_path):
     with pytest.raises(RealnetError, match=r"category folder .*magnetic_tile not found "
                                            r"\(categories there: widget\)"):
         load_dataset(root, "magnetic_tile")
-    shutil.rmtree(root / "widget" / "test")
-    with pytest.raises(RealnetError, match=f"test folder {root / 'widget' / 'test'} not found"):
+    shutil.rmtree(root / "widget" / "train")
+    with pytest.raises(RealnetError, match=f"training folder {root / 'widget' / 'train' / 'good'} not found"):
         load_dataset(root, "widget")
+
+
+def test_mvtec_category_without_a_test_folder_has_training_records_only(tmp_path):
+    """fit never reads the test split, so it must not need one; test then names what is missing."""
+    from realnet.engine.evaluate import load_test_split
+
+    root = make_mvtec_tree(tmp_path, "widget", n_train=3)
+    shutil.rmtree(root / "widget" / "test")
+    records = load_dataset(root, "widget")
+    assert len(records) == 3 and all(r.split == "train" for r in records)
+    with pytest.raises(RealnetError, match="category 'widget' has no test images"):
+        load_test_split(root, "widget", "mvtec", 32, progress=False)
 
 
 def test_list_categories_mvtec(tmp_path):

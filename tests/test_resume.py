@@ -178,3 +178,51 @@ def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monk
     (tmp_path / "run" / ".resume.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     fit(tiny_request(data, tmp_path / "run", resume=True))
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+
+
+def test_resume_with_another_dtd_found_through_the_environment_is_refused(tmp_path, monkeypatch):
+    """Regression: a DTD found through $REALNET_DTD or <data root>/dtd was recorded as null, so a
+    killed run resumed on other textures; a $REALNET_DTD that is no folder was silently skipped."""
+    import numpy as np
+    from PIL import Image
+
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    for name in ("dtd_a", "dtd_b"):
+        (tmp_path / name / "images" / "banded").mkdir(parents=True)
+        texture = np.random.default_rng(len(name)).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(texture).save(tmp_path / name / "images" / "banded" / "0.jpg")
+    monkeypatch.setenv("REALNET_DTD", str(tmp_path / "dtd_a"))
+    request = tiny_request(data, tmp_path / "run", "synthesis.sources={dtd: 1}")
+    killed_after_checkpoints(monkeypatch, request, 2)
+    monkeypatch.setenv("REALNET_DTD", str(tmp_path / "dtd_b"))
+    with pytest.raises(RealnetError, match=r"started on other inputs: dtd '.*dtd_a' \(now '.*dtd_b'\)"):
+        fit(replace(request, resume=True))
+    monkeypatch.setenv("REALNET_DTD", str(tmp_path / "nowhere"))
+    with pytest.raises(RealnetError, match=r"DTD folder .*nowhere not found \(\$REALNET_DTD\)"):
+        fit(replace(request, resume=True))
+    monkeypatch.setenv("REALNET_DTD", str(tmp_path / "dtd_a"))
+    meta = fit(replace(request, resume=True))
+    assert meta["data"]["dtd"] == str((tmp_path / "dtd_a").resolve())
+
+
+def test_resume_needs_something_to_resume_and_a_foreign_folder_is_not_offered_it(tmp_path, capsys):
+    """Regression: `fit --resume` into a missing or foreign folder started a new run there (next to
+    the user's files), where the error for a non-empty folder had suggested --resume."""
+    from realnet.cli.main import main
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=4)
+    fit_args = ["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--out"]
+    assert main([*fit_args, str(tmp_path / "new"), "--resume"]) == 2
+    assert "nothing to resume (no resume.pt)" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "important.txt").write_text("x")
+    assert main([*fit_args, str(foreign)]) == 2
+    error = capsys.readouterr().err
+    assert "exists and is not empty; choose another --out" in error and "--resume" not in error
+    assert main([*fit_args, str(foreign), "--resume"]) == 2
+    assert sorted(p.name for p in foreign.iterdir()) == ["important.txt"]

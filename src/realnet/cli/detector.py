@@ -95,6 +95,7 @@ def config_from_args(args):
 
 
 def run_fit(args) -> int:
+    from realnet.engine import checkpoint
     from realnet.engine.distributed import launched_rank
     from realnet.engine.fit import FitRequest, fit
     from realnet.errors import RealnetError
@@ -102,6 +103,10 @@ def run_fit(args) -> int:
     root, category, dataset, folder_options = data_selection(args)
     if args.eval_every is not None and not args.select_on_test:
         raise RealnetError("--eval-every only applies with --select-on-test")
+    if args.resume and not any((Path(args.out) / name).exists()
+                               for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META)):
+        raise RealnetError(f"{args.out}: nothing to resume (no {checkpoint.RESUME_STATE}); leave out --resume to "
+                           "start a run there")
     meta = fit(FitRequest(
         config=config_from_args(args), data_root=root, category=category, out=args.out,
         dataset=dataset, resume=args.resume, device=args.device, skip_bad=args.skip_bad,

@@ -152,14 +152,15 @@ def _scan(root: str | Path, category: str, dataset: str, folder_options: dict) -
 
 
 def _scan_mvtec_like(base: Path, category: str, *, normal: str) -> _Scan:
-    """MVTec/MPDD (normal folder ``good``) and BTAD (``ok``; anomalous folder ``ko``)."""
+    """MVTec/MPDD (normal folder ``good``) and BTAD (``ok``; anomalous folder ``ko``). A category
+    without a test folder has training records only: `fit` needs no more, and `test` says so."""
     category_dir = _require_category(base, category)
     train_dir = _require_dir(category_dir / "train" / normal, "training folder")
-    test_dir = _require_dir(category_dir / "test", "test folder")
+    test_dir = category_dir / "test"
     truth_dir = category_dir / "ground_truth"
     records = [_normal(path, category, "train") for path in _images_in(train_dir)]
     orphans: list[Path] = []
-    defect_dirs = {entry.name: entry for entry in _subdirs(test_dir)}
+    defect_dirs = {entry.name: entry for entry in _subdirs(test_dir)} if test_dir.is_dir() else {}
     for defect, folder in sorted(defect_dirs.items()):
         images = _images_in(folder)
         if defect == normal:

@@ -45,7 +45,8 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
     records = [r for r in load_dataset(data_root, category, dataset, **(folder_options or {}))
                if r.split == "test"]
     if not records:
-        raise RealnetError(f"{data_root}: category '{category}' has no test images")
+        raise RealnetError(f"{data_root}: category '{category}' has no test images (for the MVTec layout: "
+                           f"{category}/test/good and {category}/test/<defect type> folders)")
     images, masks, kept, skipped = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
                                                 progress=progress)
     for error in skipped:

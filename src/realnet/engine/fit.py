@@ -523,8 +523,12 @@ def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], wh
 def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int | None = None) -> dict[str, Any]:
     """What a run trains on besides its config: the data it reads and, once loaded, how many
     training images were readable and how many processes shared each batch."""
+    from realnet.synthesis.sources import find_dtd_root
+
     inputs: dict[str, Any] = {"root": str(request.data_root), "category": request.category,
                               "dataset": request.dataset, "folder_options": request.folder_options}
+    if request.config.synthesis.sources.get("dtd", 0) > 0:  # also when found through $REALNET_DTD or the root
+        inputs["dtd"] = str(find_dtd_root(request.config.synthesis.dtd_root, request.data_root).resolve())
     if n_images is not None:
         inputs |= {"n_training_images": n_images, "world_size": world_size}
     return inputs
@@ -549,8 +553,10 @@ def prepare_run_dir(request: FitRequest) -> bool:
         raise RealnetError(f"--out {out} is a file; give a folder for the run")
     if (out / checkpoint.MODEL_META).exists() and not request.resume:
         raise RealnetError(f"{out} already holds a finished run; choose another --out")
+    if (out / checkpoint.RESUME_STATE).exists() and not request.resume:
+        raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
     if out.exists() and any(out.iterdir()) and not request.resume:
-        raise RealnetError(f"{out} exists and is not empty; use --resume to continue it or choose another --out")
+        raise RealnetError(f"{out} exists and is not empty; choose another --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint

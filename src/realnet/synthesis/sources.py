@@ -79,9 +79,13 @@ def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
         if not Path(given).is_dir():
             raise RealnetError(f"DTD folder {given} not found (--dtd or synthesis.dtd_root)")
         return Path(given)
-    for candidate in (os.environ.get("REALNET_DTD"), Path(data_root) / "dtd"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
+    from_environment = os.environ.get("REALNET_DTD")
+    if from_environment:
+        if not Path(from_environment).is_dir():
+            raise RealnetError(f"DTD folder {from_environment} not found ($REALNET_DTD)")
+        return Path(from_environment)
+    if (Path(data_root) / "dtd").is_dir():
+        return Path(data_root) / "dtd"
     raise RealnetError(
         "the dtd synthesis source needs the Describable Textures Dataset: pass --dtd DIR, set "
         f"REALNET_DTD, or place it at {Path(data_root) / 'dtd'}"
