@@ -262,3 +262,26 @@ def test_magnetic_tile_with_one_truncated_jpeg(shared_data, tmp_path, capsys):
     assert f"skipped 1 file(s):\n  {bad}: " in out
     assert re.search(r"^  train  good +701 +0$", out, re.MULTILINE)
     assert "no problems" not in out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """Regression: `realnet data check ... --json | head -1` printed "error: Broken pipe" and
+    exited 2, as for an input error; now it stops silently with the SIGPIPE status."""
+    import signal
+    import subprocess
+    import sys
+
+    root = make_mvtec_tree(tmp_path, "widget", n_train=3)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    process = subprocess.Popen([sys.executable, "-m", "realnet", "data", "check", "--data", str(root), "--category",
+                                "widget", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # the reader is gone before the first line
+    error = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 128 + signal.SIGPIPE
+    assert error == ""
+
+
+def test_debug_shows_the_traceback_and_keeps_the_input_error_status(tmp_path, capsys):
+    assert main(["--debug", "data", "check", "--data", str(tmp_path / "nowhere"), "--category", "widget"]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" in error and error.rstrip().endswith(f"realnet: error: data root {tmp_path / 'nowhere'} not found")

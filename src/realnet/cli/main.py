@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import io
+import os
 import signal
 import sys
 import threading
+import traceback
 
 from realnet import __version__
 from realnet.errors import RealnetError
@@ -35,6 +38,14 @@ def _raise_terminated(signum, frame) -> None:
     raise Terminated
 
 
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush does not fail a second time."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (captured in tests)
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
@@ -46,12 +57,15 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except RealnetError as error:
         if args.debug:
-            raise
+            traceback.print_exc()
         print(f"realnet: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (`realnet ... | head`): nothing is wrong, nothing more to say
+        _discard_stdout()
+        return 128 + signal.SIGPIPE
     except OSError as error:  # a file system failure no command anticipated: still one line
         if args.debug:
-            raise
+            traceback.print_exc()
         where = f"{error.filename}: " if error.filename else ""
         print(f"realnet: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
