@@ -21,8 +21,13 @@ def tree(root: Path) -> dict[str, bytes]:
 def test_layout_is_loadable_by_the_mvtec_rules(tmp_path):
     from realnet.data.layouts import load_dataset
 
+    import stat
+
+    from realnet.files import USER_UMASK
+
     root = make_demo_dataset(tmp_path / "demo", categories=("brick", "grass"), **SMALL)
     assert root == tmp_path / "demo"
+    assert stat.S_IMODE(root.stat().st_mode) == 0o777 & ~USER_UMASK  # not the staging folder's private 0700
     for category in ("brick", "grass"):
         records = load_dataset(root, category, "mvtec")
         train = [r for r in records if r.split == "train"]

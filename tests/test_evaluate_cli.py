@@ -4,11 +4,13 @@ test-set selection protocol only on request, and labelled."""
 import csv
 import json
 import shutil
+import stat
 
 import numpy as np
 import pytest
 
 from realnet.cli.main import main
+from realnet.files import USER_UMASK
 
 
 def test_run_metadata_records_identity_threshold_and_protocol(tiny_run):
@@ -151,6 +153,8 @@ def test_a_second_test_replaces_the_panels_and_refuses_a_negative_count(tiny_run
     listed = json.loads((copy / "metrics.json").read_text())["panels"]
     assert sorted(str(p) for p in (copy / "panels").iterdir()) == sorted(listed) and len(listed) == 3
     assert not list(copy.glob(".panels.*"))
+    # regression: the folder kept its staging folder's private mode 0700, unlike every other output
+    assert stat.S_IMODE((copy / "panels").stat().st_mode) == 0o777 & ~USER_UMASK
     with pytest.raises(SystemExit):
         main(["test", "--run", str(copy), "--panels", "-1"])
     assert "--panels: must be >= 0" in capsys.readouterr().err

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from realnet.errors import RealnetError
+from realnet.files import staging_dir
 
 DEMO_CATEGORIES = ("brick", "gravel", "grass")
 DEFECT_TYPES = ("scratch", "hole", "stain", "crack")
@@ -216,7 +217,7 @@ def make_demo_dataset(
         raise RealnetError(f"{root} exists and is not a realnet demo dataset; choose a new or empty folder")
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    staging = staging_dir(root.parent, f".{root.name}.tmp-")
     try:
         for category in categories:
             _write_category(staging / category, category, seed, size, n_train, n_test_good, n_test_defect)

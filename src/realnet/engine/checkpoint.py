@@ -20,13 +20,12 @@ from safetensors.torch import load_file, save_file
 
 from realnet import __version__
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import USER_UMASK
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 RESUME_STATE = "resume.pt"
 FORMAT_VERSION = 1
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
@@ -36,7 +35,7 @@ def atomic_write(path: Path, write) -> None:
     os.close(fd)
     try:
         write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
+        os.chmod(tmp, 0o666 & ~USER_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from realnet.config import map_kind
+from realnet.files import staging_dir
 
 
 def map_display_max(meta: dict) -> float:
@@ -63,7 +63,7 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    staging = staging_dir(out_dir.parent, f".{out_dir.name}.")
     try:
         names = []
         for kind, indices in pick_cases(split.labels, scores, count).items():

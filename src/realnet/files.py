@@ -1,0 +1,20 @@
+"""File-system helpers shared by every layer that writes outputs: the user's umask, and staging
+folders that are renamed into place once complete."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# read once (os.umask can only be read by setting it); files written through a temporary name get
+# the mode the user's umask gives any other new file, not mkstemp's/mkdtemp's private 0600/0700
+USER_UMASK = os.umask(0)
+os.umask(USER_UMASK)
+
+
+def staging_dir(parent: Path, prefix: str) -> Path:
+    """A new hidden folder in `parent`, with the mode a folder made by mkdir would have."""
+    staging = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    os.chmod(staging, 0o777 & ~USER_UMASK)
+    return staging
