@@ -227,3 +227,17 @@ def test_the_printed_score_is_the_models_image_score_not_the_map_maximum(predict
     assert predict(tiny_run[1], awkward["rgba"]) == 0
     (result,) = json_lines(capsys.readouterr().out)
     assert result["score"] == round(float(scores[0]), 6)
+
+
+def test_an_oversized_image_gets_the_one_error_line_without_pillows_warning(predict, tiny_run, tmp_path, capsys,
+                                                                             monkeypatch, recwarn):
+    """Regression: Pillow's DecompressionBombWarning (a file:line and a source line) was printed
+    before realnet's own one-line refusal of the same image."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # warned by Pillow between 2000 and 4000 pixels
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((50, 50), np.uint8)).save(big)
+    assert predict(tiny_run[1], big) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"realnet: error: {big}: refused as a decompression bomb: 50x50 = 2500 pixels exceeds "
+        "PIL.Image.MAX_IMAGE_PIXELS = 2000"]
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]

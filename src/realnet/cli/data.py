@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 
 from realnet.cli.common import add_data_arguments, data_selection
 from realnet.data.layouts import find_orphan_masks, load_dataset
@@ -28,13 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from realnet.data.validate import check_dataset
 
-    # read_image refuses oversized images with its own one-line error; Pillow's warning would
-    # only repeat it.
-    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     root, category, dataset, folder_options = data_selection(args)
     records = load_dataset(root, category, dataset, **folder_options)
     orphans = find_orphan_masks(root, category, dataset, **folder_options)

@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import traceback
+import warnings
 
 from realnet import __version__
 from realnet.errors import RealnetError
@@ -48,6 +49,9 @@ def _discard_stdout() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # every command reads images through realnet.data.io, which refuses oversized ones with a
+    # one-line error naming the file; Pillow's warning before it would only repeat it, as a traceback line
+    warnings.filterwarnings("ignore", message="Image size .* could be decompression bomb DOS attack")
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
