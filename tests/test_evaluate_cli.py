@@ -228,3 +228,26 @@ def test_errors_say_what_to_do_when_data_moved_a_folder_is_empty_or_a_config_fil
     assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--config", str(config),
                  "--out", str(tmp_path / "r")]) == 2
     assert f"{config}: unknown config key 'train.trian'" in capsys.readouterr().err
+
+
+def test_test_warns_about_empty_masks_and_records_the_data_it_tested(tiny_run, tmp_path, capsys, monkeypatch):
+    """Regressions: an anomalous image whose mask marks nothing was scored as all-normal pixels
+    without a word (only `data check` noticed); metrics.json recorded a relative root and no
+    folder-dataset folders, so it did not say which data was tested."""
+    from PIL import Image
+
+    data, run = tiny_run
+    copy, moved = tmp_path / "run", tmp_path / "data"
+    shutil.copytree(run, copy)
+    shutil.copytree(data, moved)
+    blank = sorted((moved / "widget" / "ground_truth" / "scratch").iterdir())[0]
+    with Image.open(blank) as mask:
+        Image.new("L", mask.size).save(blank)
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", "--run", str(copy), "--data", "data", "--category", "widget"]) == 0
+    assert ("realnet: warning: 1 anomalous test image(s) have a mask that marks no pixel at 64 px"
+            in capsys.readouterr().err)
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["anomalous_with_empty_mask"] == 1
+    assert metrics["data"] == {"root": str(moved.resolve()), "category": "widget", "dataset": "mvtec",
+                               "folder_options": {}}

@@ -39,6 +39,12 @@ class TestSplit:
         """Anomalous images with no mask: the pixel metrics count all their pixels as normal."""
         return sum(r.label == 1 and r.mask is None for r in self.records)
 
+    @property
+    def anomalous_with_empty_mask(self) -> int:
+        """Anomalous images whose mask marks no pixel at the test size (empty files, or defects
+        thinner than a pixel after resizing): the pixel metrics see no defect in them either."""
+        return int(sum(r.label == 1 and r.mask is not None and not m.any() for r, m in zip(self.records, self.masks)))
+
 
 def load_test_split(data_root, category: str, dataset: str, size: int, folder_options: dict | None = None,
                     *, skip_bad: bool = False, progress: bool = True) -> TestSplit:
@@ -118,8 +124,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     if data_root is None and not Path(data["root"]).is_dir():
         raise RealnetError(f"the run's data root {data['root']} is not there any more; pass --data (and --category) "
                            "to test where the data is now")
-    split = load_test_split(data_root or data["root"], category or data["category"], dataset or data["dataset"],
-                            size, folder_options if folder_options is not None else data.get("folder_options"),
+    tested = {"root": str(Path(data_root or data["root"]).resolve()), "category": category or data["category"],
+              "dataset": dataset or data["dataset"],
+              "folder_options": folder_options if folder_options is not None else data.get("folder_options", {})}
+    split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
                             skip_bad=skip_bad, progress=progress)
     started = time.time()
     maps, scores = score_images(model, split.images, torch_device, batch_size or meta["config"]["train"]["batch_size"],
@@ -136,8 +144,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         "threshold": meta["threshold"],
         "test_accuracy_at_threshold": float(np.mean((scores > meta["threshold"]) == (split.labels == 1))),
         "inference_images_per_s": round(len(split.records) / max(seconds, 1e-9), 2),
-        "data": {"root": str(data_root or data["root"]), "category": category or data["category"],
-                 "dataset": dataset or data["dataset"]},
+        "data": tested,  # absolute, with the folder dataset's folders: what was tested, from anywhere
     }
     if meta["protocol"] == "select-on-test":
         metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
@@ -147,6 +154,11 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         metrics["anomalous_without_mask"] = split.anomalous_without_mask
         sys.stderr.write(f"realnet: warning: {split.anomalous_without_mask} anomalous test image(s) have no mask; "
                          "the pixel metrics count all their pixels as normal (`realnet data check` lists them)\n")
+    if split.anomalous_with_empty_mask:
+        metrics["anomalous_with_empty_mask"] = split.anomalous_with_empty_mask
+        sys.stderr.write(f"realnet: warning: {split.anomalous_with_empty_mask} anomalous test image(s) have a mask that "
+                         f"marks no pixel at {size} px; the pixel metrics count all their pixels as "
+                         "normal\n")
     # panels first: they are the likeliest to fail, and a failure then leaves the last test's
     # scores.csv and metrics.json as they were instead of mixing two tests' outputs
     metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels,
