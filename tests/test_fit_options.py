@@ -335,3 +335,19 @@ def test_the_synthesizer_gets_the_configured_normal_probability():
     images = np.zeros((4, config.train.image_size, config.train.image_size, 3), np.uint8)
     synthesizer = build_synthesizer(config, NO_FOREGROUND, None, "widget", images)
     assert synthesizer.config.normal_probability == 0.2
+
+
+@pytest.mark.parametrize("n_train, held_out, consequence", [
+    (2, 0, "the threshold comes from the fit images (biased low)"), (3, 1, "no validation is reported (it needs 2)")])
+def test_too_few_held_out_images_are_said_out_loud(tmp_path, capsys, n_train, held_out, consequence):
+    """Regression: with 2 or 3 training images fit printed no validation and no word about why."""
+    from dataset_fixtures import make_mvtec_tree
+
+    from realnet.cli.main import main
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=n_train, size=(64, 64))
+    assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--steps", "2",
+                 "--out", str(tmp_path / "run")]) == 0
+    error = capsys.readouterr().err
+    assert f"realnet: warning: {held_out} of {n_train} normal training images held out" in error
+    assert consequence in error

@@ -169,6 +169,11 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
         raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(images)} readable normal "
                            f"training images ({len(skipped)} skipped); at least {MIN_TRAINING_IMAGES} are needed")
     fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
+    if len(holdout_idx) < 2 and launched_rank() == 0:
+        consequence = ("the threshold comes from the fit images (biased low) and no validation is reported"
+                       if len(holdout_idx) == 0 else "no validation is reported (it needs 2)")
+        tqdm.write(f"realnet: warning: {len(holdout_idx)} of {len(images)} normal training images held out "
+                   f"(train.holdout_fraction {config.train.holdout_fraction}); {consequence}", file=sys.stderr)
     fit = images[fit_idx]
     foreground = np.stack([foreground_mask(image, rule) for image in fit])
     return TrainingImages(fit, images[holdout_idx], foreground)
