@@ -107,7 +107,10 @@ def test_quality_command(tmp_path, rng, capsys):
         save(tmp_path / "fake" / f"{i}.png", 255 - normal_image(rng, (40, 40), gray=True))
     code = main(["sdas", "quality", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
                  "--weights", "random", "--size", "64", "--threads", "1"])
-    report = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
     assert code == 0 and report["fid"] > 0 and report["cluster_lpips"] >= 0
     assert report["features"]["name"] == "tf_efficientnet_lite0" and report["lpips_weights"].startswith("uniform")
     assert (report["n_real"], report["n_fake"]) == (4, 4)
+    # progress on stderr, as every long command shows it (10,000 synthetic images take minutes)
+    assert "real images: 100%" in captured.err and "synthetic images: 100%" in captured.err

@@ -69,6 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--batch", type=positive_int, default=16, help="images per forward pass (default 16)")
     quality.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     quality.add_argument("--threads", type=int, help="torch CPU threads")
+    quality.add_argument("--no-progress", action="store_true", help="no progress bar")
     quality.set_defaults(func=run_quality)
 
 
@@ -146,6 +147,7 @@ def _read_lpips_weights(path: Path, channels: list[int]):
 def run_quality(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
+    from tqdm.auto import tqdm
 
     from realnet.data.io import read_image, resize_image
     from realnet.engine.runtime import resolve_device, to_tensor
@@ -159,21 +161,22 @@ def run_quality(args: argparse.Namespace) -> int:
     net = create_backbone(args.features, weights=weights, layers=(1, 2, 3, 4)).to(device)
     lin = _read_lpips_weights(args.lpips_weights, net.channels) if args.lpips_weights else None
 
-    def features(files: list[Path]) -> tuple[np.ndarray, torch.Tensor]:
+    def features(files: list[Path], desc: str) -> tuple[np.ndarray, torch.Tensor]:
         pooled, embedded = [], []
-        with torch.no_grad():
+        with torch.no_grad(), tqdm(total=len(files), desc=desc, unit="img", disable=args.no_progress) as bar:
             for start in range(0, len(files), args.batch):
                 images = np.stack([resize_image(read_image(f), args.size) for f in files[start:start + args.batch]])
                 maps = net(to_tensor(images, device))
                 pooled.append(pooled_features(maps).cpu())
                 embedded.append(lpips_embedding(maps, lin).cpu())
+                bar.update(len(images))
         return torch.cat(pooled).double().numpy(), torch.cat(embedded)
 
     real_files, fake_files = _image_files(args.real), _image_files(args.fake)
     if len(real_files) < 2 or len(fake_files) < 2:
         raise RealnetError("quality needs at least 2 real and 2 synthetic images")
-    real_pooled, real_embedded = features(real_files)
-    fake_pooled, fake_embedded = features(fake_files)
+    real_pooled, real_embedded = features(real_files, "real images")
+    fake_pooled, fake_embedded = features(fake_files, "synthetic images")
     report = {
         "fid": fid_from_features(real_pooled, fake_pooled),
         **cluster_lpips(real_embedded, fake_embedded),
