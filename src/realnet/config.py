@@ -236,6 +236,8 @@ def load_config(
     config.preset = preset
     if config_file is not None:
         path = Path(config_file)
+        if path.is_dir():
+            raise RealnetError(f"config file {path} is a folder; give a YAML file")
         if not path.is_file():
             raise RealnetError(f"config file {path} not found")
         try:

@@ -65,10 +65,14 @@ def parse_sources(specs: list[str]) -> dict[str, float]:
     sources = {}
     for spec in specs:
         name, _, weight = spec.partition(":")
+        if name in sources:
+            raise RealnetError(f"--source {name} is given twice; give each source once")
         try:
             sources[name] = float(weight) if weight else 1.0
         except ValueError:
             raise RealnetError(f"--source {spec!r}: weight must be a number") from None
+        if not sources[name] > 0:
+            raise RealnetError(f"--source {spec!r}: a weight must be > 0 (leave the source out instead)")
     return sources
 
 

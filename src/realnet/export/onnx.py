@@ -175,7 +175,11 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
     except OSError as error:
         raise RealnetError(f"--out {out}: cannot create its folder {out.parent} ({error.strerror})") from None
     data_name = f"{out.name}.data"
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as staging:
+    try:
+        staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.")
+    except OSError as error:  # named by its folder, not by the staging name the user never chose
+        raise RealnetError(f"--out {out}: cannot write in {out.parent} ({error.strerror})") from None
+    with staging_folder as staging:
         traced = Path(staging) / "traced.onnx"
         trace_to_onnx(model, image_size, traced, opset=opset, dynamic_batch=dynamic_batch)
         proto = onnx.load(str(traced))

@@ -1,0 +1,70 @@
+"""Outputs that cannot be written, and option mistakes, are one line that names what the user
+gave: the file or folder they chose (never an internal temporary name) or the option itself."""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+
+import pytest
+import torch
+
+from realnet.errors import RealnetError
+
+
+def _refused(*args, **kwargs):
+    raise PermissionError(errno.EPERM, "Operation not permitted", "/somewhere/.grid.png.k3j2l1.tmp")
+
+
+def test_an_unwritable_folder_is_named_not_the_temporary_file(tmp_path, monkeypatch):
+    from realnet.engine.checkpoint import atomic_write
+
+    target = tmp_path / "grid.png"
+    monkeypatch.setattr(tempfile, "mkstemp", _refused)
+    with pytest.raises(RealnetError) as raised:
+        atomic_write(target, lambda tmp: tmp.write_text("x"))
+    assert str(raised.value) == f"{target}: cannot write there (Operation not permitted)"
+    monkeypatch.undo()
+
+    def replace_refused(source, destination):
+        raise PermissionError(errno.EPERM, "Operation not permitted", source)
+
+    monkeypatch.setattr("os.replace", replace_refused)
+    with pytest.raises(RealnetError, match=f"^{target}: cannot write there"):
+        atomic_write(target, lambda tmp: tmp.write_text("x"))
+    assert list(tmp_path.iterdir()) == []  # and the temporary file is gone
+
+
+def test_export_into_an_unwritable_folder_names_the_folder(tiny_run, tmp_path, monkeypatch):
+    import realnet.export.onnx as onnx_export
+    from realnet.engine.evaluate import load_run
+
+    model, meta = load_run(tiny_run[1], torch.device("cpu"))
+    monkeypatch.setattr(onnx_export.tempfile, "TemporaryDirectory", _refused)
+    out = tmp_path / "models" / "m.onnx"
+    with pytest.raises(RealnetError) as raised:
+        onnx_export.export_onnx(model, out, image_size=meta["config"]["train"]["image_size"], metadata={},
+                                parity_images=torch.zeros(1, 3, 64, 64))
+    assert str(raised.value) == f"--out {out}: cannot write in {out.parent} (Operation not permitted)"
+
+
+@pytest.mark.parametrize("specs, message", [
+    (["shade", "shade:0.2"], "--source shade is given twice"),
+    (["shade:0"], "--source 'shade:0': a weight must be > 0"),
+    (["shade:-1"], "--source 'shade:-1': a weight must be > 0"),
+])
+def test_source_weights_that_would_be_dropped_or_overwritten_are_refused(specs, message):
+    """Regression: shade:0 was refused as `synthesis.source_weights ... got {}` (another name, the
+    entry gone), and a repeated source silently kept its last weight."""
+    from realnet.cli.detector import parse_sources
+
+    with pytest.raises(RealnetError, match=message):
+        parse_sources(specs)
+    assert parse_sources(["dtd", "shade:0.5"]) == {"dtd": 1.0, "shade": 0.5}
+
+
+def test_a_config_folder_is_not_called_missing(tmp_path):
+    from realnet.config import load_config
+
+    with pytest.raises(RealnetError, match=f"config file {tmp_path} is a folder; give a YAML file"):
+        load_config("tiny", tmp_path)
