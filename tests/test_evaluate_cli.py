@@ -251,3 +251,21 @@ def test_test_warns_about_empty_masks_and_records_the_data_it_tested(tiny_run, t
     assert metrics["anomalous_with_empty_mask"] == 1
     assert metrics["data"] == {"root": str(moved.resolve()), "category": "widget", "dataset": "mvtec",
                                "folder_options": {}}
+
+
+def test_panels_carry_a_caption_with_the_score_threshold_and_colour_scale():
+    """Regression: panels were three bare images; the score was only in the file name and the
+    threshold and the overlay's colour scale nowhere."""
+    from realnet.report.panels import CAPTION_HEIGHT, caption_for, panel
+
+    image = np.full((64, 64, 3), 128, np.uint8)
+    mask = np.zeros((64, 64), bool)
+    anomaly_map = np.zeros((64, 64), np.float32)
+    assert caption_for("crack", 0.532, 0.41, 1.0) == "crack: score 0.532 > threshold 0.410; map 0..1"
+    assert caption_for("good", 0.2, 0.41, 0.82) == "good: score 0.200 <= threshold 0.410; map 0..0.82"
+    plain = panel(image, mask, anomaly_map)
+    captioned = panel(image, mask, anomaly_map, caption=caption_for("crack", 0.532, 0.41, 1.0))
+    assert captioned.shape == (64 + CAPTION_HEIGHT, plain.shape[1], 3)
+    assert np.array_equal(captioned[CAPTION_HEIGHT:], plain)
+    strip = captioned[:CAPTION_HEIGHT]
+    assert (strip < 100).any() and (strip == 255).any()  # dark text on white

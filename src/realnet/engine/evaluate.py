@@ -162,7 +162,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     # panels first: they are the likeliest to fail, and a failure then leaves the last test's
     # scores.csv and metrics.json as they were instead of mixing two tests' outputs
     metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels,
-                                                      display_max=map_display_max(meta))]
+                                                      display_max=map_display_max(meta), threshold=meta["threshold"])]
     write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
     checkpoint.write_json(run_dir / "metrics.json", metrics)
     return metrics

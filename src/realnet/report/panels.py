@@ -36,11 +36,30 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0
     return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
 
 
-def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, display_max: float = 1.0) -> np.ndarray:
+CAPTION_HEIGHT = 14  # one line of Pillow's default bitmap font
+
+
+def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, display_max: float = 1.0,
+          caption: str | None = None) -> np.ndarray:
+    """image | ground truth | overlay, under an optional one-line caption (cut to the width)."""
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     truth = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
-    return np.concatenate([image, gap, truth, gap, heatmap_overlay(image, anomaly_map, display_max=display_max)],
-                          axis=1)
+    row = np.concatenate([image, gap, truth, gap, heatmap_overlay(image, anomaly_map, display_max=display_max)],
+                         axis=1)
+    if caption is None:
+        return row
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (row.shape[1], CAPTION_HEIGHT), "white")
+    ImageDraw.Draw(strip).text((2, 1), caption, fill="black")
+    return np.concatenate([np.asarray(strip), row], axis=0)
+
+
+def caption_for(defect: str, score: float, threshold: float | None, display_max: float) -> str:
+    """What a reader of a panel needs beside the pixels: the case, its score against the
+    threshold, and the map's colour scale (the overlay's full heat is `display_max`)."""
+    verdict = "" if threshold is None else f" {'>' if score > threshold else '<='} threshold {threshold:.3f}"
+    return f"{defect}: score {score:.3f}{verdict}; map 0..{display_max:.3g}"
 
 
 def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, np.ndarray]:
@@ -56,9 +75,9 @@ def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, 
 
 
 def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6,
-                 display_max: float = 1.0) -> list[Path]:
-    """Writes the panels of `pick_cases` into a new `out_dir`, replacing the folder as a whole,
-    so that it never mixes them with an earlier test's (their names carry scores)."""
+                 display_max: float = 1.0, threshold: float | None = None) -> list[Path]:
+    """Writes the captioned panels of `pick_cases` into a new `out_dir`, replacing the folder as a
+    whole, so that it never mixes them with an earlier test's (their names carry scores)."""
     from PIL import Image
 
     out_dir = Path(out_dir)
@@ -70,8 +89,9 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
             for rank, index in enumerate(indices):
                 record = split.records[index]
                 name = f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
-                Image.fromarray(panel(split.images[index], split.masks[index], maps[index], display_max)).save(
-                    staging / name, format="PNG")
+                caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
+                Image.fromarray(panel(split.images[index], split.masks[index], maps[index], display_max,
+                                      caption)).save(staging / name, format="PNG")
                 names.append(name)
         if out_dir.exists():
             shutil.rmtree(out_dir)
