@@ -305,3 +305,17 @@ def test_the_efficiency_table_is_dropped_once_a_measured_cell_is_rerun(tmp_path,
     write_reports(suite, [cell], tmp_path)
     readme = (tables_dir / "README.md").read_text()
     assert "MEASURED" not in readme and "Out of date" in readme
+
+
+def test_results_csv_holds_every_cell_with_its_status_and_metrics_as_fractions():
+    suite = parse_suite(suite_dict([{"name": "a"}, {"name": "b", "set": {"rrs.mode": "max"}}]), "t")
+    cells = expand(suite)
+    statuses = {cells[0].id: {"status": "complete", "fit_steps": 4, "fit_wall_s": 1.5, "test_wall_s": 0.5,
+                              "metrics": {"image_auroc": 0.91234567, "pixel_auroc": 0.5, "aupro": None}},
+                cells[1].id: {"status": "failed", "error": "boom"}}
+    rows = list(csv.DictReader(tables.results_csv(cells, statuses).splitlines()))
+    assert [(r["cell"], r["variant"], r["status"], r["error"]) for r in rows] == [
+        (cells[0].id, "a", "complete", ""), (cells[1].id, "b", "failed", "boom")]
+    assert (rows[0]["image_auroc"], rows[0]["pixel_auroc"], rows[0]["aupro"]) == ("0.912346", "0.500000", "")
+    assert (rows[0]["fit_steps"], rows[0]["fit_wall_s"], rows[0]["test_wall_s"]) == ("4", "1.5", "0.5")
+    assert rows[1]["image_auroc"] == "" and rows[1]["axes"] == "axis:b"

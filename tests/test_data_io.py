@@ -318,3 +318,17 @@ def test_load_sample_size_mismatch_names_the_mask(tmp_path):
     with pytest.raises(BadFileError, match=r"mask is 8x10 but its image .* is 10x8") as caught:
         load_sample(_record(image_path, mask_path), 8)
     assert caught.value.path == mask_path
+
+
+def test_alpha_compositing_rounds_to_the_nearest_level(tmp_path):
+    """Module rules: each colour channel times alpha / 255, rounded (not truncated)."""
+    rgba = np.array([[[200, 100, 1, 127], [255, 3, 254, 1]]], np.uint8)
+    image = read_image(_save(tmp_path / "half.png", Image.fromarray(rgba)))
+    # 200 * 127 / 255 = 99.6, 100 * 127 / 255 = 49.8, 1 * 127 / 255 = 0.498; 254 / 255 = 0.996
+    np.testing.assert_array_equal(image[0], [[100, 50, 0], [1, 0, 1]])
+
+
+def test_float_image_nan_is_black(tmp_path):
+    values = np.array([[np.nan, 0.25, np.nan]], dtype=np.float32)
+    image = read_image(_save(tmp_path / "nan.tif", Image.fromarray(values)))
+    np.testing.assert_array_equal(image[0, :, 0], [0, 64, 0])

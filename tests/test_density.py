@@ -170,3 +170,11 @@ def test_a_run_without_it_has_no_fusion_state(tiny_run):
     model, meta = load_run(tiny_run[1], torch.device("cpu"))
     assert map_kind(meta["config"]) == "probability"
     assert model.fusion is None and not any(k.startswith("fusion") for k in model.state_dict())
+
+
+def test_embedding_upsamples_coarser_layers_bilinearly():
+    generator = torch.Generator().manual_seed(0)
+    fine, coarse = torch.rand(1, 2, 8, 8, generator=generator), torch.rand(1, 3, 2, 2, generator=generator)
+    embedding = feature_embedding([fine, coarse])
+    expected = torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(embedding[:, 2:], expected)

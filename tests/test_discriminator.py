@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from realnet.model.discriminator import Discriminator, anomaly_map, image_score
@@ -96,3 +97,29 @@ def test_image_score_rejects_bad_maps():
         image_score(torch.rand(1, 15, 40))
     with pytest.raises(ValueError, match=r"\(B, H, W\) map"):
         image_score(torch.rand(1, 1, 32, 32))
+
+
+def test_residual_unit_adds_its_input():
+    """A residual unit whose body outputs zero passes ReLU(x) through."""
+    from realnet.model.discriminator import ResidualUnit
+
+    unit = ResidualUnit(4)
+    nn.init.zeros_(unit.body[-1].weight)  # the last BatchNorm's scale: body(x) = 0
+    x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(unit(x), torch.relu(x))
+
+
+def test_tail_runs_at_twice_the_head_resolution_and_output_is_bilinear():
+    """Notes: 3x3 convs ->8, bilinear x2, 3x3 convs 8->4->2, bilinear to the image size."""
+    torch.manual_seed(0)
+    disc = Discriminator(6, hidden=TINY_HIDDEN, output_size=40).eval()
+    seen = {}
+    disc.head.register_forward_hook(lambda module, args, out: seen.update(head=out))
+    disc.tail.register_forward_hook(lambda module, args, out: seen.update(tail_in=args[0], tail=out))
+    with torch.no_grad():
+        logits = disc(torch.randn(2, 6, 8, 8))
+    assert seen["head"].shape[-2:] == (8, 8) and seen["tail_in"].shape[-2:] == (16, 16)
+    torch.testing.assert_close(seen["tail_in"], F.interpolate(seen["head"], scale_factor=2, mode="bilinear",
+                                                              align_corners=False))
+    torch.testing.assert_close(logits, F.interpolate(seen["tail"], size=(40, 40), mode="bilinear",
+                                                     align_corners=False))

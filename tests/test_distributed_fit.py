@@ -176,3 +176,37 @@ def test_devices_that_cannot_work_are_refused_in_one_line(monkeypatch):
     with pytest.raises(RealnetError, match="--device cuda:7: this machine has 1 CUDA device"):
         resolve_device("cuda:7")
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_average_gradients_divides_the_summed_gradients_by_the_world_size(monkeypatch):
+    """DDP semantics: every rank ends with the mean of the ranks' gradients (here 4 ranks whose
+    gradients are g, 2g, 3g, 4g, so the mean is 2.5 g), bucket by bucket, any dtype."""
+    from realnet.engine import distributed
+
+    def all_reduce(tensor, op):
+        assert op == distributed.dist.ReduceOp.SUM
+        tensor.mul_(1 + 2 + 3 + 4)
+
+    monkeypatch.setattr(distributed.dist, "all_reduce", all_reduce)
+    parameters = [torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(5)),
+                  torch.nn.Parameter(torch.zeros(4, dtype=torch.float64)), torch.nn.Parameter(torch.zeros(2))]
+    for index, p in enumerate(parameters[:3]):
+        p.grad = torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape) + index
+    expected = [2.5 * p.grad.clone() for p in parameters[:3]]
+    distributed.average_gradients(parameters, distributed.DistributedContext(1, 4), bucket_elements=6)
+    for p, e in zip(parameters, expected):
+        torch.testing.assert_close(p.grad, e)
+    assert parameters[3].grad is None and parameters[2].grad.dtype == torch.float64
+
+
+def test_state_and_buffers_are_broadcast_from_rank_zero(monkeypatch):
+    """Rank 0's initial state and BatchNorm statistics, the ones it writes to the run."""
+    from realnet.engine import distributed
+
+    sources = []
+    monkeypatch.setattr(distributed.dist, "broadcast", lambda tensor, src: sources.append(src))
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    for rank in (1, 2):
+        distributed.broadcast_state(module, distributed.DistributedContext(rank, 3))
+        distributed.broadcast_buffers(module, distributed.DistributedContext(rank, 3))
+    assert len(sources) == 2 * (4 + 3 + 3) and set(sources) == {0}

@@ -211,3 +211,44 @@ def test_a_run_with_fused_density_and_memory_exports_with_a_dynamic_batch(memory
         expected_maps, expected_scores = model.predict(images[:batch])
         assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
         assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
+
+
+def _mean_map_graph(path: Path, size: int = 4) -> None:
+    """A stand-in exported detector: anomaly_map = channel mean, score = its maximum."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("ReduceMean", ["image"], ["anomaly_map"], axes=[1], keepdims=0),
+         helper.make_node("ReduceMax", ["anomaly_map"], ["score"], axes=[1, 2], keepdims=0)],
+        "mean_map",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 3, size, size])],
+        [helper.make_tensor_value_info("anomaly_map", TensorProto.FLOAT, ["batch", size, size]),
+         helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+
+
+class _MeanMapDetector(torch.nn.Module):
+    """PyTorch side of `_mean_map_graph`, off by `offset` on the last image only."""
+
+    def __init__(self, offset: float):
+        super().__init__()
+        self.offset = offset
+
+    def predict(self, images):
+        maps = images.mean(1)
+        maps[-1] += self.offset
+        return maps, maps.amax((1, 2))
+
+
+def test_parity_compares_every_image_at_every_batch_size(tmp_path):
+    """A graph that disagrees with PyTorch on the last parity image only must still fail."""
+    path = tmp_path / "mean.onnx"
+    _mean_map_graph(path)
+    images = torch.rand((3, 3, 4, 4), generator=torch.Generator().manual_seed(0))
+    report = onnx_export.check_parity(_MeanMapDetector(0.0), path, images, batch_sizes=(3, 1))
+    assert report.passed and report.max_abs_map_difference < 1e-6 and report.batch_sizes == (3, 1)
+    for batch_sizes in [(1,), (3,), (3, 1)]:
+        report = onnx_export.check_parity(_MeanMapDetector(0.5), path, images, batch_sizes=batch_sizes)
+        assert not report.passed and report.n_images == 3
+        assert report.max_abs_map_difference == pytest.approx(0.5, abs=1e-5)
+        assert report.max_abs_score_difference == pytest.approx(0.5, abs=1e-5)

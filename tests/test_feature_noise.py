@@ -155,3 +155,11 @@ def test_anomalous_rows_reach_the_backbone_as_a_contiguous_batch():
     (seen,) = model.inputs
     assert seen.is_contiguous()
     assert torch.equal(seen, fit_module.to_tensor(batch.images).index_select(0, torch.tensor([1, 3])))
+
+
+def test_each_feature_noise_sample_draws_its_own_noise_seed():
+    """The seed comes from the sample's randomness, so two samples do not share one eps."""
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    synthesizer, rng = noise_synthesizer(), np.random.default_rng(1)
+    seeds = [synthesizer(image, rng, force_anomalous=True).noise_seed for _ in range(8)]
+    assert len(set(seeds)) == 8 and all(0 <= seed < 2**62 for seed in seeds)

@@ -172,3 +172,12 @@ def test_fit_builds_the_bank_from_the_fit_images_and_the_scales_from_the_held_ou
     maps, _ = model.predict(to_tensor(holdout_images, torch.device("cpu")))
     expected = sum(w * m / b for w, m, b in zip((0.5, 0.25, 0.25), (probabilities, density, distances), expected_scales))
     torch.testing.assert_close(maps, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_calibrated_bank_is_the_greedy_coreset_of_the_patches():
+    """PatchCore: the bank is the greedy k-centre coreset of the normal patches, not any subset."""
+    patches = torch.randn(80, 6, generator=torch.Generator().manual_seed(6))
+    memory = FeatureMemory(6, neighbourhood=1)
+    memory.calibrate(patches, ratio=0.1, projection_dim=4, seed=2)
+    chosen = greedy_coreset(patches, 8, projection_dim=4, seed=2)
+    assert torch.equal(memory.bank, patches[chosen])

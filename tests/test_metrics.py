@@ -249,3 +249,68 @@ def test_f1_max_threshold_returns_the_highest_threshold_among_ties():
     f1, threshold = f1_max_threshold([4.0, 3.0, 2.0, 1.0], [1, 0, 0, 1])
     assert f1 == pytest.approx(2 / 3)
     assert threshold == 4.0
+
+
+# ---------------------------------------------------------------- test outputs: metrics, scores.csv, panels
+
+
+def _split(defects: list[str], size: int = 8):
+    from pathlib import Path
+
+    from realnet.data.records import Record
+    from realnet.engine.evaluate import TestSplit
+
+    records = [Record(Path(f"/data/{i:02d}_{d}.png"), None, int(d != "good"), d, "widget", "test")
+               for i, d in enumerate(defects)]
+    n = len(records)
+    return TestSplit(np.zeros((n, size, size, 3), np.uint8), np.zeros((n, size, size), bool), records)
+
+
+def test_per_defect_image_auroc_ranks_each_defect_type_against_every_normal_image():
+    from realnet.engine.evaluate import compute_metrics
+
+    split = _split(["good", "good", "good", "crack", "crack", "hole", "hole"])
+    scores = np.array([0.1, 0.2, 0.3, 0.25, 0.9, 0.05, 0.15])
+    metrics = compute_metrics(np.zeros((7, 8, 8)), scores, split)
+    assert set(metrics["image_auroc_per_defect"]) == {"crack", "hole"}
+    assert metrics["image_auroc_per_defect"]["crack"] == pytest.approx(5 / 6)  # 0.25 beats 2 of 3 normals, 0.9 all
+    assert metrics["image_auroc_per_defect"]["hole"] == pytest.approx(1 / 6)  # only 0.15 > 0.1
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None  # no defect pixels at all
+
+
+def test_scores_csv_flags_only_scores_strictly_above_the_threshold(tmp_path):
+    """The exported contract: anomalous when score > threshold."""
+    import csv
+
+    from realnet.engine.evaluate import write_scores_csv
+
+    split = _split(["good", "crack", "good"])
+    write_scores_csv(tmp_path / "scores.csv", split, np.array([0.5, 0.75, 0.25]), threshold=0.5)
+    with open(tmp_path / "scores.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["path"], r["defect"], r["label"], r["score"], r["is_anomalous"]) for r in rows] == [
+        ("/data/00_good.png", "good", "0", "0.5", "0"), ("/data/01_crack.png", "crack", "1", "0.75", "1"),
+        ("/data/02_good.png", "good", "0", "0.25", "0")]
+
+
+def test_panel_cases_are_missed_anomalies_false_alarms_and_clearest_detections():
+    from realnet.report.panels import pick_cases
+
+    labels = np.array([1, 0, 1, 0, 1, 0, 1])
+    scores = np.array([0.9, 0.8, 0.1, 0.2, 0.5, 0.05, 0.3])
+    cases = pick_cases(labels, scores, 2)
+    assert cases["worst_anomalous"].tolist() == [2, 6]  # the lowest-scored anomalies
+    assert cases["worst_normal"].tolist() == [1, 3]  # the highest-scored normal images
+    assert cases["best_anomalous"].tolist() == [0, 4]
+
+
+def test_heatmap_is_rgb_jet_on_the_runs_fixed_scale():
+    from realnet.report.panels import heatmap_overlay, map_to_uint8
+
+    black = np.zeros((2, 2, 3), np.uint8)
+    hot = heatmap_overlay(black, np.ones((2, 2)), alpha=1.0)
+    cold = heatmap_overlay(black, np.zeros((2, 2)), alpha=1.0)
+    assert hot[0, 0, 0] > 100 and hot[0, 0, 2] == 0  # JET's top is red
+    assert cold[0, 0, 2] > 100 and cold[0, 0, 0] == 0  # and its bottom blue
+    assert map_to_uint8(np.array([0.0, 1.0, 2.0, 5.0]), display_max=2.0).tolist() == [0, 128, 255, 255]
+    assert map_to_uint8(np.array([-1.0, 0.5])).tolist() == [0, 128]

@@ -1,6 +1,9 @@
 """The composed detector: paper-preset shapes (on the meta device, so 518M parameters cost
 nothing), the loss of Eq. 6, and image-score pooling through the full model."""
 
+import contextlib
+
+import pytest
 import torch
 
 from realnet.config import load_config
@@ -52,3 +55,36 @@ def test_predict_score_is_max_of_mean_filtered_map():
     pooled = torch.nn.functional.avg_pool2d(maps[:, None], k, stride=1)
     assert torch.allclose(scores, pooled.flatten(1).amax(1))
     assert maps.shape == (2, 64, 64) and (maps >= 0).all() and (maps <= 1).all()
+
+
+def test_train_step_reconstructs_the_synthetic_features_towards_the_normal_ones():
+    """Eq. 5/6: G runs on varphi(A) and its loss targets varphi(I); the step returns that loss."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    from realnet.engine.fit import train_step
+    from realnet.model.realnet import RealNetOutput, reconstruction_loss, segmentation_loss
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.g, self.d = nn.Conv2d(2, 2, 1), nn.Conv2d(2, 2, 1)
+
+        def forward(self, features):
+            return RealNetOutput([self.g(features[0])], F.interpolate(self.d(features[0]), size=(8, 8)))
+
+    torch.manual_seed(0)
+    model = Tiny()
+    generator = torch.Generator().manual_seed(1)
+    normal, anomalous = [torch.randn(3, 2, 4, 4, generator=generator)], [torch.randn(3, 2, 4, 4, generator=generator)]
+    masks = torch.zeros(3, 8, 8, dtype=torch.long)
+    masks[1, 2:5, 2:5] = 1
+    with torch.no_grad():
+        output = model(anomalous)
+        expected_recon = float(reconstruction_loss(output.reconstructions, normal))
+        expected_seg = float(segmentation_loss(output.logits, masks))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    parts = train_step(model, optimizer, normal, anomalous, masks, contextlib.nullcontext, lambda: None)
+    assert parts["recon"] == pytest.approx(expected_recon, rel=1e-6)
+    assert parts["seg"] == pytest.approx(expected_seg, rel=1e-6)
+    assert parts["loss"] == pytest.approx(expected_recon + expected_seg, rel=1e-6)

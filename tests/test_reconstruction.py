@@ -218,3 +218,48 @@ def test_paper_preset_sizes_match_tab_s4_and_shapes_hold_at_256px(arch):
     gib = (count_parameters(nets) + WRN50_FEATURES_PARAMS) * 4 / 2**30
     assert gib == pytest.approx(TAB_S4_GB[arch], rel=0.04)
     assert [o.shape for o in out] == expected_shapes(arch, features)
+
+
+def test_self_attention_is_residual():
+    """Self-attention adds its projection to its input: with the projection zeroed it is the identity."""
+    attention = SelfAttention(8, 4, 4)
+    nn.init.zeros_(attention.proj.weight)
+    nn.init.zeros_(attention.proj.bias)
+    x = torch.randn(2, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(attention(x), x)
+
+
+def test_unet_downsamples_by_average_pooling_and_upsamples_by_transposed_convs():
+    """Notes: down is 2x2 average pooling; up is a transposed conv (k4, s2)."""
+    net = ReconstructionUNet(4, 4, **TINY)
+    pools = [m for m in net.encoder if type(m).__name__ != "_Stage"]
+    assert len(pools) == 2 and all(type(m) is nn.AvgPool2d and m.kernel_size == 2 for m in pools)
+    ups = [m for m in net.decoder if type(m).__name__ != "_Stage"]
+    assert len(ups) == 2 and all(isinstance(m, nn.ConvTranspose2d) and m.kernel_size == (4, 4)
+                                 and m.stride == (2, 2) and m.padding == (1, 1) for m in ups)
+
+
+def test_decoder_blocks_receive_the_mirrored_encoder_skips():
+    """U-Net: each decoder block takes the running map concatenated with the output of the encoder
+    block it mirrors (last encoder block <-> first decoder block)."""
+    torch.manual_seed(0)
+    net = ReconstructionUNet(4, 4, channel_mults=(1, 2), num_res_blocks=2, attention_head_channels=4,
+                             norm_groups=2).eval()
+    encoded, decoded = [], []
+    for stage in (m for m in net.encoder if type(m).__name__ == "_Stage"):
+        stage.register_forward_hook(lambda module, args, out: encoded.append(out))
+    for stage in (m for m in net.decoder if type(m).__name__ == "_Stage"):
+        stage.register_forward_pre_hook(lambda module, args: decoded.append(args[0]))
+    with torch.no_grad():
+        net(torch.randn(1, 4, 8, 8))
+    assert len(encoded) == len(decoded) == 4
+    for skip, fed in zip(reversed(encoded), decoded):
+        torch.testing.assert_close(fed[:, -skip.shape[1]:], skip)
+
+
+def test_width_factor_sets_each_networks_base_width():
+    channels, strides = [8, 12, 16, 4], [2, 4, 8, 16]
+    nets = ReconstructionNetworks("A", channels, strides, width_factor=0.75, **TINY)
+    assert [n.input_conv.out_channels for n in nets.networks] == [6, 9, 12, 3]
+    paired = ReconstructionNetworks("C", channels, strides, width_factor=0.25, **TINY)
+    assert [n.input_conv.out_channels for n in paired.networks] == [5, 5]

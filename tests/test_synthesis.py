@@ -612,3 +612,181 @@ def test_an_opacity_range_for_a_source_without_opacity_is_refused():
     config = SynthesisConfig(source_weights={"shade": 1.0}, delta_ranges={"dtd": (0.2, 1.0), "shade": (0.1, 0.2)})
     with pytest.raises(RealnetError, match="delta_ranges.shade: the shade source is not blended"):
         AnomalySynthesizer(config, {"shade": ShadeSource()}, NO_FOREGROUND)
+
+
+# --- hardening: DTD augmentations, patch placement, Perlin details -----------------------
+
+
+def _ramp_image() -> np.ndarray:
+    """Every grey level 0..255 once per row, in all three channels (16 x 256)."""
+    return np.repeat(np.tile(np.arange(256, dtype=np.uint8), (16, 1))[..., None], 3, axis=2)
+
+
+def test_solarize_inverts_the_values_at_or_above_its_threshold_only():
+    image = _ramp_image()
+    for seed in range(10):
+        threshold = int(np.random.default_rng(seed).integers(32, 129))  # the draw solarize makes
+        out = sources.solarize(image, np.random.default_rng(seed))
+        assert np.array_equal(out, np.where(image >= threshold, 255 - image, image))
+        assert (out[:, :32] == image[:, :32]).all() and (out[:, 128:] == 255 - image[:, 128:]).all()
+
+
+def test_posterize_keeps_the_top_bits_of_every_value():
+    image = _ramp_image()
+    for seed in range(10):
+        out = sources.posterize(image, np.random.default_rng(seed))
+        assert (out <= image).all()  # low bits cleared, never set
+        assert not (out & 1).any()  # at most 7 bits kept: the lowest is always cleared
+        assert (image.astype(int) - out < 128).all()  # the top bit is always kept
+    assert len(np.unique(sources.posterize(image, np.random.default_rng(0)))) < 256
+
+
+def test_autocontrast_stretches_each_channel_to_the_full_range():
+    rng = np.random.default_rng(0)
+    image = np.stack([rng.integers(50, 151, (20, 20)), rng.integers(10, 21, (20, 20)),
+                      rng.integers(100, 201, (20, 20))], axis=-1).astype(np.uint8)
+    out = sources.autocontrast(image, rng)
+    assert out.min(axis=(0, 1)).tolist() == [0, 0, 0] and out.max(axis=(0, 1)).tolist() == [255, 255, 255]
+
+
+def test_brightness_scales_and_shifts_the_luma():
+    """Notes: brightness x0.8-1.2 and +-30."""
+    gray = np.full((8, 8, 3), 128, np.uint8)
+    shifts = []
+    for seed in range(30):
+        replay = np.random.default_rng(seed)
+        gain, shift = replay.uniform(0.8, 1.2), replay.uniform(-30.0, 30.0)
+        out = sources.brightness(gray, np.random.default_rng(seed))
+        assert np.abs(out.astype(int) - round(128 * gain + shift)).max() <= 1
+        shifts.append(abs(int(out[0, 0, 0]) - 128))
+    assert max(shifts) > 0.2 * 128 + 5  # beyond what the gain alone can do
+
+
+def test_hue_shift_wraps_around_the_colour_wheel():
+    """Hue is an angle: a shift past the end of the scale comes round to the start."""
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[...] = (255, 0, 40)  # a red whose hue is near the top of the 0..255 scale
+    hue = int(cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL)[0, 0, 0])
+    wrapped = 0
+    for seed in range(30):
+        shift = int(np.random.default_rng(seed).integers(-50, 51, size=2)[0])
+        out = sources.hue_saturation(image, np.random.default_rng(seed))
+        got = int(cv2.cvtColor(out, cv2.COLOR_RGB2HSV_FULL)[0, 0, 0])
+        distance = abs((got - (hue + shift)) % 256)
+        assert min(distance, 256 - distance) <= 4
+        wrapped += hue + shift > 255
+    assert wrapped >= 3
+
+
+def test_dtd_rotation_stays_within_45_degrees():
+    """Notes: rotate +-45 degrees."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[30:34, 4:60] = 255  # a horizontal bar through the centre
+    angles = []
+    for seed in range(40):
+        out = sources.rotate(image, np.random.default_rng(seed))
+        angles.append(_orientation(out[..., 0] > 127))
+    assert max(abs(a) for a in angles) <= 47 and max(abs(a) for a in angles) > 30
+
+
+def test_cutpaste_centres_its_box_on_a_foreground_pixel():
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[24, 21] = True
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        _, mask = CutPasteSource(jitter=0.0).paste(noise_image(), rng, foreground)
+        ys, xs = np.nonzero(mask)
+        assert abs((ys.min() + ys.max()) / 2 - 24) <= 1 and abs((xs.min() + xs.max()) / 2 - 21) <= 1
+
+
+def test_cutpaste_moves_the_patch_away_from_where_it_was_cut():
+    """CutPaste: the destination is redrawn while it overlaps the origin by more than half the
+    patch in both axes, so the paste moves content."""
+    image = noise_image(4)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        out, mask = CutPasteSource(jitter=0.0).paste(image, rng)
+        ys, xs = np.nonzero(mask)
+        top, left, h, w = ys.min(), xs.min(), np.ptp(ys) + 1, np.ptp(xs) + 1
+        windows = np.lib.stride_tricks.sliding_window_view(image, (h, w, 3))[..., 0, :, :, :]
+        matches = np.argwhere((windows == out[top:top + h, left:left + w]).all(axis=(2, 3, 4)))
+        assert len(matches) == 1  # noise: the patch came from one place only
+        src_top, src_left = matches[0]
+        assert abs(top - src_top) > h // 2 or abs(left - src_left) > w // 2
+
+
+def test_cutpaste_colour_jitters_its_patch():
+    """CutPaste: the pasted patch is colour-jittered (a flat image shows only the jitter)."""
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    image[...] = (150, 90, 40)
+    rng = np.random.default_rng(0)
+    changed = 0
+    for _ in range(20):
+        out, mask = CutPasteSource().paste(image, rng)
+        changed += bool((out[mask] != image[mask]).any())
+    assert changed >= 15
+
+
+def _checkerboard(size: int = SIZE) -> np.ndarray:
+    y, x = np.mgrid[0:size, 0:size]
+    return np.repeat((255 * (((y // 3) + (x // 3)) % 2)).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_nsa_patches_come_from_the_donor_images():
+    """NSA: the rectangle is cut from another normal image; on a flat image only a donor's
+    texture can show (a patch of the flat image itself changes nothing)."""
+    flat = np.full((SIZE, SIZE, 3), 100, np.uint8)
+    source = NSASource([_checkerboard()], SIZE)
+    rng = np.random.default_rng(0)
+    assert sum(source.paste(flat, rng)[1].any() for _ in range(10)) >= 8
+    assert not NSASource(None, SIZE).paste(flat, rng)[1].any()
+
+
+def test_nsa_lands_on_the_foreground():
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[36:46, 36:46] = True
+    source = NSASource([_checkerboard()], SIZE, side=(0.2, 0.25))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        out, mask = source.paste(noise_image(), rng, foreground)
+        ys, xs = np.nonzero(np.abs(out.astype(int) - noise_image()).max(axis=-1))
+        assert len(ys) and 36 - 8 <= np.median(ys) < 46 + 8 and 36 - 8 <= np.median(xs) < 46 + 8
+
+
+def test_the_synthesizer_hands_the_foreground_to_patch_sources():
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[38:, 38:] = True
+    config = SynthesisConfig(normal_probability=0.0, source_weights={"cutpaste": 1.0})
+    synth = AnomalySynthesizer(config, {"cutpaste": CutPasteSource()}, NO_FOREGROUND)
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        sample = synth(noise_image(), rng, foreground_mask=foreground)
+        assert sample.label == 1 and (sample.mask & foreground).any()
+
+
+def test_perlin_fade_is_the_quintic_interpolant():
+    t = np.array([0.0, 0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(perlin._fade(t), [0.0, 0.103515625, 0.5, 0.896484375, 1.0])
+
+
+def test_perlin_noise_is_smooth_across_lattice_lines():
+    """The quintic fade makes the noise C1 where cells meet; a linear one leaves creases."""
+    noise = perlin_noise((256, 256), (4, 4), np.random.default_rng(0))
+    slopes = np.diff(noise, axis=1)
+    kinks = np.abs(np.diff(slopes, axis=1))  # second difference, largest at creases
+    assert kinks.max() < 1e-2
+
+
+def test_perlin_mask_draws_the_scale_of_each_axis_independently(monkeypatch):
+    """Notes: the scale on each axis is 2^k, k an integer in [0, 6)."""
+    scales = []
+
+    def recording(shape, scale, rng):
+        scales.append(tuple(int(s) for s in scale))
+        return np.zeros(shape)
+
+    monkeypatch.setattr(perlin, "perlin_noise", recording)
+    for seed in range(40):
+        perlin_mask(SIZE, np.random.default_rng(seed))
+    assert {s for pair in scales for s in pair} <= {1, 2, 4, 8, 16, 32}
+    assert sum(a != b for a, b in scales) >= 20
