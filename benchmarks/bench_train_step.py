@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from common import one_line_errors
+from common import median_seconds, one_line_errors
 
 from realnet.cli.common import positive_int
 from realnet.config import load_config
@@ -30,18 +27,6 @@ from realnet.engine.runtime import Stream, bf16_autocast_available
 from realnet.model.backbone import create_backbone
 from realnet.synthesis.foreground import NO_FOREGROUND
 from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
-
-
-def seconds_per_call(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """The median of `repeats` timed calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 @one_line_errors
@@ -70,7 +55,7 @@ def main() -> None:
             backbone.frozen_graph = frozen
             name = "frozen_graph" if frozen else "eager"
             result[f"backbone_{name}_s_per_image"] = round(
-                seconds_per_call(lambda: backbone(images), args.repeats) / len(images), 5)
+                median_seconds(lambda: backbone(images), args.repeats, warmup=2) / len(images), 5)
         probe = model.select_features(torch.rand(1, 3, tc.image_size, tc.image_size))
     features = [torch.randn(tc.batch_size, *f.shape[1:]) for f in probe]
     masks = torch.zeros(tc.batch_size, tc.image_size, tc.image_size, dtype=torch.long)
@@ -83,9 +68,9 @@ def main() -> None:
     for name, fused, bf16 in variants:
         optimizer = torch.optim.Adam(model.trainable_modules().parameters(), lr=tc.learning_rate, fused=fused)
         autocast = lambda bf16=bf16: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
-        result[f"trainable_{name}_s_per_step"] = round(seconds_per_call(
+        result[f"trainable_{name}_s_per_step"] = round(median_seconds(
             lambda: train_step(model, optimizer, features, features, masks, autocast, lambda: None),
-            args.repeats), 4)
+            args.repeats, warmup=2), 4)
 
     synthesizer = AnomalySynthesizer(
         SynthesisConfig(source_weights={"shade": 0.5, "cutpaste": 0.5}),
@@ -94,8 +79,9 @@ def main() -> None:
     foregrounds = np.ones(normals.shape[:3], bool)
     rows = np.arange(tc.batch_size) % len(normals)
     calls = iter(range(10**9))
-    result["synthesis_s_per_batch"] = round(seconds_per_call(
-        lambda: synthesize(synthesizer, normals, foregrounds, rows, tc.seed, (Stream.TRAINING_SAMPLE, next(calls))), args.repeats), 4)
+    result["synthesis_s_per_batch"] = round(median_seconds(
+        lambda: synthesize(synthesizer, normals, foregrounds, rows, tc.seed, (Stream.TRAINING_SAMPLE, next(calls))),
+        args.repeats, warmup=2), 4)
     print(json.dumps(result))
 
 

@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the normal training images a finished run was fitted on
 (for revalidate.py, screen_density.py and refuse_run.py, which re-score its held-out validation;
-never the test split), and one-line errors for bad input.
+never the test split), a median timer, and one-line errors for bad input.
 
 The held-out split is a seeded permutation of the run's normal training images, so it only
 names the same images if they are read from the same layout and number the same; anything else
@@ -8,7 +8,9 @@ would score images the run was trained on as "held out"."""
 
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,18 @@ def normal_training_images(run: Path, meta: dict[str, Any], image_size: int, dat
         raise RealnetError(f"{root} has {len(images)} readable normal training images of {recorded['category']}; "
                            f"{run} was fitted on {expected}, so its held-out split would name other images")
     return images
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """The median of `repeats` timed calls after `warmup` untimed ones (first-call setup)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
 
 
 def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:

@@ -9,26 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
-from common import one_line_errors
+from common import median_seconds, one_line_errors
 
 from realnet.cli.common import positive_int
 from realnet.engine.evaluate import load_run
-
-
-def median_ms(call, repeats: int) -> float:
-    call()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 @one_line_errors
@@ -56,7 +44,7 @@ def main() -> None:
                 "predict": lambda: model.predict(images),
             }
             print(json.dumps({"run": str(args.run), "batch_size": batch_size, "threads": args.threads, **{
-                f"{name}_ms": round(median_ms(call, args.repeats), 2) for name, call in parts.items() if call}}))
+                f"{name}_ms": round(1000 * median_seconds(call, args.repeats), 2) for name, call in parts.items() if call}}))
 
 
 if __name__ == "__main__":

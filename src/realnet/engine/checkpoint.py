@@ -31,20 +31,18 @@ FORMAT_VERSION = 1
 def atomic_write(path: Path, write) -> None:
     """Call `write(tmp_path)` then move the result into place, so readers never see a half file.
     A folder that cannot be written to is named in the error, not the temporary file's name."""
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise RealnetError(f"{path}: cannot write there ({error.strerror or error})") from None
-    os.close(fd)
-    try:
+        os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~USER_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
         os.replace(tmp, path)
     except OSError as error:
         raise RealnetError(f"{path}: cannot write there ({error.strerror or error})") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 

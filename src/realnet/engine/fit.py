@@ -41,6 +41,7 @@ from realnet.model.realnet import RealNet, realnet_loss
 from realnet.model.rrs import reconstruction_residuals
 from realnet.synthesis.feature_noise import add_feature_noise, channel_std
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
+from realnet.synthesis.sources import find_dtd_root
 
 
 @dataclass
@@ -138,7 +139,6 @@ class SyntheticBatches:
 def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_images: np.ndarray):
     """The training-time anomaly synthesizer (Eq. 3) with the configured sources; NSA takes its
     donor patches from the other normal fit images."""
-    from realnet.synthesis.sources import find_dtd_root
     from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
     weights = {name: w for name, w in config.synthesis.sources.items() if w > 0}
@@ -528,8 +528,6 @@ def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], wh
 def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int | None = None) -> dict[str, Any]:
     """What a run trains on besides its config: the data it reads and, once loaded, how many
     training images were readable and how many processes shared each batch."""
-    from realnet.synthesis.sources import find_dtd_root
-
     inputs: dict[str, Any] = {"root": str(request.data_root), "category": request.category,
                               "dataset": request.dataset, "folder_options": request.folder_options}
     if request.config.synthesis.sources.get("dtd", 0) > 0:  # also when found through $REALNET_DTD or the root

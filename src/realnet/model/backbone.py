@@ -372,14 +372,7 @@ def _hub_cache_only_when_unreachable() -> Iterator[None]:
     to its cache or fails; a cached file is still found either way."""
     from huggingface_hub import constants
 
-    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
-    try:
-        socket.getaddrinfo(host, 443)
-    except OSError:
-        reachable = False
-    else:
-        reachable = True
-    if reachable or constants.HF_HUB_OFFLINE:
+    if constants.HF_HUB_OFFLINE or _resolves(urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT):
         yield
         return
     constants.HF_HUB_OFFLINE = True
@@ -387,6 +380,14 @@ def _hub_cache_only_when_unreachable() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = False
+
+
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return False
+    return True
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
