@@ -101,7 +101,7 @@ def test_a_folder_expands_to_its_images_recursively(predict, tiny_run, tmp_path,
 
 def test_save_maps_writes_the_map_the_score_comes_from(predict, tiny_run, awkward, tmp_path, capsys):
     maps = tmp_path / "maps"
-    code = predict(tiny_run[1], awkward["rgba"], "--save-maps", maps)
+    code = predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--map-size", "run")
     (result,) = json_lines(capsys.readouterr().out)
     assert code == 0 and result["map"] == str(maps / "00000_rgba.png")
     with Image.open(result["map"]) as image:
@@ -241,3 +241,43 @@ def test_an_oversized_image_gets_the_one_error_line_without_pillows_warning(pred
         f"realnet: error: {big}: refused as a decompression bomb: 50x50 = 2500 pixels exceeds "
         "PIL.Image.MAX_IMAGE_PIXELS = 2000"]
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_maps_and_overlays_come_at_the_inputs_own_size_by_default(predict, tiny_run, awkward, tmp_path, capsys):
+    """An inspection engineer lays the map over the photograph: both have the input's (H, W), and
+    the map is the run-size map stretched back, not another computation."""
+    from realnet.engine.predict import map_at_input_size
+
+    maps = tmp_path / "maps"
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--overlays") == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", tmp_path / "square", "--map-size", "run") == 0
+    (square,) = json_lines(capsys.readouterr().out)
+    with Image.open(result["map"]) as stretched, Image.open(square["map"]) as small, \
+            Image.open(result["overlay"]) as overlay:
+        assert stretched.size == overlay.size == (96, 80) and small.size == (SIZE, SIZE)
+        assert overlay.mode == "RGB" and Path(result["overlay"]).name == "00000_rgba_overlay.png"
+        expected = map_at_input_size(np.asarray(small, np.float32), (80, 96))
+        assert np.abs(np.asarray(stretched, np.float32) - expected).max() <= 1.0  # PNG rounding, twice
+    assert "overlay" not in square
+
+
+def test_overlays_without_a_maps_folder_are_refused(predict, tiny_run, awkward, capsys):
+    assert predict(tiny_run[1], awkward["gray"], "--overlays") == 2
+    assert capsys.readouterr().err.splitlines() == ["realnet: error: --overlays needs --save-maps DIR to write "
+                                                    "them into"]
+
+
+def test_batches_score_like_single_images_and_keep_input_order(predict, tiny_run, awkward, tmp_path, capsys):
+    """Scoring 3 images per batch with a broken file in the middle gives each image the score it
+    gets alone, lines in input order, and the broken one still named."""
+    order = [awkward["gray"], awkward["truncated"], awkward["rgba"], awkward["gray16"], awkward["gray"]]
+    assert predict(tiny_run[1], *order, "--batch-size", "3") == 1
+    out, err = capsys.readouterr()
+    batched = json_lines(out)
+    assert [r["path"] for r in batched] == [str(p) for p in order if p != awkward["truncated"]]
+    assert len(err.splitlines()) == 1 and "truncated.jpg" in err
+    for path in (awkward["gray"], awkward["rgba"], awkward["gray16"]):
+        assert predict(tiny_run[1], path, "--batch-size", "1") == 0
+        (alone,) = json_lines(capsys.readouterr().out)
+        assert all(r["score"] == pytest.approx(alone["score"], abs=2e-6) for r in batched if r["path"] == str(path))

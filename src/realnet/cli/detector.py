@@ -48,6 +48,13 @@ def register(subparsers) -> None:
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--save-maps", "--out", dest="save_maps", type=Path, metavar="DIR",
                          help="write anomaly maps as PNGs into DIR")
+    predict.add_argument("--map-size", choices=("input", "run"), default="input",
+                         help="saved maps (and overlays) at each input's own size (default) or at the run's "
+                              "square image size")
+    predict.add_argument("--overlays", action="store_true",
+                         help="with --save-maps: also write the heatmap over each image (<name>_overlay.png)")
+    predict.add_argument("--batch-size", type=positive_int, default=8,
+                         help="images scored together (default 8; the next batch is read meanwhile)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     predict.set_defaults(func=run_predict)
 
@@ -139,7 +146,8 @@ def run_test(args) -> int:
 def run_predict(args) -> int:
     from realnet.engine.predict import predict
 
-    failures = predict(args.run, args.inputs, save_maps=args.save_maps, device=args.device)
+    failures = predict(args.run, args.inputs, save_maps=args.save_maps, map_size=args.map_size,
+                       overlays=args.overlays, batch_size=args.batch_size, device=args.device)
     return 1 if failures else 0
 
 

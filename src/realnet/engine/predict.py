@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
+
+MAP_SIZES = ("input", "run")
 
 
 def expand_inputs(paths: list[str]) -> Iterator[Path]:
@@ -24,14 +30,66 @@ def expand_inputs(paths: list[str]) -> Iterator[Path]:
             yield path
 
 
-def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, device: str = "auto",
-            out=None, err=None) -> int:
-    """Prints one JSON line per image; returns the number of images that failed. Maps are saved
-    as `<position>_<stem>.png`, so inputs that share a file name never overwrite each other."""
+@dataclass
+class _Loaded:
+    position: int
+    path: Path
+    image: np.ndarray | None = None  # as read, (H, W, 3) uint8
+    error: BadFileError | None = None
+
+
+def _load(position: int, path: Path) -> _Loaded:
+    try:
+        if not path.exists():
+            raise BadFileError(path, "file not found")
+        return _Loaded(position, path, image=read_image(path))
+    except BadFileError as error:
+        return _Loaded(position, path, error=error)
+
+
+def _chunks(paths: list[Path], size: int) -> Iterator[list[tuple[int, Path]]]:
+    numbered = list(enumerate(paths))
+    for start in range(0, len(numbered), size):
+        yield numbered[start:start + size]
+
+
+def _read_ahead(paths: list[Path], batch_size: int) -> Iterator[list[_Loaded]]:
+    """Batches of read images, the next one decoded on a thread while the caller scores this one."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = None
+        for chunk in _chunks(paths, batch_size):
+            upcoming = reader.submit(lambda c: [_load(i, p) for i, p in c], chunk)
+            if pending is not None:
+                yield pending.result()
+            pending = upcoming
+        if pending is not None:
+            yield pending.result()
+
+
+def map_at_input_size(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The run's square map stretched back (bilinear) onto the input's own (H, W), undoing the
+    straight resize the image went through."""
+    import cv2
+
+    height, width = shape
+    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
+            overlays: bool = False, batch_size: int = 8, device: str = "auto", out=None, err=None) -> int:
+    """Prints one JSON line per image, in input order; returns the number of images that failed.
+    Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png`
+    (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
+    'input' saves them at each input's own size, 'run' at the run's square image size."""
+    import torch
     from PIL import Image
 
-    from realnet.report.panels import map_display_max, map_to_uint8
+    from realnet.report.panels import heatmap_overlay, map_display_max, map_to_uint8
 
+    if map_size not in MAP_SIZES:
+        raise RealnetError(f"--map-size {map_size}: choose one of {', '.join(MAP_SIZES)}")
+    if overlays and save_maps is None:
+        raise RealnetError("--overlays needs --save-maps DIR to write them into")
     out, err = out or sys.stdout, err or sys.stderr
     torch_device = resolve_device(device)
     model, meta = load_run(Path(run_dir), torch_device)
@@ -50,24 +108,35 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             save_maps.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RealnetError(f"--save-maps {save_maps}: cannot create the folder ({error.strerror})") from None
-    for position, path in enumerate(paths):
-        try:
-            if not path.exists():
-                raise BadFileError(path, "file not found")
-            image = resize_image(read_image(path), size)
-        except BadFileError as error:
-            print(f"realnet: error: {error}", file=err)
-            failures += 1
-            continue
-        maps, scores = model.predict(to_tensor(image[None], torch_device))
-        score = float(scores[0])
-        result = {"path": str(path), "score": round(score, 6), "is_anomalous": score > threshold,
-                  "threshold": round(threshold, 6)}
-        if save_maps is not None:
-            map_path = save_maps / f"{position:05d}_{path.stem}.png"
-            Image.fromarray(map_to_uint8(maps[0].cpu().numpy(), display_max)).save(map_path)
-            result["map"] = str(map_path)
-        print(json.dumps(result), file=out, flush=True)
+    for batch in _read_ahead(paths, batch_size):
+        readable = [item for item in batch if item.error is None]
+        if readable:
+            stacked = np.stack([resize_image(item.image, size) for item in readable])
+            with torch.no_grad():
+                maps, scores = model.predict(to_tensor(stacked, torch_device))
+            maps, scores = maps.float().cpu().numpy(), scores.float().cpu().numpy()
+        results = iter(range(len(readable)))
+        for item in batch:
+            if item.error is not None:
+                print(f"realnet: error: {item.error}", file=err)
+                failures += 1
+                continue
+            index = next(results)
+            score = float(scores[index])
+            result = {"path": str(item.path), "score": round(score, 6), "is_anomalous": score > threshold,
+                      "threshold": round(threshold, 6)}
+            if save_maps is not None:
+                anomaly_map = maps[index]
+                if map_size == "input":
+                    anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
+                stem = f"{item.position:05d}_{item.path.stem}"
+                result["map"] = str(save_maps / f"{stem}.png")
+                Image.fromarray(map_to_uint8(anomaly_map, display_max)).save(result["map"])
+                if overlays:
+                    shown = item.image if map_size == "input" else resize_image(item.image, size)
+                    result["overlay"] = str(save_maps / f"{stem}_overlay.png")
+                    Image.fromarray(heatmap_overlay(shown, anomaly_map, display_max=display_max)).save(result["overlay"])
+            print(json.dumps(result), file=out, flush=True)
     if created and failures == len(paths):
         save_maps.rmdir()  # created for maps of which none came
     return failures
