@@ -308,7 +308,7 @@ def test_folder_orphans_and_missing_masks(tmp_path):
 
 
 def test_folder_errors(tmp_path):
-    with pytest.raises(RealnetError, match="needs normal_dir"):
+    with pytest.raises(RealnetError, match=r"needs normal_dir \(--normal-dir\), or normal_test_dir"):
         load_dataset(tmp_path, "custom", "folder")
     with pytest.raises(RealnetError, match=f"normal folder {tmp_path / 'absent'} not found"):
         load_dataset(tmp_path, "custom", "folder", normal_dir="absent")

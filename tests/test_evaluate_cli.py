@@ -102,6 +102,26 @@ def test_folder_dataset_fits_and_tests_from_the_command_line(tmp_path):
     assert main(["test", "--run", str(out)]) == 0
 
 
+def test_a_folder_test_split_of_new_images_needs_no_training_folder(tmp_path, capsys):
+    """Regression: `test --dataset folder` on new normal and anomalous images demanded
+    --normal-dir, a training folder the test never reads; fit without one says what is missing."""
+    from dataset_fixtures import make_folder_tree
+
+    root = make_folder_tree(tmp_path / "data", n_normal=10, n_abnormal=3, size=(64, 64))
+    new = make_folder_tree(tmp_path / "new", n_normal=0, n_abnormal=2, n_normal_test=3, size=(64, 64), seed=1)
+    out = tmp_path / "run"
+    assert main(["fit", "--dataset", "folder", "--data", str(root), "--normal-dir", "normal", "--preset", "tiny",
+                 "--out", str(out), "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["test", "--run", str(out), "--dataset", "folder", "--data", str(new), "--abnormal-dir", "abnormal",
+                 "--mask-dir", "masks", "--normal-test-dir", "normal_test"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["n_images"], metrics["n_anomalous"]) == (5, 2)
+    assert main(["fit", "--dataset", "folder", "--data", str(new), "--normal-test-dir", "normal_test",
+                 "--preset", "tiny", "--out", str(tmp_path / "run2"), "--steps", "2"]) == 2
+    assert "--normal-dir" in capsys.readouterr().err
+
+
 def test_test_split_with_one_class_and_missing_masks_are_reported(tiny_run, tmp_path, capsys):
     """A test split without anomalous images crashed in image_auroc with a traceback; an anomalous
     image without a mask was silently scored as all-normal pixels."""

@@ -87,7 +87,7 @@ def list_categories(root: str | Path, dataset: str = "mvtec") -> list[str]:
 
 
 def load_folder(
-    normal_dir: str | Path,
+    normal_dir: str | Path | None = None,
     *,
     abnormal_dir: str | Path | None = None,
     mask_dir: str | Path | None = None,
@@ -99,7 +99,8 @@ def load_folder(
     """Records of a custom dataset made of plain folders of images (not searched recursively).
 
     - `normal_dir`: normal images. With `normal_test_dir` they are all training images and the
-      images of `normal_test_dir` are the normal test images. Without it, a fraction `test_ratio`
+      images of `normal_test_dir` are the normal test images; it may then be left out when only
+      the test split is wanted (`test` on new images). Without it, a fraction `test_ratio`
       of them goes to test: each file gets the key sha256(f"{seed}:{file name}") and the
       round(test_ratio * n) files with the smallest keys (at least 1 when test_ratio > 0, at most
       n - 1) are test images. The split depends only on the names and the seed, so it is the same
@@ -108,10 +109,13 @@ def load_folder(
     - `abnormal_dir`: anomalous test images, defect type ``anomaly``.
     - `mask_dir`: their masks, matched by file stem (``<stem>`` or ``<stem>_mask``).
     """
-    normal_images = _images_in(_require_dir(Path(normal_dir), "normal folder"), required=True)
+    if normal_dir is None and normal_test_dir is None:
+        raise RealnetError("dataset 'folder' needs normal_dir (--normal-dir), or normal_test_dir "
+                           "(--normal-test-dir) for a test split alone")
+    normal_images = [] if normal_dir is None else _images_in(_require_dir(Path(normal_dir), "normal folder"),
+                                                             required=True)
     if normal_test_dir is not None:
-        test_dir = _require_dir(Path(normal_test_dir), "normal test folder")
-        train, test = normal_images, _images_in(test_dir)
+        train, test = normal_images, _images_in(_require_dir(Path(normal_test_dir), "normal test folder"))
     else:
         train, test = _split_by_hash(normal_images, test_ratio, seed)
     records = [_normal(path, category, "train") for path in train]
@@ -131,8 +135,6 @@ def _scan(root: str | Path, category: str, dataset: str, folder_options: dict) -
     if unknown:
         raise RealnetError(f"unknown folder option(s): {', '.join(unknown)}")
     if dataset == "folder":
-        if folder_options.get("normal_dir") is None:
-            raise RealnetError("dataset 'folder' needs normal_dir (--normal-dir)")
         given = {
             name: root / value if name.endswith("_dir") else value
             for name, value in folder_options.items()

@@ -157,8 +157,9 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
     config = request.config
     train = [r for r in records if r.split == "train" and r.label == 0]
     if len(train) < MIN_TRAINING_IMAGES:
+        where = " (a folder dataset takes them from --normal-dir)" if request.dataset == "folder" else ""
         raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(train)} normal training "
-                           f"images; at least {MIN_TRAINING_IMAGES} are needed")
+                           f"images{where}; at least {MIN_TRAINING_IMAGES} are needed")
     images, _, _, skipped = load_samples(
         train, config.train.image_size, skip_bad=request.skip_bad, desc="loading train images",
         progress=request.progress,
