@@ -281,3 +281,19 @@ def test_batches_score_like_single_images_and_keep_input_order(predict, tiny_run
         assert predict(tiny_run[1], path, "--batch-size", "1") == 0
         (alone,) = json_lines(capsys.readouterr().out)
         assert all(r["score"] == pytest.approx(alone["score"], abs=2e-6) for r in batched if r["path"] == str(path))
+
+
+def test_a_map_that_fails_half_written_leaves_no_file_behind(predict, tiny_run, awkward, tmp_path, capsys,
+                                                            monkeypatch):
+    """Regression: maps were saved in place, so a write that failed (disk full) or a killed
+    predict left a truncated PNG under the final name."""
+    def half_write(image, fp, format=None, **kwargs):
+        Path(fp).write_bytes(b"\x89PNG\r\n")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", half_write)
+    maps = tmp_path / "maps"
+    assert predict(tiny_run[1], awkward["gray"], "--save-maps", maps) == 2
+    assert capsys.readouterr().err.splitlines() == [f"realnet: error: {maps / '00000_gray.png'}: cannot write "
+                                                    "there (No space left on device)"]
+    assert list(maps.iterdir()) == []

@@ -13,6 +13,7 @@ import numpy as np
 
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
+from realnet.engine.checkpoint import atomic_write
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
@@ -75,6 +76,14 @@ def map_at_input_size(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.nda
     return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
 
 
+def _save_png(path: Path, pixels: np.ndarray) -> Path:
+    """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
+    from PIL import Image
+
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    return path
+
+
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
             overlays: bool = False, batch_size: int = 8, device: str = "auto", out=None, err=None) -> int:
     """Prints one JSON line per image, in input order; returns the number of images that failed.
@@ -82,7 +91,6 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size."""
     import torch
-    from PIL import Image
 
     from realnet.report.panels import heatmap_overlay, map_display_max, map_to_uint8
 
@@ -130,12 +138,11 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
                 if map_size == "input":
                     anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
                 stem = f"{item.position:05d}_{item.path.stem}"
-                result["map"] = str(save_maps / f"{stem}.png")
-                Image.fromarray(map_to_uint8(anomaly_map, display_max)).save(result["map"])
+                result["map"] = str(_save_png(save_maps / f"{stem}.png", map_to_uint8(anomaly_map, display_max)))
                 if overlays:
                     shown = item.image if map_size == "input" else resize_image(item.image, size)
-                    result["overlay"] = str(save_maps / f"{stem}_overlay.png")
-                    Image.fromarray(heatmap_overlay(shown, anomaly_map, display_max=display_max)).save(result["overlay"])
+                    result["overlay"] = str(_save_png(save_maps / f"{stem}_overlay.png",
+                                                      heatmap_overlay(shown, anomaly_map, display_max=display_max)))
             print(json.dumps(result), file=out, flush=True)
     if created and failures == len(paths):
         save_maps.rmdir()  # created for maps of which none came
