@@ -118,77 +118,115 @@ class ImageBank:
         return self[int(rng.integers(len(self.items)))]
 
 
-# --- DTD augmentations: 3 distinct ones out of these 10 per texture (as in DRAEM / RealNet) ---
+# --- DTD augmentations: 3 distinct ones out of these 10 per texture, applied in the drawn order. ---
+# They reproduce the authors' imgaug list (RealNet `rand_augment`, from DRAEM) with imgaug 0.4.0's
+# defaults: each op's probability, parameter ranges and rounding; the Pillow ops are Pillow's own.
 
 
 def _lookup(image: np.ndarray, table: np.ndarray) -> np.ndarray:
     return table[image] if table.ndim == 1 else np.stack([table[c][image[..., c]] for c in range(3)], axis=-1)
 
 
+def _pillow(image: np.ndarray, operation: Callable) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(operation(Image.fromarray(image)))
+
+
 def gamma_contrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """255 * (x / 255) ** gamma, gamma ~ U(0.5, 2) per channel."""
+    """iaa.GammaContrast((0.5, 2), per_channel=True): 255 * (x / 255) ** gamma rounded down,
+    gamma ~ U(0.5, 2) per channel."""
     gammas = rng.uniform(0.5, 2.0, size=3)
     levels = np.arange(256) / 255.0
-    tables = np.stack([np.round(255.0 * levels**g) for g in gammas]).astype(np.uint8)
+    tables = np.stack([255.0 * levels**g for g in gammas]).astype(np.uint8)
     return _lookup(image, tables)
 
 
+# imgaug's WithBrightnessChannels: a colour space drawn per image and its brightness channel.
+BRIGHTNESS_SPACES = (
+    (cv2.COLOR_RGB2YCrCb, cv2.COLOR_YCrCb2RGB, 0),
+    (cv2.COLOR_RGB2HSV, cv2.COLOR_HSV2RGB, 2),
+    (cv2.COLOR_RGB2HLS, cv2.COLOR_HLS2RGB, 1),
+    (cv2.COLOR_RGB2Lab, cv2.COLOR_Lab2RGB, 0),
+    (cv2.COLOR_RGB2Luv, cv2.COLOR_Luv2RGB, 0),
+    (cv2.COLOR_RGB2YUV, cv2.COLOR_YUV2RGB, 0),
+)
+
+
 def brightness(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Luma (Y of YCrCb) times U(0.8, 1.2) plus U(-30, 30)."""
-    ycrcb = cv2.cvtColor(image, cv2.COLOR_RGB2YCrCb).astype(np.float32)
-    ycrcb[..., 0] = ycrcb[..., 0] * rng.uniform(0.8, 1.2) + rng.uniform(-30.0, 30.0)
-    return cv2.cvtColor(np.clip(np.round(ycrcb), 0, 255).astype(np.uint8), cv2.COLOR_YCrCb2RGB)
+    """iaa.MultiplyAndAddToBrightness(mul=(0.8, 1.2), add=(-30, 30)): in one of six colour spaces
+    (Y of YCrCb / YUV, V of HSV, L of HLS / Lab / Luv), the brightness channel times U(0.8, 1.2)
+    (rounded down) and plus round(U(-30, 30)), in random order, each step clipped to 0..255."""
+    to_space, from_space, channel = BRIGHTNESS_SPACES[int(rng.integers(len(BRIGHTNESS_SPACES)))]
+    gain, shift, add_first = rng.uniform(0.8, 1.2), int(np.round(rng.uniform(-30.0, 30.0))), rng.random() < 0.5
+    levels = np.arange(256)
+    multiply = np.clip(levels * gain, 0, 255).astype(np.uint8)
+    add = np.clip(levels + shift, 0, 255).astype(np.uint8)
+    converted = cv2.cvtColor(image, to_space)
+    steps = (add, multiply) if add_first else (multiply, add)
+    converted[..., channel] = steps[1][steps[0][converted[..., channel]]]
+    return cv2.cvtColor(converted, from_space)
 
 
 def sharpen(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Unsharp masking: smooth + factor * (image - smooth), factor ~ U(1.5, 3) (PIL's kernel)."""
-    kernel = np.array([[1, 1, 1], [1, 5, 1], [1, 1, 1]], np.float32) / 13.0
-    smooth = cv2.filter2D(image.astype(np.float32), -1, kernel, borderType=cv2.BORDER_REFLECT)
-    sharp = smooth + rng.uniform(1.5, 3.0) * (image.astype(np.float32) - smooth)
-    return np.clip(np.round(sharp), 0, 255).astype(np.uint8)
+    """iaa.pillike.EnhanceSharpness(): Pillow's Sharpness with factor ~ U(0, 2), i.e. the SMOOTH
+    filtered image at 0 (a blur), the image at 1, twice as sharp at 2."""
+    from PIL import ImageEnhance
+
+    factor = rng.uniform(0.0, 2.0)
+    return _pillow(image, lambda pil: ImageEnhance.Sharpness(pil).enhance(factor))
 
 
 def hue_saturation(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Adds independent U{-50..50} to hue (0..255 scale, wrapping) and saturation (clipped)."""
-    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV_FULL).astype(np.int16)
-    hue_shift, saturation_shift = rng.integers(-50, 51, size=2)
-    hsv[..., 0] = (hsv[..., 0] + hue_shift) % 256
+    """iaa.AddToHueAndSaturation((-50, 50), per_channel=True): independent U{-50..50} for hue and
+    saturation; the hue's is scaled to OpenCV's 180 steps (truncated) and wraps, the saturation is
+    clipped."""
+    hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV).astype(np.int16)
+    hue_value, saturation_shift = rng.integers(-50, 51, size=2)
+    hsv[..., 0] = (hsv[..., 0] + int(hue_value / 255.0 * 180)) % 180
     hsv[..., 1] = np.clip(hsv[..., 1] + saturation_shift, 0, 255)
-    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB_FULL)
+    return cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
 
 
 def solarize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Inverts the pixels at or above a threshold ~ U{32..128}."""
-    threshold = int(rng.integers(32, 129))
+    """iaa.Solarize(0.5, threshold=(32, 128)): with probability 0.5, inverts the pixels at or
+    above int(U(32, 128)); otherwise the image is unchanged."""
+    if rng.random() >= 0.5:
+        return image
+    threshold = int(rng.uniform(32.0, 128.0))
     return np.where(image >= threshold, 255 - image, image).astype(np.uint8)
 
 
 def posterize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Keeps the top U{1..7} bits of every value."""
-    bits = int(rng.integers(1, 8))
+    """iaa.Posterize(): keeps the top U{1..8} bits of every value (8 bits: unchanged)."""
+    bits = int(rng.integers(1, 9))
     return (image & np.uint8((0xFF << (8 - bits)) & 0xFF)).astype(np.uint8)
 
 
 def invert(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """255 - x."""
+    """iaa.Invert(): 255 - x."""
     return (255 - image).astype(np.uint8)
 
 
 def autocontrast(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Stretches each channel's min..max to 0..255."""
-    low = image.min(axis=(0, 1), keepdims=True).astype(np.float32)
-    high = image.max(axis=(0, 1), keepdims=True).astype(np.float32)
-    stretched = (image - low) * (255.0 / np.maximum(high - low, 1.0))
-    return np.clip(np.round(stretched), 0, 255).astype(np.uint8)
+    """iaa.pillike.Autocontrast(): Pillow's autocontrast per channel, ignoring U{0..20} % of the
+    pixels at each end of the histogram."""
+    from PIL import ImageOps
+
+    cutoff = int(rng.integers(0, 21))
+    return _pillow(image, lambda pil: ImageOps.autocontrast(pil, cutoff=cutoff))
 
 
 def equalize(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Histogram equalisation per channel."""
-    return np.stack([cv2.equalizeHist(np.ascontiguousarray(image[..., c])) for c in range(3)], axis=-1)
+    """iaa.pillike.Equalize(): Pillow's histogram equalisation per channel."""
+    from PIL import ImageOps
+
+    return _pillow(image, ImageOps.equalize)
 
 
 def rotate(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Rotation by U(-45, 45) degrees about the centre; uncovered corners are black."""
+    """iaa.Affine(rotate=(-45, 45)): rotation by U(-45, 45) degrees about the centre, bilinear;
+    uncovered corners are black."""
     height, width = image.shape[:2]
     matrix = cv2.getRotationMatrix2D(((width - 1) / 2.0, (height - 1) / 2.0), rng.uniform(-45.0, 45.0), 1.0)
     return cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
