@@ -36,6 +36,30 @@ def test_two_rank_gloo_fit_writes_one_run(tmp_path):
     assert result.stderr.count(f"skipped {bad}") == 1 and "skipped" not in result.stdout, result.stdout  # one rank, on stderr
 
 
+@pytest.mark.slow
+def test_two_ranks_train_the_weights_one_process_trains(tmp_path):
+    """With each rank building its shard of the same batches and the BatchNorm statistics shared,
+    `torchrun --nproc-per-node 2` ends with the single process's weights, up to float rounding
+    (before, each rank's BatchNorm normalised its own half of the batch)."""
+    from safetensors.torch import load_file
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    fit = ["-m", "realnet", "fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--steps", "3"]
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    launches = {"two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"],
+                "one": [sys.executable]}
+    weights = {}
+    for name, launch in launches.items():
+        result = subprocess.run([*launch, *fit, "--out", str(tmp_path / name)], env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        weights[name] = load_file(tmp_path / name / "model.safetensors")
+    assert weights["two"].keys() == weights["one"].keys()
+    for key, value in weights["one"].items():  # Adam's first steps magnify rounding to ~2e-4; unsynchronised
+        # BatchNorm statistics differed by up to 1286 (running variance) and the U-Nets' weights by 1e-3
+        assert torch.allclose(weights["two"][key].float(), value.float(), atol=5e-4, rtol=1e-3), key
+
+
 def _broadcast_worker(rank: int, world_size: int, init_file: str) -> None:
     import torch.distributed as dist
 
@@ -210,3 +234,75 @@ def test_state_and_buffers_are_broadcast_from_rank_zero(monkeypatch):
         distributed.broadcast_state(module, distributed.DistributedContext(rank, 3))
         distributed.broadcast_buffers(module, distributed.DistributedContext(rank, 3))
     assert len(sources) == 2 * (4 + 3 + 3) and set(sources) == {0}
+
+
+def _tiny_bn_network() -> torch.nn.Sequential:
+    """A conv, a BatchNorm with affine parameters and one without (as in RRS), and a conv."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                               torch.nn.BatchNorm2d(4, affine=False, momentum=0.9), torch.nn.Conv2d(4, 2, 1))
+
+
+def _whole_batch() -> torch.Tensor:
+    return torch.randn(6, 3, 5, 5, generator=torch.Generator().manual_seed(7)) * 3 + 1
+
+
+def _two_steps(network: torch.nn.Sequential, shard: torch.Tensor, context) -> dict:
+    """Two SGD steps on the mean squared output of `shard`, gradients averaged over ranks as fit does."""
+    from realnet.engine.distributed import average_gradients
+
+    optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+    for _ in range(2):
+        optimizer.zero_grad()
+        network(shard).pow(2).mean().backward()
+        average_gradients(network.parameters(), context)
+        optimizer.step()
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def _sync_bn_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from realnet.engine.distributed import DistributedContext, SyncBatchNorm2d, synchronize_batchnorm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        context = DistributedContext(rank, world_size)
+        network = synchronize_batchnorm(_tiny_bn_network(), context)
+        assert sum(isinstance(m, SyncBatchNorm2d) for m in network.modules()) == 2
+        shard = _whole_batch().chunk(world_size)[rank]
+        state = _two_steps(network, shard, context)
+        if rank == 0:
+            torch.save(state, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_synchronised_batchnorm_trains_two_shards_like_one_process_on_the_whole_batch(tmp_path):
+    """Each rank's BatchNorm saw only its shard, so a run's weights depended on the number of
+    processes; the authors convert the model with SyncBatchNorm. Two gloo ranks with 3 images each
+    now end with the weights and running statistics of one process trained on all 6."""
+    import torch.multiprocessing as mp
+
+    from realnet.engine.distributed import DistributedContext
+
+    out = tmp_path / "rank0.pt"
+    mp.spawn(_sync_bn_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    two_ranks = torch.load(out)
+    one_process = _two_steps(_tiny_bn_network(), _whole_batch(), DistributedContext())
+    assert two_ranks.keys() == one_process.keys()  # same parameters and buffers: checkpoints unchanged
+    for name, value in one_process.items():
+        assert torch.allclose(two_ranks[name].float(), value.float(), atol=1e-5), name
+    assert not torch.allclose(one_process["3.running_var"], torch.ones(4))  # the statistics did move
+
+
+def test_synchronised_batchnorm_is_plain_batchnorm_outside_a_process_group():
+    from realnet.engine.distributed import DistributedContext, SyncBatchNorm2d, synchronize_batchnorm
+
+    network = _tiny_bn_network()
+    assert synchronize_batchnorm(network, DistributedContext()) is network
+    assert not any(isinstance(m, SyncBatchNorm2d) for m in network.modules())
+    synced = SyncBatchNorm2d(3)
+    plain = torch.nn.BatchNorm2d(3)
+    batch = _whole_batch()
+    assert torch.equal(synced(batch), plain(batch)) and torch.equal(synced.running_var, plain.running_var)

@@ -113,6 +113,61 @@ def _buckets(tensors: list[torch.Tensor], max_elements: int) -> Iterator[list[to
         yield bucket
 
 
+class SyncBatchNorm2d(torch.nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics are those of the whole batch across all ranks, as the
+    authors' `torch.nn.SyncBatchNorm.convert_sync_batchnorm` gives them. Torch's SyncBatchNorm
+    refuses CPU tensors, so gloo runs could not use it; this one works with every backend.
+
+    Each rank's count, mean and sum of squared deviations travel in one differentiable all_gather
+    and are merged by the parallel-variance formula (Chan et al.), stable in float32; gradients
+    flow back to every rank's shard. Outside training or outside a process group it is exactly
+    BatchNorm2d. Same parameters and buffers, so checkpoints do not change."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_gather
+
+        values = x.float()
+        count = values.new_full((1,), values.numel() / values.shape[1])
+        local_mean = values.mean(dim=(0, 2, 3))
+        local_m2 = ((values - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
+        gathered = torch.stack(all_gather(torch.cat([count, local_mean, local_m2])))
+        counts, means, m2s = gathered[:, :1], gathered[:, 1:1 + self.num_features], gathered[:, 1 + self.num_features:]
+        total = counts.sum()
+        mean = (counts * means).sum(dim=0) / total
+        variance = (m2s + counts * (means - mean) ** 2).sum(dim=0) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                unbiased = variance * (total / (total - 1).clamp(min=1))
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        normalised = (values - mean[None, :, None, None]) * torch.rsqrt(variance + self.eps)[None, :, None, None]
+        if self.affine:
+            normalised = normalised * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+        return normalised.to(x.dtype)
+
+
+def synchronize_batchnorm(module: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
+    """Replaces every BatchNorm2d in `module` by a `SyncBatchNorm2d` holding the same parameters and
+    buffers (in place; returns `module`). Nothing changes for a single process."""
+    if not context.enabled:
+        return module
+    for name, child in list(module.named_children()):
+        if type(child) is torch.nn.BatchNorm2d:
+            synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                     child.track_running_stats, device=child.running_mean.device
+                                     if child.running_mean is not None else None)
+            synced.load_state_dict(child.state_dict())
+            synced.train(child.training)
+            setattr(module, name, synced)
+        else:
+            synchronize_batchnorm(child, context)
+    return module
+
+
 def broadcast_buffers(module: torch.nn.Module, context: DistributedContext) -> None:
     """Rank 0's buffers (the BatchNorm running statistics, which each rank updates on its own
     shard) copied to every rank, as DDP does, so that all ranks hold one and the same model."""

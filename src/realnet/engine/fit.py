@@ -619,6 +619,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
     images = load_training_images(request, records, rule)
     model = build_model(config, backbone).to(device)
+    distributed.synchronize_batchnorm(model.trainable_modules(), context)  # before the optimizer takes the parameters
     synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     trainable = model.trainable_modules()
