@@ -265,6 +265,9 @@ def _sync_bn_worker(rank: int, world_size: int, init_file: str, out_file: str) -
 
     from realnet.engine.distributed import DistributedContext, SyncBatchNorm2d, synchronize_batchnorm
 
+    import warnings
+
+    warnings.simplefilter("error")  # torch.distributed.nn.functional's deprecation printed on every rank
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
     try:
         context = DistributedContext(rank, world_size)
@@ -306,3 +309,20 @@ def test_synchronised_batchnorm_is_plain_batchnorm_outside_a_process_group():
     plain = torch.nn.BatchNorm2d(3)
     batch = _whole_batch()
     assert torch.equal(synced(batch), plain(batch)) and torch.equal(synced.running_var, plain.running_var)
+
+
+def test_synchronised_batchnorm_takes_over_the_layers_own_parameters_and_buffers():
+    """The replacement keeps the very tensors (so their device, dtype and requires_grad), and a
+    layer used in two places stays one layer (named_children() lists it once)."""
+    from realnet.engine.distributed import DistributedContext, SyncBatchNorm2d, synchronize_batchnorm
+
+    shared = torch.nn.BatchNorm2d(4).double()
+    shared.weight.requires_grad_(False)
+    weight, running_var = shared.weight, shared.running_var
+    network = torch.nn.Sequential(shared, torch.nn.ReLU(), shared, torch.nn.BatchNorm2d(4, track_running_stats=False))
+    synchronize_batchnorm(network, DistributedContext(0, 2))
+    assert isinstance(network[0], SyncBatchNorm2d) and network[0] is network[2]
+    assert network[0].weight is weight and network[0].running_var is running_var
+    assert network[0].weight.dtype == torch.float64 and not network[0].weight.requires_grad
+    assert isinstance(network[3], SyncBatchNorm2d) and network[3].running_mean is None
+    assert network[3].weight.device.type == "cpu"  # not left on the meta device it was built on

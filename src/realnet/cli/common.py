@@ -47,7 +47,7 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str 
                         help="layout: mvtec (also MPDD and magnetic_tile), btad, visa, folder"
                              + (f" (default {default_dataset})" if default_dataset else ""))
     folder = parser.add_argument_group("folder dataset (--dataset folder)")
-    folder.add_argument("--normal-dir", type=Path, help="normal images (required for folder)")
+    folder.add_argument("--normal-dir", type=Path, help="normal training images (required for folder, except a test split given by --normal-test-dir)")
     folder.add_argument("--abnormal-dir", type=Path, help="anomalous test images")
     folder.add_argument("--mask-dir", type=Path, help="masks of the anomalous images, matched by file stem")
     folder.add_argument("--normal-test-dir", type=Path, help="normal test images")

@@ -113,6 +113,24 @@ def _buckets(tensors: list[torch.Tensor], max_elements: int) -> Iterator[list[to
         yield bucket
 
 
+class _GatherRows(torch.autograd.Function):
+    """(n,) on each rank -> (world_size, n), row r from rank r, with gradients: rank r's input
+    feeds row r of every rank's output, so its gradient is the sum over ranks of that row's.
+    (torch.distributed.nn.functional does the same but is deprecated in favour of a private API.)"""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor) -> torch.Tensor:
+        rows = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+        dist.all_gather(rows, values.contiguous())
+        return torch.stack(rows)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[dist.get_rank()]
+
+
 class SyncBatchNorm2d(torch.nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the whole batch across all ranks, as the
     authors' `torch.nn.SyncBatchNorm.convert_sync_batchnorm` gives them. Torch's SyncBatchNorm
@@ -126,13 +144,11 @@ class SyncBatchNorm2d(torch.nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_gather
-
         values = x.float()
         count = values.new_full((1,), values.numel() / values.shape[1])
         local_mean = values.mean(dim=(0, 2, 3))
         local_m2 = ((values - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
-        gathered = torch.stack(all_gather(torch.cat([count, local_mean, local_m2])))
+        gathered = _GatherRows.apply(torch.cat([count, local_mean, local_m2]))
         counts, means, m2s = gathered[:, :1], gathered[:, 1:1 + self.num_features], gathered[:, 1 + self.num_features:]
         total = counts.sum()
         mean = (counts * means).sum(dim=0) / total
@@ -151,20 +167,28 @@ class SyncBatchNorm2d(torch.nn.BatchNorm2d):
 
 
 def synchronize_batchnorm(module: torch.nn.Module, context: DistributedContext) -> torch.nn.Module:
-    """Replaces every BatchNorm2d in `module` by a `SyncBatchNorm2d` holding the same parameters and
-    buffers (in place; returns `module`). Nothing changes for a single process."""
+    """Replaces every BatchNorm2d in `module` by a `SyncBatchNorm2d` that takes over its very
+    parameters and buffers (device, dtype, requires_grad kept; a layer used in two places stays
+    one layer). In place; returns `module`. Nothing changes for a single process."""
     if not context.enabled:
         return module
-    for name, child in list(module.named_children()):
-        if type(child) is torch.nn.BatchNorm2d:
-            synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
-                                     child.track_running_stats, device=child.running_mean.device
-                                     if child.running_mean is not None else None)
-            synced.load_state_dict(child.state_dict())
-            synced.train(child.training)
-            setattr(module, name, synced)
-        else:
-            synchronize_batchnorm(child, context)
+    replaced: dict[int, SyncBatchNorm2d] = {}
+
+    def replace_in(parent: torch.nn.Module) -> None:
+        for name, child in list(parent._modules.items()):  # named_children() skips a repeated layer
+            if type(child) is torch.nn.BatchNorm2d:
+                if id(child) not in replaced:
+                    synced = SyncBatchNorm2d(child.num_features, child.eps, child.momentum, child.affine,
+                                             child.track_running_stats, device="meta")
+                    for attribute in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked"):
+                        setattr(synced, attribute, getattr(child, attribute))
+                    synced.train(child.training)
+                    replaced[id(child)] = synced
+                setattr(parent, name, replaced[id(child)])
+            else:
+                replace_in(child)
+
+    replace_in(module)
     return module
 
 

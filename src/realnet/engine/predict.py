@@ -56,7 +56,8 @@ def _chunks(paths: list[Path], size: int) -> Iterator[list[tuple[int, Path]]]:
 
 def _read_ahead(paths: list[Path], batch_size: int) -> Iterator[list[_Loaded]]:
     """Batches of read images, the next one decoded on a thread while the caller scores this one."""
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    reader = ThreadPoolExecutor(max_workers=1)
+    try:
         pending = None
         for chunk in _chunks(paths, batch_size):
             upcoming = reader.submit(lambda c: [_load(i, p) for i, p in c], chunk)
@@ -65,6 +66,8 @@ def _read_ahead(paths: list[Path], batch_size: int) -> Iterator[list[_Loaded]]:
             pending = upcoming
         if pending is not None:
             yield pending.result()
+    finally:  # Ctrl-C or a closed pipe: do not read batches nobody will score
+        reader.shutdown(wait=True, cancel_futures=True)
 
 
 def map_at_input_size(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
