@@ -208,3 +208,26 @@ def test_a_terminated_generate_still_writes_its_manifest(model, tmp_path):
     written = sorted(p.name for p in (out / "tile").glob("*.png"))
     listed = [json.loads(line)["file"] for line in (out / "tile" / MANIFEST).read_text().splitlines()]
     assert 0 < len(written) < 5000 and listed == written
+
+
+def test_a_killed_generate_leaves_a_manifest_of_all_but_its_last_batch(model, tmp_path):
+    """Regression: SIGKILL (no clean-up possible) left no manifest at all; it is now rewritten
+    after every batch, so at most the batch being written is missing from it."""
+    import signal
+    import time
+
+    out = tmp_path / "sia"
+    env = {**os.environ, "PYTHONPATH": str(Path(realnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "realnet", "sdas", "generate", "--model", str(model), "--category", "tile",
+         "--count", "5000", "--batch", "1", "--steps", "4", "--threads", "1", "--no-progress", "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while len(list(out.glob("tile/0000*.png"))) < 3 and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    written = sorted(p.name for p in (out / "tile").glob("*.png"))
+    listed = [json.loads(line)["file"] for line in (out / "tile" / MANIFEST).read_text().splitlines()]
+    assert listed == written[:len(listed)] and 2 <= len(listed) and len(written) - len(listed) <= 1

@@ -203,6 +203,8 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
                         if index < request.count and not path.is_file():
                             save_png(path, image)
                             written += 1
+                    if context.is_main_process:  # kept current, so that even a SIGKILL leaves one
+                        write_manifest()
                     bar.update(len(block))
         except BaseException:
             if context.is_main_process:  # the manifest lists what is on disk, also after a failure
