@@ -187,6 +187,15 @@ def test_a_model_replaced_while_loading_is_refused(model, tmp_path, monkeypatch)
         bank(copy, tmp_path / "sia", 2)
 
 
+def _start_a_long_generate(model, out: Path) -> subprocess.Popen:
+    """`sdas generate` of 5000 one-image batches in a child process, to be stopped by a signal."""
+    env = {**os.environ, "PYTHONPATH": str(Path(realnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "realnet", "sdas", "generate", "--model", str(model), "--category", "tile",
+         "--count", "5000", "--batch", "1", "--steps", "4", "--threads", "1", "--no-progress", "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_a_terminated_generate_still_writes_its_manifest(model, tmp_path):
     """Regression: SIGTERM (what torchrun sends the other ranks when one fails) killed generate
     without the clean-up it does for Ctrl-C, so the manifest of the images it wrote was missing."""
@@ -194,11 +203,7 @@ def test_a_terminated_generate_still_writes_its_manifest(model, tmp_path):
     import time
 
     out = tmp_path / "sia"
-    env = {**os.environ, "PYTHONPATH": str(Path(realnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "realnet", "sdas", "generate", "--model", str(model), "--category", "tile",
-         "--count", "5000", "--batch", "1", "--steps", "4", "--threads", "1", "--no-progress", "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_a_long_generate(model, out)
     deadline = time.time() + 120
     while not list(out.glob("tile/0000*.png")) and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -217,11 +222,7 @@ def test_a_killed_generate_leaves_a_manifest_of_all_but_its_last_batch(model, tm
     import time
 
     out = tmp_path / "sia"
-    env = {**os.environ, "PYTHONPATH": str(Path(realnet.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "realnet", "sdas", "generate", "--model", str(model), "--category", "tile",
-         "--count", "5000", "--batch", "1", "--steps", "4", "--threads", "1", "--no-progress", "--out", str(out)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _start_a_long_generate(model, out)
     deadline = time.time() + 120
     while len(list(out.glob("tile/0000*.png"))) < 3 and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
