@@ -289,3 +289,37 @@ def test_panels_carry_a_caption_with_the_score_threshold_and_colour_scale():
     assert np.array_equal(captioned[CAPTION_HEIGHT:], plain)
     strip = captioned[:CAPTION_HEIGHT]
     assert (strip < 100).any() and (strip == 255).any()  # dark text on white
+
+
+def test_panels_show_each_case_at_its_own_size_and_aspect(tmp_path):
+    """Regression: panels showed the run's square input (a 30x50 part squashed to the run's
+    size) and its square ground truth, not the part as the inspector sees it."""
+    from PIL import Image
+
+    from realnet.data.records import Record
+    from realnet.engine.evaluate import TestSplit
+    from realnet.report.panels import CAPTION_HEIGHT, case_at_input_size, write_panels
+
+    image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
+    mask = np.zeros((30, 50), bool)
+    mask[5:9, 40:47] = True  # thin and off-centre: a square resize and back would move its edges
+    Image.fromarray(image).save(tmp_path / "part.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "part_mask.png")
+    records = [Record(tmp_path / "part.png", tmp_path / "part_mask.png", 1, "crack", "c", "test"),
+               Record(tmp_path / "part.png", None, 0, "good", "c", "test")]
+    size = 16
+    split = TestSplit(np.zeros((2, size, size, 3), np.uint8), np.zeros((2, size, size), bool), records)
+    maps = np.zeros((2, size, size), np.float32)
+    maps[0, :, size // 2:] = 1.0
+    written = write_panels(tmp_path / "panels", split, maps, np.array([0.9, 0.1]), count=1)
+    assert len(written) == 3
+    for path in written:
+        pixels = np.asarray(Image.open(path))
+        assert pixels.shape == (CAPTION_HEIGHT + 30, 3 * 50 + 2 * 4, 3)
+        assert np.array_equal(pixels[CAPTION_HEIGHT:, :50], image)
+    crack = np.asarray(Image.open(next(p for p in written if "crack" in p.name)))
+    assert np.array_equal(crack[CAPTION_HEIGHT:, 54:104, 0] == 255, mask)
+
+    shown, shown_mask, shown_map = case_at_input_size(records[0], maps[0], max_side=25)
+    assert shown.shape == (15, 25, 3) and shown_mask.shape == shown_map.shape == (15, 25)
+    assert shown_mask.any() and shown_map[:, :10].max() < 1e-6 and shown_map[:, 15:].min() > 1 - 1e-6

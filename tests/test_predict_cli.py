@@ -246,7 +246,7 @@ def test_an_oversized_image_gets_the_one_error_line_without_pillows_warning(pred
 def test_maps_and_overlays_come_at_the_inputs_own_size_by_default(predict, tiny_run, awkward, tmp_path, capsys):
     """An inspection engineer lays the map over the photograph: both have the input's (H, W), and
     the map is the run-size map stretched back, not another computation."""
-    from realnet.engine.predict import map_at_input_size
+    from realnet.report.panels import map_at_input_size
 
     maps = tmp_path / "maps"
     assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--overlays") == 0

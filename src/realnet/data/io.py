@@ -110,18 +110,24 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return np.asarray(as_uint8.resize((_check_size(size),) * 2, Image.Resampling.NEAREST)) != 0
 
 
-def load_sample(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """The record's image (size, size, 3) uint8 and mask (size, size) bool, all False if no mask."""
+def read_sample(record: Record) -> tuple[np.ndarray, np.ndarray]:
+    """The record's image (H, W, 3) uint8 and mask (H, W) bool at the file's own size, all False
+    if no mask."""
     image = read_image(record.image)
     if record.mask is None:
-        mask = np.zeros(image.shape[:2], dtype=bool)
-    else:
-        mask = read_mask(record.mask)
-        if mask.shape != image.shape[:2]:
-            raise BadFileError(
-                record.mask,
-                f"mask is {_wxh(mask.shape)} but its image {record.image} is {_wxh(image.shape)}",
-            )
+        return image, np.zeros(image.shape[:2], dtype=bool)
+    mask = read_mask(record.mask)
+    if mask.shape != image.shape[:2]:
+        raise BadFileError(
+            record.mask,
+            f"mask is {_wxh(mask.shape)} but its image {record.image} is {_wxh(image.shape)}",
+        )
+    return image, mask
+
+
+def load_sample(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The record's image (size, size, 3) uint8 and mask (size, size) bool, all False if no mask."""
+    image, mask = read_sample(record)
     return resize_image(image, size), resize_mask(mask, size)
 
 

@@ -70,15 +70,6 @@ def _read_ahead(paths: list[Path], batch_size: int) -> Iterator[list[_Loaded]]:
         reader.shutdown(wait=True, cancel_futures=True)
 
 
-def map_at_input_size(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """The run's square map stretched back (bilinear) onto the input's own (H, W), undoing the
-    straight resize the image went through."""
-    import cv2
-
-    height, width = shape
-    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
-
-
 def _save_png(path: Path, pixels: np.ndarray) -> Path:
     """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
     from PIL import Image
@@ -95,7 +86,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     'input' saves them at each input's own size, 'run' at the run's square image size."""
     import torch
 
-    from realnet.report.panels import heatmap_overlay, map_display_max, map_to_uint8
+    from realnet.report.panels import heatmap_overlay, map_at_input_size, map_display_max, map_to_uint8
 
     if map_size not in MAP_SIZES:
         raise RealnetError(f"--map-size {map_size}: choose one of {', '.join(MAP_SIZES)}")

@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from realnet.config import map_kind
+from realnet.data.io import read_sample
+from realnet.data.records import Record
 from realnet.files import staging_dir
+
+PANEL_MAX_SIDE = 1024  # a panel is three of these side by side
 
 
 def map_display_max(meta: dict) -> float:
@@ -34,6 +38,32 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0
     heat = cv2.applyColorMap(map_to_uint8(anomaly_map, display_max), cv2.COLORMAP_JET)
     heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
     return (image.astype(np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
+
+
+def map_at_input_size(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """The run's square map stretched back (bilinear) onto the input's own (H, W), undoing the
+    straight resize the image went through."""
+    import cv2
+
+    height, width = shape
+    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+
+
+def case_at_input_size(record: Record, anomaly_map: np.ndarray,
+                       max_side: int = PANEL_MAX_SIDE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The case's image, mask and map at the file's own size and aspect (scaled down to `max_side`
+    on the longer side if larger): a panel shows the part as the inspector sees it, not the
+    network's square input."""
+    import cv2
+
+    image, mask = read_sample(record)
+    height, width = image.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    shape = (max(1, round(height * scale)), max(1, round(width * scale)))
+    if shape != (height, width):
+        image = cv2.resize(image, shape[::-1], interpolation=cv2.INTER_AREA)
+        mask = cv2.resize(mask.astype(np.uint8), shape[::-1], interpolation=cv2.INTER_NEAREST) != 0
+    return image, mask, map_at_input_size(anomaly_map, shape)
 
 
 CAPTION_HEIGHT = 14  # one line of Pillow's default bitmap font
@@ -76,8 +106,9 @@ def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, 
 
 def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6,
                  display_max: float = 1.0, threshold: float | None = None) -> list[Path]:
-    """Writes the captioned panels of `pick_cases` into a new `out_dir`, replacing the folder as a
-    whole, so that it never mixes them with an earlier test's (their names carry scores)."""
+    """Writes the captioned panels of `pick_cases`, each at its image's own size, into a new
+    `out_dir`, replacing the folder as a whole, so that it never mixes them with an earlier test's
+    (their names carry scores)."""
     from PIL import Image
 
     out_dir = Path(out_dir)
@@ -90,8 +121,9 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
                 record = split.records[index]
                 name = f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
                 caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
-                Image.fromarray(panel(split.images[index], split.masks[index], maps[index], display_max,
-                                      caption)).save(staging / name, format="PNG")
+                image, mask, anomaly_map = case_at_input_size(record, maps[index])
+                Image.fromarray(panel(image, mask, anomaly_map, display_max, caption)).save(staging / name,
+                                                                                            format="PNG")
                 names.append(name)
         if out_dir.exists():
             shutil.rmtree(out_dir)
