@@ -1,0 +1,93 @@
+"""`SyncBatchNorm2d` against torch.nn.BatchNorm2d: two gloo ranks holding shards of one batch
+(of unequal sizes, as torch.nn.SyncBatchNorm allows) must give the outputs, gradients and running
+statistics of one process on the whole batch."""
+
+import pytest
+import torch
+
+SCENARIOS = {  # name: (layer options, dtype, rows on rank 0 and on rank 1, training forwards)
+    "unequal shards": (dict(momentum=0.3), torch.float32, (4, 2), 2),
+    "momentum None, no affine": (dict(affine=False, momentum=None), torch.float32, (4, 2), 3),
+    "no running statistics": (dict(track_running_stats=False), torch.float32, (4, 2), 1),
+}
+
+
+def _layer(cls, options: dict, dtype: torch.dtype) -> torch.nn.BatchNorm2d:
+    layer = cls(3, **options).to(dtype)
+    if layer.affine:
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor([0.5, 2.0, -1.0]))
+            layer.bias.copy_(torch.tensor([0.1, -0.3, 1.0]))
+    return layer
+
+
+def _batch_and_output_grad(dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    batch = torch.randn(6, 3, 5, 5, generator=generator, dtype=torch.float64) * torch.tensor([1.0, 3.0, 0.2])[:, None, None] + 2
+    return batch.to(dtype), torch.randn(6, 3, 5, 5, generator=generator, dtype=torch.float64).to(dtype)
+
+
+def _run(layer: torch.nn.BatchNorm2d, batch: torch.Tensor, output_grad: torch.Tensor, forwards: int) -> dict:
+    """`forwards` training passes, the last backpropagating sum(output * output_grad)."""
+    layer.train()
+    batch = batch.clone().requires_grad_(True)
+    for _ in range(forwards - 1):
+        layer(batch)
+    output = layer(batch)
+    (output * output_grad).sum().backward()
+    result = {"output": output.detach(), "input_grad": batch.grad}
+    result.update({name: p.grad for name, p in layer.named_parameters()})
+    result.update(dict(layer.named_buffers()))
+    if not layer.track_running_stats:
+        result["eval_output"] = layer.eval()(batch.detach())  # batch statistics of this rank's own shard
+    return result
+
+
+def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from realnet.engine.distributed import SyncBatchNorm2d
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        results = {}
+        for name, (options, dtype, rows, forwards) in SCENARIOS.items():
+            batch, output_grad = _batch_and_output_grad(dtype)
+            start = sum(rows[:rank])
+            shard = slice(start, start + rows[rank])
+            results[name] = _run(_layer(SyncBatchNorm2d, options, dtype), batch[shard], output_grad[shard], forwards)
+        torch.save(results, f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> list[dict]:
+    import torch.multiprocessing as mp
+
+    folder = tmp_path_factory.mktemp("sync_bn")
+    mp.spawn(_worker, args=(2, str(folder / "init"), str(folder / "out")), nprocs=2, join=True)
+    return [torch.load(folder / f"out.{rank}") for rank in range(2)]
+
+
+@pytest.mark.parametrize("name", SCENARIOS)
+def test_two_ranks_match_one_process_on_the_whole_batch(two_ranks, name):
+    options, dtype, rows, forwards = SCENARIOS[name]
+    batch, output_grad = _batch_and_output_grad(dtype)
+    expected = _run(_layer(torch.nn.BatchNorm2d, options, dtype), batch, output_grad, forwards)
+    ranks = [results[name] for results in two_ranks]
+    tolerance = dict(atol=1e-12, rtol=1e-10) if dtype == torch.float64 else dict(atol=1e-5, rtol=1e-5)
+    for key in ("output", "input_grad"):  # each rank holds its rows of the whole batch's
+        torch.testing.assert_close(torch.cat([r[key] for r in ranks]), expected[key], **tolerance, msg=lambda m, key=key: f"{key}: {m}")
+    for key in ("weight", "bias"):  # the summed loss's gradient, split over the ranks
+        if key in expected:
+            torch.testing.assert_close(ranks[0][key] + ranks[1][key], expected[key], **tolerance, msg=lambda m, key=key: f"{key}: {m}")
+    for key in ("running_mean", "running_var", "num_batches_tracked"):
+        if key in expected:
+            for r in ranks:
+                torch.testing.assert_close(r[key], expected[key], **tolerance, msg=lambda m, key=key: f"{key}: {m}")
+    if "eval_output" in expected:  # outside training no statistics travel, as in torch.nn.SyncBatchNorm
+        for rank, r in enumerate(ranks):
+            start = sum(rows[:rank])
+            shard = batch[start:start + rows[rank]]
+            torch.testing.assert_close(r["eval_output"], _layer(torch.nn.BatchNorm2d, options, dtype).eval()(shard))
