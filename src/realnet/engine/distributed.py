@@ -146,7 +146,7 @@ class SyncBatchNorm2d(torch.nn.BatchNorm2d):
             return super().forward(x)
         values = x.float()
         count = values.new_full((1,), values.numel() / values.shape[1])
-        local_mean = values.mean(dim=(0, 2, 3))
+        local_mean = values.sum(dim=(0, 2, 3)) / count.clamp(min=1)  # an empty shard adds nothing, not NaN
         local_m2 = ((values - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
         gathered = _GatherRows.apply(torch.cat([count, local_mean, local_m2]))
         counts, means, m2s = gathered[:, :1], gathered[:, 1:1 + self.num_features], gathered[:, 1 + self.num_features:]
