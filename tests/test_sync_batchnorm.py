@@ -10,6 +10,7 @@ SCENARIOS = {  # name: (layer options, dtype, rows on rank 0 and on rank 1, trai
     "momentum None, no affine": (dict(affine=False, momentum=None), torch.float32, (4, 2), 3),
     "no running statistics": (dict(track_running_stats=False), torch.float32, (4, 2), 1),
     "an empty shard": (dict(momentum=0.3), torch.float32, (6, 0), 2),
+    "float64": (dict(momentum=0.3), torch.float64, (3, 3), 2),
 }
 
 

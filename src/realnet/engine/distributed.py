@@ -137,14 +137,14 @@ class SyncBatchNorm2d(torch.nn.BatchNorm2d):
     refuses CPU tensors, so gloo runs could not use it; this one works with every backend.
 
     Each rank's count, mean and sum of squared deviations travel in one differentiable all_gather
-    and are merged by the parallel-variance formula (Chan et al.), stable in float32; gradients
-    flow back to every rank's shard. Outside training or outside a process group it is exactly
-    BatchNorm2d. Same parameters and buffers, so checkpoints do not change."""
+    and are merged by the parallel-variance formula (Chan et al.), stable in float32 (float64 for
+    float64 inputs); gradients flow back to every rank's shard. Outside training or outside a
+    process group it is exactly BatchNorm2d. Same parameters and buffers, so checkpoints do not change."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        values = x.float()
+        values = x.to(torch.promote_types(x.dtype, torch.float32))  # bf16/fp16 under autocast: stats in float32
         count = values.new_full((1,), values.numel() / values.shape[1])
         local_mean = values.sum(dim=(0, 2, 3)) / count.clamp(min=1)  # an empty shard adds nothing, not NaN
         local_m2 = ((values - local_mean[None, :, None, None]) ** 2).sum(dim=(0, 2, 3))
