@@ -93,3 +93,14 @@ def test_two_ranks_match_one_process_on_the_whole_batch(two_ranks, name):
             start = sum(rows[:rank])
             shard = batch[start:start + rows[rank]]
             torch.testing.assert_close(r["eval_output"], _layer(torch.nn.BatchNorm2d, options, dtype).eval()(shard))
+
+
+def test_an_empty_child_slot_is_skipped_not_descended_into():
+    """Modules may register None children (torch's convert_sync_batchnorm skips them); replacing
+    then failed with AttributeError on None._modules."""
+    from realnet.engine.distributed import DistributedContext, SyncBatchNorm2d, synchronize_batchnorm
+
+    network = torch.nn.Sequential(torch.nn.BatchNorm2d(2))
+    network.register_module("unused", None)
+    synchronize_batchnorm(network, DistributedContext(0, 2))
+    assert isinstance(network[0], SyncBatchNorm2d) and network.unused is None

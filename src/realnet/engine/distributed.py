@@ -185,7 +185,7 @@ def synchronize_batchnorm(module: torch.nn.Module, context: DistributedContext) 
                     synced.train(child.training)
                     replaced[id(child)] = synced
                 setattr(parent, name, replaced[id(child)])
-            else:
+            elif child is not None:  # a registered but empty slot
                 replace_in(child)
 
     replace_in(module)
