@@ -104,3 +104,47 @@ def test_an_empty_child_slot_is_skipped_not_descended_into():
     network.register_module("unused", None)
     synchronize_batchnorm(network, DistributedContext(0, 2))
     assert isinstance(network[0], SyncBatchNorm2d) and network.unused is None
+
+
+def _pretend_two_ranks(monkeypatch, gather) -> None:
+    """A process group of two as the layer sees it, with `gather` standing in for the all_gather."""
+    import torch.distributed as dist
+
+    from realnet.engine import distributed
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda *args: 2)
+    monkeypatch.setattr(distributed._GatherRows, "apply", gather)
+
+
+def test_evaluation_uses_the_running_statistics_without_communicating(monkeypatch):
+    from realnet.engine.distributed import SyncBatchNorm2d
+
+    def refuse(values):
+        raise AssertionError("an eval forward communicated (a rank scoring alone would hang)")
+
+    _pretend_two_ranks(monkeypatch, refuse)
+    synced, plain = _layer(SyncBatchNorm2d, {}, torch.float32), _layer(torch.nn.BatchNorm2d, {}, torch.float32)
+    for layer in (synced, plain):
+        layer.running_mean.fill_(0.5)
+        layer.running_var.fill_(2.0)
+    batch, _ = _batch_and_output_grad(torch.float32)
+    assert torch.equal(synced.eval()(batch), plain.eval()(batch))
+
+
+def test_bf16_autocast_keeps_float32_statistics_and_the_input_dtype(monkeypatch):
+    """As BatchNorm2d under autocast: bf16 activations in and out, statistics and running buffers in
+    float32 (one rank's rows, so the merged statistics are that rank's)."""
+    from realnet.engine.distributed import SyncBatchNorm2d
+
+    _pretend_two_ranks(monkeypatch, lambda values: values[None])
+    batch, _ = _batch_and_output_grad(torch.float32)
+    outputs, buffers = [], []
+    for cls in (SyncBatchNorm2d, torch.nn.BatchNorm2d):
+        layer = _layer(cls, dict(momentum=0.3), torch.float32).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outputs.append(layer(batch.bfloat16()))
+        buffers.append(layer.running_var)
+    assert outputs[0].dtype == torch.bfloat16 and buffers[0].dtype == torch.float32
+    torch.testing.assert_close(outputs[0].float(), outputs[1].float(), atol=0.02, rtol=0.01)
+    torch.testing.assert_close(buffers[0], buffers[1])
