@@ -326,3 +326,68 @@ def test_synchronised_batchnorm_takes_over_the_layers_own_parameters_and_buffers
     assert network[0].weight.dtype == torch.float64 and not network[0].weight.requires_grad
     assert isinstance(network[3], SyncBatchNorm2d) and network[3].running_mean is None
     assert network[3].weight.device.type == "cpu"  # not left on the meta device it was built on
+
+
+class _RecalibrationStub(torch.nn.Module):
+    """What `recalibrate_batch_statistics` uses of RealNet: a reconstruction of zeros (so the
+    residuals are the squared features), RRS keeping every channel, and a discriminator with BatchNorm."""
+
+    def __init__(self):
+        from realnet.model.rrs import ResidualSelection
+
+        super().__init__()
+        torch.manual_seed(0)
+        self.residual_selection = ResidualSelection(3, mode="all")
+        self.discriminator = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+
+    def reconstruction(self, features):
+        return [torch.zeros_like(f) for f in features]
+
+
+class _StepBatches:
+    """Each step's batch of 4 small feature maps; `for_step` hands out a rank's rows as fit's does."""
+
+    def for_step(self, step: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        whole = torch.randn(4, 3, 2, 2, generator=torch.Generator().manual_seed(step)) * 2 + 1
+        return whole[rank::world_size]
+
+
+def _recalibrate(model: _RecalibrationStub, context) -> dict:
+    from realnet.engine.fit import recalibrate_batch_statistics
+
+    recalibrate_batch_statistics(model, _StepBatches(), lambda batch: (None, [batch]), 0, 3, discriminator=True,
+                                 rank=context.rank, world_size=context.world_size)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _recalibration_worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
+    import torch.distributed as dist
+
+    from realnet.engine.distributed import DistributedContext, synchronize_batchnorm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        context = DistributedContext(rank, world_size)
+        model = _RecalibrationStub()
+        synchronize_batchnorm(model, context)
+        torch.save(_recalibrate(model, context), f"{out_file}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_recalibrated_discriminator_statistics_match_one_process(tmp_path):
+    """After an EMA run fit recomputes the discriminator's statistics with update_bn, whose
+    training-mode forwards go through the synchronised BatchNorm. Every rank fed it the whole
+    batch, so the statistics counted each value once per rank (running variance N*W/(N*W-1)
+    instead of N/(N-1)); each rank now feeds its shard, as in training."""
+    import torch.multiprocessing as mp
+
+    from realnet.engine.distributed import DistributedContext
+
+    out = tmp_path / "state"
+    mp.spawn(_recalibration_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    one_process = _recalibrate(_RecalibrationStub(), DistributedContext())
+    for rank in range(2):
+        two_ranks = torch.load(f"{out}.{rank}")
+        for name, value in one_process.items():
+            torch.testing.assert_close(two_ranks[name], value, msg=lambda m, name=name: f"rank {rank} {name}: {m}")

@@ -333,29 +333,32 @@ def score_images(model: RealNet, images: np.ndarray, device: torch.device, batch
 
 def recalibrate_batch_statistics(model: RealNet, batches: SyntheticBatches, training_features: TrainingFeatures,
                                  first_step: int, n_batches: int, *, discriminator: bool = False,
-                                 progress: bool = False) -> None:
+                                 rank: int = 0, world_size: int = 1, progress: bool = False) -> None:
     """rrs.recalibration_batches (ours): the RRS BatchNorm's running statistics recomputed over
     `n_batches` fresh training batches (steps first_step, first_step + 1, ...: the same mix of
     normal and synthetic samples as training, drawn after it, so reproducible and unseen). With
     `discriminator` (averaged weights, train.ema_decay: they never produced the live model's
     statistics) the discriminator's BatchNorm statistics are then recomputed the same way, on the
-    residuals RRS selects with its new statistics (torch.optim.swa_utils.update_bn)."""
+    residuals RRS selects with its new statistics (torch.optim.swa_utils.update_bn). Under torchrun
+    update_bn's training-mode forwards go through the synchronised BatchNorm, so each rank feeds it
+    only its shard (`rank` of `world_size`), as in training; RRS's plain BatchNorm sees whole batches."""
     if n_batches <= 0:
         return
     from torch.optim.swa_utils import update_bn
 
     model.eval()
 
-    def residual_batches(desc: str):
+    def residual_batches(desc: str, rank: int = 0, world_size: int = 1):
         for step in tqdm(range(first_step, first_step + n_batches), desc=desc, disable=not progress, leave=False):
-            _, features = training_features(batches.for_step(step))
+            _, features = training_features(batches.for_step(step, rank, world_size))
             yield reconstruction_residuals(features, model.reconstruction(features))
 
     with torch.no_grad():
         model.residual_selection.recalibrate(residual_batches("RRS statistics"))
         if discriminator:
             update_bn((model.residual_selection(residuals)
-                       for residuals in residual_batches("discriminator statistics")), model.discriminator)
+                       for residuals in residual_batches("discriminator statistics", rank, world_size)),
+                      model.discriminator)
 
 
 def calibrate_map_normalization(model: RealNet, normal_features: "NormalFeatures", n_images: int,
@@ -694,7 +697,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     if selector_on_test is not None:
         selector_on_test.restore_best(model)
     recalibrate_batch_statistics(model, batches, training_features, total_steps, config.rrs.recalibration_batches,
-                                 discriminator=averaged is not None, progress=progress)
+                                 discriminator=averaged is not None, rank=context.rank,
+                                 world_size=context.world_size, progress=progress)
     calibrate_map_normalization(model, normal_features, len(images.fit), tc.batch_size, progress)
     threshold, threshold_source = calibrate_fusion_and_threshold(model, images.fit, images.holdout, config, device,
                                                                  progress)
