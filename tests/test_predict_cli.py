@@ -297,3 +297,17 @@ def test_a_map_that_fails_half_written_leaves_no_file_behind(predict, tiny_run, 
     assert capsys.readouterr().err.splitlines() == [f"realnet: error: {maps / '00000_gray.png'}: cannot write "
                                                     "there (No space left on device)"]
     assert list(maps.iterdir()) == []
+
+
+def test_an_input_the_os_cannot_even_look_up_is_one_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
+                                                                                      tmp_path, capsys):
+    """Regression: an OSError other than 'not found' from the existence check (a name over the file
+    system's limit, a folder without search permission) escaped the reader and ended predict with
+    exit code 2, the images after it unscored."""
+    unreachable = tmp_path / ("x" * 300 + ".png")
+    assert predict(tiny_run[1], unreachable, awkward["gray"]) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
+    (line,) = err.splitlines()
+    assert line.startswith(f"realnet: error: {unreachable}: ") and "name too long" in line.lower()
+

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -22,9 +23,12 @@ MAP_SIZES = ("input", "run")
 
 
 def expand_inputs(paths: list[str]) -> Iterator[Path]:
+    """Folders become their image files; anything else is passed on as given, for the reader to
+    name if it cannot be read (os.path.isdir, unlike Path.is_dir, is False for a name the file
+    system refuses to look up, rather than an error that would end the run)."""
     for name in paths:
         path = Path(name)
-        if path.is_dir():
+        if os.path.isdir(path):
             yield from sorted(p for p in path.rglob("*")
                               if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
         else:
@@ -41,8 +45,6 @@ class _Loaded:
 
 def _load(position: int, path: Path) -> _Loaded:
     try:
-        if not path.exists():
-            raise BadFileError(path, "file not found")
         return _Loaded(position, path, image=read_image(path))
     except BadFileError as error:
         return _Loaded(position, path, error=error)
