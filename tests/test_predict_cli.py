@@ -311,3 +311,14 @@ def test_an_input_the_os_cannot_even_look_up_is_one_error_line_and_the_rest_are_
     (line,) = err.splitlines()
     assert line.startswith(f"realnet: error: {unreachable}: ") and "name too long" in line.lower()
 
+
+def test_an_input_with_a_long_name_gets_its_map_and_overlay(predict, tiny_run, tmp_path, capsys):
+    """Regression: the map's name (position, stem, '_overlay.png') and atomic_write's temporary one
+    were over the 255-byte file name limit for an input named near it, and predict stopped there."""
+    long_name = tmp_path / ("ü" * 120 + ".png")  # 244 bytes in UTF-8
+    Image.fromarray(normal_image(np.random.default_rng(3), (40, 40))).save(long_name)
+    assert predict(tiny_run[1], long_name, "--save-maps", tmp_path / "maps", "--overlays") == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    assert Path(result["map"]).is_file() and Path(result["overlay"]).is_file()
+    assert Path(result["map"]).name.startswith("00000_üü")
+

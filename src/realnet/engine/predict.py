@@ -72,6 +72,18 @@ def _read_ahead(paths: list[Path], batch_size: int) -> Iterator[list[_Loaded]]:
         reader.shutdown(wait=True, cancel_futures=True)
 
 
+_STEM_BYTES = 200  # of a file name's 255: room for the position, "_overlay.png" and atomic_write's temporary name
+
+
+def _map_stem(position: int, path: Path) -> str:
+    """`<position>_<stem>`, the stem cut to _STEM_BYTES so that an input named near the file system's
+    limit still gets its map (the position keeps cut names apart)."""
+    stem = path.stem
+    while len(os.fsencode(stem)) > _STEM_BYTES:
+        stem = stem[:-1]
+    return f"{position:05d}_{stem}"
+
+
 def _save_png(path: Path, pixels: np.ndarray) -> Path:
     """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
     from PIL import Image
@@ -83,7 +95,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
             overlays: bool = False, batch_size: int = 8, device: str = "auto", out=None, err=None) -> int:
     """Prints one JSON line per image, in input order; returns the number of images that failed.
-    Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png`
+    Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size."""
     import torch
@@ -133,7 +145,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
                 anomaly_map = maps[index]
                 if map_size == "input":
                     anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
-                stem = f"{item.position:05d}_{item.path.stem}"
+                stem = _map_stem(item.position, item.path)
                 result["map"] = str(_save_png(save_maps / f"{stem}.png", map_to_uint8(anomaly_map, display_max)))
                 if overlays:
                     shown = item.image if map_size == "input" else resize_image(item.image, size)
