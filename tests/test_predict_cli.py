@@ -322,3 +322,13 @@ def test_an_input_with_a_long_name_gets_its_map_and_overlay(predict, tiny_run, t
     assert Path(result["map"]).is_file() and Path(result["overlay"]).is_file()
     assert Path(result["map"]).name.startswith("00000_üü")
 
+
+def test_a_batch_size_below_one_is_refused_not_a_silent_empty_run(tiny_run, awkward):
+    """Regression: the Python API took batch_size=-1 as 'no batches' (nothing printed, 0 failures)
+    and 0 as a range() traceback; the CLI's own check does not guard callers such as the demo."""
+    from realnet.engine.predict import predict
+    from realnet.errors import RealnetError
+
+    for size in (0, -1):
+        with pytest.raises(RealnetError, match=rf"^batch size {size}: must be >= 1$"):
+            predict(tiny_run[1], [str(awkward["gray"])], batch_size=size, device="cpu", out=io.StringIO())

@@ -104,6 +104,8 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
 
     if map_size not in MAP_SIZES:
         raise RealnetError(f"--map-size {map_size}: choose one of {', '.join(MAP_SIZES)}")
+    if batch_size < 1:  # the CLI refuses it too; a Python caller got a silent empty run (or a range() traceback)
+        raise RealnetError(f"batch size {batch_size}: must be >= 1")
     if overlays and save_maps is None:
         raise RealnetError("--overlays needs --save-maps DIR to write them into")
     out, err = out or sys.stdout, err or sys.stderr
