@@ -332,3 +332,14 @@ def test_a_batch_size_below_one_is_refused_not_a_silent_empty_run(tiny_run, awkw
     for size in (0, -1):
         with pytest.raises(RealnetError, match=rf"^batch size {size}: must be >= 1$"):
             predict(tiny_run[1], [str(awkward["gray"])], batch_size=size, device="cpu", out=io.StringIO())
+
+
+def test_a_folder_leaves_out_images_inside_hidden_folders(predict, tiny_run, tmp_path, capsys):
+    """Regression: only hidden file names were skipped, so the copies in .ipynb_checkpoints or
+    .thumbnails under a folder of parts were scored as parts too (the layouts skip them)."""
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(tmp_path / "b.png")
+    for hidden in (".ipynb_checkpoints", ".thumbnails/normal"):
+        (tmp_path / hidden).mkdir(parents=True)
+        Image.fromarray(normal_image(np.random.default_rng(2), (40, 40))).save(tmp_path / hidden / "b.png")
+    assert predict(tiny_run[1], tmp_path) == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(tmp_path / "b.png")]

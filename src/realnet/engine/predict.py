@@ -23,14 +23,16 @@ MAP_SIZES = ("input", "run")
 
 
 def expand_inputs(paths: list[str]) -> Iterator[Path]:
-    """Folders become their image files; anything else is passed on as given, for the reader to
-    name if it cannot be read (os.path.isdir, unlike Path.is_dir, is False for a name the file
-    system refuses to look up, rather than an error that would end the run)."""
+    """Folders become their image files, hidden ones and those in hidden folders (.ipynb_checkpoints)
+    left out; anything else is passed on as given, for the reader to name if it cannot be read
+    (os.path.isdir, unlike Path.is_dir, is False for a name the file system refuses to look up,
+    rather than an error that would end the run)."""
     for name in paths:
         path = Path(name)
         if os.path.isdir(path):
             yield from sorted(p for p in path.rglob("*")
-                              if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+                              if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+                              and not any(part.startswith(".") for part in p.relative_to(path).parts))
         else:
             yield path
 
