@@ -343,3 +343,15 @@ def test_a_folder_leaves_out_images_inside_hidden_folders(predict, tiny_run, tmp
         Image.fromarray(normal_image(np.random.default_rng(2), (40, 40))).save(tmp_path / hidden / "b.png")
     assert predict(tiny_run[1], tmp_path) == 0
     assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(tmp_path / "b.png")]
+
+
+def test_a_maps_folder_inside_an_input_folder_is_not_scored_on_the_next_run(predict, tiny_run, tmp_path, capsys):
+    """Regression: `predict parts/ --save-maps parts/maps` run twice scored the first run's maps and
+    overlays as parts (each rerun adding maps of maps), and exited 0."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(parts / "a.png")
+    for _ in range(2):
+        assert predict(tiny_run[1], parts, "--save-maps", parts / "maps", "--overlays") == 0
+        assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
+    assert sorted(p.name for p in (parts / "maps").iterdir()) == ["00000_a.png", "00000_a_overlay.png"]

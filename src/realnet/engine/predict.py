@@ -22,19 +22,32 @@ from realnet.errors import BadFileError, RealnetError
 MAP_SIZES = ("input", "run")
 
 
-def expand_inputs(paths: list[str]) -> Iterator[Path]:
+def expand_inputs(paths: list[str], maps_dir: Path | None = None) -> Iterator[Path]:
     """Folders become their image files, hidden ones and those in hidden folders (.ipynb_checkpoints)
-    left out; anything else is passed on as given, for the reader to name if it cannot be read
+    left out, and so is `maps_dir` where it lies inside the folder (a rerun would score its own maps);
+    anything else is passed on as given, for the reader to name if it cannot be read
     (os.path.isdir, unlike Path.is_dir, is False for a name the file system refuses to look up,
     rather than an error that would end the run)."""
     for name in paths:
         path = Path(name)
         if os.path.isdir(path):
+            skipped = _parts_inside(maps_dir, path)
             yield from sorted(p for p in path.rglob("*")
                               if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                              and not any(part.startswith(".") for part in p.relative_to(path).parts))
+                              and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                              and not (skipped and p.relative_to(path).parts[:len(skipped)] == skipped))
         else:
             yield path
+
+
+def _parts_inside(folder: Path | None, root: Path) -> tuple[str, ...]:
+    """`folder`'s path below `root`, () if it is not strictly inside it."""
+    if folder is None:
+        return ()
+    try:
+        return Path(folder).resolve().relative_to(root.resolve()).parts
+    except ValueError:
+        return ()
 
 
 @dataclass
@@ -116,7 +129,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
     display_max = map_display_max(meta)
     failures = 0
-    paths = list(expand_inputs(inputs))
+    paths = list(expand_inputs(inputs, save_maps))
     if not paths:
         raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
                            "holding them)")
