@@ -355,3 +355,25 @@ def test_a_maps_folder_inside_an_input_folder_is_not_scored_on_the_next_run(pred
         assert predict(tiny_run[1], parts, "--save-maps", parts / "maps", "--overlays") == 0
         assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
     assert sorted(p.name for p in (parts / "maps").iterdir()) == ["00000_a.png", "00000_a_overlay.png"]
+
+
+def test_an_image_too_large_for_memory_is_one_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
+                                                                                capsys, monkeypatch):
+    """Regression: a MemoryError converting one image (an 80-megapixel 16-bit TIFF goes through
+    float64) escaped the reader thread as a traceback; its batch-mates read before it and every
+    image after it got no line."""
+    from realnet.engine import predict as predict_module
+
+    read = predict_module.read_image
+
+    def short_of_memory(path):
+        if Path(path) == awkward["rgba"]:
+            raise MemoryError
+        return read(path)
+
+    monkeypatch.setattr(predict_module, "read_image", short_of_memory)
+    order = [awkward["gray"], awkward["rgba"], awkward["gray16"]]
+    assert predict(tiny_run[1], *order, "--batch-size", "2") == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"]), str(awkward["gray16"])]
+    assert err.splitlines() == [f"realnet: error: {awkward['rgba']}: not enough memory to read it"]

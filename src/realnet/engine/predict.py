@@ -59,10 +59,14 @@ class _Loaded:
 
 
 def _load(position: int, path: Path) -> _Loaded:
+    """One image or the error naming it; a MemoryError too is this file's (a huge 16-bit image goes
+    through float64), not the end of the run."""
     try:
         return _Loaded(position, path, image=read_image(path))
     except BadFileError as error:
         return _Loaded(position, path, error=error)
+    except MemoryError:
+        return _Loaded(position, path, error=BadFileError(path, "not enough memory to read it"))
 
 
 def _chunks(paths: list[Path], size: int) -> Iterator[list[tuple[int, Path]]]:
