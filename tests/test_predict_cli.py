@@ -377,3 +377,18 @@ def test_an_image_too_large_for_memory_is_one_error_line_and_the_rest_are_scored
     out, err = capsys.readouterr()
     assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"]), str(awkward["gray16"])]
     assert err.splitlines() == [f"realnet: error: {awkward['rgba']}: not enough memory to read it"]
+
+
+def test_a_folder_without_images_beside_other_inputs_is_one_error_line(predict, tiny_run, awkward, tmp_path,
+                                                                        capsys):
+    """Regression: a folder with no image files was an error only when it was the sole input; beside
+    others (a mistyped camera folder, one holding only .heic files) it was dropped silently, exit 0."""
+    empty = tmp_path / "camera2"
+    empty.mkdir()
+    (empty / "shot.heic").write_bytes(b"not read")
+    maps = tmp_path / "maps"
+    assert predict(tiny_run[1], awkward["gray"], empty, "--save-maps", maps) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
+    assert err.splitlines() == [f"realnet: error: {empty}: no image files in this folder"]
+    assert (maps / "00000_gray.png").is_file()

@@ -113,7 +113,8 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
 
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
             overlays: bool = False, batch_size: int = 8, device: str = "auto", out=None, err=None) -> int:
-    """Prints one JSON line per image, in input order; returns the number of images that failed.
+    """Prints one JSON line per image, in input order; returns the number of images that failed
+    (and of folders that held none beside inputs that did).
     Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size."""
@@ -133,7 +134,12 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
     display_max = map_display_max(meta)
     failures = 0
-    paths = list(expand_inputs(inputs, save_maps))
+    paths, empty = [], []
+    for name in inputs:
+        found = list(expand_inputs([name], save_maps))
+        paths += found
+        if not found:  # only a folder expands to nothing
+            empty.append(name)
     if not paths:
         raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
                            "holding them)")
@@ -145,6 +151,8 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             save_maps.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RealnetError(f"--save-maps {save_maps}: cannot create the folder ({error.strerror})") from None
+    for name in empty:  # a mistyped folder beside good ones is named, not skipped in silence
+        print(f"realnet: error: {name}: no image files in this folder", file=err)
     for batch in _read_ahead(paths, batch_size):
         readable = [item for item in batch if item.error is None]
         if readable:
@@ -175,4 +183,4 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             print(json.dumps(result), file=out, flush=True)
     if created and failures == len(paths):
         save_maps.rmdir()  # created for maps of which none came
-    return failures
+    return failures + len(empty)
