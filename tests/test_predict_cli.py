@@ -392,3 +392,20 @@ def test_a_folder_without_images_beside_other_inputs_is_one_error_line(predict, 
     assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
     assert err.splitlines() == [f"realnet: error: {empty}: no image files in this folder"]
     assert (maps / "00000_gray.png").is_file()
+
+
+def test_a_folder_takes_in_the_images_of_a_linked_subfolder_once_even_through_a_loop(predict, tiny_run, tmp_path,
+                                                                                    capsys):
+    """Regression: rglob does not enter symlinked folders, so a camera folder linked into the folder
+    of parts was left out without a word. A link back up (a loop) must not repeat images forever."""
+    camera = tmp_path / "camera1"
+    camera.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(camera / "x.png")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(2), (40, 40))).save(parts / "own.png")
+    (parts / "lineA").symlink_to(camera, target_is_directory=True)
+    (camera / "up").symlink_to(parts, target_is_directory=True)
+    assert predict(tiny_run[1], parts) == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "lineA" / "x.png"),
+                                                                        str(parts / "own.png")]

@@ -23,21 +23,33 @@ MAP_SIZES = ("input", "run")
 
 
 def expand_inputs(paths: list[str], maps_dir: Path | None = None) -> Iterator[Path]:
-    """Folders become their image files, hidden ones and those in hidden folders (.ipynb_checkpoints)
-    left out, and so is `maps_dir` where it lies inside the folder (a rerun would score its own maps);
-    anything else is passed on as given, for the reader to name if it cannot be read
-    (os.path.isdir, unlike Path.is_dir, is False for a name the file system refuses to look up,
-    rather than an error that would end the run)."""
+    """Folders become their image files (`_images_below`), leaving out `maps_dir` where it lies inside
+    the folder (a rerun would score its own maps); anything else is passed on as given, for the
+    reader to name if it cannot be read (os.path.isdir, unlike Path.is_dir, is False for a name the
+    file system refuses to look up, rather than an error that would end the run)."""
     for name in paths:
         path = Path(name)
         if os.path.isdir(path):
-            skipped = _parts_inside(maps_dir, path)
-            yield from sorted(p for p in path.rglob("*")
-                              if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                              and not any(part.startswith(".") for part in p.relative_to(path).parts)
-                              and not (skipped and p.relative_to(path).parts[:len(skipped)] == skipped))
+            yield from sorted(_images_below(path, _parts_inside(maps_dir, path)))
         else:
             yield path
+
+
+def _images_below(root: Path, skipped: tuple[str, ...]) -> Iterator[Path]:
+    """Image files below `root`, hidden ones and those in hidden folders (.ipynb_checkpoints) or at
+    `skipped` left out. Linked folders are entered (rglob leaves a linked camera folder out), each
+    real folder once (a link back up would loop)."""
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).relative_to(root).parts != skipped)
+        yield from (here / f for f in files
+                    if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".") and (here / f).is_file())
 
 
 def _parts_inside(folder: Path | None, root: Path) -> tuple[str, ...]:
