@@ -18,6 +18,7 @@ from realnet.engine.checkpoint import atomic_write
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import cut_to_bytes
 
 MAP_SIZES = ("input", "run")
 
@@ -109,10 +110,7 @@ _STEM_BYTES = 200  # of a file name's 255: room for the position, "_overlay.png"
 def _map_stem(position: int, path: Path) -> str:
     """`<position>_<stem>`, the stem cut to _STEM_BYTES so that an input named near the file system's
     limit still gets its map (the position keeps cut names apart)."""
-    stem = path.stem
-    while len(os.fsencode(stem)) > _STEM_BYTES:
-        stem = stem[:-1]
-    return f"{position:05d}_{stem}"
+    return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> Path:

@@ -10,9 +10,10 @@ import numpy as np
 from realnet.config import map_kind
 from realnet.data.io import read_sample
 from realnet.data.records import Record
-from realnet.files import staging_dir
+from realnet.files import cut_to_bytes, staging_dir
 
 PANEL_MAX_SIDE = 1024  # a panel is three of these side by side
+_CASE_BYTES = 200  # of a panel name's 255 for the defect and image stem: room for the kind, rank and score
 
 
 def map_display_max(meta: dict) -> float:
@@ -119,7 +120,8 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
         for kind, indices in pick_cases(split.labels, scores, count).items():
             for rank, index in enumerate(indices):
                 record = split.records[index]
-                name = f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
+                case = cut_to_bytes(f"{record.defect}_{record.image.stem}", _CASE_BYTES)
+                name = f"{kind}_{rank:02d}_{case}_{scores[index]:.3f}.png"
                 caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
                 image, mask, anomaly_map = case_at_input_size(record, maps[index])
                 Image.fromarray(panel(image, mask, anomaly_map, display_max, caption)).save(staging / name,
