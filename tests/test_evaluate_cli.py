@@ -342,3 +342,25 @@ def test_a_case_with_a_long_image_name_gets_its_panel(tmp_path):
     (written,) = write_panels(tmp_path / "panels", split, maps, np.array([0.25]), count=1)
     assert written.is_file() and written.name.startswith("worst_normal_00_good_部品")
     assert written.name.endswith("_0.250.png")
+
+
+def test_a_case_whose_file_went_away_after_loading_is_drawn_at_the_runs_size(tmp_path, capsys):
+    """Regression: panels re-read each case's files at their own size, so an image moved or replaced
+    (by one of another size than its mask) while the split was being scored failed `realnet test`
+    after all the scoring; the pixels it was scored on are still there to draw."""
+    from PIL import Image
+
+    from realnet.data.records import Record
+    from realnet.engine.evaluate import TestSplit
+    from realnet.report.panels import CAPTION_HEIGHT, write_panels
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "moved.png")
+    records = [Record(tmp_path / "moved.png", None, 0, "good", "c", "test")]
+    loaded = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    split = TestSplit(loaded, np.zeros((1, 16, 16), bool), records)
+    (tmp_path / "moved.png").unlink()
+    (written,) = write_panels(tmp_path / "panels", split, np.zeros((1, 16, 16), np.float32), np.array([0.25]),
+                              count=1)
+    assert np.array_equal(np.asarray(Image.open(written))[CAPTION_HEIGHT:, :16], loaded[0])
+    assert capsys.readouterr().err.splitlines() == [f"realnet: warning: panel {written.name} drawn at the run's "
+                                                    f"image size: {tmp_path / 'moved.png'}: file not found"]

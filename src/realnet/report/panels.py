@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import numpy as np
 from realnet.config import map_kind
 from realnet.data.io import read_sample
 from realnet.data.records import Record
+from realnet.errors import BadFileError
 from realnet.files import cut_to_bytes, staging_dir
 
 PANEL_MAX_SIDE = 1024  # a panel is three of these side by side
@@ -123,7 +125,11 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
                 case = cut_to_bytes(f"{record.defect}_{record.image.stem}", _CASE_BYTES)
                 name = f"{kind}_{rank:02d}_{case}_{scores[index]:.3f}.png"
                 caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
-                image, mask, anomaly_map = case_at_input_size(record, maps[index])
+                try:
+                    image, mask, anomaly_map = case_at_input_size(record, maps[index])
+                except BadFileError as error:  # moved or replaced since it was scored: draw the pixels scored
+                    sys.stderr.write(f"realnet: warning: panel {name} drawn at the run's image size: {error}\n")
+                    image, mask, anomaly_map = split.images[index], split.masks[index], maps[index]
                 Image.fromarray(panel(image, mask, anomaly_map, display_max, caption)).save(staging / name,
                                                                                             format="PNG")
                 names.append(name)
