@@ -409,3 +409,15 @@ def test_a_folder_takes_in_the_images_of_a_linked_subfolder_once_even_through_a_
     assert predict(tiny_run[1], parts) == 0
     assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "lineA" / "x.png"),
                                                                         str(parts / "own.png")]
+
+
+def test_a_bad_file_with_a_newline_in_its_name_is_still_one_error_line(predict, tiny_run, awkward, tmp_path,
+                                                                        capsys):
+    """Regression: the error line printed the name as it is, so a newline in it split the one
+    `realnet: error:` line in two (a script counting them saw a stray line)."""
+    broken = tmp_path / "part\n7.png"
+    broken.write_bytes(b"not an image")
+    assert predict(tiny_run[1], broken, awkward["gray"]) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
+    assert err.splitlines() == [f"realnet: error: {tmp_path}/part\\n7.png: not an image file Pillow can read"]
