@@ -323,3 +323,44 @@ def test_panels_show_each_case_at_its_own_size_and_aspect(tmp_path):
     shown, shown_mask, shown_map = case_at_input_size(records[0], maps[0], max_side=25)
     assert shown.shape == (15, 25, 3) and shown_mask.shape == shown_map.shape == (15, 25)
     assert shown_mask.any() and shown_map[:, :10].max() < 1e-6 and shown_map[:, 15:].min() > 1 - 1e-6
+
+
+def test_a_case_with_a_long_image_name_gets_its_panel(tmp_path):
+    """Regression: a panel's name (kind, rank, defect, image stem, score) went over the 255-byte file
+    name limit for an image named near it, and `realnet test` failed after scoring the whole split."""
+    from PIL import Image
+
+    from realnet.data.records import Record
+    from realnet.engine.evaluate import TestSplit
+    from realnet.report.panels import write_panels
+
+    long_stem = "部品" * 40  # 240 bytes in UTF-8
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / f"{long_stem}.png")
+    records = [Record(tmp_path / f"{long_stem}.png", None, 0, "good", "c", "test")]
+    split = TestSplit(np.zeros((1, 16, 16, 3), np.uint8), np.zeros((1, 16, 16), bool), records)
+    maps = np.zeros((1, 16, 16), np.float32)
+    (written,) = write_panels(tmp_path / "panels", split, maps, np.array([0.25]), count=1)
+    assert written.is_file() and written.name.startswith("worst_normal_00_good_部品")
+    assert written.name.endswith("_0.250.png")
+
+
+def test_a_case_whose_file_went_away_after_loading_is_drawn_at_the_runs_size(tmp_path, capsys):
+    """Regression: panels re-read each case's files at their own size, so an image moved or replaced
+    (by one of another size than its mask) while the split was being scored failed `realnet test`
+    after all the scoring; the pixels it was scored on are still there to draw."""
+    from PIL import Image
+
+    from realnet.data.records import Record
+    from realnet.engine.evaluate import TestSplit
+    from realnet.report.panels import CAPTION_HEIGHT, write_panels
+
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "moved.png")
+    records = [Record(tmp_path / "moved.png", None, 0, "good", "c", "test")]
+    loaded = np.random.default_rng(0).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    split = TestSplit(loaded, np.zeros((1, 16, 16), bool), records)
+    (tmp_path / "moved.png").unlink()
+    (written,) = write_panels(tmp_path / "panels", split, np.zeros((1, 16, 16), np.float32), np.array([0.25]),
+                              count=1)
+    assert np.array_equal(np.asarray(Image.open(written))[CAPTION_HEIGHT:, :16], loaded[0])
+    assert capsys.readouterr().err.splitlines() == [f"realnet: warning: panel {written.name} drawn at the run's "
+                                                    f"image size: {tmp_path / 'moved.png'}: file not found"]

@@ -297,3 +297,127 @@ def test_a_map_that_fails_half_written_leaves_no_file_behind(predict, tiny_run, 
     assert capsys.readouterr().err.splitlines() == [f"realnet: error: {maps / '00000_gray.png'}: cannot write "
                                                     "there (No space left on device)"]
     assert list(maps.iterdir()) == []
+
+
+def test_an_input_the_os_cannot_even_look_up_is_one_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
+                                                                                      tmp_path, capsys):
+    """Regression: an OSError other than 'not found' from the existence check (a name over the file
+    system's limit, a folder without search permission) escaped the reader and ended predict with
+    exit code 2, the images after it unscored."""
+    unreachable = tmp_path / ("x" * 300 + ".png")
+    assert predict(tiny_run[1], unreachable, awkward["gray"]) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
+    (line,) = err.splitlines()
+    assert line.startswith(f"realnet: error: {unreachable}: ") and "name too long" in line.lower()
+
+
+def test_an_input_with_a_long_name_gets_its_map_and_overlay(predict, tiny_run, tmp_path, capsys):
+    """Regression: the map's name (position, stem, '_overlay.png') and atomic_write's temporary one
+    were over the 255-byte file name limit for an input named near it, and predict stopped there."""
+    long_name = tmp_path / ("ü" * 120 + ".png")  # 244 bytes in UTF-8
+    Image.fromarray(normal_image(np.random.default_rng(3), (40, 40))).save(long_name)
+    assert predict(tiny_run[1], long_name, "--save-maps", tmp_path / "maps", "--overlays") == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    assert Path(result["map"]).is_file() and Path(result["overlay"]).is_file()
+    assert Path(result["map"]).name.startswith("00000_üü")
+
+
+def test_a_batch_size_below_one_is_refused_not_a_silent_empty_run(tiny_run, awkward):
+    """Regression: the Python API took batch_size=-1 as 'no batches' (nothing printed, 0 failures)
+    and 0 as a range() traceback; the CLI's own check does not guard callers such as the demo."""
+    from realnet.engine.predict import predict
+    from realnet.errors import RealnetError
+
+    for size in (0, -1):
+        with pytest.raises(RealnetError, match=rf"^batch size {size}: must be >= 1$"):
+            predict(tiny_run[1], [str(awkward["gray"])], batch_size=size, device="cpu", out=io.StringIO())
+
+
+def test_a_folder_leaves_out_images_inside_hidden_folders(predict, tiny_run, tmp_path, capsys):
+    """Regression: only hidden file names were skipped, so the copies in .ipynb_checkpoints or
+    .thumbnails under a folder of parts were scored as parts too (the layouts skip them)."""
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(tmp_path / "b.png")
+    for hidden in (".ipynb_checkpoints", ".thumbnails/normal"):
+        (tmp_path / hidden).mkdir(parents=True)
+        Image.fromarray(normal_image(np.random.default_rng(2), (40, 40))).save(tmp_path / hidden / "b.png")
+    assert predict(tiny_run[1], tmp_path) == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(tmp_path / "b.png")]
+
+
+def test_a_maps_folder_inside_an_input_folder_is_not_scored_on_the_next_run(predict, tiny_run, tmp_path, capsys):
+    """Regression: `predict parts/ --save-maps parts/maps` run twice scored the first run's maps and
+    overlays as parts (each rerun adding maps of maps), and exited 0."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(parts / "a.png")
+    for _ in range(2):
+        assert predict(tiny_run[1], parts, "--save-maps", parts / "maps", "--overlays") == 0
+        assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
+    assert sorted(p.name for p in (parts / "maps").iterdir()) == ["00000_a.png", "00000_a_overlay.png"]
+
+
+def test_an_image_too_large_for_memory_is_one_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
+                                                                                capsys, monkeypatch):
+    """Regression: a MemoryError converting one image (an 80-megapixel 16-bit TIFF goes through
+    float64) escaped the reader thread as a traceback; its batch-mates read before it and every
+    image after it got no line."""
+    from realnet.engine import predict as predict_module
+
+    read = predict_module.read_image
+
+    def short_of_memory(path):
+        if Path(path) == awkward["rgba"]:
+            raise MemoryError
+        return read(path)
+
+    monkeypatch.setattr(predict_module, "read_image", short_of_memory)
+    order = [awkward["gray"], awkward["rgba"], awkward["gray16"]]
+    assert predict(tiny_run[1], *order, "--batch-size", "2") == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"]), str(awkward["gray16"])]
+    assert err.splitlines() == [f"realnet: error: {awkward['rgba']}: not enough memory to read it"]
+
+
+def test_a_folder_without_images_beside_other_inputs_is_one_error_line(predict, tiny_run, awkward, tmp_path,
+                                                                        capsys):
+    """Regression: a folder with no image files was an error only when it was the sole input; beside
+    others (a mistyped camera folder, one holding only .heic files) it was dropped silently, exit 0."""
+    empty = tmp_path / "camera2"
+    empty.mkdir()
+    (empty / "shot.heic").write_bytes(b"not read")
+    maps = tmp_path / "maps"
+    assert predict(tiny_run[1], awkward["gray"], empty, "--save-maps", maps) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
+    assert err.splitlines() == [f"realnet: error: {empty}: no image files in this folder"]
+    assert (maps / "00000_gray.png").is_file()
+
+
+def test_a_folder_takes_in_the_images_of_a_linked_subfolder_once_even_through_a_loop(predict, tiny_run, tmp_path,
+                                                                                    capsys):
+    """Regression: rglob does not enter symlinked folders, so a camera folder linked into the folder
+    of parts was left out without a word. A link back up (a loop) must not repeat images forever."""
+    camera = tmp_path / "camera1"
+    camera.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(camera / "x.png")
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(2), (40, 40))).save(parts / "own.png")
+    (parts / "lineA").symlink_to(camera, target_is_directory=True)
+    (camera / "up").symlink_to(parts, target_is_directory=True)
+    assert predict(tiny_run[1], parts) == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "lineA" / "x.png"),
+                                                                        str(parts / "own.png")]
+
+
+def test_a_bad_file_with_a_newline_in_its_name_is_still_one_error_line(predict, tiny_run, awkward, tmp_path,
+                                                                        capsys):
+    """Regression: the error line printed the name as it is, so a newline in it split the one
+    `realnet: error:` line in two (a script counting them saw a stray line)."""
+    broken = tmp_path / "part\n7.png"
+    broken.write_bytes(b"not an image")
+    assert predict(tiny_run[1], broken, awkward["gray"]) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
+    assert err.splitlines() == [f"realnet: error: {tmp_path}/part\\n7.png: not an image file Pillow can read"]

@@ -15,4 +15,9 @@ class BadFileError(RealnetError):
     def __init__(self, path: str | Path, reason: str):
         self.path = Path(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        super().__init__(f"{_printable(self.path)}: {reason}")
+
+
+def _printable(path: Path) -> str:
+    """The path with control characters escaped: a newline in a file name would split the one-line error."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))

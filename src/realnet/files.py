@@ -1,5 +1,5 @@
-"""File-system helpers shared by every layer that writes outputs: the user's umask, and staging
-folders that are renamed into place once complete."""
+"""File-system helpers shared by every layer that writes outputs: the user's umask, staging
+folders that are renamed into place once complete, and input names cut to fit an output's name."""
 
 from __future__ import annotations
 
@@ -18,3 +18,11 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     os.chmod(staging, 0o777 & ~USER_UMASK)
     return staging
+
+
+def cut_to_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes in the file system's encoding, for an output named after an
+    input whose own name may already be near the 255-byte limit."""
+    while len(os.fsencode(text)) > limit:
+        text = text[:-1]
+    return text

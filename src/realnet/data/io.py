@@ -72,6 +72,9 @@ def open_image(path: str | Path) -> Image.Image:
         raise BadFileError(path, "not an image file Pillow can read") from None
     except Image.DecompressionBombError as error:
         raise BadFileError(path, f"refused as a decompression bomb ({error})") from None
+    except OSError as error:  # with an errno the file system refused it (name too long, I/O error); else a decoder
+        reason = f"cannot read it ({error.strerror})" if error.errno else f"cannot decode image: {_one_line(error)}"
+        raise BadFileError(path, reason) from None
     except Exception as error:  # Pillow's decoders raise many types on corrupt data
         raise BadFileError(path, f"cannot decode image: {_one_line(error)}") from None
     return image

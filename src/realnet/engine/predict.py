@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,18 +18,49 @@ from realnet.engine.checkpoint import atomic_write
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import cut_to_bytes
 
 MAP_SIZES = ("input", "run")
 
 
-def expand_inputs(paths: list[str]) -> Iterator[Path]:
+def expand_inputs(paths: list[str], maps_dir: Path | None = None) -> Iterator[Path]:
+    """Folders become their image files (`_images_below`), leaving out `maps_dir` where it lies inside
+    the folder (a rerun would score its own maps); anything else is passed on as given, for the
+    reader to name if it cannot be read (os.path.isdir, unlike Path.is_dir, is False for a name the
+    file system refuses to look up, rather than an error that would end the run)."""
     for name in paths:
         path = Path(name)
-        if path.is_dir():
-            yield from sorted(p for p in path.rglob("*")
-                              if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+        if os.path.isdir(path):
+            yield from sorted(_images_below(path, _parts_inside(maps_dir, path)))
         else:
             yield path
+
+
+def _images_below(root: Path, skipped: tuple[str, ...]) -> Iterator[Path]:
+    """Image files below `root`, hidden ones and those in hidden folders (.ipynb_checkpoints) or at
+    `skipped` left out. Linked folders are entered (rglob leaves a linked camera folder out), each
+    real folder once (a link back up would loop)."""
+    seen = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        here = Path(folder)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).relative_to(root).parts != skipped)
+        yield from (here / f for f in files
+                    if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".") and (here / f).is_file())
+
+
+def _parts_inside(folder: Path | None, root: Path) -> tuple[str, ...]:
+    """`folder`'s path below `root`, () if it is not strictly inside it."""
+    if folder is None:
+        return ()
+    try:
+        return Path(folder).resolve().relative_to(root.resolve()).parts
+    except ValueError:
+        return ()
 
 
 @dataclass
@@ -40,12 +72,14 @@ class _Loaded:
 
 
 def _load(position: int, path: Path) -> _Loaded:
+    """One image or the error naming it; a MemoryError too is this file's (a huge 16-bit image goes
+    through float64), not the end of the run."""
     try:
-        if not path.exists():
-            raise BadFileError(path, "file not found")
         return _Loaded(position, path, image=read_image(path))
     except BadFileError as error:
         return _Loaded(position, path, error=error)
+    except MemoryError:
+        return _Loaded(position, path, error=BadFileError(path, "not enough memory to read it"))
 
 
 def _chunks(paths: list[Path], size: int) -> Iterator[list[tuple[int, Path]]]:
@@ -70,6 +104,15 @@ def _read_ahead(paths: list[Path], batch_size: int) -> Iterator[list[_Loaded]]:
         reader.shutdown(wait=True, cancel_futures=True)
 
 
+_STEM_BYTES = 200  # of a file name's 255: room for the position, "_overlay.png" and atomic_write's temporary name
+
+
+def _map_stem(position: int, path: Path) -> str:
+    """`<position>_<stem>`, the stem cut to _STEM_BYTES so that an input named near the file system's
+    limit still gets its map (the position keeps cut names apart)."""
+    return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
+
+
 def _save_png(path: Path, pixels: np.ndarray) -> Path:
     """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
     from PIL import Image
@@ -80,8 +123,9 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
 
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
             overlays: bool = False, batch_size: int = 8, device: str = "auto", out=None, err=None) -> int:
-    """Prints one JSON line per image, in input order; returns the number of images that failed.
-    Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png`
+    """Prints one JSON line per image, in input order; returns the number of images that failed
+    (and of folders that held none beside inputs that did).
+    Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size."""
     import torch
@@ -90,6 +134,8 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
 
     if map_size not in MAP_SIZES:
         raise RealnetError(f"--map-size {map_size}: choose one of {', '.join(MAP_SIZES)}")
+    if batch_size < 1:  # the CLI refuses it too; a Python caller got a silent empty run (or a range() traceback)
+        raise RealnetError(f"batch size {batch_size}: must be >= 1")
     if overlays and save_maps is None:
         raise RealnetError("--overlays needs --save-maps DIR to write them into")
     out, err = out or sys.stdout, err or sys.stderr
@@ -98,7 +144,12 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
     display_max = map_display_max(meta)
     failures = 0
-    paths = list(expand_inputs(inputs))
+    paths, empty = [], []
+    for name in inputs:
+        found = list(expand_inputs([name], save_maps))
+        paths += found
+        if not found:  # only a folder expands to nothing
+            empty.append(name)
     if not paths:
         raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
                            "holding them)")
@@ -110,6 +161,8 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             save_maps.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RealnetError(f"--save-maps {save_maps}: cannot create the folder ({error.strerror})") from None
+    for name in empty:  # a mistyped folder beside good ones is named, not skipped in silence
+        print(f"realnet: error: {name}: no image files in this folder", file=err)
     for batch in _read_ahead(paths, batch_size):
         readable = [item for item in batch if item.error is None]
         if readable:
@@ -131,7 +184,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
                 anomaly_map = maps[index]
                 if map_size == "input":
                     anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
-                stem = f"{item.position:05d}_{item.path.stem}"
+                stem = _map_stem(item.position, item.path)
                 result["map"] = str(_save_png(save_maps / f"{stem}.png", map_to_uint8(anomaly_map, display_max)))
                 if overlays:
                     shown = item.image if map_size == "input" else resize_image(item.image, size)
@@ -140,4 +193,4 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             print(json.dumps(result), file=out, flush=True)
     if created and failures == len(paths):
         save_maps.rmdir()  # created for maps of which none came
-    return failures
+    return failures + len(empty)

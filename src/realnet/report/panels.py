@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,11 @@ import numpy as np
 from realnet.config import map_kind
 from realnet.data.io import read_sample
 from realnet.data.records import Record
-from realnet.files import staging_dir
+from realnet.errors import BadFileError
+from realnet.files import cut_to_bytes, staging_dir
 
 PANEL_MAX_SIDE = 1024  # a panel is three of these side by side
+_CASE_BYTES = 200  # of a panel name's 255 for the defect and image stem: room for the kind, rank and score
 
 
 def map_display_max(meta: dict) -> float:
@@ -119,9 +122,14 @@ def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, cou
         for kind, indices in pick_cases(split.labels, scores, count).items():
             for rank, index in enumerate(indices):
                 record = split.records[index]
-                name = f"{kind}_{rank:02d}_{record.defect}_{record.image.stem}_{scores[index]:.3f}.png"
+                case = cut_to_bytes(f"{record.defect}_{record.image.stem}", _CASE_BYTES)
+                name = f"{kind}_{rank:02d}_{case}_{scores[index]:.3f}.png"
                 caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
-                image, mask, anomaly_map = case_at_input_size(record, maps[index])
+                try:
+                    image, mask, anomaly_map = case_at_input_size(record, maps[index])
+                except BadFileError as error:  # moved or replaced since it was scored: draw the pixels scored
+                    sys.stderr.write(f"realnet: warning: panel {name} drawn at the run's image size: {error}\n")
+                    image, mask, anomaly_map = split.images[index], split.masks[index], maps[index]
                 Image.fromarray(panel(image, mask, anomaly_map, display_max, caption)).save(staging / name,
                                                                                             format="PNG")
                 names.append(name)
