@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
+from realnet.data.io import resize_image
 from realnet.errors import RealnetError
 from realnet.synthesis import perlin, sources
 from realnet.synthesis.blend import blend_anomaly
@@ -372,6 +373,19 @@ def test_sia_source_returns_bank_images_unaugmented(tmp_path, counted_reads):
         texture = source.texture(rng)
         assert texture.shape == (SIZE, SIZE, 3) and len(np.unique(texture)) == 1
         assert int(texture[0, 0, 0]) in (0, 10, 20)
+
+
+def test_texture_sources_resize_like_the_authors_and_nsa_donors_like_the_inspected_images(tmp_path):
+    # The authors resize DTD and SDAS images with cv2.resize (bilinear, no low-pass); the normal
+    # images, which NSA donors are, go through the antialiased resize of realnet.data.io.
+    texture = np.random.default_rng(3).integers(0, 256, size=(5 * SIZE, 4 * SIZE, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "grain.png"), texture[..., ::-1])
+    authors = cv2.resize(texture, (SIZE, SIZE), interpolation=cv2.INTER_LINEAR)
+    antialiased = resize_image(texture, SIZE)
+    assert np.abs(authors.astype(int) - antialiased).mean() > 5  # the two resizes differ here
+    assert np.array_equal(DTDSource(tmp_path, SIZE).bank[0], authors)
+    assert np.array_equal(SIASource(tmp_path, SIZE).bank[0], authors)
+    assert np.array_equal(NSASource(tmp_path, SIZE).bank[0], antialiased)
 
 
 @pytest.mark.parametrize("make", [lambda p: DTDSource(p, SIZE), lambda p: SIASource(p, SIZE),

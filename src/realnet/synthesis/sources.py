@@ -92,12 +92,21 @@ def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
     )
 
 
-class ImageBank:
-    """Images (files or arrays) as (size, size, 3) uint8, read and resized on first use and then
-    kept in memory when `cache` is set."""
+def resize_texture(image: np.ndarray, size: int) -> np.ndarray:
+    """Straight resize of an (H, W, 3) uint8 texture to (size, size, 3) with OpenCV's bilinear,
+    which does not low-pass before downscaling: the authors' code resizes the DTD and SDAS images
+    this way (`cv2.resize`), so a 640 px texture keeps its fine grain at 256 px. The images being
+    inspected are resized with `realnet.data.io.resize_image` (antialiased), as theirs are."""
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
 
-    def __init__(self, items: list[ImageItem], size: int, cache: bool = True):
-        self.items, self.size, self.cache = items, size, cache
+
+class ImageBank:
+    """Images (files or arrays) as (size, size, 3) uint8, read and resized with `resize` on first
+    use and then kept in memory when `cache` is set."""
+
+    def __init__(self, items: list[ImageItem], size: int, cache: bool = True,
+                 resize: Callable[[np.ndarray, int], np.ndarray] = resize_image):
+        self.items, self.size, self.cache, self.resize = items, size, cache, resize
         self._decoded: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -109,7 +118,7 @@ class ImageBank:
             item = self.items[index]
             image = item if isinstance(item, np.ndarray) else read_image(item)
             if image.shape[:2] != (self.size, self.size):
-                image = resize_image(image, self.size)
+                image = self.resize(image, self.size)
             if self.cache:
                 self._decoded[index] = image
         return image
@@ -263,7 +272,7 @@ class DTDSource:
     or a DTD root) or a list of image files."""
 
     def __init__(self, root_or_files: str | Path | Sequence[str | Path], size: int, cache: bool = True):
-        self.bank = ImageBank(collect_images(root_or_files, "dtd"), size, cache)
+        self.bank = ImageBank(collect_images(root_or_files, "dtd"), size, cache, resize_texture)
 
     def texture(self, rng: np.random.Generator) -> np.ndarray:
         image, _ = augment_texture(self.bank.draw(rng), rng)
@@ -275,7 +284,7 @@ class SIASource:
     `size`, not augmented. It is not pixel-aligned with the normal image, as in the paper."""
 
     def __init__(self, folder: str | Path, size: int, cache: bool = True):
-        self.bank = ImageBank(collect_images(folder, "sia"), size, cache)
+        self.bank = ImageBank(collect_images(folder, "sia"), size, cache, resize_texture)
 
     def texture(self, rng: np.random.Generator) -> np.ndarray:
         return self.bank.draw(rng)
