@@ -364,3 +364,26 @@ def test_a_case_whose_file_went_away_after_loading_is_drawn_at_the_runs_size(tmp
     assert np.array_equal(np.asarray(Image.open(written))[CAPTION_HEIGHT:, :16], loaded[0])
     assert capsys.readouterr().err.splitlines() == [f"realnet: warning: panel {written.name} drawn at the run's "
                                                     f"image size: {tmp_path / 'moved.png'}: file not found"]
+
+
+def test_nan_anomaly_maps_are_a_one_line_error_naming_an_image(tiny_run, tmp_path, monkeypatch, capsys):
+    """Regression: a detector giving NaN (diverged or corrupted weights) failed `realnet test` with a
+    ValueError traceback from the metrics, naming neither the run nor an image."""
+    import realnet.engine.fit
+
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real_score_images = realnet.engine.fit.score_images
+
+    def nan_in_the_third_map(*args, **kwargs):
+        maps, scores = real_score_images(*args, **kwargs)
+        maps[2, 0, 0], scores[2] = np.nan, np.nan
+        return maps, scores
+
+    monkeypatch.setattr(realnet.engine.fit, "score_images", nan_in_the_third_map)
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("realnet:")]
+    assert len(errors) == 1 and errors[0].startswith("realnet: error: ")
+    assert "NaN" in errors[0] and "1 of 8 test images" in errors[0] and str(data / "widget" / "test") in errors[0]
+    assert not (copy / "metrics.json").exists() and not (copy / "scores.csv").exists()

@@ -19,7 +19,7 @@ from realnet.data.records import Record
 from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import load_samples, resolve_device
-from realnet.errors import RealnetError
+from realnet.errors import BadFileError, RealnetError
 from realnet.model.realnet import RealNet
 
 
@@ -85,6 +85,13 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, An
 def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, detailed: bool = True) -> dict[str, Any]:
     from realnet.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
+    not_a_number = np.isnan(scores) | np.isnan(maps).any(axis=(1, 2))
+    if not_a_number.any():
+        # the metrics' own ValueError would be a traceback naming neither the run nor an image
+        raise BadFileError(split.records[int(np.argmax(not_a_number))].image,
+                           f"the detector's anomaly map for it contains NaN ({int(not_a_number.sum())} of "
+                           f"{len(scores)} test images have NaN in theirs): its weights are broken, e.g. by a "
+                           "diverged fit")
     labels = split.labels
     metrics: dict[str, Any] = {"image_auroc": image_auroc(scores, labels)}
     has_masks = split.masks.any()
