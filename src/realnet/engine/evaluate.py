@@ -108,12 +108,20 @@ def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, d
     return metrics
 
 
+def flag_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """score > threshold in float64, as `realnet predict` decides: numpy would compare float32
+    scores with the float64 threshold rounded to float32."""
+    return np.asarray(scores, dtype=np.float64) > threshold
+
+
 def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold: float) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "defect", "label", "score", "is_anomalous"])
-    for record, score in zip(split.records, scores):
-        writer.writerow([str(record.image), record.defect, record.label, f"{score:.6g}", int(score > threshold)])
+    for record, score, anomalous in zip(split.records, scores, flag_anomalous(scores, threshold)):
+        # repr: the shortest text that reads back as the same float, so the file re-ranks and
+        # re-thresholds exactly as metrics.json did
+        writer.writerow([str(record.image), record.defect, record.label, repr(float(score)), int(anomalous)])
     checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
 
 
@@ -149,7 +157,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         "backbone": meta["backbone"]["name"],
         "backbone_weights_sha256": meta["backbone"]["sha256"],
         "threshold": meta["threshold"],
-        "test_accuracy_at_threshold": float(np.mean((scores > meta["threshold"]) == (split.labels == 1))),
+        "test_accuracy_at_threshold": float(np.mean(flag_anomalous(scores, meta["threshold"]) == (split.labels == 1))),
         "inference_images_per_s": round(len(split.records) / max(seconds, 1e-9), 2),
         "data": tested,  # absolute, with the folder dataset's folders: what was tested, from anywhere
     }
