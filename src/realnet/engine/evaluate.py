@@ -122,7 +122,9 @@ def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold
         # repr: the shortest text that reads back as the same float, so the file re-ranks and
         # re-thresholds exactly as metrics.json did
         writer.writerow([str(record.image), record.defect, record.label, repr(float(score)), int(anomalous)])
-    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
+    # surrogateescape: a file name that is not UTF-8 is written as the bytes that name the file
+    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8",
+                                                             errors="surrogateescape"))
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
