@@ -387,3 +387,23 @@ def test_nan_anomaly_maps_are_a_one_line_error_naming_an_image(tiny_run, tmp_pat
     assert len(errors) == 1 and errors[0].startswith("realnet: error: ")
     assert "NaN" in errors[0] and "1 of 8 test images" in errors[0] and str(data / "widget" / "test") in errors[0]
     assert not (copy / "metrics.json").exists() and not (copy / "scores.csv").exists()
+
+
+def test_a_test_split_left_empty_or_one_sided_by_skipped_images_says_so(tmp_path, capsys):
+    """Regression: with --skip-bad and every test image unreadable, load_test_split failed with an
+    IndexError traceback; a class lost to skipping was reported as a split without that class."""
+    from dataset_fixtures import make_mvtec_tree
+
+    from realnet.engine.evaluate import load_test_split
+    from realnet.errors import RealnetError
+
+    root = make_mvtec_tree(tmp_path / "data")
+    for image in (root / "widget" / "test").rglob("*.png"):
+        image.write_bytes(b"not a png")
+    with pytest.raises(RealnetError, match=r"none of the 4 test images .* could be read"):
+        load_test_split(root, "widget", "mvtec", 32, skip_bad=True, progress=False)
+    for image in (root / "widget" / "test" / "good").iterdir():
+        image.unlink()
+    make_mvtec_tree(tmp_path / "data", n_train=0, defects={})
+    with pytest.raises(RealnetError, match=r"has only normal test images, after 2 unreadable ones were skipped"):
+        load_test_split(root, "widget", "mvtec", 32, skip_bad=True, progress=False)

@@ -58,10 +58,14 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
     for error in skipped:
         sys.stderr.write(f"realnet: skipped {error}\n")
     split = TestSplit(images, masks, kept, [str(error.path) for error in skipped])
+    if not kept:
+        raise RealnetError(f"{data_root}: none of the {len(records)} test images of category '{category}' "
+                           "could be read (each is named above)")
     if len(set(split.labels.tolist())) < 2:
         present = "normal" if split.labels[0] == 0 else "anomalous"
-        raise RealnetError(f"{data_root}: category '{category}' has only {present} test images; the metrics need "
-                           "normal and anomalous ones (a folder dataset: --abnormal-dir and --normal-test-dir "
+        lost = f", after {len(skipped)} unreadable ones were skipped" if skipped else ""
+        raise RealnetError(f"{data_root}: category '{category}' has only {present} test images{lost}; the metrics "
+                           "need normal and anomalous ones (a folder dataset: --abnormal-dir and --normal-test-dir "
                            "or --test-ratio)")
     return split
 
