@@ -407,3 +407,21 @@ def test_a_test_split_left_empty_or_one_sided_by_skipped_images_says_so(tmp_path
     make_mvtec_tree(tmp_path / "data", n_train=0, defects={})
     with pytest.raises(RealnetError, match=r"has only normal test images, after 2 unreadable ones were skipped"):
         load_test_split(root, "widget", "mvtec", 32, skip_bad=True, progress=False)
+
+
+def test_folder_options_for_a_test_keep_the_runs_root_and_category(tmp_path, monkeypatch):
+    """Regression: `test --dataset folder` with new folders but no --data looked for them under the
+    current directory instead of the run's root, and recorded the category as 'custom'."""
+    from dataset_fixtures import make_folder_tree
+
+    root = make_folder_tree(tmp_path / "data", n_normal=10, n_abnormal=2, n_normal_test=3, size=(64, 64))
+    out = tmp_path / "run"
+    assert main(["fit", "--dataset", "folder", "--data", str(root), "--normal-dir", "normal", "--category", "tiles",
+                 "--preset", "tiny", "--out", str(out), "--steps", "2"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["test", "--run", str(out), "--dataset", "folder", "--abnormal-dir", "abnormal",
+                 "--mask-dir", "masks", "--normal-test-dir", "normal_test", "--panels", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["root"] == str(root.resolve()) and metrics["data"]["category"] == "tiles"
+    assert (metrics["n_images"], metrics["n_anomalous"]) == (5, 2)

@@ -140,8 +140,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
     model, meta = load_run(run_dir, torch_device)
-    data = meta["data"]
+    data = dict(meta["data"])
     size = meta["config"]["train"]["image_size"]
+    if dataset == "folder" and data["dataset"] != "folder":  # no folder root to inherit: look where fit would
+        data.update(root=".", category="custom")
     if data_root is None and not Path(data["root"]).is_dir():
         raise RealnetError(f"the run's data root {data['root']} is not there any more; pass --data (and --category) "
                            "to test where the data is now")
