@@ -364,3 +364,64 @@ def test_a_case_whose_file_went_away_after_loading_is_drawn_at_the_runs_size(tmp
     assert np.array_equal(np.asarray(Image.open(written))[CAPTION_HEIGHT:, :16], loaded[0])
     assert capsys.readouterr().err.splitlines() == [f"realnet: warning: panel {written.name} drawn at the run's "
                                                     f"image size: {tmp_path / 'moved.png'}: file not found"]
+
+
+def test_nan_anomaly_maps_are_a_one_line_error_naming_an_image(tiny_run, tmp_path, monkeypatch, capsys):
+    """Regression: a detector giving NaN (diverged or corrupted weights) failed `realnet test` with a
+    ValueError traceback from the metrics, naming neither the run nor an image."""
+    import realnet.engine.fit
+
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    real_score_images = realnet.engine.fit.score_images
+
+    def nan_in_the_third_map(*args, **kwargs):
+        maps, scores = real_score_images(*args, **kwargs)
+        maps[2, 0, 0], scores[2] = np.nan, np.nan
+        return maps, scores
+
+    monkeypatch.setattr(realnet.engine.fit, "score_images", nan_in_the_third_map)
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("realnet:")]
+    assert len(errors) == 1 and errors[0].startswith("realnet: error: ")
+    assert "NaN" in errors[0] and "1 of 8 test images" in errors[0] and str(data / "widget" / "test") in errors[0]
+    assert not (copy / "metrics.json").exists() and not (copy / "scores.csv").exists()
+
+
+def test_a_test_split_left_empty_or_one_sided_by_skipped_images_says_so(tmp_path, capsys):
+    """Regression: with --skip-bad and every test image unreadable, load_test_split failed with an
+    IndexError traceback; a class lost to skipping was reported as a split without that class."""
+    from dataset_fixtures import make_mvtec_tree
+
+    from realnet.engine.evaluate import load_test_split
+    from realnet.errors import RealnetError
+
+    root = make_mvtec_tree(tmp_path / "data")
+    for image in (root / "widget" / "test").rglob("*.png"):
+        image.write_bytes(b"not a png")
+    with pytest.raises(RealnetError, match=r"none of the 4 test images .* could be read"):
+        load_test_split(root, "widget", "mvtec", 32, skip_bad=True, progress=False)
+    for image in (root / "widget" / "test" / "good").iterdir():
+        image.unlink()
+    make_mvtec_tree(tmp_path / "data", n_train=0, defects={})
+    with pytest.raises(RealnetError, match=r"has only normal test images, after 2 unreadable ones were skipped"):
+        load_test_split(root, "widget", "mvtec", 32, skip_bad=True, progress=False)
+
+
+def test_folder_options_for_a_test_keep_the_runs_root_and_category(tmp_path, monkeypatch):
+    """Regression: `test --dataset folder` with new folders but no --data looked for them under the
+    current directory instead of the run's root, and recorded the category as 'custom'."""
+    from dataset_fixtures import make_folder_tree
+
+    root = make_folder_tree(tmp_path / "data", n_normal=10, n_abnormal=2, n_normal_test=3, size=(64, 64))
+    out = tmp_path / "run"
+    assert main(["fit", "--dataset", "folder", "--data", str(root), "--normal-dir", "normal", "--category", "tiles",
+                 "--preset", "tiny", "--out", str(out), "--steps", "2"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["test", "--run", str(out), "--dataset", "folder", "--abnormal-dir", "abnormal",
+                 "--mask-dir", "masks", "--normal-test-dir", "normal_test", "--panels", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["root"] == str(root.resolve()) and metrics["data"]["category"] == "tiles"
+    assert (metrics["n_images"], metrics["n_anomalous"]) == (5, 2)

@@ -62,6 +62,8 @@ def data_selection(args: argparse.Namespace, *, required: bool = True) -> tuple[
     if "split_seed" in options:
         options["seed"] = options.pop("split_seed")
     if args.dataset == "folder":
+        if not required:  # left out, the command picks them (`test`: a folder run's own root and name)
+            return args.data, args.category, "folder", options
         return args.data or Path("."), args.category or "custom", "folder", options
     if options:
         flags = ", ".join(FOLDER_FLAGS["split_seed" if n == "seed" else n] for n in options)

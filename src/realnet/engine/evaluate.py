@@ -19,7 +19,7 @@ from realnet.data.records import Record
 from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import load_samples, resolve_device
-from realnet.errors import RealnetError
+from realnet.errors import BadFileError, RealnetError
 from realnet.model.realnet import RealNet
 
 
@@ -58,10 +58,14 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
     for error in skipped:
         sys.stderr.write(f"realnet: skipped {error}\n")
     split = TestSplit(images, masks, kept, [str(error.path) for error in skipped])
+    if not kept:
+        raise RealnetError(f"{data_root}: none of the {len(records)} test images of category '{category}' "
+                           "could be read (each is named above)")
     if len(set(split.labels.tolist())) < 2:
         present = "normal" if split.labels[0] == 0 else "anomalous"
-        raise RealnetError(f"{data_root}: category '{category}' has only {present} test images; the metrics need "
-                           "normal and anomalous ones (a folder dataset: --abnormal-dir and --normal-test-dir "
+        lost = f", after {len(skipped)} unreadable ones were skipped" if skipped else ""
+        raise RealnetError(f"{data_root}: category '{category}' has only {present} test images{lost}; the metrics "
+                           "need normal and anomalous ones (a folder dataset: --abnormal-dir and --normal-test-dir "
                            "or --test-ratio)")
     return split
 
@@ -85,6 +89,13 @@ def load_run(run_dir: Path, device: torch.device) -> tuple[RealNet, dict[str, An
 def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, detailed: bool = True) -> dict[str, Any]:
     from realnet.metrics import aupro, f1_max, image_auroc, pixel_auroc
 
+    not_a_number = np.isnan(scores) | np.isnan(maps).any(axis=(1, 2))
+    if not_a_number.any():
+        # the metrics' own ValueError would be a traceback naming neither the run nor an image
+        raise BadFileError(split.records[int(np.argmax(not_a_number))].image,
+                           f"the detector's anomaly map for it contains NaN ({int(not_a_number.sum())} of "
+                           f"{len(scores)} test images have NaN in theirs): its weights are broken, e.g. by a "
+                           "diverged fit")
     labels = split.labels
     metrics: dict[str, Any] = {"image_auroc": image_auroc(scores, labels)}
     has_masks = split.masks.any()
@@ -101,13 +112,23 @@ def compute_metrics(maps: np.ndarray, scores: np.ndarray, split: TestSplit, *, d
     return metrics
 
 
+def flag_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """score > threshold in float64, as `realnet predict` decides: numpy would compare float32
+    scores with the float64 threshold rounded to float32."""
+    return np.asarray(scores, dtype=np.float64) > threshold
+
+
 def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold: float) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "defect", "label", "score", "is_anomalous"])
-    for record, score in zip(split.records, scores):
-        writer.writerow([str(record.image), record.defect, record.label, f"{score:.6g}", int(score > threshold)])
-    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue()))
+    for record, score, anomalous in zip(split.records, scores, flag_anomalous(scores, threshold)):
+        # repr: the shortest text that reads back as the same float, so the file re-ranks and
+        # re-thresholds exactly as metrics.json did
+        writer.writerow([str(record.image), record.defect, record.label, repr(float(score)), int(anomalous)])
+    # surrogateescape: a file name that is not UTF-8 is written as the bytes that name the file
+    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8",
+                                                             errors="surrogateescape"))
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
@@ -119,8 +140,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
     model, meta = load_run(run_dir, torch_device)
-    data = meta["data"]
+    data = dict(meta["data"])
     size = meta["config"]["train"]["image_size"]
+    if dataset == "folder" and data["dataset"] != "folder":  # no folder root to inherit: look where fit would
+        data.update(root=".", category="custom")
     if data_root is None and not Path(data["root"]).is_dir():
         raise RealnetError(f"the run's data root {data['root']} is not there any more; pass --data (and --category) "
                            "to test where the data is now")
@@ -142,7 +165,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         "backbone": meta["backbone"]["name"],
         "backbone_weights_sha256": meta["backbone"]["sha256"],
         "threshold": meta["threshold"],
-        "test_accuracy_at_threshold": float(np.mean((scores > meta["threshold"]) == (split.labels == 1))),
+        "test_accuracy_at_threshold": float(np.mean(flag_anomalous(scores, meta["threshold"]) == (split.labels == 1))),
         "inference_images_per_s": round(len(split.records) / max(seconds, 1e-9), 2),
         "data": tested,  # absolute, with the folder dataset's folders: what was tested, from anywhere
     }
