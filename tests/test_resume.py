@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dataset_fixtures import make_mvtec_tree
+from dataset_fixtures import make_folder_tree, make_mvtec_tree
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -167,6 +167,20 @@ def test_resume_on_other_data_or_of_a_finished_run_with_other_settings_is_refuse
     with pytest.raises(RealnetError, match=r"finished run was trained on other inputs: category"):
         fit(replace(other, category="gadget"))
     assert fit(other)["fit"]["steps"] == 12
+
+
+def test_a_folder_dataset_run_resumes_and_its_finished_run_is_recognised(tmp_path, monkeypatch):
+    """Regression: the folder dataset's directories (pathlib objects, as the command line gives
+    them) went into resume.pt, which weights_only loading refused: such a run could never resume."""
+    from realnet.engine.fit import fit
+
+    data = make_folder_tree(tmp_path / "data", n_normal=10, size=(64, 64))
+    options = {"normal_dir": Path("normal"), "abnormal_dir": Path("abnormal"), "mask_dir": Path("masks")}
+    request = replace(tiny_request(data, tmp_path / "run", dataset="folder", folder_options=options),
+                      category="custom")
+    killed_after_checkpoints(monkeypatch, request, 2)
+    assert fit(replace(request, resume=True))["fit"]["steps"] == 12
+    assert fit(replace(request, resume=True))["data"]["folder_options"]["normal_dir"] == "normal"
 
 
 def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -532,8 +532,12 @@ def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], wh
 def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int | None = None) -> dict[str, Any]:
     """What a run trains on besides its config: the data it reads and, once loaded, how many
     training images were readable and how many processes shared each batch."""
+    # the folder dataset's directories as text: resume.pt is read back with weights_only, which
+    # refuses pathlib objects, and model.json records text that must compare equal on a resume
+    folder_options = {name: str(value) if isinstance(value, PurePath) else value
+                      for name, value in request.folder_options.items()}
     inputs: dict[str, Any] = {"root": str(request.data_root), "category": request.category,
-                              "dataset": request.dataset, "folder_options": request.folder_options}
+                              "dataset": request.dataset, "folder_options": folder_options}
     if request.config.synthesis.sources.get("dtd", 0) > 0:  # also when found through $REALNET_DTD or the root
         inputs["dtd"] = str(find_dtd_root(request.config.synthesis.dtd_root, request.data_root).resolve())
     if n_images is not None:
