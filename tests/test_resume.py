@@ -128,6 +128,25 @@ def test_resumed_test_set_selection_still_knows_the_best_model_before_the_kill(t
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
+def test_a_resumed_test_set_selection_keeps_the_steps_it_evaluates(tmp_path, monkeypatch):
+    """Regression: --eval-every, and train.checkpoint_every that stands in for it, were free to
+    change on a resume, so the resumed run chose among other steps than any uninterrupted run."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "run", select_on_test=True), 2)
+    with pytest.raises(RealnetError, match=r"evaluated the test split every 2 steps \(now 3\); resume it with "
+                                           r"--eval-every 2"):
+        fit(tiny_request(data, tmp_path / "run", resume=True, select_on_test=True, eval_every=3))
+    with pytest.raises(RealnetError, match=r"every 2 steps \(now 3\)"):
+        fit(tiny_request(data, tmp_path / "run", "train.checkpoint_every=3", resume=True, select_on_test=True))
+    meta = fit(tiny_request(data, tmp_path / "run", "train.checkpoint_every=3", resume=True, select_on_test=True,
+                            eval_every=2))
+    assert meta["fit"]["selected_step"] % 2 == 0
+
+
 def test_resume_with_other_settings_is_refused_with_the_setting_named(tmp_path, monkeypatch):
     from realnet.engine.fit import fit
     from realnet.errors import RealnetError

@@ -502,6 +502,7 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
 
 
 # settings that change how a run is carried out, never what it computes: a resume may change them
+# (--select-on-test's evaluation steps, which checkpoint_every sets without --eval-every, are checked apart)
 RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
 
 
@@ -516,7 +517,17 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     if ("select_on_test" in state) != request.select_on_test:
         raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
                            " --select-on-test; resume it the same way")
+    every = state.get("select_on_test", {}).get("every")  # absent: written by a realnet that did not record it
+    if request.select_on_test and every is not None and every != evaluation_interval(request):
+        raise RealnetError(f"{request.out}: the killed run evaluated the test split every {every} steps (now "
+                           f"{evaluation_interval(request)}); resume it with --eval-every {every}")
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
+
+
+def evaluation_interval(request: FitRequest) -> int:
+    """Steps between --select-on-test's evaluations; train.checkpoint_every when --eval-every is
+    not given, so then that setting too decides which steps can be selected."""
+    return request.eval_every or request.config.train.checkpoint_every
 
 
 def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], what: str) -> None:
@@ -680,7 +691,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             averaged.update_parameters(trainable)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         done = step + 1
-        if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
+        if selector_on_test is not None and (done % selector_on_test.every == 0 or done == total_steps):
             selector_on_test.consider(model, done)  # before the checkpoint, which then holds this step's verdict
             model.train()
         if main_process and done < total_steps and done % tc.checkpoint_every == 0:
@@ -752,6 +763,7 @@ class TestSetSelector:
                                      request.config.train.image_size, request.folder_options,
                                      skip_bad=request.skip_bad, progress=request.progress)
         self.device, self.batch_size = device, request.config.train.batch_size
+        self.every = evaluation_interval(request)
         self.best_key: tuple[float, float] | None = None
         self.best_step, self.best_metrics, self.best_state = 0, {}, None
 
@@ -768,7 +780,7 @@ class TestSetSelector:
     def state_dict(self) -> dict[str, Any]:
         """The best model so far, so that a resumed run still compares against it."""
         return {"best_key": self.best_key, "best_step": self.best_step, "best_metrics": self.best_metrics,
-                "best_state": self.best_state}
+                "best_state": self.best_state, "every": self.every}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_key, self.best_step = state["best_key"], state["best_step"]
