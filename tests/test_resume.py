@@ -202,6 +202,20 @@ def test_a_folder_dataset_run_resumes_and_its_finished_run_is_recognised(tmp_pat
     assert fit(replace(request, resume=True))["data"]["folder_options"]["normal_dir"] == "normal"
 
 
+def test_resume_of_a_finished_run_asked_for_the_other_protocol_is_refused(tmp_path):
+    """Regression: `--resume --select-on-test` on a finished final-model run (or the reverse)
+    returned that run as if it had been trained the way asked, where a killed run was refused."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+    fit(tiny_request(data, tmp_path / "run", "train.steps=2"))
+    with pytest.raises(RealnetError, match="the finished run was trained without --select-on-test"):
+        fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True, select_on_test=True))
+    assert fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True))["protocol"] == "final-model"
+
+
 def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monkeypatch):
     """Regression: a kill during a checkpoint write left .resume.pt.*.tmp in the run for good."""
     from realnet.engine.fit import fit

@@ -591,6 +591,10 @@ def fit(request: FitRequest) -> dict[str, Any]:
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
         meta = checkpoint.read_meta(request.out)  # finished: nothing to continue, if it is the same run
         check_same_settings(request, meta["config"], "the finished run was trained with")
+        if (meta.get("protocol") == "select-on-test") != request.select_on_test:
+            raise RealnetError(f"{request.out}: the finished run was trained "
+                               f"{'without' if request.select_on_test else 'with'} --select-on-test; choose another --out "
+                               "to train one the other way")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
         return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
