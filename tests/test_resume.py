@@ -216,6 +216,26 @@ def test_resume_of_a_finished_run_asked_for_the_other_protocol_is_refused(tmp_pa
     assert fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True))["protocol"] == "final-model"
 
 
+def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys):
+    """Regression: a damaged resume.pt gave PyTorch's multi-line weights_only message (which
+    suggests loading with weights_only=False) and the advice to start again without --resume,
+    which then refused the folder because it holds a killed run."""
+    from realnet.cli.main import main
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, size=(64, 64))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resume.pt").write_bytes(b"not a checkpoint")
+    fit_args = ["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--steps", "2",
+                "--out", str(run)]
+    assert main([*fit_args, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "weights_only" not in error
+    assert f"{run / 'resume.pt'}: unreadable resume state" in error and "delete it to start the run again" in error
+    (run / "resume.pt").unlink()
+    assert main(fit_args) == 0
+
+
 def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monkeypatch):
     """Regression: a kill during a checkpoint write left .resume.pt.*.tmp in the run for good."""
     from realnet.engine.fit import fit

@@ -512,7 +512,7 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     started_with = state.get("config")
     if started_with is None:
         raise RealnetError(f"{request.out / checkpoint.RESUME_STATE} was written by an older realnet that did not "
-                           "record the run's settings; start the run again without --resume")
+                           "record the run's settings; delete it to start the run again, or choose another --out")
     check_same_settings(request, started_with, "the killed run was started with")
     if ("select_on_test" in state) != request.select_on_test:
         raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
