@@ -236,6 +236,31 @@ def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys)
     assert main(fit_args) == 0
 
 
+def test_resume_with_other_backbone_weights_at_the_same_path_is_refused(tmp_path, monkeypatch):
+    """Regression: the config records a weights file by its path, so a killed run resumed after
+    that file was replaced trained on with another backbone than its AFS channels were chosen on."""
+    import timm
+    from safetensors.torch import save_file
+
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    def write_weights(seed: int) -> None:
+        torch.manual_seed(seed)
+        network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(tmp_path / "lite0.safetensors"))
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    write_weights(1)
+    request = tiny_request(data, tmp_path / "run", f"backbone.weights={tmp_path / 'lite0.safetensors'}")
+    killed_after_checkpoints(monkeypatch, request, 1)
+    write_weights(2)
+    with pytest.raises(RealnetError, match=r"started on other inputs: backbone_sha256 '[0-9a-f]{64}' \(now '"):
+        fit(replace(request, resume=True))
+    write_weights(1)
+    assert fit(replace(request, resume=True))["fit"]["steps"] == 12
+
+
 def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monkeypatch):
     """Regression: a kill during a checkpoint write left .resume.pt.*.tmp in the run for good."""
     from realnet.engine.fit import fit

@@ -653,7 +653,10 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     if not distributed.all_ranks_agree(-1 if resume_state is None else resume_state["step"], context):
         raise RealnetError(f"{request.out}: the ranks found different resume states (is --out on a file system "
                            "every node shares?); resume with the same resume.pt visible to all ranks")
-    inputs = run_inputs(request, len(images.fit) + len(images.holdout), context.world_size)
+    # the weights too, not only the config's name or path for them: a file replaced at the same path,
+    # or another download, would train on with another backbone than AFS chose the channels on
+    inputs = {**run_inputs(request, len(images.fit) + len(images.holdout), context.world_size),
+              "backbone_sha256": backbone.identity["sha256"]}
     if resume_state is not None:
         check_resumable(request, resume_state, inputs)
         model.load_state_dict(resume_state["model"], strict=False)
