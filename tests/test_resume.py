@@ -272,6 +272,19 @@ def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monk
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
 
 
+def test_a_run_killed_while_writing_its_first_checkpoint_can_be_started_again(tmp_path):
+    """Regression: the half-written first checkpoint was all the folder held, so `fit` refused it
+    as not empty while `fit --resume` found nothing to resume."""
+    from realnet.engine.fit import fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, size=(64, 64))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".resume.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    fit(tiny_request(data, tmp_path / "run", "train.steps=2"))
+    assert (tmp_path / "run" / "model.json").exists()
+    assert not (tmp_path / "run" / ".resume.pt.abc123.tmp").exists()
+
+
 def test_resume_with_another_dtd_found_through_the_environment_is_refused(tmp_path, monkeypatch):
     """Regression: a DTD found through $REALNET_DTD or <data root>/dtd was recorded as null, so a
     killed run resumed on other textures; a $REALNET_DTD that is no folder was silently skipped."""

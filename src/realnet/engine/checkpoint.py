@@ -46,6 +46,11 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def is_temporary_of(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether `name` is the temporary file `atomic_write` makes for one of `targets`."""
+    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
+
+
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete the half-written files `atomic_write` leaves when its process is killed mid-write
     (hundreds of MB for a resume state of the paper preset)."""

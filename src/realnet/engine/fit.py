@@ -568,6 +568,9 @@ def check_same_inputs(request: FitRequest, recorded: dict[str, Any] | None, now:
                            "or choose another --out")
 
 
+AFS_RECORD = "afs.json"  # every channel's AFS loss, beside the model
+
+
 def prepare_run_dir(request: FitRequest) -> bool:
     """Returns True when this call created the folder (so a failure can remove it)."""
     out = request.out
@@ -577,7 +580,11 @@ def prepare_run_dir(request: FitRequest) -> bool:
         raise RealnetError(f"{out} already holds a finished run; choose another --out")
     if (out / checkpoint.RESUME_STATE).exists() and not request.resume:
         raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
-    if out.exists() and any(out.iterdir()) and not request.resume:
+    # what a run killed while writing its first checkpoint leaves is no one else's file: a plain
+    # fit starts there (--resume has nothing to continue)
+    run_files = (checkpoint.RESUME_STATE, checkpoint.MODEL_WEIGHTS, checkpoint.MODEL_META, AFS_RECORD)
+    if (out.exists() and not request.resume
+            and any(not checkpoint.is_temporary_of(entry.name, run_files) for entry in out.iterdir())):
         raise RealnetError(f"{out} exists and is not empty; choose another --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -752,7 +759,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     if main_process:
         checkpoint.save_model(request.out, model, meta)
         if selection.get("losses") is not None:
-            checkpoint.write_json(request.out / "afs.json", selection)
+            checkpoint.write_json(request.out / AFS_RECORD, selection)
         (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)
     distributed.barrier(context)
     distributed.cleanup(context)
