@@ -158,3 +158,15 @@ def test_paper_preset_seed_and_synthesis_match_the_notes():
     assert config.train.seed == 100
     assert config.synthesis.normal_probability == 0.5
     assert config.synthesis.sources == {"sia": 1.0}
+
+
+@pytest.mark.parametrize("override", ["train.seed=[", "synthesis.sources={dtd: 1", "train.batch_size=*x"])
+def test_an_override_that_is_not_valid_yaml_is_one_line_naming_it(override, tmp_path, capsys):
+    """Regression: a --set value YAML could not parse ended `realnet fit` with PyYAML's traceback."""
+    from realnet.cli.main import main
+
+    assert main(["fit", "--data", str(tmp_path), "--category", "c", "--preset", "tiny",
+                 "--out", str(tmp_path / "run"), "--set", override]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"realnet: error: --set {override}: not a valid YAML value") and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()

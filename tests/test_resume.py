@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dataset_fixtures import make_mvtec_tree
+from dataset_fixtures import make_folder_tree, make_mvtec_tree
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -128,6 +128,25 @@ def test_resumed_test_set_selection_still_knows_the_best_model_before_the_kill(t
     assert all(torch.equal(expected[key], actual[key]) for key in expected)
 
 
+def test_a_resumed_test_set_selection_keeps_the_steps_it_evaluates(tmp_path, monkeypatch):
+    """Regression: --eval-every, and train.checkpoint_every that stands in for it, were free to
+    change on a resume, so the resumed run chose among other steps than any uninterrupted run."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "run", select_on_test=True), 2)
+    with pytest.raises(RealnetError, match=r"evaluated the test split every 2 steps \(now 3\); resume it with "
+                                           r"--eval-every 2"):
+        fit(tiny_request(data, tmp_path / "run", resume=True, select_on_test=True, eval_every=3))
+    with pytest.raises(RealnetError, match=r"every 2 steps \(now 3\)"):
+        fit(tiny_request(data, tmp_path / "run", "train.checkpoint_every=3", resume=True, select_on_test=True))
+    meta = fit(tiny_request(data, tmp_path / "run", "train.checkpoint_every=3", resume=True, select_on_test=True,
+                            eval_every=2))
+    assert meta["fit"]["selected_step"] % 2 == 0
+
+
 def test_resume_with_other_settings_is_refused_with_the_setting_named(tmp_path, monkeypatch):
     from realnet.engine.fit import fit
     from realnet.errors import RealnetError
@@ -169,6 +188,79 @@ def test_resume_on_other_data_or_of_a_finished_run_with_other_settings_is_refuse
     assert fit(other)["fit"]["steps"] == 12
 
 
+def test_a_folder_dataset_run_resumes_and_its_finished_run_is_recognised(tmp_path, monkeypatch):
+    """Regression: the folder dataset's directories (pathlib objects, as the command line gives
+    them) went into resume.pt, which weights_only loading refused: such a run could never resume."""
+    from realnet.engine.fit import fit
+
+    data = make_folder_tree(tmp_path / "data", n_normal=10, size=(64, 64))
+    options = {"normal_dir": Path("normal"), "abnormal_dir": Path("abnormal"), "mask_dir": Path("masks")}
+    request = replace(tiny_request(data, tmp_path / "run", dataset="folder", folder_options=options),
+                      category="custom")
+    killed_after_checkpoints(monkeypatch, request, 2)
+    assert fit(replace(request, resume=True))["fit"]["steps"] == 12
+    assert fit(replace(request, resume=True))["data"]["folder_options"]["normal_dir"] == "normal"
+
+
+def test_resume_of_a_finished_run_asked_for_the_other_protocol_is_refused(tmp_path):
+    """Regression: `--resume --select-on-test` on a finished final-model run (or the reverse)
+    returned that run as if it had been trained the way asked, where a killed run was refused."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+    fit(tiny_request(data, tmp_path / "run", "train.steps=2"))
+    with pytest.raises(RealnetError, match="the finished run was trained without --select-on-test"):
+        fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True, select_on_test=True))
+    assert fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True))["protocol"] == "final-model"
+
+
+def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys):
+    """Regression: a damaged resume.pt gave PyTorch's multi-line weights_only message (which
+    suggests loading with weights_only=False) and the advice to start again without --resume,
+    which then refused the folder because it holds a killed run."""
+    from realnet.cli.main import main
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, size=(64, 64))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "resume.pt").write_bytes(b"not a checkpoint")
+    fit_args = ["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--steps", "2",
+                "--out", str(run)]
+    assert main([*fit_args, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "weights_only" not in error
+    assert f"{run / 'resume.pt'}: unreadable resume state" in error and "delete it to start the run again" in error
+    (run / "resume.pt").unlink()
+    assert main(fit_args) == 0
+
+
+def test_resume_with_other_backbone_weights_at_the_same_path_is_refused(tmp_path, monkeypatch):
+    """Regression: the config records a weights file by its path, so a killed run resumed after
+    that file was replaced trained on with another backbone than its AFS channels were chosen on."""
+    import timm
+    from safetensors.torch import save_file
+
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    def write_weights(seed: int) -> None:
+        torch.manual_seed(seed)
+        network = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+        save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(tmp_path / "lite0.safetensors"))
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    write_weights(1)
+    request = tiny_request(data, tmp_path / "run", f"backbone.weights={tmp_path / 'lite0.safetensors'}")
+    killed_after_checkpoints(monkeypatch, request, 1)
+    write_weights(2)
+    with pytest.raises(RealnetError, match=r"started on other inputs: backbone_sha256 '[0-9a-f]{64}' \(now '"):
+        fit(replace(request, resume=True))
+    write_weights(1)
+    assert fit(replace(request, resume=True))["fit"]["steps"] == 12
+
+
 def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monkeypatch):
     """Regression: a kill during a checkpoint write left .resume.pt.*.tmp in the run for good."""
     from realnet.engine.fit import fit
@@ -178,6 +270,19 @@ def test_a_resume_removes_the_half_written_checkpoint_of_the_kill(tmp_path, monk
     (tmp_path / "run" / ".resume.pt.abc123.tmp").write_bytes(b"half a checkpoint")
     fit(tiny_request(data, tmp_path / "run", resume=True))
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_run_killed_while_writing_its_first_checkpoint_can_be_started_again(tmp_path):
+    """Regression: the half-written first checkpoint was all the folder held, so `fit` refused it
+    as not empty while `fit --resume` found nothing to resume."""
+    from realnet.engine.fit import fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, size=(64, 64))
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".resume.pt.abc123.tmp").write_bytes(b"half a checkpoint")
+    fit(tiny_request(data, tmp_path / "run", "train.steps=2"))
+    assert (tmp_path / "run" / "model.json").exists()
+    assert not (tmp_path / "run" / ".resume.pt.abc123.tmp").exists()
 
 
 def test_resume_with_another_dtd_found_through_the_environment_is_refused(tmp_path, monkeypatch):

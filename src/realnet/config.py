@@ -221,10 +221,6 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     raise RealnetError(f"{name} must be {wanted}{' or null' if type(None) in options else ''}, got {value!r}")
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text)
-
-
 def load_config(
     preset: str = "paper", config_file: str | Path | None = None, overrides: list[str] = ()
 ) -> RealNetConfig:
@@ -265,7 +261,11 @@ def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfi
         *parents, leaf = key.split(".")
         for part in parents:
             cursor = cursor.setdefault(part, {})
-        cursor[leaf] = _parse_scalar(value)
+        try:
+            cursor[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
+            problem = getattr(error, "problem", None) or error.__class__.__name__
+            raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
         _merge(config, nested, "")
     validate_config(config)
     return config

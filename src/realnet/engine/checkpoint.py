@@ -46,6 +46,11 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def is_temporary_of(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether `name` is the temporary file `atomic_write` makes for one of `targets`."""
+    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
+
+
 def remove_stale_temporaries(folder: Path) -> None:
     """Delete the half-written files `atomic_write` leaves when its process is killed mid-write
     (hundreds of MB for a resume state of the paper preset)."""
@@ -120,5 +125,8 @@ def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated by the kill, or not a resume state at all
-        raise BadFileError(path, f"unreadable resume state ({error}); start the run again without --resume") from None
+    except Exception:
+        # damaged, or not a resume state at all. PyTorch's message spans lines and suggests loading
+        # with weights_only=False; and a plain `fit` refuses a folder that holds resume.pt
+        raise BadFileError(path, "unreadable resume state (damaged, or not written by realnet); delete it to "
+                                 "start the run again, or choose another --out") from None

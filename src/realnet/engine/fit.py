@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable, NamedTuple
 
 import numpy as np
@@ -502,6 +502,7 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
 
 
 # settings that change how a run is carried out, never what it computes: a resume may change them
+# (--select-on-test's evaluation steps, which checkpoint_every sets without --eval-every, are checked apart)
 RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
 
 
@@ -511,12 +512,22 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     started_with = state.get("config")
     if started_with is None:
         raise RealnetError(f"{request.out / checkpoint.RESUME_STATE} was written by an older realnet that did not "
-                           "record the run's settings; start the run again without --resume")
+                           "record the run's settings; delete it to start the run again, or choose another --out")
     check_same_settings(request, started_with, "the killed run was started with")
     if ("select_on_test" in state) != request.select_on_test:
         raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
                            " --select-on-test; resume it the same way")
+    every = state.get("select_on_test", {}).get("every")  # absent: written by a realnet that did not record it
+    if request.select_on_test and every is not None and every != evaluation_interval(request):
+        raise RealnetError(f"{request.out}: the killed run evaluated the test split every {every} steps (now "
+                           f"{evaluation_interval(request)}); resume it with --eval-every {every}")
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
+
+
+def evaluation_interval(request: FitRequest) -> int:
+    """Steps between --select-on-test's evaluations; train.checkpoint_every when --eval-every is
+    not given, so then that setting too decides which steps can be selected."""
+    return request.eval_every or request.config.train.checkpoint_every
 
 
 def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], what: str) -> None:
@@ -532,8 +543,12 @@ def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], wh
 def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int | None = None) -> dict[str, Any]:
     """What a run trains on besides its config: the data it reads and, once loaded, how many
     training images were readable and how many processes shared each batch."""
+    # the folder dataset's directories as text: resume.pt is read back with weights_only, which
+    # refuses pathlib objects, and model.json records text that must compare equal on a resume
+    folder_options = {name: str(value) if isinstance(value, PurePath) else value
+                      for name, value in request.folder_options.items()}
     inputs: dict[str, Any] = {"root": str(request.data_root), "category": request.category,
-                              "dataset": request.dataset, "folder_options": request.folder_options}
+                              "dataset": request.dataset, "folder_options": folder_options}
     if request.config.synthesis.sources.get("dtd", 0) > 0:  # also when found through $REALNET_DTD or the root
         inputs["dtd"] = str(find_dtd_root(request.config.synthesis.dtd_root, request.data_root).resolve())
     if n_images is not None:
@@ -553,6 +568,9 @@ def check_same_inputs(request: FitRequest, recorded: dict[str, Any] | None, now:
                            "or choose another --out")
 
 
+AFS_RECORD = "afs.json"  # every channel's AFS loss, beside the model
+
+
 def prepare_run_dir(request: FitRequest) -> bool:
     """Returns True when this call created the folder (so a failure can remove it)."""
     out = request.out
@@ -562,7 +580,11 @@ def prepare_run_dir(request: FitRequest) -> bool:
         raise RealnetError(f"{out} already holds a finished run; choose another --out")
     if (out / checkpoint.RESUME_STATE).exists() and not request.resume:
         raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
-    if out.exists() and any(out.iterdir()) and not request.resume:
+    # what a run killed while writing its first checkpoint leaves is no one else's file: a plain
+    # fit starts there (--resume has nothing to continue)
+    run_files = (checkpoint.RESUME_STATE, checkpoint.MODEL_WEIGHTS, checkpoint.MODEL_META, AFS_RECORD)
+    if (out.exists() and not request.resume
+            and any(not checkpoint.is_temporary_of(entry.name, run_files) for entry in out.iterdir())):
         raise RealnetError(f"{out} exists and is not empty; choose another --out")
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
@@ -576,6 +598,10 @@ def fit(request: FitRequest) -> dict[str, Any]:
     if request.resume and (request.out / checkpoint.MODEL_META).exists():
         meta = checkpoint.read_meta(request.out)  # finished: nothing to continue, if it is the same run
         check_same_settings(request, meta["config"], "the finished run was trained with")
+        if (meta.get("protocol") == "select-on-test") != request.select_on_test:
+            raise RealnetError(f"{request.out}: the finished run was trained "
+                               f"{'without' if request.select_on_test else 'with'} --select-on-test; choose another --out "
+                               "to train one the other way")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
         return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
@@ -634,7 +660,10 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     if not distributed.all_ranks_agree(-1 if resume_state is None else resume_state["step"], context):
         raise RealnetError(f"{request.out}: the ranks found different resume states (is --out on a file system "
                            "every node shares?); resume with the same resume.pt visible to all ranks")
-    inputs = run_inputs(request, len(images.fit) + len(images.holdout), context.world_size)
+    # the weights too, not only the config's name or path for them: a file replaced at the same path,
+    # or another download, would train on with another backbone than AFS chose the channels on
+    inputs = {**run_inputs(request, len(images.fit) + len(images.holdout), context.world_size),
+              "backbone_sha256": backbone.identity["sha256"]}
     if resume_state is not None:
         check_resumable(request, resume_state, inputs)
         model.load_state_dict(resume_state["model"], strict=False)
@@ -676,7 +705,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             averaged.update_parameters(trainable)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         done = step + 1
-        if selector_on_test is not None and (done % (request.eval_every or tc.checkpoint_every) == 0 or done == total_steps):
+        if selector_on_test is not None and (done % selector_on_test.every == 0 or done == total_steps):
             selector_on_test.consider(model, done)  # before the checkpoint, which then holds this step's verdict
             model.train()
         if main_process and done < total_steps and done % tc.checkpoint_every == 0:
@@ -730,7 +759,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     if main_process:
         checkpoint.save_model(request.out, model, meta)
         if selection.get("losses") is not None:
-            checkpoint.write_json(request.out / "afs.json", selection)
+            checkpoint.write_json(request.out / AFS_RECORD, selection)
         (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)
     distributed.barrier(context)
     distributed.cleanup(context)
@@ -748,6 +777,7 @@ class TestSetSelector:
                                      request.config.train.image_size, request.folder_options,
                                      skip_bad=request.skip_bad, progress=request.progress)
         self.device, self.batch_size = device, request.config.train.batch_size
+        self.every = evaluation_interval(request)
         self.best_key: tuple[float, float] | None = None
         self.best_step, self.best_metrics, self.best_state = 0, {}, None
 
@@ -764,7 +794,7 @@ class TestSetSelector:
     def state_dict(self) -> dict[str, Any]:
         """The best model so far, so that a resumed run still compares against it."""
         return {"best_key": self.best_key, "best_step": self.best_step, "best_metrics": self.best_metrics,
-                "best_state": self.best_state}
+                "best_state": self.best_state, "every": self.every}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best_key, self.best_step = state["best_key"], state["best_step"]
