@@ -229,6 +229,22 @@ def test_visa_bad_header_is_named(tmp_path):
         load_dataset(root, "candle", "visa")
 
 
+def test_visa_split_file_not_utf8_or_not_csv_is_one_error_naming_it(tmp_path):
+    root = make_visa_tree(tmp_path)
+    # what a spreadsheet saving in a legacy code page (cp1252 here) writes for a non-ASCII name
+    (root / "split_csv" / "1cls.csv").write_bytes(
+        b"object,split,label,image,mask\ncandle,train,normal,candle/caf\xe9.JPG,\n"
+    )
+    with pytest.raises(RealnetError, match=r"1cls.csv: not UTF-8 text"):
+        load_dataset(root, "candle", "visa")
+    with pytest.raises(RealnetError, match=r"1cls.csv: not UTF-8 text"):
+        list_categories(root, "visa")
+    # an unclosed quote swallows the rest of a large file into one field, past csv's field limit
+    (root / "split_csv" / "1cls.csv").write_text("object,split,label,image,mask\n\"candle" + "x" * 200_000)
+    with pytest.raises(RealnetError, match=r"1cls.csv: not a readable CSV file \(field larger than"):
+        load_dataset(root, "candle", "visa")
+
+
 # --- folder --------------------------------------------------------------------------------
 
 

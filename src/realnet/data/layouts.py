@@ -262,12 +262,17 @@ def _read_visa_rows(root: Path) -> list[dict[str, str]]:
     if not split_file.is_file():
         _require_dir(root, "data root")
         raise RealnetError(f"VisA split file {split_file} not found")
-    with split_file.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in _VISA_COLUMNS if name not in (reader.fieldnames or ())]
-        if missing:
-            raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
-        return [{name: row[name] or "" for name in _VISA_COLUMNS} for row in reader]
+    try:
+        with split_file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [name for name in _VISA_COLUMNS if name not in (reader.fieldnames or ())]
+            if missing:
+                raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
+            return [{name: row[name] or "" for name in _VISA_COLUMNS} for row in reader]
+    except UnicodeDecodeError as error:  # e.g. saved by a spreadsheet in a legacy code page
+        raise RealnetError(f"{split_file}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except csv.Error as error:
+        raise RealnetError(f"{split_file}: not a readable CSV file ({error})") from None
 
 
 def _btad_base(root: Path) -> Path:
