@@ -25,6 +25,7 @@ from realnet.data.layouts import (
     load_folder,
 )
 from realnet.data.records import ANOMALOUS, NORMAL
+from realnet.data.validate import check_dataset
 from realnet.errors import RealnetError
 
 
@@ -111,6 +112,23 @@ def test_mvtec_missing_masks_and_orphans(tmp_path):
     assert find_orphan_masks(root, "widget") == [
         truth / "scratch" / "999_mask.png", truth / "stain" / "000_mask.png"
     ]
+
+
+def test_mvtec_masks_of_good_test_images_belong_to_them(tmp_path):
+    """Custom MVTec-style trees often hold an all-black ground_truth/good/<stem>_mask.png per good
+    test image. Regression: each was reported as a "mask without image" (data check exited 1)."""
+    root = make_mvtec_tree(tmp_path, n_test_good=2)
+    good_truth = root / "widget" / "ground_truth" / "good"
+    save(good_truth / "000_mask.png", np.zeros((32, 40), np.uint8))
+    save(good_truth / "001_mask.png", np.zeros((32, 40), np.uint8))
+    save(good_truth / "007_mask.png", np.zeros((32, 40), np.uint8))  # no test/good/007.png
+    records = load_dataset(root, "widget")
+    good = [r for r in records if r.split == "test" and r.defect == "good"]
+    assert [(r.label, r.mask) for r in good] == [
+        (NORMAL, good_truth / "000_mask.png"), (NORMAL, good_truth / "001_mask.png")
+    ]
+    assert find_orphan_masks(root, "widget") == [good_truth / "007_mask.png"]
+    assert check_dataset(records).problems == []
 
 
 def test_mvtec_missing_folders_are_named(tmp_path):
