@@ -214,6 +214,23 @@ def test_cli_folder_dataset(tmp_path, capsys):
     assert report["counts"] == {"train": {"good": 3}, "test": {"good": 2, "anomaly": 2}}
 
 
+def test_cli_folder_test_split_alone_is_not_short_of_training_images(tmp_path, capsys):
+    """A test split of new images (no --normal-dir, as `realnet test` takes it) has no training
+    split by design: regression, it exited 1 with "0 readable training image(s); fit needs at least 2"."""
+    root = make_folder_tree(tmp_path, n_normal=0, n_abnormal=2, n_normal_test=2)
+    code, out, _ = _run(capsys, "--data", root, "--dataset", "folder", "--normal-test-dir", "normal_test",
+                        "--abnormal-dir", "abnormal", "--mask-dir", "masks", "--json")
+    report = json.loads(out)
+    assert report["counts"] == {"test": {"good": 2, "anomaly": 2}}
+    assert report["problems"] == [] and code == 0
+    # with --normal-dir a training split is wanted, and a short one is still a problem
+    (root / "normal").mkdir()
+    Image.new("RGB", (32, 32)).save(root / "normal" / "only.png")
+    code, out, _ = _run(capsys, "--data", root, "--dataset", "folder", "--normal-dir", "normal",
+                        "--normal-test-dir", "normal_test", "--json")
+    assert code == 1 and json.loads(out)["too_few_training_images"] == {"custom": 1}
+
+
 def test_cli_option_errors(tmp_path, capsys):
     code, _, err = _run(capsys, "--data", tmp_path, "--category", "x", "--normal-dir", "n")
     assert code == 2 and err == "realnet: error: --normal-dir only apply to --dataset folder\n"

@@ -25,6 +25,7 @@ from realnet.data.layouts import (
     load_folder,
 )
 from realnet.data.records import ANOMALOUS, NORMAL
+from realnet.data.validate import check_dataset
 from realnet.errors import RealnetError
 
 
@@ -111,6 +112,23 @@ def test_mvtec_missing_masks_and_orphans(tmp_path):
     assert find_orphan_masks(root, "widget") == [
         truth / "scratch" / "999_mask.png", truth / "stain" / "000_mask.png"
     ]
+
+
+def test_mvtec_masks_of_good_test_images_belong_to_them(tmp_path):
+    """Custom MVTec-style trees often hold an all-black ground_truth/good/<stem>_mask.png per good
+    test image. Regression: each was reported as a "mask without image" (data check exited 1)."""
+    root = make_mvtec_tree(tmp_path, n_test_good=2)
+    good_truth = root / "widget" / "ground_truth" / "good"
+    save(good_truth / "000_mask.png", np.zeros((32, 40), np.uint8))
+    save(good_truth / "001_mask.png", np.zeros((32, 40), np.uint8))
+    save(good_truth / "007_mask.png", np.zeros((32, 40), np.uint8))  # no test/good/007.png
+    records = load_dataset(root, "widget")
+    good = [r for r in records if r.split == "test" and r.defect == "good"]
+    assert [(r.label, r.mask) for r in good] == [
+        (NORMAL, good_truth / "000_mask.png"), (NORMAL, good_truth / "001_mask.png")
+    ]
+    assert find_orphan_masks(root, "widget") == [good_truth / "007_mask.png"]
+    assert check_dataset(records).problems == []
 
 
 def test_mvtec_missing_folders_are_named(tmp_path):
@@ -226,6 +244,22 @@ def test_visa_bad_header_is_named(tmp_path):
     root = make_visa_tree(tmp_path)
     (root / "split_csv" / "1cls.csv").write_text("object,split,image\ncandle,train,x.JPG\n")
     with pytest.raises(RealnetError, match=r"1cls.csv: missing column\(s\) label, mask"):
+        load_dataset(root, "candle", "visa")
+
+
+def test_visa_split_file_not_utf8_or_not_csv_is_one_error_naming_it(tmp_path):
+    root = make_visa_tree(tmp_path)
+    # what a spreadsheet saving in a legacy code page (cp1252 here) writes for a non-ASCII name
+    (root / "split_csv" / "1cls.csv").write_bytes(
+        b"object,split,label,image,mask\ncandle,train,normal,candle/caf\xe9.JPG,\n"
+    )
+    with pytest.raises(RealnetError, match=r"1cls.csv: not UTF-8 text"):
+        load_dataset(root, "candle", "visa")
+    with pytest.raises(RealnetError, match=r"1cls.csv: not UTF-8 text"):
+        list_categories(root, "visa")
+    # an unclosed quote swallows the rest of a large file into one field, past csv's field limit
+    (root / "split_csv" / "1cls.csv").write_text("object,split,label,image,mask\n\"candle" + "x" * 200_000)
+    with pytest.raises(RealnetError, match=r"1cls.csv: not a readable CSV file \(field larger than"):
         load_dataset(root, "candle", "visa")
 
 

@@ -32,6 +32,9 @@ def run_check(args: argparse.Namespace) -> int:
     root, category, dataset, folder_options = data_selection(args)
     records = load_dataset(root, category, dataset, **folder_options)
     orphans = find_orphan_masks(root, category, dataset, **folder_options)
-    report = check_dataset(records, skip_bad=args.skip_bad, orphan_masks=orphans)
+    # a folder dataset without --normal-dir is a test split of new images (what `test` reads)
+    test_split_only = dataset == "folder" and "normal_dir" not in folder_options
+    report = check_dataset(records, skip_bad=args.skip_bad, orphan_masks=orphans,
+                           needs_training=not test_split_only)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())
     return 1 if report.problems or report.skipped else 0  # an unreadable file stops a fit without --skip-bad

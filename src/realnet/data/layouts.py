@@ -15,8 +15,10 @@ Supported layouts, exactly as the datasets are distributed:
 Image files are recognised by extension (`IMAGE_EXTENSIONS`, any letter case); hidden files
 (names starting with ".", such as macOS ``._x.png`` companions) are ignored. A mask is matched
 to its image by stem, trying ``<stem>_mask`` first and then ``<stem>``, with any image extension.
-An anomalous image without a mask gets ``mask=None``; masks without an image are "orphans",
-returned by `find_orphan_masks` so `realnet data check` can report both.
+An anomalous image without a mask gets ``mask=None``. A normal test image gets the mask of its stem
+in ``ground_truth/good`` (``ok`` for BTAD) where there is one, which `realnet data check` checks
+marks no defect pixel, else ``None``. Masks without an image are "orphans", returned by
+`find_orphan_masks` so `realnet data check` can report both.
 
 Records are sorted: train before test, ``good`` before defect types, defect types and file
 names in code-point order.
@@ -164,18 +166,16 @@ def _scan_mvtec_like(base: Path, category: str, *, normal: str) -> _Scan:
     orphans: list[Path] = []
     defect_dirs = {entry.name: entry for entry in _subdirs(test_dir)} if test_dir.is_dir() else {}
     for defect, folder in sorted(defect_dirs.items()):
-        images = _images_in(folder)
-        if defect == normal:
-            records += [_normal(path, category, "test") for path in images]
-            continue
-        masks, unmatched = _match_masks(images, truth_dir / defect)
+        # normal test images may have (all-black) masks too, as custom trees often do
+        masks, unmatched = _match_masks(_images_in(folder), truth_dir / defect)
         orphans += unmatched
-        records += [
-            Record(path, mask, ANOMALOUS, defect, category, "test") for path, mask in masks
-        ]
+        if defect == normal:
+            records += [Record(path, mask, NORMAL, GOOD, category, "test") for path, mask in masks]
+        else:
+            records += [Record(path, mask, ANOMALOUS, defect, category, "test") for path, mask in masks]
     if truth_dir.is_dir():
         for folder in _subdirs(truth_dir):
-            if folder.name not in defect_dirs or folder.name == normal:
+            if folder.name not in defect_dirs:
                 orphans += _images_in(folder)
     return _Scan(sort_records(records), sorted(orphans))
 
@@ -262,12 +262,17 @@ def _read_visa_rows(root: Path) -> list[dict[str, str]]:
     if not split_file.is_file():
         _require_dir(root, "data root")
         raise RealnetError(f"VisA split file {split_file} not found")
-    with split_file.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        missing = [name for name in _VISA_COLUMNS if name not in (reader.fieldnames or ())]
-        if missing:
-            raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
-        return [{name: row[name] or "" for name in _VISA_COLUMNS} for row in reader]
+    try:
+        with split_file.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            missing = [name for name in _VISA_COLUMNS if name not in (reader.fieldnames or ())]
+            if missing:
+                raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
+            return [{name: row[name] or "" for name in _VISA_COLUMNS} for row in reader]
+    except UnicodeDecodeError as error:  # e.g. saved by a spreadsheet in a legacy code page
+        raise RealnetError(f"{split_file}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+    except csv.Error as error:
+        raise RealnetError(f"{split_file}: not a readable CSV file ({error})") from None
 
 
 def _btad_base(root: Path) -> Path:

@@ -3,7 +3,8 @@
 Problems (make `realnet data check` exit 1): anomalous images without a mask, masks without an
 image, masks whose size differs from their image's, one mask file shared by several images,
 normal images whose mask marks defect pixels, an image in both the training and the test split,
-and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum).
+and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum;
+not for records that are a test split alone, ``needs_training=False``).
 Files that cannot be decoded stop the check with a `BadFileError` naming the first one (in record
 order), or with ``skip_bad=True`` are skipped and listed. Anomalous images whose mask marks no
 pixel are listed as a note only: some real datasets (Magnetic Tile) have them.
@@ -151,10 +152,13 @@ def check_dataset(
     skip_bad: bool = False,
     orphan_masks: Iterable[Path] = (),
     workers: int | None = None,
+    needs_training: bool = True,
 ) -> DatasetReport:
     """Decode every image and mask of `records` (in a thread pool) and report problems.
 
     Without `skip_bad` the first undecodable file, in record order, raises its BadFileError.
+    `needs_training=False`: the records are a test split alone (a folder dataset without
+    normal_dir), so having no training images is no problem.
     """
     workers = workers or min(4, os.cpu_count() or 1)
     counted: list[Record] = []
@@ -211,7 +215,8 @@ def check_dataset(
         shared_masks={mask: images for mask, images in by_mask.items() if len(images) > 1},
         normal_with_defect_mask=normal_with_defect_mask,
         in_both_splits=sorted(path for path, splits in splits_of.items() if {"train", "test"} <= splits),
-        too_few_training_images={c: training[c] for c in categories if training[c] < MIN_TRAINING_IMAGES},
+        too_few_training_images={c: training[c] for c in categories
+                                 if needs_training and training[c] < MIN_TRAINING_IMAGES},
         skipped=skipped,
         kept=kept,
     )
