@@ -221,13 +221,57 @@ def test_rgb_and_rgba_masks_use_any_channel_after_compositing(tmp_path):
     np.testing.assert_array_equal(mask, [[False, True, True]])
 
 
+def _square_mask() -> np.ndarray:
+    values = np.zeros((64, 64), np.uint8)
+    values[13:43, 9:50] = 255  # edges off the 8 px JPEG blocks
+    return values
+
+
+def _far_from_edge(square: np.ndarray, margin: int = 3) -> np.ndarray:
+    """Pixels more than `margin` px (Chebyshev) from the square's edge, inside or outside it."""
+    rows, cols = np.nonzero(square)
+    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    near = np.zeros(square.shape, bool)
+    near[max(top - margin, 0):bottom + margin, max(left - margin, 0):right + margin] = True
+    near[top + margin:bottom - margin, left + margin:right - margin] = False
+    return ~near
+
+
 def test_jpeg_mask_compression_noise_is_not_defect(tmp_path):
     """Regression: every nonzero pixel counted, so JPEG ringing around a mask's edge grew the
     defect by about a third."""
-    values = np.zeros((64, 64), np.uint8)
-    values[13:43, 9:50] = 255  # edges off the 8 px JPEG blocks
+    values = _square_mask()
     path = _save(tmp_path / "m.jpg", Image.fromarray(values), quality=90)
     assert (np.asarray(Image.open(path)) != 0).sum() > values.astype(bool).sum() + 50  # the noise is there
+    np.testing.assert_array_equal(read_mask(path), values != 0)
+
+
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("m.jpg", {"quality": 50}),
+        ("m.webp", {"quality": 50}),  # a plain VP8 (lossy) chunk
+        ("m_animated.webp", {"quality": 50, "save_all": True,  # VP8X, then VP8 inside ANMF frames
+                             "append_images": [Image.fromarray(255 - _square_mask())]}),
+    ],
+)
+def test_lossy_mask_noise_is_not_defect(tmp_path, name, params):
+    """Regression: a lossy WebP mask counted every nonzero pixel, so its compression noise in the
+    black background and around the edge became defect pixels."""
+    values = _square_mask()
+    path = _save(tmp_path / name, Image.fromarray(values), **params)
+    stored = np.asarray(Image.open(path).convert("L"))
+    assert (stored != 0).sum() > (values != 0).sum() + 50  # the noise is there
+    mask = read_mask(path)
+    far = _far_from_edge(values)
+    np.testing.assert_array_equal(mask[far], values[far] != 0)
+    assert abs(int(mask.sum()) - int((values != 0).sum())) < 30  # and few pixels off near the edge
+
+
+@pytest.mark.parametrize("params", [{}, {"save_all": True, "append_images": [Image.new("L", (3, 2))]}])
+def test_lossless_webp_mask_keeps_label_values(tmp_path, params):
+    values = np.array([[0, 1, 0], [1, 0, 0]], dtype=np.uint8)  # a 0/1 label mask
+    path = _save(tmp_path / "m.webp", Image.fromarray(values), lossless=True, **params)
     np.testing.assert_array_equal(read_mask(path), values != 0)
 
 

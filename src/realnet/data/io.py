@@ -21,17 +21,21 @@ Rules (the same for every caller, so training, testing and `data check` see iden
     2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (Pillow opens 16-bit PGM as I).
   - Float images (mode F) are taken as intensities in [0, 1]: v8 = round(clip(v, 0, 1) * 255),
     NaN becomes 0.
-- Masks: single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero
-  (no scaling first, so label values such as 1 count). Other files are converted to RGB by the
-  rules above and a pixel is a defect where any channel is nonzero. JPEG masks are the exception:
-  their compression noise around an edge is nonzero too, so there a pixel is a defect where its
-  8-bit value (any channel) is above 127.
+- Masks: a lossless file stores its values exactly, so any nonzero value is a deliberate mark.
+  Single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero (no
+  scaling first, so 0/1 label masks and 0/255 masks both work); other files are converted to RGB
+  by the rules above and a pixel is a defect where any channel is nonzero. A lossy file (JPEG,
+  and WebP whose first frame is VP8 rather than lossless VP8L data) has compression noise, small
+  nonzero values in black areas and around edges, so there a pixel is a defect where its 8-bit
+  value (any channel) is at least half the full scale, 128. Save 0/1 label masks losslessly:
+  in a lossy file their labels are no stronger than its noise.
 - Resizing is a straight resize to size x size (no crop, aspect ratio not kept): images bilinear,
   masks nearest neighbour, both with Pillow's pixel-centre geometry so they stay aligned.
 """
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +47,9 @@ from realnet.errors import BadFileError
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _SINGLE_BAND_MODES = frozenset({"1", "L", "I", "F"})
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+_LOSSY_THRESHOLD = 128  # half of the 8-bit full scale
+_WEBP_LOSSY, _WEBP_LOSSLESS, _WEBP_FRAME = b"VP8 ", b"VP8L", b"ANMF"
+_WEBP_FRAME_HEADER = 16  # position, size, duration and flags before a frame's own chunks
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED_INTEGER = 2
@@ -87,11 +94,12 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def read_mask(path: str | Path) -> np.ndarray:
-    """Read a ground-truth mask as (H, W) bool: True where the file marks a defect (nonzero)."""
+    """Read a ground-truth mask as (H, W) bool: True where the file marks a defect, that is
+    nonzero in a lossless file and at least 128 (8-bit, any channel) in a lossy one."""
     path = Path(path)
     image = open_image(path)
-    if image.format in _LOSSY_FORMATS:
-        return _to_rgb(image, path).max(axis=2) > 127
+    if _is_lossy(image, path):
+        return _to_rgb(image, path).max(axis=2) >= _LOSSY_THRESHOLD
     if image.mode in _SINGLE_BAND_MODES or image.mode.startswith("I;16"):
         return np.asarray(image) != 0
     return _to_rgb(image, path).any(axis=2)
@@ -152,6 +160,29 @@ def _refuse_misdecoded_tiff(path: Path, image: Image.Image) -> None:
     if orientation in _TRANSPOSING_ORIENTATIONS and image.size[0] != image.size[1]:
         raise BadFileError(path, f"TIFF orientation {orientation} on a non-square image, which Pillow decodes "
                                  "wrongly; save it without the orientation tag (pixels in display orientation)")
+
+
+def _is_lossy(image: Image.Image, path: Path) -> bool:
+    if image.format in _LOSSY_FORMATS:
+        return True
+    return image.format == "WEBP" and _webp_bitstream(path) == _WEBP_LOSSY
+
+
+def _webp_bitstream(path: Path) -> bytes:
+    """FourCC of the first frame's image chunk, VP8 (lossy) or VP8L (lossless); Pillow does not
+    report which. Walks the RIFF chunks, stepping into an animation frame (ANMF)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(12)  # past "RIFF", the file size and "WEBP"
+            while len(header := handle.read(8)) == 8:
+                fourcc, size = header[:4], struct.unpack("<I", header[4:])[0]
+                if fourcc in (_WEBP_LOSSY, _WEBP_LOSSLESS):
+                    return fourcc
+                # a frame's image chunk follows its header; other chunks are padded to even sizes
+                handle.seek(_WEBP_FRAME_HEADER if fourcc == _WEBP_FRAME else size + size % 2, 1)
+    except OSError as error:
+        raise BadFileError(path, f"cannot read it ({error.strerror})") from None
+    return b""
 
 
 def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
