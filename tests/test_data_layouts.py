@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import csv
+import itertools
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -263,6 +265,55 @@ def test_visa_split_file_not_utf8_or_not_csv_is_one_error_naming_it(tmp_path):
         load_dataset(root, "candle", "visa")
 
 
+def _rewrite_visa_split_file(root: Path, change, header=None) -> None:
+    """Rewrite ``split_csv/1cls.csv`` with each field replaced by change(column, value)."""
+    split_file = root / "split_csv" / "1cls.csv"
+    with split_file.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    with split_file.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header or list(rows[0]))
+        writer.writerows([change(name, value) for name, value in row.items()] for row in rows)
+
+
+def _visa_view(root: Path) -> tuple:
+    """What the loaders make of a VisA tree, to compare two spellings of one split file."""
+    records = load_dataset(root, "candle", "visa")
+    return records, list_categories(root, "visa"), find_orphan_masks(root, "candle", "visa")
+
+
+def test_visa_split_file_fields_are_stripped(tmp_path):
+    """Regression: " candle" or "candle " in the object column (as a spreadsheet may write it)
+    matched no category, list_categories listed it with its spaces, and a padded header name was
+    a missing column."""
+    root = make_visa_tree(tmp_path, categories=("candle", "pcb1"), n_train=2, n_test_good=1, n_test_bad=2)
+    clean = _visa_view(root)
+    spaces = itertools.cycle([" {} ", " {}", "{} ", "\t{}"])
+    _rewrite_visa_split_file(root, lambda name, value: next(spaces).format(value) if value else value)
+    assert _visa_view(root) == clean
+    padded_header = [" object", "split ", " label ", "image", " mask"]
+    _rewrite_visa_split_file(root, lambda name, value: value, header=padded_header)
+    assert _visa_view(root) == clean
+    records, categories, _ = clean
+    assert categories == ["candle", "pcb1"] and len(records) == 5
+
+
+def test_visa_split_file_windows_backslash_paths(tmp_path):
+    """Regression: paths written with backslashes (candle\\Data\\Images\\Normal\\0000.JPG, as a
+    split file made on Windows has them) were not split into folders."""
+    root = make_visa_tree(tmp_path, n_train=2, n_test_good=1, n_test_bad=2)
+    clean = _visa_view(root)
+
+    def backslashed(name: str, value: str) -> str:
+        return value.replace("/", "\\") if name in ("image", "mask") else value
+
+    _rewrite_visa_split_file(root, backslashed)
+    assert "candle\\Data\\Images\\Normal\\0000.JPG" in (root / "split_csv" / "1cls.csv").read_text()
+    view = _visa_view(root)
+    assert view == clean
+    assert all(r.image.is_file() and (r.mask is None or r.mask.is_file()) for r in view[0])
+
+
 # --- folder --------------------------------------------------------------------------------
 
 
@@ -378,21 +429,14 @@ def test_magnetic_tile_records(shared_data: Path):
 def test_visa_tree_without_the_standard_mask_folder_loads(tmp_path):
     """Orphan masks were looked for in <cat>/Data/Masks/Anomaly unconditionally: a VisA-format
     tree keeping its masks elsewhere crashed with FileNotFoundError."""
-    import csv
-
     root = make_visa_tree(tmp_path, categories=("candle",), n_train=2, n_test_good=1, n_test_bad=1)
     moved = root / "candle" / "masks_elsewhere"
     shutil.move(str(root / "candle" / "Data" / "Masks" / "Anomaly"), moved)
-    split_file = root / "split_csv" / "1cls.csv"
-    with open(split_file, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    for row in rows:
-        if row["mask"]:
-            row["mask"] = "candle/masks_elsewhere/" + Path(row["mask"]).name
-    with open(split_file, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+
+    def elsewhere(field: str, value: str) -> str:
+        return "candle/masks_elsewhere/" + Path(value).name if field == "mask" and value else value
+
+    _rewrite_visa_split_file(root, elsewhere)
     records = load_dataset(root, "candle", "visa")
     assert sum(r.mask is not None for r in records) == 1
 

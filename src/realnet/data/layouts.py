@@ -9,6 +9,8 @@ Supported layouts, exactly as the datasets are distributed:
   ``BTech_Dataset_transformed`` folder itself.
 - ``visa``: the one-class split file ``<root>/split_csv/1cls.csv`` (header
   ``object,split,label,image,mask``, paths relative to root, mask empty for normal rows).
+  Header names and fields are stripped of surrounding whitespace, and a backslash in a path is a folder
+  separator, as in a split file written on Windows.
   VisA's split file has no defect types, so every anomalous image has defect ``anomaly``.
 - ``folder`` (custom data): see `load_folder`.
 
@@ -187,16 +189,15 @@ def _scan_visa(root: Path, category: str) -> _Scan:
         raise RealnetError(f"{split_file}: no rows for category '{category}'")
     records = []
     for row in rows:
-        split, label = row["split"].strip(), row["label"].strip()
+        split, label, mask = row["split"], row["label"], row["mask"]
         if split not in _SPLITS or label not in ("normal", "anomaly"):
             raise RealnetError(
                 f"{split_file}: bad split/label '{split}/{label}' for {row['image']}"
             )
-        mask = row["mask"].strip()
         records.append(
             Record(
-                image=root / row["image"].strip(),
-                mask=root / mask if mask else None,
+                image=_visa_path(root, row["image"]),
+                mask=_visa_path(root, mask) if mask else None,
                 label=NORMAL if label == "normal" else ANOMALOUS,
                 defect=GOOD if label == "normal" else FOLDER_ANOMALY,
                 category=category,
@@ -258,6 +259,7 @@ def _match_masks(
 
 
 def _read_visa_rows(root: Path) -> list[dict[str, str]]:
+    """The split file's rows, header names and fields stripped (spreadsheets pad them)."""
     split_file = root / VISA_SPLIT_FILE
     if not split_file.is_file():
         _require_dir(root, "data root")
@@ -265,14 +267,21 @@ def _read_visa_rows(root: Path) -> list[dict[str, str]]:
     try:
         with split_file.open(newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle)
-            missing = [name for name in _VISA_COLUMNS if name not in (reader.fieldnames or ())]
+            reader.fieldnames = [name.strip() for name in reader.fieldnames or ()]
+            missing = [name for name in _VISA_COLUMNS if name not in reader.fieldnames]
             if missing:
                 raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
-            return [{name: row[name] or "" for name in _VISA_COLUMNS} for row in reader]
+            return [{name: (row[name] or "").strip() for name in _VISA_COLUMNS} for row in reader]
     except UnicodeDecodeError as error:  # e.g. saved by a spreadsheet in a legacy code page
         raise RealnetError(f"{split_file}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except csv.Error as error:
         raise RealnetError(f"{split_file}: not a readable CSV file ({error})") from None
+
+
+def _visa_path(root: Path, listed: str) -> Path:
+    """A split file's path under root. Windows backslashes become "/", which pathlib takes as the
+    separator on every platform (on POSIX a backslash would stay part of a file name)."""
+    return root / listed.replace("\\", "/")
 
 
 def _btad_base(root: Path) -> Path:
