@@ -752,8 +752,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             "precision": "bf16 autocast" if use_bf16 else "fp32",
             "environment": compute_environment(device),
             "validation": validation,
-            **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics}
-               if selector_on_test else {}),
+            # the steps the test split chose among: part of the protocol a selected model reports under
+            **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics,
+                "eval_every": selector_on_test.every} if selector_on_test else {}),
         },
     }
     if main_process:
