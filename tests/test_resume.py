@@ -331,3 +331,25 @@ def test_resume_needs_something_to_resume_and_a_foreign_folder_is_not_offered_it
     assert "exists and is not empty; choose another --out" in error and "--resume" not in error
     assert main([*fit_args, str(foreign), "--resume"]) == 2
     assert sorted(p.name for p in foreign.iterdir()) == ["important.txt"]
+
+
+def test_a_resume_keeps_the_precision_the_killed_run_trained_in(tmp_path, monkeypatch):
+    """Regression: a run killed while training in bf16 autocast and resumed where bf16 is not
+    native finished its steps in fp32 and recorded fp32, without a word. It is refused now, and a
+    run that trained in fp32 (bf16 asked for where it was not native) goes on in fp32 where it is."""
+    from realnet.engine import fit as fit_module
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    short = ("train.bf16=true", "train.steps=4")
+    for started_native, name in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: started_native)
+        killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / name, *short), 1)
+    monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: False)
+    with pytest.raises(RealnetError, match=r"the killed run trained in bf16 autocast, which cpu has no native "
+                                           r"kernels for; resume it where bf16 is native .* or choose another --out"):
+        fit_module.fit(tiny_request(data, tmp_path / "bf16", *short, resume=True))
+    assert (tmp_path / "bf16" / "resume.pt").exists() and not (tmp_path / "bf16" / "model.json").exists()
+    monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: True)
+    meta = fit_module.fit(tiny_request(data, tmp_path / "fp32", *short, resume=True))
+    assert meta["fit"]["precision"] == "fp32"

@@ -524,6 +524,31 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
 
 
+BF16, FP32 = "bf16 autocast", "fp32"  # the precision a run trained in, as model.json and resume.pt name it
+
+
+def trains_in_bf16(request: FitRequest, device: torch.device, resume_state: dict[str, Any] | None,
+                   warn: bool) -> bool:
+    """Whether the steps run under bf16 autocast: with train.bf16 where `device` has native bf16
+    kernels (elsewhere emulated bf16 is slower than fp32, so fp32, said on stderr); a resumed run
+    in the precision it was killed in, so that no run mixes the two while model.json names one."""
+    native = bf16_autocast_available(device)
+    killed_in = None if resume_state is None else resume_state.get("precision")  # absent: not recorded (older)
+    if killed_in == BF16 and not native:
+        raise RealnetError(f"{request.out}: the killed run trained in bf16 autocast, which {device} has no native "
+                           "kernels for; resume it where bf16 is native (a GPU of compute capability 8.0 or later, "
+                           "a CPU with AVX512-BF16 or AMX), or choose another --out to train in fp32")
+    if request.config.train.bf16 and killed_in == FP32:
+        if warn:
+            tqdm.write("realnet: train.bf16 ignored: the killed run trained in fp32; it goes on in fp32",
+                       file=sys.stderr)
+        return False
+    if request.config.train.bf16 and not native and warn:
+        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32",
+                   file=sys.stderr)
+    return request.config.train.bf16 and native
+
+
 def evaluation_interval(request: FitRequest) -> int:
     """Steps between --select-on-test's evaluations; train.checkpoint_every when --eval-every is
     not given, so then that setting too decides which steps can be selected."""
@@ -677,16 +702,14 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     else:
         selection = run_feature_selection(model, batches, config, device, progress)
         start_step, elapsed_before = 0, 0.0
+    use_bf16 = trains_in_bf16(request, device, resume_state, warn=main_process)
+    precision = BF16 if use_bf16 else FP32
     distributed.broadcast_state(model.selector, context)
     distributed.broadcast_state(trainable, context)
     total_steps = tc.steps or tc.epochs * steps_per_epoch(len(images.fit), tc.batch_size)
     normal_features = NormalFeatures(model, images.fit, device, tc.feature_cache_gb, tc.batch_size, progress)
     training_features = TrainingFeatures(model, normal_features, device, batches.has_feature_noise)
 
-    use_bf16 = tc.bf16 and bf16_autocast_available(device)
-    if tc.bf16 and not use_bf16 and main_process:
-        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32",
-                   file=sys.stderr)
     autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     reduce_gradients = lambda: distributed.average_gradients(trainable.parameters(), context)  # noqa: E731
 
@@ -713,7 +736,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
-                "config": config.to_dict(), "inputs": inputs,
+                "config": config.to_dict(), "inputs": inputs, "precision": precision,
                 **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                 **({"select_on_test": selector_on_test.state_dict()} if selector_on_test is not None else {}),
             })
@@ -749,7 +772,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             "n_holdout_images": int(len(images.holdout)), "final_losses": losses,
             "wall_s": round(time.time() - started + (elapsed_before if resume_state else 0.0), 1),
             "device": str(device), "world_size": context.world_size,
-            "precision": "bf16 autocast" if use_bf16 else "fp32",
+            "precision": precision,
             "environment": compute_environment(device),
             "validation": validation,
             # the steps the test split chose among: part of the protocol a selected model reports under
