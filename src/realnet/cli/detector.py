@@ -114,8 +114,8 @@ def run_fit(args) -> int:
     root, category, dataset, folder_options = data_selection(args)
     if args.eval_every is not None and not args.select_on_test:
         raise RealnetError("--eval-every only applies with --select-on-test")
-    if args.resume and not any((Path(args.out) / name).exists()
-                               for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META)):
+    if args.resume and not any((Path(args.out) / name).exists()  # the weights alone: killed while saving them
+                               for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META, checkpoint.MODEL_WEIGHTS)):
         raise RealnetError(f"{args.out}: nothing to resume (no {checkpoint.RESUME_STATE}); leave out --resume to "
                            "start a run there")
     meta = fit(FitRequest(

@@ -601,16 +601,31 @@ def prepare_run_dir(request: FitRequest) -> bool:
     out = request.out
     if out.exists() and not out.is_dir():
         raise RealnetError(f"--out {out} is a file; give a folder for the run")
-    if (out / checkpoint.MODEL_META).exists() and not request.resume:
-        raise RealnetError(f"{out} already holds a finished run; choose another --out")
-    if (out / checkpoint.RESUME_STATE).exists() and not request.resume:
-        raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
-    # what a run killed while writing its first checkpoint leaves is no one else's file: a plain
-    # fit starts there (--resume has nothing to continue)
     run_files = (checkpoint.RESUME_STATE, checkpoint.MODEL_WEIGHTS, checkpoint.MODEL_META, AFS_RECORD)
-    if (out.exists() and not request.resume
-            and any(not checkpoint.is_temporary_of(entry.name, run_files) for entry in out.iterdir())):
-        raise RealnetError(f"{out} exists and is not empty; choose another --out")
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in run_files
+                     and not checkpoint.is_temporary_of(entry.name, run_files)) if out.exists() else []
+    # a run killed before its first checkpoint leaves no resume.pt, only what it was writing: half a
+    # checkpoint (no one else's file, so a plain fit starts there), or, killed while saving the
+    # finished model, its weights without model.json, which --resume trains again from the start
+    killed_saving = (out / checkpoint.MODEL_WEIGHTS).exists() and not (out / checkpoint.RESUME_STATE).exists()
+    if not request.resume:
+        if (out / checkpoint.MODEL_META).exists():
+            raise RealnetError(f"{out} already holds a finished run; choose another --out")
+        if (out / checkpoint.RESUME_STATE).exists():
+            raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
+        if foreign:
+            raise RealnetError(f"{out} exists and is not empty; choose another --out")
+        if killed_saving:
+            raise RealnetError(f"{out} holds a run killed while saving its model ({checkpoint.MODEL_WEIGHTS} "
+                               f"without {checkpoint.MODEL_META}); use --resume to train it again or choose "
+                               "another --out")
+    elif killed_saving:
+        if foreign:
+            raise RealnetError(f"{out}: nothing to resume (no {checkpoint.RESUME_STATE}), and it holds files of no "
+                               f"realnet run ({', '.join(foreign[:3])}); choose another --out")
+        if launched_rank() == 0:
+            tqdm.write(f"realnet: {out}: the run was killed while saving its model, before any "
+                       f"{checkpoint.RESUME_STATE}; training it again from the start", file=sys.stderr)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint
