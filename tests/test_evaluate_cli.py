@@ -57,6 +57,7 @@ def test_select_on_test_is_opt_in_and_labelled(tmp_path, tiny_run):
     meta = json.loads((out / "model.json").read_text())
     assert meta["protocol"] == "select-on-test"
     assert meta["fit"]["selected_step"] in (2, 4)
+    assert meta["fit"]["eval_every"] == 2  # the steps it chose among, which the protocol is only known with
     assert main(["test", "--run", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["protocol"] == "select-on-test" and "test set" in metrics["warning"]

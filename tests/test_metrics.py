@@ -351,3 +351,29 @@ def test_heatmap_is_rgb_jet_on_the_runs_fixed_scale():
     assert cold[0, 0, 2] > 100 and cold[0, 0, 0] == 0  # and its bottom blue
     assert map_to_uint8(np.array([0.0, 1.0, 2.0, 5.0]), display_max=2.0).tolist() == [0, 128, 255, 255]
     assert map_to_uint8(np.array([-1.0, 0.5])).tolist() == [0, 128]
+
+
+def test_infinite_map_values_keep_their_place_and_colour_when_stretched_to_the_input():
+    """Regression: stretching a map with +inf or -inf onto the input's size (panels, predict's maps
+    and overlays) spread NaN (inf * 0) and the infinities over their neighbours, which were then
+    drawn in the wrong colour (NaN as the bottom one)."""
+    from realnet.report.panels import heatmap_overlay, map_at_input_size, map_to_uint8
+
+    anomaly_map = np.full((16, 16), 0.5, np.float32)
+    anomaly_map[2:4, 2:4] = np.inf
+    anomaly_map[10:12, 10:12] = -np.inf
+    stretched = map_at_input_size(anomaly_map, (30, 50))
+    assert not np.isnan(stretched).any()
+    top, bottom = stretched == np.inf, stretched == -np.inf
+    # source pixels 2..3 and 10..11 cover rows 3.75..7.5 and 18.75..22.5 of 30, columns 6.25..12.5
+    # and 31.25..37.5 of 50: the infinities fill that, give or take the nearest pixel, and no more
+    for infinite, rows, columns in ((top, (4, 7), (7, 12)), (bottom, (19, 22), (32, 37))):
+        near = np.zeros_like(infinite)
+        near[rows[0] - 1:rows[1] + 1, columns[0] - 1:columns[1] + 1] = True
+        assert infinite[rows[0]:rows[1], columns[0]:columns[1]].all() and not (infinite & ~near).any()
+    assert (stretched[~(top | bottom)] == 0.5).all()  # interpolated within the finite range alone
+    assert map_to_uint8(np.array([np.inf, -np.inf, 0.5])).tolist() == [255, 0, 128]
+    black = np.zeros((30, 50, 3), np.uint8)
+    colours = heatmap_overlay(black, stretched, alpha=1.0)
+    assert (colours[top] == heatmap_overlay(black[:1, :1], np.ones((1, 1)), alpha=1.0)[0, 0]).all()
+    assert (colours[bottom] == heatmap_overlay(black[:1, :1], np.zeros((1, 1)), alpha=1.0)[0, 0]).all()

@@ -351,8 +351,8 @@ def test_a_maps_folder_inside_an_input_folder_is_not_scored_on_the_next_run(pred
     parts = tmp_path / "parts"
     parts.mkdir()
     Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(parts / "a.png")
-    for _ in range(2):
-        assert predict(tiny_run[1], parts, "--save-maps", parts / "maps", "--overlays") == 0
+    for rerun in ((), ("--overwrite",)):
+        assert predict(tiny_run[1], parts, "--save-maps", parts / "maps", "--overlays", *rerun) == 0
         assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
     assert sorted(p.name for p in (parts / "maps").iterdir()) == ["00000_a.png", "00000_a_overlay.png"]
 
@@ -421,3 +421,25 @@ def test_a_bad_file_with_a_newline_in_its_name_is_still_one_error_line(predict, 
     out, err = capsys.readouterr()
     assert [r["path"] for r in json_lines(out)] == [str(awkward["gray"])]
     assert err.splitlines() == [f"realnet: error: {tmp_path}/part\\n7.png: not an image file Pillow can read"]
+
+
+def test_a_maps_folder_that_holds_files_is_refused_unless_asked_to_overwrite(predict, tiny_run, awkward, tmp_path,
+                                                                             capsys):
+    """Regression: a second predict into the same --save-maps folder left the first one's maps
+    (of other inputs, at other positions) beside its own, so the folder mixed two runs."""
+    maps = tmp_path / "maps"
+    assert predict(tiny_run[1], awkward["gray"], awkward["rgba"], "--save-maps", maps, "--overlays") == 0
+    capsys.readouterr()
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [f"realnet: error: --save-maps {maps} is not empty; choose a new or "
+                                              "empty folder, or add --overwrite to replace the maps in it"]
+    assert len(list(maps.iterdir())) == 4
+    (maps / "notes.txt").write_text("not a map")
+    (maps / ".00001_gray.png.abc123.tmp").write_bytes(b"half a map of a killed predict")
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--overwrite") == 0
+    assert [Path(r["map"]).name for r in json_lines(capsys.readouterr().out)] == ["00000_rgba.png"]
+    assert sorted(p.name for p in maps.iterdir()) == ["00000_rgba.png", "notes.txt"]
+    assert predict(tiny_run[1], awkward["rgba"], "--overwrite") == 2
+    assert capsys.readouterr().err.splitlines() == ["realnet: error: --overwrite needs --save-maps DIR to replace the "
+                                                    "maps in"]

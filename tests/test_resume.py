@@ -331,3 +331,54 @@ def test_resume_needs_something_to_resume_and_a_foreign_folder_is_not_offered_it
     assert "exists and is not empty; choose another --out" in error and "--resume" not in error
     assert main([*fit_args, str(foreign), "--resume"]) == 2
     assert sorted(p.name for p in foreign.iterdir()) == ["important.txt"]
+
+
+def test_a_resume_keeps_the_precision_the_killed_run_trained_in(tmp_path, monkeypatch):
+    """Regression: a run killed while training in bf16 autocast and resumed where bf16 is not
+    native finished its steps in fp32 and recorded fp32, without a word. It is refused now, and a
+    run that trained in fp32 (bf16 asked for where it was not native) goes on in fp32 where it is."""
+    from realnet.engine import fit as fit_module
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    short = ("train.bf16=true", "train.steps=4")
+    for started_native, name in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: started_native)
+        killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / name, *short), 1)
+    monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: False)
+    with pytest.raises(RealnetError, match=r"the killed run trained in bf16 autocast, which cpu has no native "
+                                           r"kernels for; resume it where bf16 is native .* or choose another --out"):
+        fit_module.fit(tiny_request(data, tmp_path / "bf16", *short, resume=True))
+    assert (tmp_path / "bf16" / "resume.pt").exists() and not (tmp_path / "bf16" / "model.json").exists()
+    monkeypatch.setattr(fit_module, "bf16_autocast_available", lambda device: True)
+    meta = fit_module.fit(tiny_request(data, tmp_path / "fp32", *short, resume=True))
+    assert meta["fit"]["precision"] == "fp32"
+
+
+def test_a_run_killed_while_saving_its_model_is_trained_again_with_resume(tmp_path, capsys):
+    """Regression: a run killed before its first checkpoint, between writing model.safetensors and
+    model.json, left a folder that `fit` refused as not empty and `fit --resume` as holding nothing
+    to resume. `fit` now offers --resume, which trains it again from the start (there is no
+    resume.pt to continue from), unless the folder holds someone else's files too."""
+    from realnet.cli.main import main
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, size=(64, 64))
+    run = tmp_path / "run"
+    fit_args = ["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--steps", "2",
+                "--out", str(run)]
+    assert main(fit_args) == 0
+    for name in ("model.json", "afs.json"):  # written after the weights
+        (run / name).unlink()
+    (run / ".model.json.abc123.tmp").write_text("{")  # killed while writing model.json
+    capsys.readouterr()
+    assert main(fit_args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "use --resume to train it again or choose another --out" in error
+    (run / "notes.txt").write_text("mine")
+    assert main([*fit_args, "--resume"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "notes.txt" in error and "choose another --out" in error
+    (run / "notes.txt").unlink()
+    assert main([*fit_args, "--resume"]) == 0
+    assert "training it again from the start" in capsys.readouterr().err
+    assert sorted(p.name for p in run.iterdir()) == ["afs.json", "model.json", "model.safetensors"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 from pathlib import Path
 
@@ -132,6 +133,40 @@ def test_a_kill_before_model_json_still_resumes_and_a_trimmed_model_is_protected
     (out / TRAIN_STATE).unlink()
     with pytest.raises(RealnetError, match="already holds an SDAS model"):
         train(request(gray_data, out, steps=2))
+
+
+def test_a_damaged_resume_state_is_one_line_whose_advice_works(gray_data, tmp_path, capsys, monkeypatch):
+    """Regression: a resume state whose recorded settings were torn was a JSONDecodeError traceback,
+    and any other unreadable one passed the reader's own message on whole (which can span lines)
+    without saying what to do."""
+    from safetensors.torch import save_file
+
+    from realnet.cli.main import main
+    from realnet.diffusion import train as train_module
+
+    out = tmp_path / "run"
+    arguments = ["sdas", "train", "--data", str(gray_data), "--categories", "tile", "--out", str(out),
+                 "--preset", "tiny", "--steps", "2", "--batch", "4", "--save-every", "2", "--log-every", "2",
+                 "--sample-count", "2", "--sample-steps", "4", "--no-progress"]
+    assert main(arguments) == 0
+    capsys.readouterr()
+    state = load_file(out / TRAIN_STATE)
+    save_file(state, str(out / TRAIN_STATE), metadata={"step": "2", "param_groups": "[]", "meta": '{"unet": '})
+
+    def unreadable(*args, **kwargs):
+        raise OSError("cannot read the header\nwhile deserializing")
+
+    for damage in (None, unreadable):
+        if damage is not None:
+            monkeypatch.setattr(train_module, "safe_open", damage)
+        assert main([*arguments, "--resume"]) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1, error
+        assert error.startswith(f"realnet: error: {out / TRAIN_STATE}: unreadable resume state")
+        assert "delete the model folder to train it again, or choose another --out" in error
+    monkeypatch.undo()
+    shutil.rmtree(out)
+    assert main(arguments) == 0
 
 
 @pytest.mark.parametrize("overrides, message", [

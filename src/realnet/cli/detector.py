@@ -48,6 +48,9 @@ def register(subparsers) -> None:
     predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     predict.add_argument("--save-maps", "--out", dest="save_maps", type=Path, metavar="DIR",
                          help="write anomaly maps as PNGs into DIR")
+    predict.add_argument("--overwrite", action="store_true",
+                         help="with --save-maps: use DIR although it holds files, deleting the maps an earlier "
+                              "predict wrote there (without it, a DIR that holds files is refused)")
     predict.add_argument("--map-size", choices=("input", "run"), default="input",
                          help="saved maps (and overlays) at each input's own size (default) or at the run's "
                               "square image size")
@@ -114,8 +117,8 @@ def run_fit(args) -> int:
     root, category, dataset, folder_options = data_selection(args)
     if args.eval_every is not None and not args.select_on_test:
         raise RealnetError("--eval-every only applies with --select-on-test")
-    if args.resume and not any((Path(args.out) / name).exists()
-                               for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META)):
+    if args.resume and not any((Path(args.out) / name).exists()  # the weights alone: killed while saving them
+                               for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META, checkpoint.MODEL_WEIGHTS)):
         raise RealnetError(f"{args.out}: nothing to resume (no {checkpoint.RESUME_STATE}); leave out --resume to "
                            "start a run there")
     meta = fit(FitRequest(
@@ -147,7 +150,8 @@ def run_predict(args) -> int:
     from realnet.engine.predict import predict
 
     failures = predict(args.run, args.inputs, save_maps=args.save_maps, map_size=args.map_size,
-                       overlays=args.overlays, batch_size=args.batch_size, device=args.device)
+                       overlays=args.overlays, overwrite=args.overwrite, batch_size=args.batch_size,
+                       device=args.device)
     return 1 if failures else 0
 
 

@@ -36,7 +36,7 @@ from realnet.data.records import NORMAL
 from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, SCHEDULES, GaussianDiffusion, make_betas
 from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_config
 from realnet.diffusion.sampler import sdas_sample
-from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temporaries
+from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temporaries, unreadable_resume_state
 from realnet.engine.runtime import batch_indices
 from realnet.engine.distributed import DistributedContext, launched_rank
 from realnet.errors import BadFileError, RealnetError
@@ -50,6 +50,9 @@ FORMAT = "realnet-sdas"
 GRID_STRENGTHS = (0.0, 0.1, 0.2)
 # A short CPU run cannot wait for a 0.9999 average to forget the random initial weights.
 DEFAULT_EMA = {"paper": 0.9999, "cpu": 0.995, "tiny": 0.9}
+# What to do about an unreadable resume state: a folder that still holds the model's other files
+# is refused by a fresh `sdas train`, and one without the resume state has nothing to resume.
+DAMAGED_STATE_REMEDY = "delete the model folder to train it again, or choose another --out"
 # Settings a resumed run must share with the run it continues.
 RESUME_KEYS = ("unet", "diffusion", "categories", "data_sha256", "seed", "batch_size", "lr", "grad_clip", "ema_decay")
 
@@ -146,9 +149,10 @@ def resume_meta(out: Path) -> dict[str, Any]:
     try:
         with safe_open(str(out / TRAIN_STATE), "pt") as handle:
             saved = handle.metadata().get("meta")
-    except Exception as error:  # a truncated or foreign file
-        raise BadFileError(out / TRAIN_STATE, f"unreadable resume state ({error})") from None
-    return json.loads(saved) if saved else read_model_meta(out)
+        meta = json.loads(saved) if saved else None
+    except Exception:  # a truncated or foreign file, or torn metadata
+        raise unreadable_resume_state(out / TRAIN_STATE, DAMAGED_STATE_REMEDY) from None
+    return read_model_meta(out) if meta is None else meta
 
 
 def load_train_state(out: Path, unet: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -168,8 +172,8 @@ def load_train_state(out: Path, unet: nn.Module, ema: nn.Module, optimizer: torc
                 state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
         return int(metadata["step"])
-    except (OSError, RuntimeError, KeyError, ValueError) as error:
-        raise BadFileError(path, f"cannot resume from it ({str(error).splitlines()[0]})") from None
+    except (OSError, RuntimeError, KeyError, ValueError):  # settings matched (`_prepare_out`): the file is damaged
+        raise unreadable_resume_state(path, DAMAGED_STATE_REMEDY) from None
 
 
 def init_from_checkpoint(unet: nn.Module, source: Path) -> dict[str, Any]:

@@ -115,6 +115,13 @@ def load_detector_state(run_dir: Path, model: torch.nn.Module) -> None:
         raise RealnetError(f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
 
+def unreadable_resume_state(path: Path, remedy: str) -> BadFileError:
+    """The error for a resume state that cannot be read back, with `remedy` (what to do). The
+    reader's own message is left out: PyTorch's spans lines and suggests loading with
+    weights_only=False, and none of them says more than that the file is damaged or foreign."""
+    return BadFileError(path, f"unreadable resume state (damaged, or not written by realnet); {remedy}")
+
+
 def save_resume_state(run_dir: Path, state: dict[str, Any]) -> None:
     atomic_write(run_dir / RESUME_STATE, lambda tmp: torch.save(state, tmp))
 
@@ -126,7 +133,5 @@ def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
-        # damaged, or not a resume state at all. PyTorch's message spans lines and suggests loading
-        # with weights_only=False; and a plain `fit` refuses a folder that holds resume.pt
-        raise BadFileError(path, "unreadable resume state (damaged, or not written by realnet); delete it to "
-                                 "start the run again, or choose another --out") from None
+        # a plain `fit` refuses a folder that holds resume.pt, so the file itself must go
+        raise unreadable_resume_state(path, "delete it to start the run again, or choose another --out") from None

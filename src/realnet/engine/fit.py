@@ -524,6 +524,31 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
 
 
+BF16, FP32 = "bf16 autocast", "fp32"  # the precision a run trained in, as model.json and resume.pt name it
+
+
+def trains_in_bf16(request: FitRequest, device: torch.device, resume_state: dict[str, Any] | None,
+                   warn: bool) -> bool:
+    """Whether the steps run under bf16 autocast: with train.bf16 where `device` has native bf16
+    kernels (elsewhere emulated bf16 is slower than fp32, so fp32, said on stderr); a resumed run
+    in the precision it was killed in, so that no run mixes the two while model.json names one."""
+    native = bf16_autocast_available(device)
+    killed_in = None if resume_state is None else resume_state.get("precision")  # absent: not recorded (older)
+    if killed_in == BF16 and not native:
+        raise RealnetError(f"{request.out}: the killed run trained in bf16 autocast, which {device} has no native "
+                           "kernels for; resume it where bf16 is native (a GPU of compute capability 8.0 or later, "
+                           "a CPU with AVX512-BF16 or AMX), or choose another --out to train in fp32")
+    if request.config.train.bf16 and killed_in == FP32:
+        if warn:
+            tqdm.write("realnet: train.bf16 ignored: the killed run trained in fp32; it goes on in fp32",
+                       file=sys.stderr)
+        return False
+    if request.config.train.bf16 and not native and warn:
+        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32",
+                   file=sys.stderr)
+    return request.config.train.bf16 and native
+
+
 def evaluation_interval(request: FitRequest) -> int:
     """Steps between --select-on-test's evaluations; train.checkpoint_every when --eval-every is
     not given, so then that setting too decides which steps can be selected."""
@@ -576,16 +601,31 @@ def prepare_run_dir(request: FitRequest) -> bool:
     out = request.out
     if out.exists() and not out.is_dir():
         raise RealnetError(f"--out {out} is a file; give a folder for the run")
-    if (out / checkpoint.MODEL_META).exists() and not request.resume:
-        raise RealnetError(f"{out} already holds a finished run; choose another --out")
-    if (out / checkpoint.RESUME_STATE).exists() and not request.resume:
-        raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
-    # what a run killed while writing its first checkpoint leaves is no one else's file: a plain
-    # fit starts there (--resume has nothing to continue)
     run_files = (checkpoint.RESUME_STATE, checkpoint.MODEL_WEIGHTS, checkpoint.MODEL_META, AFS_RECORD)
-    if (out.exists() and not request.resume
-            and any(not checkpoint.is_temporary_of(entry.name, run_files) for entry in out.iterdir())):
-        raise RealnetError(f"{out} exists and is not empty; choose another --out")
+    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in run_files
+                     and not checkpoint.is_temporary_of(entry.name, run_files)) if out.exists() else []
+    # a run killed before its first checkpoint leaves no resume.pt, only what it was writing: half a
+    # checkpoint (no one else's file, so a plain fit starts there), or, killed while saving the
+    # finished model, its weights without model.json, which --resume trains again from the start
+    killed_saving = (out / checkpoint.MODEL_WEIGHTS).exists() and not (out / checkpoint.RESUME_STATE).exists()
+    if not request.resume:
+        if (out / checkpoint.MODEL_META).exists():
+            raise RealnetError(f"{out} already holds a finished run; choose another --out")
+        if (out / checkpoint.RESUME_STATE).exists():
+            raise RealnetError(f"{out} holds a killed run; use --resume to continue it or choose another --out")
+        if foreign:
+            raise RealnetError(f"{out} exists and is not empty; choose another --out")
+        if killed_saving:
+            raise RealnetError(f"{out} holds a run killed while saving its model ({checkpoint.MODEL_WEIGHTS} "
+                               f"without {checkpoint.MODEL_META}); use --resume to train it again or choose "
+                               "another --out")
+    elif killed_saving:
+        if foreign:
+            raise RealnetError(f"{out}: nothing to resume (no {checkpoint.RESUME_STATE}), and it holds files of no "
+                               f"realnet run ({', '.join(foreign[:3])}); choose another --out")
+        if launched_rank() == 0:
+            tqdm.write(f"realnet: {out}: the run was killed while saving its model, before any "
+                       f"{checkpoint.RESUME_STATE}; training it again from the start", file=sys.stderr)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint
@@ -677,16 +717,14 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     else:
         selection = run_feature_selection(model, batches, config, device, progress)
         start_step, elapsed_before = 0, 0.0
+    use_bf16 = trains_in_bf16(request, device, resume_state, warn=main_process)
+    precision = BF16 if use_bf16 else FP32
     distributed.broadcast_state(model.selector, context)
     distributed.broadcast_state(trainable, context)
     total_steps = tc.steps or tc.epochs * steps_per_epoch(len(images.fit), tc.batch_size)
     normal_features = NormalFeatures(model, images.fit, device, tc.feature_cache_gb, tc.batch_size, progress)
     training_features = TrainingFeatures(model, normal_features, device, batches.has_feature_noise)
 
-    use_bf16 = tc.bf16 and bf16_autocast_available(device)
-    if tc.bf16 and not use_bf16 and main_process:
-        tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32",
-                   file=sys.stderr)
     autocast = lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)  # noqa: E731
     reduce_gradients = lambda: distributed.average_gradients(trainable.parameters(), context)  # noqa: E731
 
@@ -713,7 +751,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 "model": checkpoint.detector_state(model), "optimizer": optimizer.state_dict(),
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
-                "config": config.to_dict(), "inputs": inputs,
+                "config": config.to_dict(), "inputs": inputs, "precision": precision,
                 **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                 **({"select_on_test": selector_on_test.state_dict()} if selector_on_test is not None else {}),
             })
@@ -749,11 +787,12 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             "n_holdout_images": int(len(images.holdout)), "final_losses": losses,
             "wall_s": round(time.time() - started + (elapsed_before if resume_state else 0.0), 1),
             "device": str(device), "world_size": context.world_size,
-            "precision": "bf16 autocast" if use_bf16 else "fp32",
+            "precision": precision,
             "environment": compute_environment(device),
             "validation": validation,
-            **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics}
-               if selector_on_test else {}),
+            # the steps the test split chose among: part of the protocol a selected model reports under
+            **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics,
+                "eval_every": selector_on_test.every} if selector_on_test else {}),
         },
     }
     if main_process:

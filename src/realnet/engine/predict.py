@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -113,6 +114,25 @@ def _map_stem(position: int, path: Path) -> str:
     return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
 
 
+# what `_map_stem` names a map or overlay, and the temporary `atomic_write` writes it through
+_MAP_FILE = re.compile(r"\d{5,}_.*\.png|\.\d{5,}_.*\.png\..+\.tmp")
+
+
+def _clear_maps_folder(folder: Path, overwrite: bool) -> None:
+    """Refuse a --save-maps folder that holds anything, so that it never mixes two predicts' maps;
+    with `overwrite`, delete the maps and overlays an earlier predict wrote there (a killed one's
+    half-written ones too) and leave any other file."""
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    if entries and not overwrite:
+        raise RealnetError(f"--save-maps {folder} is not empty; choose a new or empty folder, or add --overwrite "
+                           "to replace the maps in it")
+    for entry in entries:
+        if _MAP_FILE.fullmatch(entry.name) and entry.is_file():
+            entry.unlink()
+
+
 def _save_png(path: Path, pixels: np.ndarray) -> Path:
     """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
     from PIL import Image
@@ -122,12 +142,14 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
 
 
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
-            overlays: bool = False, batch_size: int = 8, device: str = "auto", out=None, err=None) -> int:
+            overlays: bool = False, overwrite: bool = False, batch_size: int = 8, device: str = "auto", out=None,
+            err=None) -> int:
     """Prints one JSON line per image, in input order; returns the number of images that failed
     (and of folders that held none beside inputs that did).
     Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
-    'input' saves them at each input's own size, 'run' at the run's square image size."""
+    'input' saves them at each input's own size, 'run' at the run's square image size. A maps folder
+    that holds files is refused, unless `overwrite` (`_clear_maps_folder`)."""
     import torch
 
     from realnet.report.panels import heatmap_overlay, map_at_input_size, map_display_max, map_to_uint8
@@ -138,11 +160,15 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
         raise RealnetError(f"batch size {batch_size}: must be >= 1")
     if overlays and save_maps is None:
         raise RealnetError("--overlays needs --save-maps DIR to write them into")
+    if overwrite and save_maps is None:
+        raise RealnetError("--overwrite needs --save-maps DIR to replace the maps in")
     out, err = out or sys.stdout, err or sys.stderr
     torch_device = resolve_device(device)
     model, meta = load_run(Path(run_dir), torch_device)
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
     display_max = map_display_max(meta)
+    if save_maps is not None:  # before the inputs are listed: DIR may be an input folder, its old maps listed
+        _clear_maps_folder(Path(save_maps), overwrite)
     failures = 0
     paths, empty = [], []
     for name in inputs:

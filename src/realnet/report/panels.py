@@ -28,7 +28,8 @@ def map_display_max(meta: dict) -> float:
 
 
 def map_to_uint8(anomaly_map: np.ndarray, display_max: float = 1.0) -> np.ndarray:
-    """[0, display_max] -> 0..255, clipped (negative standardised values are below normal)."""
+    """[0, display_max] -> 0..255, clipped (negative standardised values are below normal; +inf
+    is drawn at full heat, -inf at none)."""
     return np.clip(np.round(anomaly_map / display_max * 255), 0, 255).astype(np.uint8)
 
 
@@ -45,11 +46,21 @@ def heatmap_overlay(image: np.ndarray, anomaly_map: np.ndarray, alpha: float = 0
 
 def map_at_input_size(anomaly_map: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """The run's square map stretched back (bilinear) onto the input's own (H, W), undoing the
-    straight resize the image went through."""
+    straight resize the image went through. Infinite values (a fused or normalised map can
+    overflow) stay infinite at their nearest pixels, and the bilinear values around them come
+    from the map's finite range: interpolated, they would turn their neighbours into NaN (inf * 0)."""
     import cv2
 
     height, width = shape
-    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    anomaly_map = anomaly_map.astype(np.float32)
+    infinite = np.isinf(anomaly_map)
+    if not infinite.any():
+        return cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_LINEAR)
+    finite = anomaly_map[np.isfinite(anomaly_map)]
+    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+    stretched = cv2.resize(np.clip(anomaly_map, low, high), (width, height), interpolation=cv2.INTER_LINEAR)
+    nearest = cv2.resize(anomaly_map, (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    return np.where(np.isinf(nearest), nearest, stretched)
 
 
 def case_at_input_size(record: Record, anomaly_map: np.ndarray,
