@@ -46,9 +46,18 @@ def atomic_write(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def temporary_target(name: str) -> str | None:
+    """The file name that `name`, a temporary `atomic_write` made (".<target>.<random>.tmp"; mkstemp's
+    random part has no dot), was to become; None for any other name."""
+    if not (name.startswith(".") and name.endswith(".tmp")):
+        return None
+    target, dot, _random = name[1:-len(".tmp")].rpartition(".")
+    return target if dot and target else None
+
+
 def is_temporary_of(name: str, targets: tuple[str, ...]) -> bool:
     """Whether `name` is the temporary file `atomic_write` makes for one of `targets`."""
-    return name.endswith(".tmp") and any(name.startswith(f".{target}.") for target in targets)
+    return temporary_target(name) in targets
 
 
 def remove_stale_temporaries(folder: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
-from realnet.engine.checkpoint import atomic_write
+from realnet.engine.checkpoint import atomic_write, temporary_target
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
@@ -114,8 +114,7 @@ def _map_stem(position: int, path: Path) -> str:
     return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
 
 
-# what `_map_stem` names a map or overlay, and the temporary `atomic_write` writes it through
-_MAP_FILE = re.compile(r"\d{5,}_.*\.png|\.\d{5,}_.*\.png\..+\.tmp")
+_MAP_FILE = re.compile(r"\d{5,}_.*\.png")  # what `_map_stem` names a map or overlay
 
 
 def _clear_maps_folder(folder: Path, overwrite: bool) -> None:
@@ -129,7 +128,7 @@ def _clear_maps_folder(folder: Path, overwrite: bool) -> None:
         raise RealnetError(f"--save-maps {folder} is not empty; choose a new or empty folder, or add --overwrite "
                            "to replace the maps in it")
     for entry in entries:
-        if _MAP_FILE.fullmatch(entry.name) and entry.is_file():
+        if _MAP_FILE.fullmatch(temporary_target(entry.name) or entry.name) and entry.is_file():
             entry.unlink()
 
 
