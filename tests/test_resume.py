@@ -216,6 +216,21 @@ def test_resume_of_a_finished_run_asked_for_the_other_protocol_is_refused(tmp_pa
     assert fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True))["protocol"] == "final-model"
 
 
+def test_resume_of_a_finished_test_set_selection_with_other_evaluation_steps_is_refused(tmp_path):
+    """Regression: `--resume --select-on-test` on a finished selected run returned it whatever
+    --eval-every was asked for, where a killed run with other evaluation steps was refused."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+    options = dict(select_on_test=True, eval_every=2)
+    fit(tiny_request(data, tmp_path / "run", "train.steps=4", **options))
+    with pytest.raises(RealnetError, match=r"finished run evaluated the test split every 2 steps \(now 3\)"):
+        fit(tiny_request(data, tmp_path / "run", "train.steps=4", resume=True, select_on_test=True, eval_every=3))
+    assert fit(tiny_request(data, tmp_path / "run", "train.steps=4", resume=True, **options))["fit"]["eval_every"] == 2
+
+
 def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys):
     """Regression: a damaged resume.pt gave PyTorch's multi-line weights_only message (which
     suggests loading with weights_only=False) and the advice to start again without --resume,

@@ -517,10 +517,8 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     if ("select_on_test" in state) != request.select_on_test:
         raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
                            " --select-on-test; resume it the same way")
-    every = state.get("select_on_test", {}).get("every")  # absent: written by a realnet that did not record it
-    if request.select_on_test and every is not None and every != evaluation_interval(request):
-        raise RealnetError(f"{request.out}: the killed run evaluated the test split every {every} steps (now "
-                           f"{evaluation_interval(request)}); resume it with --eval-every {every}")
+    check_same_evaluation_steps(request, state.get("select_on_test", {}).get("every"), "the killed run",
+                                "resume it with --eval-every {every}")
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
 
 
@@ -547,6 +545,14 @@ def trains_in_bf16(request: FitRequest, device: torch.device, resume_state: dict
         tqdm.write(f"realnet: train.bf16 ignored: {device} has no native bf16 kernels; training in fp32",
                    file=sys.stderr)
     return request.config.train.bf16 and native
+
+
+def check_same_evaluation_steps(request: FitRequest, every: int | None, run: str, remedy: str) -> None:
+    """--select-on-test chooses among the steps it evaluated: another interval is another protocol.
+    `every` is None where an older realnet did not record it."""
+    if request.select_on_test and every is not None and every != evaluation_interval(request):
+        raise RealnetError(f"{request.out}: {run} evaluated the test split every {every} steps (now "
+                           f"{evaluation_interval(request)}); {remedy.format(every=every)}")
 
 
 def evaluation_interval(request: FitRequest) -> int:
@@ -642,6 +648,8 @@ def fit(request: FitRequest) -> dict[str, Any]:
             raise RealnetError(f"{request.out}: the finished run was trained "
                                f"{'without' if request.select_on_test else 'with'} --select-on-test; choose another --out "
                                "to train one the other way")
+        check_same_evaluation_steps(request, meta["fit"].get("eval_every"), "the finished run",
+                                    "choose another --out to select among other steps")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
         return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
