@@ -302,3 +302,19 @@ def test_debug_shows_the_traceback_and_keeps_the_input_error_status(tmp_path, ca
     assert main(["--debug", "data", "check", "--data", str(tmp_path / "nowhere"), "--category", "widget"]) == 2
     error = capsys.readouterr().err
     assert "Traceback" in error and error.rstrip().endswith(f"realnet: error: data root {tmp_path / 'nowhere'} not found")
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_on_a_strict_utf8_stdout(tmp_path):
+    """Regression: an orphan mask named in a legacy encoding crashed the report with a
+    UnicodeEncodeError traceback where stdout encodes strictly (PYTHONIOENCODING=utf-8)."""
+    import subprocess
+    import sys
+
+    root = make_mvtec_tree(tmp_path, "widget", n_train=3, defects={"scratch": 1})
+    mask = next((root / "widget" / "ground_truth" / "scratch").iterdir())
+    os.rename(os.fsencode(mask), os.fsencode(mask.parent) + b"/\xb2\xe2_mask.png")  # an orphan now
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"), "PYTHONIOENCODING": "utf-8"}
+    done = subprocess.run([sys.executable, "-m", "realnet", "data", "check", "--data", str(root), "--category",
+                           "widget"], capture_output=True, env=env, timeout=120)
+    assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
+    assert b"\\xb2\\xe2_mask.png" in done.stdout

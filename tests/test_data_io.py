@@ -275,6 +275,38 @@ def test_lossless_webp_mask_keeps_label_values(tmp_path, params):
     np.testing.assert_array_equal(read_mask(path), values != 0)
 
 
+def test_16_bit_colour_png_mask_small_labels_count(tmp_path):
+    """Regression: Pillow keeps only the high byte of a 16-bit RGB(A) PNG, so labels below 256
+    read as no defect in a lossless file."""
+    import cv2
+
+    values = np.zeros((2, 3, 3), np.uint16)
+    values[0, 1, 2], values[1, 0, 0], values[1, 2, 1] = 1, 255, 65535
+    path = tmp_path / "m16rgb.png"
+    assert cv2.imwrite(str(path), values)
+    np.testing.assert_array_equal(read_mask(path), [[False, True, False], [True, False, True]])
+    alpha = np.full((2, 3, 1), 65535, np.uint16)
+    alpha[1, 2] = 0  # transparent: composited on black, as for 8-bit masks
+    assert cv2.imwrite(str(tmp_path / "m16rgba.png"), np.concatenate([values, alpha], axis=2))
+    np.testing.assert_array_equal(read_mask(tmp_path / "m16rgba.png"), [[False, True, False], [True, False, False]])
+
+
+def test_jpeg_compressed_tiff_mask_noise_is_not_defect(tmp_path):
+    """Regression: a TIFF holding JPEG data counted its compression noise as defect pixels."""
+    values = _square_mask()
+    path = _save(tmp_path / "m.tif", Image.fromarray(values), compression="jpeg", quality=50)
+    assert (np.asarray(Image.open(path)) != 0).sum() > (values != 0).sum() + 50  # the noise is there
+    far = _far_from_edge(values)
+    np.testing.assert_array_equal(read_mask(path)[far], values[far] != 0)
+
+
+def test_broken_symbolic_link_fails_naming_it(tmp_path):
+    link = tmp_path / "gone.png"
+    link.symlink_to(tmp_path / "absent.png")
+    with pytest.raises(BadFileError, match=r"gone.png: broken symbolic link"):
+        read_image(link)
+
+
 # --- resizing and samples ----------------------------------------------------------------
 
 

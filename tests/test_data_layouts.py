@@ -28,7 +28,7 @@ from realnet.data.layouts import (
 )
 from realnet.data.records import ANOMALOUS, NORMAL
 from realnet.data.validate import check_dataset
-from realnet.errors import RealnetError
+from realnet.errors import BadFileError, RealnetError
 
 
 def _tally(records) -> Counter:
@@ -314,6 +314,23 @@ def test_visa_split_file_windows_backslash_paths(tmp_path):
     assert all(r.image.is_file() and (r.mask is None or r.mask.is_file()) for r in view[0])
 
 
+def test_visa_image_listed_twice_is_refused_naming_both_lines(tmp_path):
+    """Regression: a row repeated in the split file counted its image twice in the metrics, and an
+    image listed both as normal and as an anomaly was reported only as missing its mask."""
+    root = make_visa_tree(tmp_path, n_train=2, n_test_good=2, n_test_bad=1)
+    split_file = root / "split_csv" / "1cls.csv"
+    lines = split_file.read_text().splitlines()
+    test_good = next(i for i, line in enumerate(lines) if ",test,normal," in line)
+    split_file.write_text("\n".join(lines + [lines[test_good]]) + "\n")
+    with pytest.raises(RealnetError, match=rf"1cls.csv: candle/Data/Images/Normal/0002.JPG is listed on lines "
+                                           rf"{test_good + 1} and {len(lines) + 1}"):
+        load_dataset(root, "candle", "visa")
+    as_anomaly = lines[test_good].replace(",normal,", ",anomaly,")
+    split_file.write_text("\n".join(lines + [as_anomaly.replace("/", "\\")]) + "\n")  # the same file, spelt otherwise
+    with pytest.raises(RealnetError, match=r"0002.JPG is listed on lines"):
+        load_dataset(root, "candle", "visa")
+
+
 # --- folder --------------------------------------------------------------------------------
 
 
@@ -390,6 +407,44 @@ def test_folder_orphans_and_missing_masks(tmp_path):
     assert find_orphan_masks(tmp_path, "custom", "folder", **options) == [
         root / "masks" / "bad_001.png"
     ]
+
+
+def test_folder_masks_may_share_the_abnormal_folder_with_the_mask_suffix(tmp_path):
+    """Regression: with --mask-dir the same as --abnormal-dir, each `<stem>_mask.png` became an
+    anomalous test image whose mask was itself."""
+    root = make_folder_tree(tmp_path, n_normal=4, n_abnormal=2, mask_suffix="_mask")
+    for mask in (root / "masks").iterdir():
+        mask.rename(root / "abnormal" / mask.name)
+    records = load_dataset(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal",
+                           mask_dir="abnormal")
+    assert [(r.image.name, r.mask.name) for r in records if r.label == ANOMALOUS] == [
+        ("bad_000.png", "bad_000_mask.png"), ("bad_001.png", "bad_001_mask.png")]
+    (root / "abnormal" / "bad_001.png").unlink()
+    assert find_orphan_masks(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal",
+                             mask_dir="abnormal") == [root / "abnormal" / "bad_001_mask.png"]
+
+
+def test_folder_split_takes_file_names_that_are_not_utf8(tmp_path):
+    """Regression: a name in a legacy encoding (a zip made on Windows, unpacked on Linux) failed
+    the train/test split's hash with a UnicodeEncodeError."""
+    import os
+
+    root = make_folder_tree(tmp_path, n_normal=3, n_abnormal=0)
+    legacy = root / "normal" / os.fsdecode(b"\xb2\xe2\xca\xd4.png")
+    (root / "normal" / "img_000.png").rename(legacy)
+    records = load_folder(root / "normal", test_ratio=0.5)
+    assert legacy in [r.image for r in records]
+    assert [r.split for r in records] == [r.split for r in load_folder(root / "normal", test_ratio=0.5)]
+
+
+def test_a_broken_symbolic_link_is_listed_so_that_reading_it_names_it(tmp_path):
+    """Regression: a dangling link among the training images was dropped without a word."""
+    root = make_mvtec_tree(tmp_path, "widget", n_train=2, n_test_good=1)
+    (root / "widget" / "train" / "good" / "gone.png").symlink_to(tmp_path / "absent.png")
+    records = load_dataset(root, "widget")
+    assert "gone.png" in [r.image.name for r in records if r.split == "train"]
+    with pytest.raises(BadFileError, match=r"gone.png: broken symbolic link"):
+        check_dataset(records)
 
 
 def test_folder_errors(tmp_path):

@@ -4,6 +4,7 @@ exposes `register(subparsers)`; handlers import heavy libraries lazily so `--hel
 from __future__ import annotations
 
 import argparse
+import codecs
 import importlib
 import io
 import os
@@ -47,8 +48,28 @@ def _discard_stdout() -> None:
         pass
 
 
+def _undecodable_bytes_escaped(error: UnicodeEncodeError) -> tuple[str, int]:
+    """The file name's own bytes as \\xNN for the surrogates os.fsdecode made of them (U+DC80..U+DCFF);
+    any other unencodable character as backslashreplace writes it."""
+    def escaped(char: str) -> str:
+        if 0xDC80 <= ord(char) <= 0xDCFF:
+            return f"\\x{ord(char) - 0xDC00:02x}"
+        return char.encode("ascii", "backslashreplace").decode()
+
+    return "".join(map(escaped, error.object[error.start:error.end])), error.end
+
+
+def _escape_undecodable_names() -> None:
+    """A file name in a legacy encoding reaches Python with surrogates, which a strictly encoding
+    stdout (PYTHONIOENCODING=utf-8) refuses mid-report; print its bytes as \\xNN escapes instead."""
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        codecs.register_error("realnet-undecodable-bytes", _undecodable_bytes_escaped)
+        sys.stdout.reconfigure(errors="realnet-undecodable-bytes")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    _escape_undecodable_names()
     # every command reads images through realnet.data.io, which refuses oversized ones with a
     # one-line error naming the file; Pillow's warning before it would only repeat it, as a traceback line
     warnings.filterwarnings("ignore", message="Image size .* could be decompression bomb DOS attack")

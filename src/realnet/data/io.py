@@ -24,8 +24,10 @@ Rules (the same for every caller, so training, testing and `data check` see iden
 - Masks: a lossless file stores its values exactly, so any nonzero value is a deliberate mark.
   Single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero (no
   scaling first, so 0/1 label masks and 0/255 masks both work); other files are converted to RGB
-  by the rules above and a pixel is a defect where any channel is nonzero. A lossy file (JPEG,
-  and WebP whose first frame is VP8 rather than lossless VP8L data) has compression noise, small
+  by the rules above and a pixel is a defect where any channel is nonzero. A 16-bit RGB(A) PNG,
+  which Pillow reduces to its high bytes, is read at full depth: a defect where any colour
+  channel is nonzero and the pixel is not fully transparent. A lossy file (JPEG, a TIFF holding
+  JPEG data, and WebP whose first frame is VP8 rather than lossless VP8L data) has compression noise, small
   nonzero values in black areas and around edges, so there a pixel is a defect where its 8-bit
   value (any channel) is at least half the full scale, 128. Save 0/1 label masks losslessly:
   in a lossy file their labels are no stronger than its noise.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -50,10 +53,13 @@ _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 _LOSSY_THRESHOLD = 128  # half of the 8-bit full scale
 _WEBP_LOSSY, _WEBP_LOSSLESS, _WEBP_FRAME = b"VP8 ", b"VP8L", b"ANMF"
 _WEBP_FRAME_HEADER = 16  # position, size, duration and flags before a frame's own chunks
+_TIFF_JPEG_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: JPEG and old-style JPEG
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPES = frozenset({2, 6})  # RGB and RGBA, the ones Pillow reduces to 8 bits
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED_INTEGER = 2
-_TIFF_ORIENTATION = 274
+_TIFF_ORIENTATION = _EXIF_ORIENTATION = 274
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
 
@@ -70,7 +76,7 @@ def open_image(path: str | Path) -> Image.Image:
     except BadFileError:
         raise
     except FileNotFoundError:
-        raise BadFileError(path, "file not found") from None
+        raise BadFileError(path, "broken symbolic link" if path.is_symlink() else "file not found") from None
     except IsADirectoryError:
         raise BadFileError(path, "is a directory, not an image file") from None
     except PermissionError:
@@ -100,6 +106,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     image = open_image(path)
     if _is_lossy(image, path):
         return _to_rgb(image, path).max(axis=2) >= _LOSSY_THRESHOLD
+    if image.format == "PNG" and _is_16_bit_colour_png(path):
+        return _16_bit_colour_mask(path, image)
     if image.mode in _SINGLE_BAND_MODES or image.mode.startswith("I;16"):
         return np.asarray(image) != 0
     return _to_rgb(image, path).any(axis=2)
@@ -165,7 +173,39 @@ def _refuse_misdecoded_tiff(path: Path, image: Image.Image) -> None:
 def _is_lossy(image: Image.Image, path: Path) -> bool:
     if image.format in _LOSSY_FORMATS:
         return True
+    if image.format == "TIFF":
+        return image.info.get("compression") in _TIFF_JPEG_COMPRESSIONS
     return image.format == "WEBP" and _webp_bitstream(path) == _WEBP_LOSSY
+
+
+def _is_16_bit_colour_png(path: Path) -> bool:
+    """From the IHDR chunk, which PNG puts first: bit depth at byte 24, colour type at 25."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(26)
+    except OSError as error:
+        raise BadFileError(path, f"cannot read it ({error.strerror})") from None
+    return header[:8] == _PNG_SIGNATURE and len(header) == 26 and header[24] == 16 and header[25] in _PNG_COLOUR_TYPES
+
+
+def _16_bit_colour_mask(path: Path, oriented: Image.Image) -> np.ndarray:
+    """The mask of a 16-bit RGB(A) PNG at full depth (OpenCV keeps it; Pillow does not), turned
+    as `oriented`, the file as open_image read and EXIF-oriented it."""
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if pixels is None or pixels.ndim != 3:
+        raise BadFileError(path, "cannot decode its 16-bit colour pixels")
+    marked = pixels[:, :, :3].any(axis=2)
+    if pixels.shape[2] == 4:
+        marked &= pixels[:, :, 3] != 0
+    with Image.open(path) as stored:
+        orientation = stored.getexif().get(_EXIF_ORIENTATION, 1)
+    as_image = Image.fromarray(marked)
+    as_image.getexif()[_EXIF_ORIENTATION] = orientation
+    ImageOps.exif_transpose(as_image, in_place=True)
+    mask = np.asarray(as_image)
+    if mask.shape != (oriented.height, oriented.width):  # a decoder disagreement, not a user's file
+        raise BadFileError(path, f"decoded as {_wxh(mask.shape)} but Pillow reads {oriented.width}x{oriented.height}")
+    return mask
 
 
 def _webp_bitstream(path: Path) -> bytes:

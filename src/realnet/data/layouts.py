@@ -31,6 +31,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,8 @@ VISA_SPLIT_FILE = Path("split_csv") / "1cls.csv"
 BTAD_FOLDER = "BTech_Dataset_transformed"
 _VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 _SPLITS = ("train", "test")
+
+MASK_SUFFIX = "_mask"  # a mask named after its image: <stem>_mask.<ext>
 
 
 @dataclass(frozen=True)
@@ -105,13 +108,14 @@ def load_folder(
     - `normal_dir`: normal images. With `normal_test_dir` they are all training images and the
       images of `normal_test_dir` are the normal test images; it may then be left out when only
       the test split is wanted (`test` on new images). Without it, a fraction `test_ratio`
-      of them goes to test: each file gets the key sha256(f"{seed}:{file name}") and the
+      of them goes to test: each file gets the key sha256 of f"{seed}:" and its name's bytes, and the
       round(test_ratio * n) files with the smallest keys (at least 1 when test_ratio > 0, at most
       n - 1) are test images. The split depends only on the names and the seed, so it is the same
       on every run and machine, and adding a file moves no other file from train to test except
       at the cut-off.
     - `abnormal_dir`: anomalous test images, defect type ``anomaly``.
-    - `mask_dir`: their masks, matched by file stem (``<stem>`` or ``<stem>_mask``).
+    - `mask_dir`: their masks, matched by file stem (``<stem>`` or ``<stem>_mask``). It may be
+      `abnormal_dir` itself; there the ``<stem>_mask`` files are the masks and the others the images.
     """
     if normal_dir is None and normal_test_dir is None:
         raise RealnetError("dataset 'folder' needs normal_dir (--normal-dir), or normal_test_dir "
@@ -125,7 +129,7 @@ def load_folder(
     records = [_normal(path, category, "train") for path in train]
     records += [_normal(path, category, "test") for path in test]
     if abnormal_dir is not None:
-        pairs, _ = _match_masks(_abnormal_images(abnormal_dir), _mask_folder(mask_dir))
+        pairs, _ = _abnormal_pairs(abnormal_dir, mask_dir)
         records += [
             Record(path, mask, ANOMALOUS, FOLDER_ANOMALY, category, "test") for path, mask in pairs
         ]
@@ -188,15 +192,21 @@ def _scan_visa(root: Path, category: str) -> _Scan:
     if not rows:
         raise RealnetError(f"{split_file}: no rows for category '{category}'")
     records = []
+    first_line: dict[Path, int] = {}
     for row in rows:
         split, label, mask = row["split"], row["label"], row["mask"]
         if split not in _SPLITS or label not in ("normal", "anomaly"):
             raise RealnetError(
                 f"{split_file}: bad split/label '{split}/{label}' for {row['image']}"
             )
+        image = _visa_path(root, row["image"])
+        if image in first_line:  # counted twice in the metrics, or both normal and anomalous
+            raise RealnetError(f"{split_file}: {image.relative_to(root).as_posix()} is listed on lines "
+                               f"{first_line[image]} and {row['line']}; list each image once")
+        first_line[image] = row["line"]
         records.append(
             Record(
-                image=_visa_path(root, row["image"]),
+                image=image,
                 mask=_visa_path(root, mask) if mask else None,
                 label=NORMAL if label == "normal" else ANOMALOUS,
                 defect=GOOD if label == "normal" else FOLDER_ANOMALY,
@@ -211,20 +221,25 @@ def _scan_visa(root: Path, category: str) -> _Scan:
 
 
 def _folder_orphan_masks(abnormal_dir: str | Path | None, mask_dir: str | Path | None) -> list:
-    masks = _mask_folder(mask_dir)
-    if masks is None:
+    if mask_dir is None:
         return []
     if abnormal_dir is None:
-        return _images_in(masks)
-    return _match_masks(_abnormal_images(abnormal_dir), masks)[1]
+        return _images_in(_require_dir(Path(mask_dir), "mask folder"))
+    return _abnormal_pairs(abnormal_dir, mask_dir)[1]
 
 
-def _abnormal_images(abnormal_dir: str | Path) -> list[Path]:
-    return _images_in(_require_dir(Path(abnormal_dir), "abnormal folder"))
-
-
-def _mask_folder(mask_dir: str | Path | None) -> Path | None:
-    return None if mask_dir is None else _require_dir(Path(mask_dir), "mask folder")
+def _abnormal_pairs(abnormal_dir: str | Path, mask_dir: str | Path | None
+                    ) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
+    """The anomalous images with their masks, and the unmatched masks. Masks may share the images'
+    folder; there only ``<stem>_mask`` files are masks, so that no mask is taken for an image."""
+    images = _images_in(_require_dir(Path(abnormal_dir), "abnormal folder"))
+    if mask_dir is None:
+        return _match_masks(images, None)
+    masks = _require_dir(Path(mask_dir), "mask folder")
+    if not masks.resolve() == Path(abnormal_dir).resolve():
+        return _match_masks(images, masks)
+    suffixed = [path for path in images if path.stem.endswith(MASK_SUFFIX)]
+    return _match_masks([path for path in images if path not in suffixed], None, candidates=suffixed)
 
 
 def _split_by_hash(images: list[Path], test_ratio: float, seed: int) -> tuple[list, list]:
@@ -235,7 +250,7 @@ def _split_by_hash(images: list[Path], test_ratio: float, seed: int) -> tuple[li
         n_test = min(len(images) - 1, max(1, math.floor(test_ratio * len(images) + 0.5)))
 
     def key(path: Path) -> str:
-        return hashlib.sha256(f"{seed}:{path.name}".encode()).hexdigest()
+        return hashlib.sha256(f"{seed}:".encode() + os.fsencode(path.name)).hexdigest()  # any name's bytes
 
     ranked = sorted(images, key=key)
     test = set(ranked[:n_test])
@@ -243,23 +258,26 @@ def _split_by_hash(images: list[Path], test_ratio: float, seed: int) -> tuple[li
 
 
 def _match_masks(
-    images: list[Path], mask_dir: Path | None
+    images: list[Path], mask_dir: Path | None, candidates: list[Path] | None = None
 ) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
-    """Pair each image with ``<stem>_mask.*`` or ``<stem>.*`` in mask_dir; also the unmatched."""
-    candidates = _images_in(mask_dir) if mask_dir is not None and mask_dir.is_dir() else []
+    """Pair each image with ``<stem>_mask.*`` or ``<stem>.*`` in mask_dir (or among `candidates`);
+    also the unmatched."""
+    if candidates is None:
+        candidates = _images_in(mask_dir) if mask_dir is not None and mask_dir.is_dir() else []
     by_stem = {path.stem: path for path in candidates}
     pairs = []
     used = set()
     for image in images:
-        mask = by_stem.get(f"{image.stem}_mask") or by_stem.get(image.stem)
+        mask = by_stem.get(f"{image.stem}{MASK_SUFFIX}") or by_stem.get(image.stem)
         if mask is not None:
             used.add(mask)
         pairs.append((image, mask))
     return pairs, [path for path in candidates if path not in used]
 
 
-def _read_visa_rows(root: Path) -> list[dict[str, str]]:
-    """The split file's rows, header names and fields stripped (spreadsheets pad them)."""
+def _read_visa_rows(root: Path) -> list[dict[str, str | int]]:
+    """The split file's rows, header names and fields stripped (spreadsheets pad them), each with
+    the number of the line it ends on."""
     split_file = root / VISA_SPLIT_FILE
     if not split_file.is_file():
         _require_dir(root, "data root")
@@ -271,7 +289,8 @@ def _read_visa_rows(root: Path) -> list[dict[str, str]]:
             missing = [name for name in _VISA_COLUMNS if name not in reader.fieldnames]
             if missing:
                 raise RealnetError(f"{split_file}: missing column(s) {', '.join(missing)}")
-            return [{name: (row[name] or "").strip() for name in _VISA_COLUMNS} for row in reader]
+            return [{**{name: (row[name] or "").strip() for name in _VISA_COLUMNS}, "line": reader.line_num}
+                    for row in reader]
     except UnicodeDecodeError as error:  # e.g. saved by a spreadsheet in a legacy code page
         raise RealnetError(f"{split_file}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     except csv.Error as error:
@@ -314,7 +333,7 @@ def _images_in(folder: Path, *, required: bool = False) -> list[Path]:
         for entry in folder.iterdir()
         if entry.suffix.lower() in IMAGE_EXTENSIONS
         and not entry.name.startswith(".")
-        and entry.is_file()
+        and (entry.is_file() or (entry.is_symlink() and not entry.exists()))  # a broken link: named when read
     )
     if required and not images:
         raise RealnetError(f"no image files in {folder}")
