@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -226,7 +227,7 @@ def test_the_printed_score_is_the_models_image_score_not_the_map_maximum(predict
     assert float(maps.max()) - float(scores[0]) > 1e-4  # else the two readings could not be told apart
     assert predict(tiny_run[1], awkward["rgba"]) == 0
     (result,) = json_lines(capsys.readouterr().out)
-    assert result["score"] == round(float(scores[0]), 6)
+    assert result["score"] == float(scores[0])
 
 
 def test_an_oversized_image_gets_the_one_error_line_without_pillows_warning(predict, tiny_run, tmp_path, capsys,
@@ -296,7 +297,7 @@ def test_a_map_that_fails_half_written_leaves_no_file_behind(predict, tiny_run, 
     assert predict(tiny_run[1], awkward["gray"], "--save-maps", maps) == 2
     assert capsys.readouterr().err.splitlines() == [f"realnet: error: {maps / '00000_gray.png'}: cannot write "
                                                     "there (No space left on device)"]
-    assert list(maps.iterdir()) == []
+    assert not maps.exists()  # created for maps of which none came
 
 
 def test_an_input_the_os_cannot_even_look_up_is_one_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
@@ -354,7 +355,8 @@ def test_a_maps_folder_inside_an_input_folder_is_not_scored_on_the_next_run(pred
     for rerun in ((), ("--overwrite",)):
         assert predict(tiny_run[1], parts, "--save-maps", parts / "maps", "--overlays", *rerun) == 0
         assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
-    assert sorted(p.name for p in (parts / "maps").iterdir()) == ["00000_a.png", "00000_a_overlay.png"]
+    assert sorted(p.name for p in (parts / "maps").iterdir()) == [".realnet-maps.json", "00000_a.png",
+                                                                   "00000_a_overlay.png"]
 
 
 def test_an_image_too_large_for_memory_is_one_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
@@ -434,12 +436,65 @@ def test_a_maps_folder_that_holds_files_is_refused_unless_asked_to_overwrite(pre
     out, err = capsys.readouterr()
     assert out == "" and err.splitlines() == [f"realnet: error: --save-maps {maps} is not empty; choose a new or "
                                               "empty folder, or add --overwrite to replace the maps in it"]
-    assert len(list(maps.iterdir())) == 4
+    assert len([p for p in maps.iterdir() if not p.name.startswith(".")]) == 4
     (maps / "notes.txt").write_text("not a map")
-    (maps / ".00001_gray.png.abc123.tmp").write_bytes(b"half a map of a killed predict")
+    (maps / ".00001_rgba.png.abc123.tmp").write_bytes(b"half a map of a killed predict")
     assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--overwrite") == 0
     assert [Path(r["map"]).name for r in json_lines(capsys.readouterr().out)] == ["00000_rgba.png"]
-    assert sorted(p.name for p in maps.iterdir()) == ["00000_rgba.png", "notes.txt"]
+    assert sorted(p.name for p in maps.iterdir() if p.name != ".realnet-maps.json") == ["00000_rgba.png",
+                                                                                     "notes.txt"]
     assert predict(tiny_run[1], awkward["rgba"], "--overwrite") == 2
     assert capsys.readouterr().err.splitlines() == ["realnet: error: --overwrite needs --save-maps DIR to replace the "
                                                     "maps in"]
+
+
+def test_overwrite_deletes_only_the_maps_predict_wrote_never_a_users_images(predict, tiny_run, awkward, tmp_path,
+                                                                           capsys):
+    """Regression: --overwrite deleted every file named like a map (`00001_top.png`), so a camera's
+    own numbered images in the maps folder vanished unscored, with exit 0."""
+    camera = tmp_path / "camera"
+    camera.mkdir()
+    for name in ("00001_top.png", "00002_side.png", "part7.png"):
+        shutil.copy(awkward["gray"], camera / name)
+    for _ in range(2):
+        assert predict(tiny_run[1], camera, "--save-maps", camera, "--overwrite") == 0
+        scored = [Path(r["path"]).name for r in json_lines(capsys.readouterr().out)]
+        assert scored == ["00001_top.png", "00002_side.png", "part7.png"]
+    assert sorted(p.name for p in camera.iterdir() if not p.name.startswith(".")) == [
+        "00000_00001_top.png", "00001_00002_side.png", "00001_top.png", "00002_part7.png", "00002_side.png",
+        "part7.png"]
+
+
+def test_overwrite_refuses_to_replace_a_file_that_is_not_an_earlier_map(predict, tiny_run, awkward, tmp_path,
+                                                                        capsys):
+    maps = tmp_path / "maps"
+    maps.mkdir()
+    (maps / "00000_rgba.png").write_bytes(b"the user's own file")
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--overwrite") == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [f"realnet: error: --save-maps {maps}: 00000_rgba.png is not a map an "
+                                              "earlier predict wrote; move it, or choose another folder"]
+    assert (maps / "00000_rgba.png").read_bytes() == b"the user's own file"
+
+
+def test_a_maps_folder_created_for_no_map_is_removed_with_the_folders_above_it(predict, tiny_run, awkward,
+                                                                              tmp_path, capsys):
+    """Regression: only the innermost of the folders --save-maps created was removed when no image
+    could be read, so `nest/a` stayed behind."""
+    assert predict(tiny_run[1], awkward["truncated"], "--save-maps", tmp_path / "nest" / "a" / "maps") == 1
+    assert not (tmp_path / "nest").exists()
+
+
+def test_the_printed_score_and_threshold_are_the_ones_compared(predict, tiny_run, awkward, tmp_path, capsys):
+    """Regression: score and threshold were printed rounded to six decimals while is_anomalous compared
+    the exact values, so a line could read score == threshold and is_anomalous true."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[1], run)
+    assert predict(run, awkward["rgba"]) == 0
+    score = json_lines(capsys.readouterr().out)[0]["score"]
+    meta = json.loads((run / "model.json").read_text())
+    meta["threshold"] = score - 1e-9  # below the score, equal to it at six decimals
+    (run / "model.json").write_text(json.dumps(meta))
+    assert predict(run, awkward["rgba"]) == 0
+    (result,) = json_lines(capsys.readouterr().out)
+    assert result["is_anomalous"] and result["score"] > result["threshold"]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -114,22 +113,51 @@ def _map_stem(position: int, path: Path) -> str:
     return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
 
 
-_MAP_FILE = re.compile(r"\d{5,}_.*\.png")  # what `_map_stem` names a map or overlay
+MAPS_MANIFEST = ".realnet-maps.json"  # in a --save-maps folder: the names of the maps predict writes there
 
 
 def _clear_maps_folder(folder: Path, overwrite: bool) -> None:
     """Refuse a --save-maps folder that holds anything, so that it never mixes two predicts' maps;
-    with `overwrite`, delete the maps and overlays an earlier predict wrote there (a killed one's
-    half-written ones too) and leave any other file."""
+    with `overwrite`, delete the maps and overlays an earlier predict listed in its manifest (a
+    killed one's half-written ones too) and leave every other file, however it is named."""
     if not folder.is_dir():
         return
     entries = list(folder.iterdir())
     if entries and not overwrite:
         raise RealnetError(f"--save-maps {folder} is not empty; choose a new or empty folder, or add --overwrite "
                            "to replace the maps in it")
+    manifest = folder / MAPS_MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        written = set(json.loads(manifest.read_text(encoding="utf-8"))["maps"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
+        raise RealnetError(f"{manifest}: not a list of maps an earlier predict wrote ({type(error).__name__}); "
+                           "delete it, or choose another folder") from None
     for entry in entries:
-        if _MAP_FILE.fullmatch(temporary_target(entry.name) or entry.name) and entry.is_file():
+        if (temporary_target(entry.name) or entry.name) in written and entry.is_file():
             entry.unlink()
+    manifest.unlink()
+
+
+def _claim_map_names(folder: Path, names: list[str]) -> None:
+    """Record the names this predict will write before it writes any, so that a later --overwrite
+    deletes them even if this one is killed; a file already there under one of them is a user's."""
+    taken = next((name for name in names if (folder / name).exists()), None)
+    if taken is not None:
+        raise RealnetError(f"--save-maps {folder}: {taken} is not a map an earlier predict wrote; move it, or "
+                           "choose another folder")
+    atomic_write(folder / MAPS_MANIFEST,
+                 lambda tmp: Path(tmp).write_text(json.dumps({"maps": names}), encoding="utf-8"))
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _save_png(path: Path, pixels: np.ndarray) -> Path:
@@ -178,44 +206,56 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     if not paths:
         raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
                            "holding them)")
-    created = False
+    created = []
     if save_maps is not None:
         save_maps = Path(save_maps)
-        created = not save_maps.exists()
+        created = _missing_folders(save_maps)
         try:
             save_maps.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise RealnetError(f"--save-maps {save_maps}: cannot create the folder ({error.strerror})") from None
+        stems = [_map_stem(position, path) for position, path in enumerate(paths)]
+        claimed = [f"{stem}{suffix}.png" for stem in stems for suffix in ("", "_overlay")[:2 if overlays else 1]]
+        _claim_map_names(save_maps, claimed)
     for name in empty:  # a mistyped folder beside good ones is named, not skipped in silence
         print(f"realnet: error: {name}: no image files in this folder", file=err)
-    for batch in _read_ahead(paths, batch_size):
-        readable = [item for item in batch if item.error is None]
-        if readable:
-            stacked = np.stack([resize_image(item.image, size) for item in readable])
-            with torch.no_grad():
-                maps, scores = model.predict(to_tensor(stacked, torch_device))
-            maps, scores = maps.float().cpu().numpy(), scores.float().cpu().numpy()
-        results = iter(range(len(readable)))
-        for item in batch:
-            if item.error is not None:
-                print(f"realnet: error: {item.error}", file=err)
-                failures += 1
-                continue
-            index = next(results)
-            score = float(scores[index])
-            result = {"path": str(item.path), "score": round(score, 6), "is_anomalous": score > threshold,
-                      "threshold": round(threshold, 6)}
-            if save_maps is not None:
-                anomaly_map = maps[index]
-                if map_size == "input":
-                    anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
-                stem = _map_stem(item.position, item.path)
-                result["map"] = str(_save_png(save_maps / f"{stem}.png", map_to_uint8(anomaly_map, display_max)))
-                if overlays:
-                    shown = item.image if map_size == "input" else resize_image(item.image, size)
-                    result["overlay"] = str(_save_png(save_maps / f"{stem}_overlay.png",
-                                                      heatmap_overlay(shown, anomaly_map, display_max=display_max)))
-            print(json.dumps(result), file=out, flush=True)
-    if created and failures == len(paths):
-        save_maps.rmdir()  # created for maps of which none came
+    try:
+        for batch in _read_ahead(paths, batch_size):
+            readable = [item for item in batch if item.error is None]
+            if readable:
+                stacked = np.stack([resize_image(item.image, size) for item in readable])
+                with torch.no_grad():
+                    maps, scores = model.predict(to_tensor(stacked, torch_device))
+                maps, scores = maps.float().cpu().numpy(), scores.float().cpu().numpy()
+            results = iter(range(len(readable)))
+            for item in batch:
+                if item.error is not None:
+                    print(f"realnet: error: {item.error}", file=err)
+                    failures += 1
+                    continue
+                index = next(results)
+                score = float(scores[index])
+                result = {"path": str(item.path), "score": score, "is_anomalous": score > threshold,
+                          "threshold": threshold}  # exact: the values compared
+                if save_maps is not None:
+                    anomaly_map = maps[index]
+                    if map_size == "input":
+                        anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
+                    stem = _map_stem(item.position, item.path)
+                    result["map"] = str(_save_png(save_maps / f"{stem}.png", map_to_uint8(anomaly_map, display_max)))
+                    if overlays:
+                        shown = item.image if map_size == "input" else resize_image(item.image, size)
+                        result["overlay"] = str(_save_png(save_maps / f"{stem}_overlay.png",
+                                                          heatmap_overlay(shown, anomaly_map, display_max=display_max)))
+                print(json.dumps(result), file=out, flush=True)
+    finally:
+        if save_maps is not None and not any((save_maps / name).exists() for name in claimed):
+            _release_maps_folder(save_maps, created)  # no map came: leave no trace
     return failures + len(empty)
+
+
+def _release_maps_folder(folder: Path, created: list[Path]) -> None:
+    """Remove the manifest of a predict that wrote no map, and the folders it created for them."""
+    (folder / MAPS_MANIFEST).unlink(missing_ok=True)
+    for made in created:
+        made.rmdir()
