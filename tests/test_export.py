@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -252,3 +253,30 @@ def test_parity_compares_every_image_at_every_batch_size(tmp_path):
         assert not report.passed and report.n_images == 3
         assert report.max_abs_map_difference == pytest.approx(0.5, abs=1e-5)
         assert report.max_abs_score_difference == pytest.approx(0.5, abs=1e-5)
+
+
+@pytest.mark.parametrize("missing", ["onnx", "onnxruntime"])
+def test_without_the_export_extra_it_is_one_error_line_before_any_work(tiny_run, tmp_path, capsys, monkeypatch,
+                                                                      missing):
+    """Regression: a missing onnx or onnxruntime package escaped as a ModuleNotFoundError traceback
+    (onnxruntime's only after the whole graph had been traced)."""
+    monkeypatch.setitem(sys.modules, missing, None)  # what an import finds for a package not installed
+    assert main(["export", "--run", str(tiny_run[1]), "--out", str(tmp_path / "m.onnx")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"realnet: error: realnet export needs the {missing} package: pip install 'realnet[export]'"]
+    assert os.listdir(tmp_path) == []
+
+
+def test_the_input_format_names_the_resize_a_deployment_must_reproduce(exported):
+    """Regression: "bilinear" alone led a deployment to cv2.resize, which does not antialias when
+    shrinking, so its scores differed from realnet's enough to flip a decision."""
+    props = {p.key: p.value for p in onnx.load(str(exported[0])).metadata_props}
+    assert "PIL.Image.resize" in props["input_format"] and "antialias" in props["input_format"]
+
+
+def test_an_out_name_near_the_file_name_limit_exports(tiny_run, tmp_path, capsys):
+    """Regression: the staging folder's name, `.<out name>.` plus a random suffix, went past 255
+    bytes for a legal --out name, refused as "File name too long"."""
+    out = tmp_path / ("a" * 245 + ".onnx")
+    assert main(["export", "--run", str(tiny_run[1]), "--out", str(out)]) == 0
+    assert os.listdir(tmp_path) == [out.name]

@@ -16,6 +16,7 @@ paper preset is about 2.4 GB in fp32) keep their weights in ``<name>.data`` besi
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 import tempfile
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from realnet import __version__
 from realnet.config import map_kind
 from realnet.errors import RealnetError
+from realnet.files import cut_to_bytes
 from realnet.model.realnet import RealNet
 
 INPUT_NAME = "image"
@@ -44,8 +46,9 @@ PARITY_IMAGES = 3
 PARITY_SEED = 0
 TRACE_BATCH = 2  # a dynamic graph is traced at 2 and checked at other sizes, so no size is baked in
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
-INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each image straight-resized "
-                "(bilinear, no crop) to S x S")
+INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each 8-bit image straight-resized (no crop) to "
+                "S x S as PIL.Image.resize does with Image.BILINEAR, which antialiases when shrinking "
+                "(cv2.resize INTER_LINEAR does not, and shifts the scores)")
 MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0, 1]",
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
                             "normal training images"),
@@ -103,6 +106,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     (seeded random images when its data cannot be read any more)."""
     from realnet.engine.evaluate import load_run
 
+    require_export_packages()
     check_opset(opset)
     run_dir = Path(run_dir)
     model, meta = load_run(run_dir, torch.device("cpu"))
@@ -112,6 +116,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                        image_source=source, opset=opset, dynamic_batch=dynamic_batch,
                        map_tolerance=map_tolerance, score_tolerance=score_tolerance,
                        external_data=external_data)
+
+
+def require_export_packages() -> None:
+    """The optional `export` extra, checked before any work rather than after tracing the graph."""
+    for package in ("onnx", "onnxruntime"):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            raise RealnetError(f"realnet export needs the {package} package: pip install 'realnet[export]'") from None
 
 
 def run_metadata(meta: Mapping) -> dict[str, str]:
@@ -176,7 +189,8 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
         raise RealnetError(f"--out {out}: cannot create its folder {out.parent} ({error.strerror})") from None
     data_name = f"{out.name}.data"
     try:
-        staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.")
+        # the name cut, so that a legal --out near the file system's 255-byte limit still has room for the suffix
+        staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cut_to_bytes(out.name, 200)}.")
     except OSError as error:  # named by its folder, not by the staging name the user never chose
         raise RealnetError(f"--out {out}: cannot write in {out.parent} ({error.strerror})") from None
     with staging_folder as staging:
