@@ -114,3 +114,24 @@ def test_quality_command(tmp_path, rng, capsys):
     assert (report["n_real"], report["n_fake"]) == (4, 4)
     # progress on stderr, as every long command shows it (10,000 synthetic images take minutes)
     assert "real images: 100%" in captured.err and "synthetic images: 100%" in captured.err
+
+
+def test_quality_command_errors_are_one_line(tmp_path, rng, capsys):
+    """Regressions: no cluster with two synthetic images (more real images than synthetic ones) and
+    an --lpips-weights file that is not weights each ended in a traceback."""
+    for i in range(4):
+        save(tmp_path / "real" / f"{i}.png", normal_image(rng, (40, 40)))
+    for i in range(2):  # copies of two real images: each is nearest its own, so no cluster gets two
+        (tmp_path / "fake").mkdir(exist_ok=True)
+        (tmp_path / "fake" / f"{i}.png").write_bytes((tmp_path / "real" / f"{i}.png").read_bytes())
+    arguments = ["sdas", "quality", "--real", str(tmp_path / "real"), "--fake", str(tmp_path / "fake"),
+                 "--weights", "random", "--size", "64", "--threads", "1"]
+    assert main(arguments) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith("realnet: error: cluster LPIPS: no cluster holds two synthetic images"), err
+    (tmp_path / "page.pth").write_text("<html>not weights</html>")
+    (tmp_path / "cut.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{")
+    for bad in ("page.pth", "cut.safetensors"):
+        assert main([*arguments, "--lpips-weights", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert err[-1].startswith(f"realnet: error: {tmp_path / bad}: not usable as LPIPS linear weights"), err

@@ -232,3 +232,14 @@ def test_a_killed_generate_leaves_a_manifest_of_all_but_its_last_batch(model, tm
     written = sorted(p.name for p in (out / "tile").glob("*.png"))
     listed = [json.loads(line)["file"] for line in (out / "tile" / MANIFEST).read_text().splitlines()]
     assert listed == written[:len(listed)] and 2 <= len(listed) and len(written) - len(listed) <= 1
+
+
+def test_a_stray_file_named_like_an_image_adds_no_manifest_row(model, tmp_path):
+    """Regression: `0000001.png` (a leading zero too many) matched the image pattern and its index
+    rebuilt the name of the bank's own 000001.png, so the manifest listed that image twice."""
+    bank(model, tmp_path / "sia", 2)
+    folder = tmp_path / "sia" / "tile"
+    (folder / "0000001.png").write_bytes((folder / "000001.png").read_bytes())
+    bank(model, tmp_path / "sia", 2)
+    rows = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()]
+    assert [r["file"] for r in rows] == ["000000.png", "000001.png"]

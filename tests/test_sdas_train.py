@@ -281,3 +281,42 @@ def test_gradients_are_clipped_to_grad_clip_every_step(gray_data, tmp_path, monk
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
     train(request(gray_data, tmp_path / "run", steps=2, save_every=2, log_every=1, grad_clip=0.5))
     assert calls == [0.5, 0.5]
+
+
+def test_truncated_weights_are_one_error_naming_the_file(gray_data, tmp_path):
+    """Regression: safetensors' own error type for a truncated or foreign file escaped as a
+    traceback from `sdas generate`'s model, `sdas train --init` and the resume state."""
+    from realnet.diffusion.train import init_from_checkpoint
+    from realnet.errors import BadFileError
+
+    out = tmp_path / "model"
+    train(request(gray_data, out, steps=2))
+    for name in (EMA_WEIGHTS, TRAIN_STATE):
+        (out / name).write_bytes((out / name).read_bytes()[:1000])
+    with pytest.raises(BadFileError, match=f"{EMA_WEIGHTS}: cannot be loaded"):
+        load_sdas_model(out)
+    with pytest.raises(BadFileError, match=f"{EMA_WEIGHTS}: cannot be read as safetensors weights"):
+        init_from_checkpoint(create_unet(json.loads((out / MODEL_META).read_text())["unet"]), out)
+    with pytest.raises(RealnetError, match=f"{TRAIN_STATE}: unreadable resume state"):
+        train(request(gray_data, out, steps=4, resume=True))
+
+
+def test_one_channel_training_of_colour_images_uses_their_luma(tmp_path):
+    """Regression: --channels 1 kept the red channel of colour images instead of their gray level."""
+    from realnet.diffusion.train import load_training_images
+
+    data = make_mvtec_tree(tmp_path / "colour", category="tile", n_train=2)
+    images, _, channels = load_training_images(request(data, tmp_path / "run", channels="1", image_size=32), 32)
+    rgb, _ = load_training_images(request(data, tmp_path / "run", channels="3", image_size=32), 32)[:2]
+    assert channels == 1 and not torch.equal(rgb[:, :1], rgb[:, 1:2])  # so red alone would differ
+    luma = (rgb.double() * torch.tensor([299, 587, 114], dtype=torch.float64).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    assert (images.double() - luma / 1000).abs().max() <= 0.5 + 1e-9  # Pillow's L conversion, rounded
+
+
+def test_a_fresh_run_clears_a_temporary_left_by_a_run_killed_in_its_first_save(gray_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / f".{TRAIN_STATE}.k3j2a_x.tmp"
+    stale.write_bytes(b"half a state")
+    train(request(gray_data, out, steps=2))
+    assert not stale.exists()

@@ -140,8 +140,9 @@ def _read_lpips_weights(path: Path, channels: list[int]):
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
         return lpips_weights_from_state(state, channels)
-    except (OSError, RuntimeError, ValueError, AttributeError) as error:
-        raise BadFileError(path, f"not usable as LPIPS linear weights: {str(error).splitlines()[0]}") from None
+    except Exception as error:  # torch.load and safetensors raise many types for a file that is not weights
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise BadFileError(path, f"not usable as LPIPS linear weights: {reason}") from None
 
 
 def run_quality(args: argparse.Namespace) -> int:
@@ -177,9 +178,14 @@ def run_quality(args: argparse.Namespace) -> int:
         raise RealnetError("quality needs at least 2 real and 2 synthetic images")
     real_pooled, real_embedded = features(real_files, "real images")
     fake_pooled, fake_embedded = features(fake_files, "synthetic images")
+    try:
+        diversity = cluster_lpips(real_embedded, fake_embedded)
+    except ValueError as error:  # every synthetic image alone in its cluster: no diversity to measure
+        raise RealnetError(f"cluster LPIPS: {error} ({len(fake_files)} synthetic for {len(real_files)} real "
+                           "images)") from None
     report = {
         "fid": fid_from_features(real_pooled, fake_pooled),
-        **cluster_lpips(real_embedded, fake_embedded),
+        **diversity,
         "features": net.identity,
         "fid_note": ("FID on this backbone's pooled deepest features; comparable only to FIDs with the same "
                      "backbone, weights and size"),

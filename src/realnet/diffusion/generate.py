@@ -107,7 +107,8 @@ def _file_identity(path: Path) -> tuple[int, int, int]:
 
 def manifest_rows(folder: Path, seed: int, strength: tuple[float, float]) -> list[dict[str, Any]]:
     """One row per bank image present in `folder`, by index."""
-    indices = sorted(int(m.group(1)) for p in folder.iterdir() if (m := IMAGE_NAME.match(p.name)))
+    indices = sorted(int(m.group(1)) for p in folder.iterdir()
+                     if (m := IMAGE_NAME.match(p.name)) and p.name == image_name(int(m.group(1))))  # not 0000001
     return [{"file": image_name(i), "index": i, "s": image_strength(seed, i, strength), "seed": image_seed(seed, i)}
             for i in indices]
 

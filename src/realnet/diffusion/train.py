@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -103,7 +103,7 @@ def load_sdas_model(model_dir: Path, device: torch.device | str = "cpu") -> tupl
     weights = Path(model_dir) / EMA_WEIGHTS
     try:
         unet.load_state_dict(load_file(weights))
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, SafetensorError) as error:
         reason = str(error).splitlines()[0]
         raise BadFileError(weights, f"cannot be loaded into the network of {MODEL_META} ({reason})") from None
     return unet.to(device).eval(), meta
@@ -172,7 +172,7 @@ def load_train_state(out: Path, unet: nn.Module, ema: nn.Module, optimizer: torc
                 state.setdefault(int(index), {})[name] = value if name == "step" else value.to(device)
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(metadata["param_groups"])})
         return int(metadata["step"])
-    except (OSError, RuntimeError, KeyError, ValueError):  # settings matched (`_prepare_out`): the file is damaged
+    except (OSError, RuntimeError, KeyError, ValueError, SafetensorError):  # settings matched: the file is damaged
         raise unreadable_resume_state(path, DAMAGED_STATE_REMEDY) from None
 
 
@@ -182,7 +182,7 @@ def init_from_checkpoint(unet: nn.Module, source: Path) -> dict[str, Any]:
     path = Path(source) / EMA_WEIGHTS if Path(source).is_dir() else Path(source)
     try:
         tensors = load_file(str(path))
-    except (OSError, RuntimeError, ValueError) as error:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         raise BadFileError(path, f"cannot be read as safetensors weights ({str(error).splitlines()[0]})") from None
     own = unet.state_dict()
     matching = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
@@ -198,6 +198,8 @@ def init_from_checkpoint(unet: nn.Module, source: Path) -> dict[str, Any]:
 def load_training_images(request: TrainRequest, size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Every normal training image of the categories, decoded once: uint8 (N, C, S, S), the
     category index of each, and C (1 when asked, or on "auto" when every image is gray)."""
+    from PIL import Image
+
     from realnet.data.layouts import load_dataset
     from realnet.engine.runtime import load_samples
 
@@ -216,6 +218,8 @@ def load_training_images(request: TrainRequest, size: int) -> tuple[torch.Tensor
         raise RealnetError(f"--channels {request.channels!r}: use auto, 1 or 3")
     gray = bool((images[..., :1] == images).all())
     channels = 3 if request.channels == "3" or (request.channels == "auto" and not gray) else 1
+    if channels == 1 and not gray:  # the gray level, as Pillow's L conversion computes it, not the red channel
+        images = np.stack([np.asarray(Image.fromarray(image).convert("L")) for image in images])[..., None]
     tensor = torch.from_numpy(np.ascontiguousarray(images[..., :channels].transpose(0, 3, 1, 2)))
     return tensor, torch.tensor(labels, dtype=torch.long), channels
 
@@ -295,7 +299,8 @@ def _check_request(request: TrainRequest) -> None:
         raise RealnetError(f"--preset {request.preset!r}: use one of {', '.join(PRESETS)}")
     for name in ("steps", "batch_size", "sample_every", "sample_count", "sample_steps", "save_every", "log_every"):
         if getattr(request, name) < 1:
-            raise RealnetError(f"--{name.replace('_', '-')} must be at least 1")
+            flag = "batch" if name == "batch_size" else name.replace("_", "-")  # the command line's spelling
+            raise RealnetError(f"--{flag} must be at least 1")
     if not request.categories:
         raise RealnetError("--categories: name at least one category")
     if request.ema_decay is not None and not 0.0 <= request.ema_decay < 1.0:
@@ -349,6 +354,8 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
         if any((out / name).is_file() for name in (TRAIN_STATE, EMA_WEIGHTS, MODEL_META)):
             raise RealnetError(f"{out} already holds an SDAS model: pass --resume to continue its training or "
                                "choose a new --out")
+        if out.is_dir():
+            remove_stale_temporaries(out)  # of a run killed in its first save, which left nothing to resume
         return
     if not has_state:
         raise RealnetError(f"{out}: nothing to resume (no {TRAIN_STATE})")
