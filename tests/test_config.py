@@ -53,7 +53,7 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("selection.batches=0", "selection.batches and selection.batch_size must be >= 1"),
     ("reconstruction.channel_mults=5", "reconstruction.channel_mults must be a list, got 5"),
     ("reconstruction.width_factor=0", "reconstruction.width_factor must be > 0"),
-    ("discriminator.hidden=[]", "discriminator.hidden must be a non-empty list"),
+    ("discriminator.hidden=[]", "discriminator.hidden must be four positive widths"),
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
@@ -64,6 +64,13 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("train.steps=0", "train.steps must be >= 1"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1"),
     ("train.seed=-1", "train.seed must be >= 0"),
+    # regressions: each passed validation and ended in a traceback (the first only at the first step)
+    ("discriminator.hidden=[4]", r"discriminator.hidden must be four positive widths"),
+    ("train.seed=18446744073709551616", r"train.seed must be in \[0, 4294967295\]"),
+    ("train.validation_seed=4294967296", r"train.validation_seed must be in \[0, 4294967295\] or null"),
+    # an unset shell variable (train.steps=$N) made steps null: a 1000-epoch fit without a word
+    ("train.steps=", r"--set train.steps=: empty value; write null for none"),
+    ("synthesis.sources={cutpaste: 0}", "synthesis.sources must give at least one source a positive weight"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):
@@ -101,7 +108,7 @@ def test_delta_ranges_reach_the_synthesizer(tmp_path):
     from realnet.synthesis.foreground import ForegroundRule
 
     config = load_config("tiny", overrides=["synthesis.delta_ranges.dtd=[0.05, 0.3]"])
-    assert config.synthesis.delta_ranges == {"dtd": [0.05, 0.3]}
+    assert config.synthesis.delta_ranges == {"dtd": [0.05, 0.3], "sia": [0.5, 1.0]}
     config.synthesis.sources = {"cutpaste": 1.0}  # no DTD folder needed to build it
     synthesizer = build_synthesizer(config, ForegroundRule("none"), tmp_path, "widget",
                                     np.zeros((2, 64, 64, 3), np.uint8))
@@ -113,15 +120,17 @@ def test_delta_ranges_reach_the_synthesizer(tmp_path):
                                      ["sdas", "train", "--data", "d", "--categories", "c", "--out", "o"],
                                      ["sdas", "generate", "--model", "m", "--category", "c", "--count", "1",
                                       "--out", "o"]])
-def test_negative_seeds_are_refused_by_the_command_line(command, tmp_path, monkeypatch, capsys):
-    """`sdas generate --seed -1` wrote its settings file, then failed with numpy's traceback."""
+@pytest.mark.parametrize("seed", ["-1", "18446744073709551616"])
+def test_seeds_out_of_range_are_refused_by_the_command_line(command, seed, tmp_path, monkeypatch, capsys):
+    """`sdas generate --seed -1` wrote its settings file, then failed with numpy's traceback; a
+    seed of 2**64 failed in torch.manual_seed with a traceback."""
     from realnet.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exit_:
-        main([*command, "--seed", "-1"])
+        main([*command, "--seed", seed])
     assert exit_.value.code == 2
-    assert "argument --seed: must be >= 0, got -1" in capsys.readouterr().err
+    assert f"argument --seed: must be in [0, 4294967295], got {seed}" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 
@@ -170,3 +179,22 @@ def test_an_override_that_is_not_valid_yaml_is_one_line_naming_it(override, tmp_
     error = capsys.readouterr().err
     assert error.startswith(f"realnet: error: --set {override}: not a valid YAML value") and error.count("\n") == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_dotted_override_into_a_mapping_changes_that_entry_only(tmp_path):
+    """Regression: `--set synthesis.sources.shade=0.2` replaced the preset's whole mapping, so its
+    DTD half was dropped without a word; a mapping written whole still replaces it."""
+    config = load_config("cpu", overrides=["synthesis.sources.shade=0.2"])
+    assert config.synthesis.sources == {"dtd": 0.5, "shade": 0.2}
+    assert load_config("cpu", overrides=["synthesis.sources={crack: 1}"]).synthesis.sources == {"crack": 1.0}
+    with pytest.raises(RealnetError, match="train.steps.x: train.steps is not a mapping"):
+        load_config("cpu", overrides=["train.steps.x=1"])
+    with pytest.raises(RealnetError, match="unknown config key 'train.nope'"):
+        load_config("cpu", overrides=["train.nope.x=1"])
+
+
+def test_a_config_file_that_is_not_utf8_is_one_error_naming_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"# r\xe9glages\ntrain: {steps: 3}\n")
+    with pytest.raises(RealnetError, match=f"{path}: not UTF-8 text"):
+        load_config("tiny", path)

@@ -19,6 +19,7 @@ import yaml
 from realnet.errors import RealnetError
 
 PRESETS = ("paper", "cpu", "tiny")
+MAX_SEED = 2**32 - 1  # every generator takes it (torch.manual_seed overflows at 2**64; derived seeds add to it)
 # Opacity delta ~ U(low, high) of each texture source in Eq. 3, as in the authors' code; the one
 # definition behind both the config default and `realnet.synthesis.SynthesisConfig`'s.
 AUTHORS_DELTA_RANGES = {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
@@ -79,8 +80,7 @@ class SynthesisConfig:
     sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
     foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
     match_gray: bool = True  # grayscale textures on grayscale images (ours); false = the paper
-    # opacity delta ~ U(low, high) of each texture source in Eq. 3; a
-    # `--set synthesis.delta_ranges.dtd=[a, b]` replaces the whole mapping
+    # opacity delta ~ U(low, high) of each texture source in Eq. 3
     delta_ranges: dict[str, list[float]] = field(
         default_factory=lambda: {name: list(bounds) for name, bounds in AUTHORS_DELTA_RANGES.items()})
 
@@ -237,9 +237,11 @@ def load_config(
         if not path.is_file():
             raise RealnetError(f"config file {path} not found")
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        except UnicodeDecodeError as error:  # e.g. a comment saved in a legacy code page
+            raise RealnetError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
         if isinstance(values, dict) and "preset" in values:
             raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
                                "give the preset with --preset")
@@ -251,24 +253,44 @@ def load_config(
 
 
 def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfig:
-    """`section.key=value` overrides applied to `config` in place, then the whole config validated."""
+    """`section.key=value` overrides applied to `config` in place, then the whole config validated.
+    `section.key.entry=value` changes one entry of a mapping (synthesis.sources.shade=0.2) and
+    keeps the others; `section.key={...}` replaces the mapping."""
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep or "." not in key:
             raise RealnetError(f"override '{override}' must look like section.key=value")
-        nested: dict[str, Any] = {}
-        cursor = nested
-        *parents, leaf = key.split(".")
-        for part in parents:
-            cursor = cursor.setdefault(part, {})
+        if not value.strip():  # an unset shell variable; YAML would read it as null
+            raise RealnetError(f"--set {override}: empty value; write null for none")
         try:
-            cursor[leaf] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
             problem = getattr(error, "problem", None) or error.__class__.__name__
             raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
-        _merge(config, nested, "")
+        section, field_name, *entries = key.split(".")
+        current = getattr(getattr(config, section, None), field_name, _UNKNOWN)
+        if entries and current is not _UNKNOWN:  # else _merge names the unknown key
+            parsed = _with_entry(current, entries, parsed, f"{section}.{field_name}", key)
+        _merge(config, {section: {field_name: parsed}}, "")
     validate_config(config)
     return config
+
+
+_UNKNOWN = object()
+
+
+def _with_entry(mapping: Any, entries: list[str], value: Any, name: str, key: str) -> dict[str, Any]:
+    """A copy of the mapping setting `name` with the entry at the path `entries` set to `value`."""
+    if not isinstance(mapping, dict):
+        raise RealnetError(f"{key}: {name} is not a mapping")
+    updated = copy.deepcopy(mapping)
+    cursor = updated
+    for entry in entries[:-1]:
+        cursor = cursor.setdefault(entry, {})
+        if not isinstance(cursor, dict):
+            raise RealnetError(f"{key}: {name}.{entry} is not a mapping")
+    cursor[entries[-1]] = value
+    return updated
 
 
 def map_kind(config: dict[str, Any]) -> str:
@@ -309,8 +331,8 @@ def validate_config(config: RealNetConfig) -> None:
         (bool(config.reconstruction.channel_mults) and all(m >= 1 for m in config.reconstruction.channel_mults),
          "reconstruction.channel_mults must be a non-empty list of positive integers"),
         (config.reconstruction.num_res_blocks >= 1, "reconstruction.num_res_blocks must be >= 1"),
-        (bool(config.discriminator.hidden) and all(h >= 1 for h in config.discriminator.hidden),
-         "discriminator.hidden must be a non-empty list of positive integers"),
+        (len(config.discriminator.hidden) == 4 and all(h >= 1 for h in config.discriminator.hidden),
+         "discriminator.hidden must be four positive widths (the paper's [128, 32, 8, 4])"),
         (config.discriminator.residual_units >= 0, "discriminator.residual_units must be >= 0"),
         (0 <= config.train.holdout_fraction < 1, "train.holdout_fraction must be in [0, 1)"),
         (0 < config.train.threshold_quantile <= 1, "train.threshold_quantile must be in (0, 1]"),
@@ -321,8 +343,9 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.epochs >= 1, "train.epochs must be >= 1"),
         (config.train.checkpoint_every >= 1, "train.checkpoint_every must be >= 1 (steps)"),
         (config.train.seed >= 0, "train.seed must be >= 0"),
-        (config.train.validation_seed is None or config.train.validation_seed >= 0,
-         "train.validation_seed must be >= 0 or null"),
+        (config.train.seed <= MAX_SEED, f"train.seed must be in [0, {MAX_SEED}]"),
+        (config.train.validation_seed is None or 0 <= config.train.validation_seed <= MAX_SEED,
+         f"train.validation_seed must be in [0, {MAX_SEED}] or null"),
         (config.train.ema_decay is None or 0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1) or null"),
         (config.train.ema_decay is None or config.rrs.recalibration_batches > 0,
          "train.ema_decay needs rrs.recalibration_batches > 0 (the RRS statistics must be the averaged weights' own)"),
@@ -348,6 +371,8 @@ def validate_config(config: RealNetConfig) -> None:
             raise RealnetError(message)
     if not config.synthesis.sources or any(not math.isfinite(w) or w < 0 for w in config.synthesis.sources.values()):
         raise RealnetError("synthesis.sources must map source names to finite, non-negative weights")
+    if sum(config.synthesis.sources.values()) <= 0:
+        raise RealnetError("synthesis.sources must give at least one source a positive weight")
     for name, bounds in config.synthesis.delta_ranges.items():
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):

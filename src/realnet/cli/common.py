@@ -23,10 +23,21 @@ FOLDER_FLAGS = {
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type for counts and seeds (numpy's seed sequences refuse negative integers deep inside a run)."""
+    """argparse type for counts."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type for seeds: numpy refuses negative ones and torch.manual_seed those past 64 bits,
+    both deep inside a run."""
+    from realnet.config import MAX_SEED
+
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_SEED}], got {value}")
     return value
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realnet.cli.common import add_data_arguments, data_selection, non_negative_int, positive_int, print_json_line
+from realnet.cli.common import (add_data_arguments, data_selection, non_negative_int, positive_int, print_json_line,
+                                 seed_int)
 
 def register(subparsers) -> None:
     fit = subparsers.add_parser("fit", help="train a detector from normal images")
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     fit.add_argument("--steps", type=positive_int, help="number of training steps (overrides epochs)")
-    fit.add_argument("--seed", type=non_negative_int, help="training seed (default: the preset's train.seed)")
+    fit.add_argument("--seed", type=seed_int, help="training seed (default: the preset's train.seed)")
     fit.add_argument("--resume", action="store_true", help="continue a killed run in --out")
     fit.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     fit.add_argument("--select-on-test", action="store_true",

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from realnet.cli.common import non_negative_int, positive_int, print_json_line
+from realnet.cli.common import positive_int, print_json_line, seed_int
 from realnet.errors import BadFileError, RealnetError
 
 
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--sample-steps", type=int, default=20, help="respaced sampling steps (default 20)")
     train.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (default 500)")
     train.add_argument("--log-every", type=int, default=50, help="steps between log.jsonl lines (default 50)")
-    train.add_argument("--seed", type=non_negative_int, default=0, help="training seed (default 0)")
+    train.add_argument("--seed", type=seed_int, default=0, help="training seed (default 0)")
     train.add_argument("--init", type=Path, help="start from a model folder or .safetensors (matching tensors only)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     _add_runtime_flags(train)
@@ -49,7 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--count", type=int, required=True, help="images 0..COUNT-1 (existing ones are kept)")
     generate.add_argument("--strength", default="0.1:0.2", help="s ~ U(LOW, HIGH) per image, or one value (default 0.1:0.2)")
     generate.add_argument("--out", type=Path, required=True, help="SIA root folder")
-    generate.add_argument("--seed", type=non_negative_int, default=0,
+    generate.add_argument("--seed", type=seed_int, default=0,
                           help="fixes every image's noise and strength (default 0)")
     generate.add_argument("--batch", type=int, default=8, help="images sampled together (part of what fixes the bytes)")
     generate.add_argument("--steps", type=int, help="respaced sampling steps (default: the model's, 20)")

@@ -6,7 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from realnet.cli.common import add_data_arguments, data_selection, non_negative_int
+from realnet.cli.common import add_data_arguments, data_selection, seed_int
 from realnet.errors import RealnetError
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -39,7 +39,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "synthesis.delta_ranges (default dtd=0.2,1.0 and sia=0.5,1.0)")
     preview.add_argument("--size", type=int, default=256, help="training image size (default 256)")
     preview.add_argument("--count", type=int, default=16, help="number of samples (default 16)")
-    preview.add_argument("--seed", type=non_negative_int, default=0, help="random seed (default 0)")
+    preview.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
     preview.add_argument("--out", type=Path, required=True, help="grid image to write (.png, .jpg, ...)")
     preview.set_defaults(func=run_preview)
 
