@@ -101,6 +101,13 @@ def test_folder_dataset_fits_and_tests_from_the_command_line(tmp_path):
     assert main(["fit", *folder, "--preset", "tiny", "--out", str(out), "--steps", "2"]) == 0
     assert json.loads((out / "model.json").read_text())["data"]["folder_options"]["normal_dir"] == "normal"
     assert main(["test", "--run", str(out)]) == 0
+    # regression: the folder options were inherited into another dataset, which refused them
+    from dataset_fixtures import make_mvtec_tree
+
+    mvtec = make_mvtec_tree(tmp_path / "mvtec", "widget", n_train=2, n_test_good=2, defects={"scratch": 2},
+                            size=(64, 64))
+    assert main(["test", "--run", str(out), "--data", str(mvtec), "--category", "widget", "--dataset", "mvtec"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["data"]["dataset"] == "mvtec"
 
 
 def test_a_folder_test_split_of_new_images_needs_no_training_folder(tmp_path, capsys):

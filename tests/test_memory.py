@@ -149,6 +149,22 @@ def test_fused_weights_may_not_exceed_one_and_the_memory_needs_held_out_images()
         load_config("tiny", overrides=["memory.weight=0.5", "train.holdout_fraction=0"])
 
 
+def test_a_memory_fit_that_would_hold_out_no_image_is_refused_before_training(tmp_path):
+    """Regression: the guard read only the fraction, so 0.1 of 4 images held out none and the
+    memory scale came from the fit images, where the memory map reads about 0."""
+    from dataset_fixtures import make_mvtec_tree
+    from realnet.engine.fit import FitRequest, fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=4, size=(64, 64))
+    config = load_config("tiny", overrides=["memory.weight=0.5", "train.holdout_fraction=0.1", "train.steps=2"])
+    request = FitRequest(config=config, data_root=data, category="widget", out=tmp_path / "run", device="cpu",
+                         progress=False)
+    with pytest.raises(RealnetError, match=r"memory.weight > 0 needs held-out images: train.holdout_fraction 0.1 "
+                                           r"holds out none of the 4 normal training images"):
+        fit(request)
+    assert not (tmp_path / "run").exists()
+
+
 def test_fit_builds_the_bank_from_the_fit_images_and_the_scales_from_the_held_out_ones(memory_run):
     from realnet.engine.runtime import to_tensor
     from realnet.model.discriminator import image_score

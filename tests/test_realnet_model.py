@@ -88,3 +88,24 @@ def test_train_step_reconstructs_the_synthetic_features_towards_the_normal_ones(
     assert parts["recon"] == pytest.approx(expected_recon, rel=1e-6)
     assert parts["seg"] == pytest.approx(expected_seg, rel=1e-6)
     assert parts["loss"] == pytest.approx(expected_recon + expected_seg, rel=1e-6)
+
+
+@pytest.mark.parametrize("size, strides, arch, mults, ok", [
+    (256, [8, 16], "A", [1, 2, 4], True),
+    # regression: four U-Net levels halve three times, so a 4x4 map at stride 8 passed the check
+    # and failed at the first training step, after AFS and the feature cache
+    (32, [4, 8], "A", [1, 2, 4, 8], False),
+    (64, [4, 8], "A", [1, 2, 4, 8], True),
+    # regression: two levels halve once, so 96 px (6x6 at stride 16) works but was refused
+    (96, [8, 16], "A", [1, 2], True),
+    (96, [8, 16], "A", [1, 2, 4], False),
+    # B and C reconstruct each group at its finest stride only
+    (96, [8, 16], "B", [1, 2, 4], True),
+])
+def test_image_size_check_follows_the_u_nets_levels_and_groups(size, strides, arch, mults, ok):
+    from realnet.engine.build import check_image_size
+    from realnet.errors import RealnetError
+
+    context = contextlib.nullcontext() if ok else pytest.raises(RealnetError, match=f"train.image_size={size}")
+    with context:
+        check_image_size(size, strides, arch, mults)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from realnet.config import RealNetConfig
@@ -11,7 +13,7 @@ from realnet.model.discriminator import Discriminator, PositionNormalization
 from realnet.model.fusion import MapFusion
 from realnet.model.memory import FeatureMemory
 from realnet.model.realnet import RealNet
-from realnet.model.reconstruction import ReconstructionNetworks
+from realnet.model.reconstruction import ReconstructionNetworks, reconstruction_groups
 from realnet.model.rrs import ResidualSelection
 from realnet.errors import RealnetError
 
@@ -40,14 +42,16 @@ def selected_channels(config: RealNetConfig, backbone_channels: list[int]) -> li
     return list(channels)
 
 
-def check_image_size(size: int, strides: list[int]) -> None:
-    """Each reconstruction U-Net downsamples twice, so every feature map side must divide by 4."""
-    for stride in strides:
-        if size % stride or (size // stride) % 4:
-            raise RealnetError(
-                f"train.image_size={size} gives a {size / stride:g}-pixel feature map at stride {stride}; "
-                f"it must be a multiple of {4 * max(strides)} for this backbone"
-            )
+def check_image_size(size: int, strides: list[int], arch: str, channel_mults: list[int]) -> None:
+    """Every feature map must be whole, and the map each reconstruction U-Net takes (its group's
+    finest stride) must halve len(channel_mults) - 1 times exactly."""
+    halvings = 2 ** (len(channel_mults) - 1)
+    finest = [min(strides[k] for k in group) for group in reconstruction_groups(arch, len(strides))]
+    needed = math.lcm(*strides, *(stride * halvings for stride in finest))
+    if size % needed:
+        raise RealnetError(f"train.image_size={size} does not fit this backbone's strides "
+                           f"({', '.join(map(str, strides))}) and the {len(channel_mults)}-level reconstruction "
+                           f"U-Nets of architecture {arch}; it must be a multiple of {needed}")
 
 
 DENSITY_MEMORY_LIMIT_GB = 8.0  # the float64 covariances that calibration accumulates
@@ -88,7 +92,8 @@ def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
 
 
 def build_model(config: RealNetConfig, backbone) -> RealNet:
-    check_image_size(config.train.image_size, backbone.strides)
+    check_image_size(config.train.image_size, backbone.strides, config.reconstruction.arch,
+                     config.reconstruction.channel_mults)
     channels = selected_channels(config, backbone.channels)
     selector = FeatureSelector(config.selection.method, backbone.channels, channels)
     rc = config.reconstruction

@@ -147,9 +147,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     if data_root is None and not Path(data["root"]).is_dir():
         raise RealnetError(f"the run's data root {data['root']} is not there any more; pass --data (and --category) "
                            "to test where the data is now")
+    tested_dataset = dataset or data["dataset"]
+    inherited = data.get("folder_options", {}) if tested_dataset == data["dataset"] else {}  # options of that layout
     tested = {"root": str(Path(data_root or data["root"]).resolve()), "category": category or data["category"],
-              "dataset": dataset or data["dataset"],
-              "folder_options": folder_options if folder_options is not None else data.get("folder_options", {})}
+              "dataset": tested_dataset, "folder_options": folder_options if folder_options is not None else inherited}
     split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
                             skip_bad=skip_bad, progress=progress)
     started = time.time()

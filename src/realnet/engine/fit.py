@@ -170,6 +170,10 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
         raise RealnetError(f"{request.data_root}: category '{request.category}' has {len(images)} readable normal "
                            f"training images ({len(skipped)} skipped); at least {MIN_TRAINING_IMAGES} are needed")
     fit_idx, holdout_idx = split_holdout(len(images), config.train.holdout_fraction, config.train.holdout_seed)
+    if config.memory.weight > 0 and len(holdout_idx) == 0:  # validate_config could only check the fraction
+        raise RealnetError(f"memory.weight > 0 needs held-out images: train.holdout_fraction "
+                           f"{config.train.holdout_fraction} holds out none of the {len(images)} normal training "
+                           "images; raise it (on its own fit images the memory map reads about 0)")
     if len(holdout_idx) < 2 and launched_rank() == 0:
         consequence = ("the threshold comes from the fit images (biased low) and no validation is reported"
                        if len(holdout_idx) == 0 else "no validation is reported (it needs 2)")
