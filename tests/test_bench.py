@@ -161,6 +161,13 @@ def test_shipped_suites_fit_each_backbone_channel_counts():
     ({"axes": [{"name": "a", "variants": [{"name": "v"}], "colour": "red"}]}, "colour"),
     ({"axes": [{"name": "a", "datasets": ["mvtec"], "variants": [{"name": "v"}]}]}, "unknown dataset"),
     ({"preset": "huge"}, "preset 'huge'"),
+    # regressions: a mistyped plot key failed after every cell had trained; the others were tracebacks,
+    # a string of datasets was split into letters, and a name '..' wrote tables outside --out
+    ({"axes": [{"name": "a", "plot": {"x": "rrs.ratioo", "lines": "rrs.mode"}, "variants": [{"name": "v"}]}]},
+     "plot x 'rrs.ratioo' is not a setting"),
+    ({"axes": [{"name": "a", "datasets": 5, "variants": [{"name": "v"}]}]}, r"datasets: expected a non-empty list"),
+    ({"axes": [{"name": "a", "datasets": "fixture", "variants": [{"name": "v"}]}]}, "datasets: expected a non-empty list"),
+    ({"name": ".."}, "'..' must be a name"),
 ])
 def test_bad_suites_name_the_problem(change, needle):
     with pytest.raises(RealnetError, match=needle):
@@ -319,3 +326,79 @@ def test_results_csv_holds_every_cell_with_its_status_and_metrics_as_fractions()
     assert (rows[0]["image_auroc"], rows[0]["pixel_auroc"], rows[0]["aupro"]) == ("0.912346", "0.500000", "")
     assert (rows[0]["fit_steps"], rows[0]["fit_wall_s"], rows[0]["test_wall_s"]) == ("4", "1.5", "0.5")
     assert rows[1]["image_auroc"] == "" and rows[1]["axes"] == "axis:b"
+
+
+def test_a_cell_drawing_from_dtd_records_its_folder_and_refuses_another(tmp_path, fixture_data):
+    """Regression: the DTD folder was not part of a cell's identity, so a rerun with another --dtd
+    kept the old cells beside new ones trained on other textures, in one table."""
+    from realnet.bench.runner import cell_dir, cell_inputs
+
+    suite = parse_suite(suite_dict([{"name": "d", "set": {"synthesis.sources": {"dtd": 1.0}}}]), "s.yaml")
+    (cell,) = expand(suite)
+    dtd_a, dtd_b = tmp_path / "dtdA", tmp_path / "dtdB"
+    dtd_a.mkdir(), dtd_b.mkdir()
+    folder = cell_dir(tmp_path / "out", suite, cell)
+    fake_complete_cell(folder, cell.config, fixture_data, 0.9)
+    status = read_json(folder / "cell.json")
+    status["inputs"] = cell_inputs(cell, fixture_data, {"dtd": str(dtd_a)})
+    (folder / "cell.json").write_text(json.dumps(status))
+    request = BenchRequest(suite=suite, out=tmp_path / "out", data=fixture_data, data_roots={}, dtd=dtd_b, sia=None,
+                           only=[], device="cpu")
+    with pytest.raises(RealnetError, match=r"holds a run on other inputs \(dtd .*dtdA.* -> .*dtdB"):
+        run_suite(request)
+    with pytest.raises(RealnetError, match="the dtd synthesis source needs the Describable Textures Dataset"):
+        run_suite(BenchRequest(suite=suite, out=tmp_path / "out2", data=fixture_data, data_roots={}, dtd=None,
+                               sia=None, only=[], device="cpu"))  # before any fit, not once per cell
+
+
+def test_cells_not_run_now_are_checked_for_their_data_too(tmp_path, fixture_data):
+    """Regression: only the selected cells' inputs were compared, so --only b on new data put b
+    beside an a trained on the old data in one table."""
+    from realnet.bench.runner import cell_dir
+
+    suite = parse_suite(suite_dict([{"name": "a"}, {"name": "b", "set": {"rrs.ratio": 0.5}}]), "s.yaml")
+    a, _ = expand(suite)
+    elsewhere = tmp_path / "old_data"
+    elsewhere.mkdir()
+    fake_complete_cell(cell_dir(tmp_path / "out", suite, a), a.config, elsewhere, 0.9)
+    request = BenchRequest(suite=suite, out=tmp_path / "out", data=fixture_data, data_roots={}, dtd=None, sia=None,
+                           only=["*/b"], device="cpu")
+    with pytest.raises(RealnetError, match=r"fixture/widget/a holds a run on other inputs \(data_root .*old_data"):
+        run_suite(request)
+
+
+def test_a_folder_a_cell_never_reads_leaves_its_settings_alone(tmp_path):
+    """Regression: --dtd was written into every cell's config, so a cut-paste cell killed without
+    --dtd could not resume with it ("started with other settings: synthesis.dtd_root")."""
+    from realnet.bench.runner import run_config
+
+    suite = parse_suite(suite_dict([{"name": "c", "set": {"synthesis.sources": {"cutpaste": 1.0}}},
+                                    {"name": "d", "set": {"synthesis.sources": {"dtd": 1.0}}}]), "s.yaml")
+    cut, dtd = expand(suite)
+    assert run_config(cut, {"dtd": str(tmp_path)}).synthesis.dtd_root is None
+    assert run_config(dtd, {"dtd": str(tmp_path)}).synthesis.dtd_root == str(tmp_path)
+
+
+def test_a_data_root_of_the_suite_that_the_selection_does_not_read_is_accepted(tmp_path, fixture_data):
+    """Regression: the --help example (--data-root for two datasets, --only one of them) was refused."""
+    from realnet.bench.runner import resolve_roots
+
+    raw = suite_dict([{"name": "v"}])
+    raw["datasets"].append({"name": "other", "layout": "mvtec", "root": "other", "path": ".", "categories": ["x"]})
+    suite = parse_suite(raw, "s.yaml")
+    chosen = select(expand(suite), ["fixture/*"])
+    roots = resolve_roots(chosen, None, {"fixture": fixture_data, "other": tmp_path}, suite)
+    assert roots == {"fixture": fixture_data}
+    with pytest.raises(RealnetError, match="--data-root typo: no such root key in s.yaml"):
+        resolve_roots(chosen, None, {"fixture": fixture_data, "typo": tmp_path}, suite)
+
+
+def test_bench_set_with_an_empty_value_and_a_suite_file_not_utf8_are_one_line(tmp_path):
+    from realnet.bench.suite import parse_override
+
+    with pytest.raises(RealnetError, match="--set train.steps=: empty value; write null for none"):
+        parse_override("train.steps=")
+    path = tmp_path / "s.yaml"
+    path.write_bytes(b"# r\xe9glages\n" + yaml.safe_dump(suite_dict([{"name": "v"}])).encode())
+    with pytest.raises(RealnetError, match=f"{path}: not UTF-8 text"):
+        load_suite(path)

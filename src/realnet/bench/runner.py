@@ -56,13 +56,14 @@ def cell_dir(out: Path, suite: Suite, cell: Cell) -> Path:
     return suite_dir(out, suite) / cell.id
 
 
-def resolve_roots(cells: list[Cell], data: Path | None, data_roots: dict[str, Path]) -> dict[str, Path]:
-    """Data root of every dataset the cells read: --data-root KEY=DIR, else <--data>/<path>."""
+def resolve_roots(cells: list[Cell], data: Path | None, data_roots: dict[str, Path], suite: Suite) -> dict[str, Path]:
+    """Data root of every dataset the cells read: --data-root KEY=DIR, else <--data>/<path>. A key
+    of the suite that the selected cells do not read is no error (one command line for any --only)."""
     datasets = {cell.dataset.name: cell.dataset for cell in cells}
-    keys = {d.root for d in datasets.values()}
+    keys = {d.root for d in suite.datasets}
     unknown = sorted(set(data_roots) - keys)
     if unknown:
-        raise RealnetError(f"--data-root {', '.join(unknown)}: no such root key in this selection "
+        raise RealnetError(f"--data-root {', '.join(unknown)}: no such root key in {suite.source} "
                            f"(known: {', '.join(sorted(keys))})")
     roots = {}
     for dataset in datasets.values():
@@ -115,27 +116,45 @@ def read_status(folder: Path) -> dict[str, Any] | None:
 
 
 def cell_inputs(cell: Cell, data_root: Path, folders: dict[str, str]) -> dict[str, str]:
-    """What a cell reads besides its configuration: its data root and the --sia / --dtd folders it
-    needs. Part of its identity, so that a rerun on other data never keeps the old results."""
-    return {"data_root": str(Path(data_root).resolve()), **{name: folders[name] for name in cell.needs if name in folders}}
+    """What a cell reads besides its configuration: its data root, the --sia / --dtd folders it
+    needs, and the DTD folder it draws textures from (found as fit finds it; an error when there is
+    none). Part of its identity, so that a rerun on other data never keeps the old results."""
+    from realnet.synthesis.sources import find_dtd_root
+
+    inputs = {"data_root": str(Path(data_root).resolve()), **{name: folders[name] for name in cell.needs if name in folders}}
+    if "dtd" in cell_reads(cell) and cell.config["synthesis"]["dtd_root"] is None:
+        inputs["dtd"] = str(find_dtd_root(folders.get("dtd"), data_root).resolve())
+    return inputs
+
+
+def cell_reads(cell: Cell) -> set[str]:
+    """The synthesis folders (sia, dtd) the cell's sources draw from."""
+    return {name for name in ("sia", "dtd") if cell.config["synthesis"]["sources"].get(name, 0) > 0}
 
 
 def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str, Path],
-                     folders: dict[str, str]) -> None:
+                     folders: dict[str, str], others: list[Cell] = ()) -> None:
     """No cell folder may hold a run of another configuration (a changed suite or --set) or on
-    other inputs (another data root, --sia or --dtd folder)."""
-    for cell in cells:
+    other inputs (another data root, --sia or --dtd folder). `others`, the suite's cells not run
+    now but sharing a data root with those that are, are checked for their inputs, so that one
+    table never compares cells trained on different data."""
+    for cell in [*cells, *others]:
         folder = cell_dir(out, suite, cell)
         status = read_status(folder)
         if status is None:
             continue
+        if cell in others and (status.get("config") != cell.config or any(n not in folders for n in cell.needs)):
+            continue  # stale, or its inputs cannot be known now: its table says so
         if status.get("config") != cell.config:
             before, now = flat_config(status.get("config") or {}), flat_config(cell.config)
             changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
             raise RealnetError(
                 f"{folder} holds a run of another configuration ({shown}); choose another --out or delete it")
-        now = cell_inputs(cell, roots[cell.dataset.name], folders)
+        try:
+            now = cell_inputs(cell, roots[cell.dataset.name], folders)
+        except RealnetError:  # no DTD folder: only a cell not run now gets here, and its table marks it
+            continue
         recorded = status.get("inputs") or {"data_root": str(Path(status.get("data_root", "")).resolve())}
         changed = sorted(k for k in now if recorded.get(k) != now[k])
         if changed:
@@ -176,9 +195,13 @@ def run_suite(request: BenchRequest, report: Callable[[str], None] = lambda line
     if not chosen:
         raise RealnetError(f"--only {' '.join(request.only)} matches no cell of {suite.source}")
     folders = check_folders(request.dtd, request.sia)
-    roots = resolve_roots(chosen, request.data, request.data_roots)
+    roots = resolve_roots(chosen, request.data, request.data_roots, suite)
     check_data(chosen, roots)
-    check_identities(chosen, request.out, suite, roots, folders)
+    for cell in chosen:  # a missing DTD folder is one line before the first fit, not one failure per cell
+        if not any(n not in folders for n in cell.needs):
+            cell_inputs(cell, roots[cell.dataset.name], folders)
+    others = [c for c in cells if c not in chosen and c.dataset.name in roots]
+    check_identities(chosen, request.out, suite, roots, folders, others)
 
     width = len(str(len(chosen)))
     for number, cell in enumerate(chosen, 1):
@@ -204,9 +227,10 @@ def run_config(cell: Cell, folders: dict[str, str]):
     from realnet.config import load_config
 
     config = load_config(cell.config["preset"], None, override_strings(substitute(cell.overrides, folders)))
-    if "sia" in folders and config.synthesis.sia_root is None:
+    reads = cell_reads(cell)  # only those: a folder a cell never reads must not change its settings on a resume
+    if "sia" in folders and "sia" in reads and config.synthesis.sia_root is None:
         config.synthesis.sia_root = folders["sia"]
-    if "dtd" in folders and config.synthesis.dtd_root is None:
+    if "dtd" in folders and "dtd" in reads and config.synthesis.dtd_root is None:
         config.synthesis.dtd_root = folders["dtd"]
     return config
 

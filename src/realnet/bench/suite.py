@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from realnet.config import PRESETS, load_config
+from realnet.config import PRESETS, flat_config, load_config
 from realnet.errors import RealnetError
 
 LAYOUTS = ("mvtec", "mpdd", "btad", "visa")
@@ -147,7 +147,11 @@ def load_suite(name_or_file: str | Path) -> Suite:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise RealnetError(f"suite file {path} not found")
-        text, source = path.read_text(), str(path)
+        source = str(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise RealnetError(f"{source}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
     elif str(name_or_file) in shipped_suites():
         text = _suite_folder().joinpath(f"{name_or_file}.yaml").read_text()
         source = f"suite '{name_or_file}'"
@@ -172,7 +176,8 @@ def parse_suite(raw: Any, source: str) -> Suite:
     datasets = tuple(_parse_dataset(d, f"{where}: datasets[{i}]")
                      for i, d in enumerate(_list(raw["datasets"], f"{where}: datasets")))
     _unique([d.name for d in datasets], f"{where}: dataset names")
-    axes = tuple(_parse_axis(a, f"{where}: axes[{i}]", datasets)
+    known_keys = set(flat_config(load_config(raw["preset"]).to_dict()))
+    axes = tuple(_parse_axis(a, f"{where}: axes[{i}]", datasets, known_keys)
                  for i, a in enumerate(_list(raw["axes"], f"{where}: axes")))
     _unique([a.name for a in axes], f"{where}: axis names")
     return Suite(name, str(raw.get("description", "")), raw["preset"], _parse_set(raw.get("set"), f"{where}: set"),
@@ -189,18 +194,21 @@ def _parse_dataset(raw: Any, where: str) -> DatasetSpec:
                        str(raw.get("path", raw["root"])), categories)
 
 
-def _parse_axis(raw: Any, where: str, datasets: tuple[DatasetSpec, ...]) -> Axis:
+def _parse_axis(raw: Any, where: str, datasets: tuple[DatasetSpec, ...], known_keys: set[str]) -> Axis:
     _check_keys(raw, _AXIS_KEYS, where, required={"name", "variants"})
     name = _name(raw["name"], f"{where}: name")
     where = f"{where} ({name})"
     known = [d.name for d in datasets]
-    chosen = tuple(raw.get("datasets", known))
+    chosen = tuple(_list(raw.get("datasets", known), f"{where}: datasets"))
     unknown = [d for d in chosen if d not in known]
     if unknown:
         raise RealnetError(f"{where}: unknown dataset(s) {', '.join(map(str, unknown))} (suite has {', '.join(known)})")
     plot = None
     if raw.get("plot") is not None:
         _check_keys(raw["plot"], _PLOT_KEYS, f"{where}: plot", required={"x", "lines"})
+        for role in ("x", "lines"):  # checked now, not after every cell has trained
+            if raw["plot"][role] not in known_keys:
+                raise RealnetError(f"{where}: plot {role} '{raw['plot'][role]}' is not a setting (section.key)")
         plot = PlotSpec(raw["plot"]["x"], raw["plot"]["lines"], raw["plot"].get("x_label", raw["plot"]["x"]))
     variants = tuple(_parse_variant(v, f"{where}: variants[{i}]")
                      for i, v in enumerate(_list(raw["variants"], f"{where}: variants")))
@@ -237,6 +245,8 @@ def parse_override(text: str) -> Override:
     key, sep, value = text.partition("=")
     if not sep or key.count(".") != 1:
         raise RealnetError(f"--set '{text}' must look like section.key=value")
+    if not value.strip():  # an unset shell variable; YAML would read it as null
+        raise RealnetError(f"--set {text}: empty value; write null for none")
     try:
         return key.strip(), yaml.safe_load(value)
     except yaml.YAMLError:
@@ -342,7 +352,7 @@ def _list(raw: Any, where: str) -> list:
 
 
 def _name(raw: Any, where: str) -> str:
-    if not isinstance(raw, str) or not _NAME.match(raw):
+    if not isinstance(raw, str) or not _NAME.match(raw) or raw in (".", ".."):  # names become folders
         raise RealnetError(f"{where}: '{raw}' must be a name of letters, digits, '_', '.', '+' or '-'")
     return raw
 
