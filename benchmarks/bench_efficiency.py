@@ -22,6 +22,8 @@ import json
 import re
 from pathlib import Path
 
+from common import one_line_errors
+
 from realnet.bench import tables
 from realnet.bench.efficiency import measure_in_subprocess
 from realnet.bench.runner import (EFFICIENCY_RECORD, EFFICIENCY_TABLE, TABLES, cell_dir, collect_statuses,
@@ -56,6 +58,7 @@ def config_specs(args) -> list[tuple[str, dict]]:
     return specs
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

@@ -22,6 +22,8 @@ import time
 
 import torch
 
+from common import one_line_errors
+
 from realnet.cli.common import positive_int
 from realnet.diffusion.gaussian import GaussianDiffusion, linear_betas
 from realnet.diffusion.network import create_unet, make_denoiser, parameter_count, unet_config
@@ -108,6 +110,7 @@ def cpu_table(threads: int, train_steps: int, images: int, batch: int) -> str:
     ])
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=1)

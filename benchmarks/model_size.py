@@ -12,6 +12,7 @@ from common import one_line_errors
 
 from realnet.config import PRESETS, load_config
 from realnet.engine.build import build_model
+from realnet.model.reconstruction import ARCHITECTURES
 from realnet.model.backbone import create_backbone
 from realnet.model.reconstruction import count_parameters
 
@@ -41,7 +42,7 @@ def measure(preset: str, arch: str | None = None, overrides: list[str] = ()) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
-    parser.add_argument("--archs", nargs="+", default=["A"])
+    parser.add_argument("--archs", nargs="+", default=["A"], choices=ARCHITECTURES)
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="config override for every preset, as in realnet fit --set")
     args = parser.parse_args()

@@ -193,7 +193,8 @@ def test_tables_show_paper_format_partial_averages_and_statuses():
                 "d/x/b": {"status": "failed", "error": "boom"}, "d/y/b": {**complete, "metrics": {**complete["metrics"], "image_auroc": 1.0}}}
     markdown, text = tables.category_table(suite, suite.axes[0], cells, statuses)
     assert "| d | x | (90.00, 80.00, -) | failed |" in markdown
-    assert "| d | **AVG** | (80.00, 70.00, 50.00) | (100.00, 80.00, -)* |" in markdown
+    # regression: a metric that one category lacks (no masks) was averaged over the other without a star
+    assert "| d | **AVG** | (80.00, 70.00, 50.00)* | (100.00, 80.00, -)* |" in markdown
     assert list(csv.reader(text.splitlines()))[3] == ["d", "AVG", "80.00", "70.00", "50.00", "100.00", "80.00", ""]
     trend_md, trend_csv = tables.trend_table(suite, suite.axes[0], cells, statuses)
     assert "| d | a | suite default | 80.00 | 70.00 | 50.00 | 2/2 | (99.00, 98.00, -) |" in trend_md

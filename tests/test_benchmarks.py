@@ -68,3 +68,22 @@ def test_revalidate_refuses_position_normalization_on_a_fused_run(fused_run, mon
     with pytest.raises(SystemExit, match="is fused"):
         revalidate.main()
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("script, arguments, message", [
+    ("bench_efficiency", ["--suite", "no-such-suite", "--out", "o"], "unknown suite 'no-such-suite'"),
+    ("model_size", ["--archs", "Z"], None),
+])
+def test_benchmark_scripts_report_bad_input_in_one_line(script, arguments, message, monkeypatch, capsys):
+    """Regression: an unknown suite was a traceback from bench_efficiency.py, and an unknown
+    architecture one from model_size.py."""
+    import importlib
+
+    module = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", *arguments])
+    with pytest.raises(SystemExit) as exit_:
+        module.main()
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.splitlines()[-1].startswith(f"{script}.py: error: ")
+    assert message is None or f"{script}.py: error: {message}" in err

@@ -107,7 +107,8 @@ def category_table(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[s
             shown, numbers = [], []
             for name in names:
                 done = per_variant[name]
-                star = "*" if 0 < len(done) < len(categories) else ""
+                counted = [sum(v is not None for v in column) for column in zip(*done)]  # per metric
+                star = "*" if any(0 < n < len(categories) for n in counted) else ""
                 partial |= bool(star)
                 averages = mean_metrics(done)
                 shown.append(triple(averages) + star if done else "-")
@@ -115,7 +116,8 @@ def category_table(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[s
             md.append(f"| {dataset_name} | **AVG** | " + " | ".join(shown) + " |")
             writer.writerow([dataset_name, "AVG"] + numbers)
     if partial:
-        md += ["", "\\* average over the categories completed so far."]
+        md += ["", "\\* average over fewer categories than the dataset has: those completed so far, and for a "
+               "pixel metric those with masks."]
     return "\n".join(md) + "\n", rows.getvalue()
 
 
