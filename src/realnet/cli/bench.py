@@ -31,8 +31,9 @@ def register(subparsers) -> None:
     bench.add_argument("--only", action="append", default=[], metavar="PATTERN",
                        help="run only cells whose id (dataset/category/variant) or axis matches this glob (repeatable)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a config value in every cell, e.g. --set train.steps=5 "
-                            "(part of each cell's identity)")
+                       help="override a config value in every cell, e.g. --set train.steps=5, except where a "
+                            "variant sets that key itself (the variant is what the table compares); part of each "
+                            "cell's identity")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     bench.add_argument("--tables-only", action="store_true", help="rewrite the tables and plots from finished cells")
     bench.set_defaults(func=run_bench)
