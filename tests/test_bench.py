@@ -403,3 +403,21 @@ def test_bench_set_with_an_empty_value_and_a_suite_file_not_utf8_are_one_line(tm
     path.write_bytes(b"# r\xe9glages\n" + yaml.safe_dump(suite_dict([{"name": "v"}])).encode())
     with pytest.raises(RealnetError, match=f"{path}: not UTF-8 text"):
         load_suite(path)
+
+
+def test_a_setting_that_cannot_change_results_keeps_finished_cells(tmp_path, fixture_data):
+    """Regression: `--set train.checkpoint_every=3` (or feature_cache_gb) made every finished cell
+    "a run of another configuration", although fit may change them on a resume."""
+    from realnet.bench.runner import cell_dir, collect_statuses
+
+    suite = parse_suite(suite_dict([{"name": "a"}]), "s.yaml")
+    (cell,) = expand(suite)
+    fake_complete_cell(cell_dir(tmp_path / "out", suite, cell), cell.config, fixture_data, 0.9)
+    rerun = suite.with_overrides([("train.checkpoint_every", 3), ("train.feature_cache_gb", 1.0)])
+    (again,) = expand(rerun)
+    assert again.config != cell.config
+    assert collect_statuses(rerun, [again], tmp_path / "out")[again.id]["status"] == "complete"
+    request = BenchRequest(suite=rerun, out=tmp_path / "out", data=fixture_data, data_roots={}, dtd=None, sia=None,
+                           only=[], device="cpu")
+    statuses, _ = run_suite(request)
+    assert statuses[again.id]["status"] == "complete"

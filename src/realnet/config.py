@@ -307,6 +307,20 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
             for key, value in values.items()}
 
 
+# settings that change how a run is carried out, never what it computes: a resume may change them and a
+# finished bench cell keeps its figures (--select-on-test's evaluation steps, which checkpoint_every sets
+# without --eval-every, are checked apart)
+RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
+
+
+def differing_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The section.key settings whose values differ between two configs (as to_dict gives them),
+    leaving out those that cannot change a run's results."""
+    old, new = flat_config(before), flat_config(now)
+    return sorted(k for k in old.keys() | new.keys()
+                  if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS and old.get(k) != new.get(k))
+
+
 def validate_config(config: RealNetConfig) -> None:
     checks = [
         (config.selection.method in ("afs", "rdr", "rlpr"), "selection.method must be afs, rdr or rlpr"),

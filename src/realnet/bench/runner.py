@@ -24,7 +24,7 @@ from typing import Any
 
 from realnet.bench import tables
 from realnet.bench.suite import METRICS, Cell, Suite, expand, override_strings, select, substitute
-from realnet.config import flat_config
+from realnet.config import differing_settings, flat_config
 from realnet.errors import RealnetError
 
 CELL_STATUS = "cell.json"
@@ -143,11 +143,11 @@ def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str
         status = read_status(folder)
         if status is None:
             continue
-        if cell in others and (status.get("config") != cell.config or any(n not in folders for n in cell.needs)):
+        changed = differing_settings(status.get("config") or {}, cell.config)
+        if cell in others and (changed or any(n not in folders for n in cell.needs)):
             continue  # stale, or its inputs cannot be known now: its table says so
-        if status.get("config") != cell.config:
+        if changed:
             before, now = flat_config(status.get("config") or {}), flat_config(cell.config)
-            changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
             shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
             raise RealnetError(
                 f"{folder} holds a run of another configuration ({shown}); choose another --out or delete it")
@@ -174,7 +174,7 @@ def collect_statuses(suite: Suite, cells: list[Cell], out: Path,
     statuses = {}
     for cell in cells:
         status = read_status(cell_dir(out, suite, cell))
-        if status is not None and status.get("config") != cell.config:
+        if status is not None and differing_settings(status.get("config") or {}, cell.config):
             status = {"status": "stale", "reason": "run under another configuration; rerun it or delete its folder"}
         if status is None:
             unmet = [n for n in cell.needs if n not in (folders or {})]

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from realnet.config import RETIRED_SETTINGS, RealNetConfig, flat_config
+from realnet.config import RealNetConfig, differing_settings, flat_config
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.data.validate import MIN_TRAINING_IMAGES
@@ -505,11 +505,6 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
                                                                      "val_n_painted": len(holdout)}
 
 
-# settings that change how a run is carried out, never what it computes: a resume may change them
-# (--select-on-test's evaluation steps, which checkpoint_every sets without --eval-every, are checked apart)
-RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
-
-
 def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str, Any]) -> None:
     """A killed run continues only with the settings and data it was started with: another
     seed, step budget, architecture or dataset would silently mix two runs in one set of weights."""
@@ -566,9 +561,8 @@ def evaluation_interval(request: FitRequest) -> int:
 
 
 def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], what: str) -> None:
+    differing = differing_settings(recorded_config, request.config.to_dict())
     before, now = flat_config(recorded_config), flat_config(request.config.to_dict())
-    differing = sorted(k for k in before.keys() | now.keys()
-                       if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS and before.get(k) != now.get(k))
     if differing:
         shown = ", ".join(f"{k}={before.get(k)!r} (now {now.get(k)!r})" for k in differing[:4])
         raise RealnetError(f"{request.out}: {what} other settings: {shown}"
