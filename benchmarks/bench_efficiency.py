@@ -31,6 +31,7 @@ from realnet.bench.runner import (EFFICIENCY_RECORD, EFFICIENCY_TABLE, TABLES, c
 from realnet.bench.suite import Cell, expand, load_suite, parse_override
 from realnet.cli.common import positive_int
 from realnet.engine.checkpoint import atomic_write
+from realnet.errors import RealnetError
 
 OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_]+\.[A-Za-z_]+=)")
 
@@ -38,8 +39,10 @@ OVERRIDE_SPLIT = re.compile(r",(?=\s*[A-Za-z_]+\.[A-Za-z_]+=)")
 def suite_cells(suite, args) -> dict[str, tuple[Cell, str]]:
     """The complete, current cells of one category: cell id -> (cell, its 'finished' stamp)."""
     cells = expand(suite)
-    first = cells[0]
-    dataset, category = args.dataset or first.dataset.name, args.category or first.category
+    dataset = args.dataset or cells[0].dataset.name
+    if dataset not in {c.dataset.name for c in cells}:
+        raise RealnetError(f"--dataset {dataset}: not a dataset of {suite.source}")
+    category = args.category or next(c.category for c in cells if c.dataset.name == dataset)  # its first
     statuses = collect_statuses(suite, cells, args.out)
     done = {c.id: (c, statuses[c.id]["finished"]) for c in cells
             if c.dataset.name == dataset and c.category == category and statuses[c.id]["status"] == "complete"

@@ -87,3 +87,28 @@ def test_benchmark_scripts_report_bad_input_in_one_line(script, arguments, messa
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.splitlines()[-1].startswith(f"{script}.py: error: ")
     assert message is None or f"{script}.py: error: {message}" in err
+
+
+def test_bench_efficiency_takes_the_chosen_datasets_own_first_category(tmp_path):
+    """Regression: --dataset without --category looked for the first dataset's category there."""
+    import argparse
+    import json as json_module
+
+    import bench_efficiency
+    from realnet.bench.runner import cell_dir
+    from realnet.bench.suite import expand, parse_suite
+
+    raw = {"name": "s", "preset": "tiny", "axes": [{"name": "axis", "variants": [{"name": "v"}]}],
+           "datasets": [{"name": "first", "layout": "mvtec", "root": "a", "categories": ["widget"]},
+                        {"name": "second", "layout": "mvtec", "root": "b", "categories": ["gadget"]}]}
+    suite = parse_suite(raw, "s.yaml")
+    second = next(c for c in expand(suite) if c.dataset.name == "second")
+    folder = cell_dir(tmp_path, suite, second)
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text("{}")
+    (folder / "cell.json").write_text(json_module.dumps({"status": "complete", "config": second.config,
+                                                         "finished": "now"}))
+    args = argparse.Namespace(dataset="second", category=None, out=tmp_path)
+    assert list(bench_efficiency.suite_cells(suite, args)) == [second.id]
+    with pytest.raises(RealnetError, match="--dataset third: not a dataset of s.yaml"):
+        bench_efficiency.suite_cells(suite, argparse.Namespace(dataset="third", category=None, out=tmp_path))
