@@ -318,3 +318,24 @@ def test_a_file_name_that_is_not_utf8_is_reported_on_a_strict_utf8_stdout(tmp_pa
                            "widget"], capture_output=True, env=env, timeout=120)
     assert b"Traceback" not in done.stderr, done.stderr.decode(errors="replace")
     assert b"\\xb2\\xe2_mask.png" in done.stdout
+
+
+def test_skipped_files_are_listed_in_record_order_whichever_thread_finishes_first(tmp_path, monkeypatch):
+    """Regression: the reader threads appended bad files as they finished, so metrics.json's
+    skipped_images and the 'skipped' lines came in a different order on every run."""
+    import time
+
+    from realnet.engine import runtime
+    from realnet.errors import BadFileError
+
+    root = make_mvtec_tree(tmp_path, "widget", n_train=6, size=(32, 32))
+    records = [r for r in load_dataset(root, "widget") if r.split == "train"]
+
+    def slow_early_files_fail(record, size):
+        index = records.index(record)
+        time.sleep(0.05 * (len(records) - index))  # the first records finish last
+        raise BadFileError(record.image, "unreadable")
+
+    monkeypatch.setattr(runtime, "load_sample", slow_early_files_fail)
+    *_, skipped = runtime.load_samples(records, 32, skip_bad=True, progress=False)
+    assert [error.path for error in skipped] == [r.image for r in records]

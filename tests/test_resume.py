@@ -397,3 +397,16 @@ def test_a_run_killed_while_saving_its_model_is_trained_again_with_resume(tmp_pa
     assert main([*fit_args, "--resume"]) == 0
     assert "training it again from the start" in capsys.readouterr().err
     assert sorted(p.name for p in run.iterdir()) == ["afs.json", "model.json", "model.safetensors"]
+
+
+def test_resume_of_a_finished_run_removes_a_resume_state_left_by_a_kill_after_saving(tmp_path):
+    """Regression: a fit killed between writing model.json and deleting resume.pt left that file for
+    good (hundreds of MB at the paper preset): --resume returned the finished run and kept it."""
+    from realnet.engine import checkpoint
+    from realnet.engine.fit import fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    fit(tiny_request(data, tmp_path / "run", "train.steps=2"))
+    (tmp_path / "run" / checkpoint.RESUME_STATE).write_bytes(b"a killed run's last state")
+    assert fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True))["fit"]["steps"] == 2
+    assert not (tmp_path / "run" / checkpoint.RESUME_STATE).exists()

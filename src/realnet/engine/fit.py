@@ -649,6 +649,7 @@ def fit(request: FitRequest) -> dict[str, Any]:
         check_same_evaluation_steps(request, meta["fit"].get("eval_every"), "the finished run",
                                     "choose another --out to select among other steps")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
+        (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)  # of a kill after the model was saved
         return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
         # the fused maps are calibrated once, after training; mid-run test scores would not be the fused ones

@@ -143,7 +143,7 @@ def load_samples(
     images = np.zeros((len(records), size, size, 3), dtype=np.uint8)
     masks = np.zeros((len(records), size, size), dtype=bool)
     ok = np.zeros(len(records), dtype=bool)
-    skipped: list[BadFileError] = []
+    errors: dict[int, BadFileError] = {}
 
     def decode(i: int) -> None:
         try:
@@ -152,11 +152,11 @@ def load_samples(
         except BadFileError as error:
             if not skip_bad:
                 raise
-            skipped.append(error)
+            errors[i] = error
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         for _ in tqdm(pool.map(decode, range(len(records))), total=len(records), desc=desc,
                       disable=not progress, leave=False):
             pass
     kept = [r for r, good in zip(records, ok) if good]
-    return images[ok], masks[ok], kept, skipped
+    return images[ok], masks[ok], kept, [errors[i] for i in sorted(errors)]  # record order, not finishing order
