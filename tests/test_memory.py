@@ -76,6 +76,17 @@ def test_memory_distance_is_to_the_nearest_bank_entry_and_zero_on_a_stored_patch
         memory.calibrate(torch.randn(5, 3), 0.5, None, 0)
 
 
+def test_squared_distances_stay_exact_for_features_far_from_the_origin():
+    """Regression: |x|^2 - 2x.c + |c|^2 in float32 cancelled catastrophically for features of large
+    norm (a distance of 0.39 read 0 or 0.8 at norm 620); centring on the bank keeps it exact."""
+    generator = torch.Generator().manual_seed(0)
+    offset = 50 * torch.ones(152)  # norm about 620, as far as some backbone features lie
+    centres = offset + torch.randn(64, 152, generator=generator)
+    points = centres[:8] + 0.05 * torch.randn(8, 152, generator=generator)  # near a bank entry
+    exact = torch.cdist(points.double(), centres.double()).square()
+    torch.testing.assert_close(squared_distances(points, centres).double(), exact, atol=2e-3, rtol=1e-4)
+
+
 def test_row_blocks_give_the_same_distances_as_one_product(monkeypatch):
     from realnet.model import memory as memory_module
 
@@ -197,3 +208,13 @@ def test_the_calibrated_bank_is_the_greedy_coreset_of_the_patches():
     memory.calibrate(patches, ratio=0.1, projection_dim=4, seed=2)
     chosen = greedy_coreset(patches, 8, projection_dim=4, seed=2)
     assert torch.equal(memory.bank, patches[chosen])
+
+
+def test_greedy_coreset_separates_clusters_far_from_the_origin():
+    """Regression: the coreset's float32 distances cancelled for features of large norm, so the
+    farthest-point choice among nearby clusters was noise."""
+    generator = torch.Generator().manual_seed(3)
+    corners = 2.0 * torch.eye(8, 152)[:4]  # four clusters 2.8 apart
+    points = 1000 + torch.cat([corner + 0.01 * torch.randn(20, 152, generator=generator) for corner in corners])
+    chosen = greedy_coreset(points, 4, projection_dim=None, seed=0)
+    assert sorted((chosen // 20).tolist()) == [0, 1, 2, 3]

@@ -34,7 +34,11 @@ def local_embedding(features: list[Tensor], neighbourhood: int) -> Tensor:
 
 def squared_distances(points: Tensor, centres: Tensor) -> Tensor:
     """|x - c|^2 for every row x of points (N, C) and c of centres (M, C), as one matrix product
-    (exportable to ONNX, unlike torch.cdist): (N, M)."""
+    (exportable to ONNX, unlike torch.cdist): (N, M). Both are first moved by the centres' mean,
+    which leaves the distances unchanged and keeps float32 from cancelling when the features lie
+    far from the origin."""
+    origin = centres.mean(0)
+    points, centres = points - origin, centres - origin
     products = points @ centres.T
     return (points.square().sum(1, keepdim=True) - 2 * products + centres.square().sum(1)).clamp_min(0)
 
@@ -63,6 +67,7 @@ def greedy_coreset(points: Tensor, size: int, projection_dim: int | None, seed: 
     # (C, N): a row vector times it runs ~3x faster on the CPU than (N, C) @ c; only this copy is kept
     columns = projected.to(device).T.contiguous()
     del projected
+    columns -= columns.mean(1, keepdim=True)  # as in squared_distances: no float32 cancellation far from 0
     norms = columns.square().sum(0)
     chosen = torch.empty(size, dtype=torch.long, device=device)
     chosen[0] = int(torch.randint(n, (1,), generator=generator))
