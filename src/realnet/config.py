@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from realnet.errors import RealnetError
+from realnet.files import read_utf8_text
 
 PRESETS = ("paper", "cpu", "tiny")
 MAX_SEED = 2**32 - 1  # every generator takes it (torch.manual_seed overflows at 2**64; derived seeds add to it)
@@ -237,11 +238,9 @@ def load_config(
         if not path.is_file():
             raise RealnetError(f"config file {path} not found")
         try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            values = yaml.safe_load(read_utf8_text(path)) or {}
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
-        except UnicodeDecodeError as error:  # e.g. a comment saved in a legacy code page
-            raise RealnetError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
         if isinstance(values, dict) and "preset" in values:
             raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
                                "give the preset with --preset")
@@ -257,16 +256,7 @@ def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfi
     `section.key.entry=value` changes one entry of a mapping (synthesis.sources.shade=0.2) and
     keeps the others; `section.key={...}` replaces the mapping."""
     for override in overrides:
-        key, sep, value = override.partition("=")
-        if not sep or "." not in key:
-            raise RealnetError(f"override '{override}' must look like section.key=value")
-        if not value.strip():  # an unset shell variable; YAML would read it as null
-            raise RealnetError(f"--set {override}: empty value; write null for none")
-        try:
-            parsed = yaml.safe_load(value)
-        except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
-            problem = getattr(error, "problem", None) or error.__class__.__name__
-            raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
+        key, parsed = parse_override(override)
         section, field_name, *entries = key.split(".")
         current = getattr(getattr(config, section, None), field_name, _UNKNOWN)
         if entries and current is not _UNKNOWN:  # else _merge names the unknown key
@@ -274,6 +264,20 @@ def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfi
         _merge(config, {section: {field_name: parsed}}, "")
     validate_config(config)
     return config
+
+
+def parse_override(override: str) -> tuple[str, Any]:
+    """'section.key=value' -> ("section.key", the value read as YAML), or one line naming the override."""
+    key, sep, value = override.partition("=")
+    if not sep or "." not in key:
+        raise RealnetError(f"override '{override}' must look like section.key=value")
+    if not value.strip():  # an unset shell variable; YAML would read it as null
+        raise RealnetError(f"--set {override}: empty value; write null for none")
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
+        problem = getattr(error, "problem", None) or error.__class__.__name__
+        raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
 
 
 _UNKNOWN = object()

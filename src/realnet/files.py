@@ -1,11 +1,13 @@
-"""File-system helpers shared by every layer that writes outputs: the user's umask, staging
-folders that are renamed into place once complete, and input names cut to fit an output's name."""
+"""File-system helpers shared by every layer: the user's umask, staging folders that are renamed
+into place once complete, input names cut to fit an output's name, and UTF-8 text inputs."""
 
 from __future__ import annotations
 
 import os
 import tempfile
 from pathlib import Path
+
+from realnet.errors import RealnetError
 
 # read once (os.umask can only be read by setting it); files written through a temporary name get
 # the mode the user's umask gives any other new file, not mkstemp's/mkdtemp's private 0600/0700
@@ -26,3 +28,15 @@ def cut_to_bytes(text: str, limit: int) -> str:
     while len(os.fsencode(text)) > limit:
         text = text[:-1]
     return text
+
+
+def not_utf8(path: Path | str, error: UnicodeDecodeError) -> RealnetError:
+    """The one-line error for a text input saved in a legacy code page (a spreadsheet, an editor)."""
+    return RealnetError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8")
+
+
+def read_utf8_text(path: Path) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise not_utf8(path, error) from None

@@ -48,7 +48,9 @@ from typing import Any
 import yaml
 
 from realnet.config import PRESETS, flat_config, load_config
+from realnet.config import parse_override as parse_config_override
 from realnet.errors import RealnetError
+from realnet.files import read_utf8_text
 
 LAYOUTS = ("mvtec", "mpdd", "btad", "visa")
 TEMPLATES = ("sia", "dtd")
@@ -147,11 +149,7 @@ def load_suite(name_or_file: str | Path) -> Suite:
     if path.suffix in (".yaml", ".yml") or path.is_file():
         if not path.is_file():
             raise RealnetError(f"suite file {path} not found")
-        source = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as error:
-            raise RealnetError(f"{source}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+        text, source = read_utf8_text(path), str(path)
     elif str(name_or_file) in shipped_suites():
         text = _suite_folder().joinpath(f"{name_or_file}.yaml").read_text()
         source = f"suite '{name_or_file}'"
@@ -241,16 +239,11 @@ def _parse_set(raw: Any, where: str) -> tuple[Override, ...]:
 
 
 def parse_override(text: str) -> Override:
-    """'section.key=value' (value in YAML) -> ("section.key", value)."""
-    key, sep, value = text.partition("=")
-    if not sep or key.count(".") != 1:
+    """'section.key=value' (value in YAML) -> ("section.key", value); a suite sets whole settings."""
+    key, value = parse_config_override(text)
+    if key.count(".") != 1:
         raise RealnetError(f"--set '{text}' must look like section.key=value")
-    if not value.strip():  # an unset shell variable; YAML would read it as null
-        raise RealnetError(f"--set {text}: empty value; write null for none")
-    try:
-        return key.strip(), yaml.safe_load(value)
-    except yaml.YAMLError:
-        raise RealnetError(f"--set '{text}': the value is not valid YAML") from None
+    return key, value
 
 
 def override_strings(overrides: tuple[Override, ...] | list[Override]) -> list[str]:

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from realnet.data.records import ANOMALOUS, NORMAL, Record
 from realnet.errors import RealnetError
+from realnet.files import not_utf8
 
 DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
 IMAGE_EXTENSIONS = frozenset(
@@ -236,7 +237,7 @@ def _abnormal_pairs(abnormal_dir: str | Path, mask_dir: str | Path | None
     if mask_dir is None:
         return _match_masks(images, None)
     masks = _require_dir(Path(mask_dir), "mask folder")
-    if not masks.resolve() == Path(abnormal_dir).resolve():
+    if masks.resolve() != Path(abnormal_dir).resolve():
         return _match_masks(images, masks)
     suffixed = [path for path in images if path.stem.endswith(MASK_SUFFIX)]
     return _match_masks([path for path in images if path not in suffixed], None, candidates=suffixed)
@@ -292,7 +293,7 @@ def _read_visa_rows(root: Path) -> list[dict[str, str | int]]:
             return [{**{name: (row[name] or "").strip() for name in _VISA_COLUMNS}, "line": reader.line_num}
                     for row in reader]
     except UnicodeDecodeError as error:  # e.g. saved by a spreadsheet in a legacy code page
-        raise RealnetError(f"{split_file}: not UTF-8 text (byte {error.start}); save it as UTF-8") from None
+        raise not_utf8(split_file, error) from None
     except csv.Error as error:
         raise RealnetError(f"{split_file}: not a readable CSV file ({error})") from None
 

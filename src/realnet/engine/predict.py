@@ -241,7 +241,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
                     anomaly_map = maps[index]
                     if map_size == "input":
                         anomaly_map = map_at_input_size(anomaly_map, item.image.shape[:2])
-                    stem = _map_stem(item.position, item.path)
+                    stem = stems[item.position]
                     result["map"] = str(_save_png(save_maps / f"{stem}.png", map_to_uint8(anomaly_map, display_max)))
                     if overlays:
                         shown = item.image if map_size == "input" else resize_image(item.image, size)
