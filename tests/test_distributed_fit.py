@@ -391,3 +391,44 @@ def test_recalibrated_discriminator_statistics_match_one_process(tmp_path):
         two_ranks = torch.load(f"{out}.{rank}")
         for name, value in one_process.items():
             torch.testing.assert_close(two_ranks[name], value, msg=lambda m, name=name: f"rank {rank} {name}: {m}")
+
+
+def _cuda_only_group_worker(rank: int, init_file: str, results: str) -> None:
+    """Joins a group built like CUDA_BACKENDS, with a gloo-backed stand-in for NCCL that, like
+    NCCL, serves CUDA tensors only, then runs the run's scalar collectives on CPU tensors."""
+    import torch.distributed as dist
+
+    from realnet.engine import distributed
+
+    dist.Backend.register_backend("cudaonly", lambda store, r, size, timeout: dist.ProcessGroupGloo(
+        store, r, size, timeout), devices=["cuda"])
+    dist.init_process_group(distributed.CUDA_BACKENDS.replace("nccl", "cudaonly"), init_method=f"file://{init_file}",
+                            rank=rank, world_size=2)
+    context = distributed.DistributedContext(rank, 2)
+    agreed = distributed.all_ranks_agree(7, context)
+    mean = distributed.average_scalars({"loss": float(rank)}, context)["loss"]
+    Path(results, f"rank{rank}").write_text(f"{agreed} {mean}")
+    dist.destroy_process_group()
+
+
+def test_scalar_collectives_work_in_a_group_whose_gpu_backend_takes_cuda_tensors_only(tmp_path, monkeypatch):
+    """Regression: under torchrun on GPUs the group was plain NCCL, which takes no CPU tensor, so
+    the CPU scalars of all_ranks_agree (before step 0 of every fit) and average_scalars failed with
+    'No backend type associated with device type cpu'."""
+    import torch.multiprocessing as mp
+    import torch.distributed as dist
+
+    from realnet.engine import distributed
+
+    asked = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: asked.append(backend))
+    distributed.init_distributed()
+    assert asked == [distributed.CUDA_BACKENDS]
+    monkeypatch.undo()
+
+    mp.spawn(_cuda_only_group_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    assert [Path(tmp_path, f"rank{r}").read_text() for r in range(2)] == ["True 0.5"] * 2

@@ -21,6 +21,7 @@ from realnet.diffusion.network import create_unet
 from realnet.diffusion.train import (
     EMA_WEIGHTS,
     MODEL_META,
+    TRAIN_LOG,
     TRAIN_STATE,
     TrainRequest,
     load_sdas_model,
@@ -218,11 +219,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def ddp_worker(rank: int, world: int, port: int, data: str, out: str) -> None:
+def ddp_worker(rank: int, world: int, port: int, data: str, out: str, steps: int = 1) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    train(request(Path(data), Path(out), steps=1, device="cpu"))
+    train(request(Path(data), Path(out), steps=steps, log_every=1, device="cpu"))
 
 
 @pytest.mark.slow
@@ -241,6 +242,19 @@ def test_two_gloo_ranks_train_like_one_process(gray_data, tmp_path):
     # Only rounding differs; a rare Adam sign flip on a near-zero gradient may move one weight.
     assert differences.mean() < 1e-4 * moved.mean() and (differences > 1e-6).float().mean() < 1e-3
     assert json.loads((tmp_path / "ddp" / MODEL_META).read_text())["world_size"] == 2
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_log_each_window_like_one_process(gray_data, tmp_path):
+    """Regression: only rank 0 reset its window totals after logging, so from the second window on
+    the other ranks' stale sums were averaged in and the logged loss grew under torchrun."""
+    mp.spawn(ddp_worker, args=(2, free_port(), str(gray_data), str(tmp_path / "ddp"), 3), nprocs=2, join=True)
+    train(request(gray_data, tmp_path / "single", steps=3, log_every=1))
+
+    def losses(run: str) -> list[float]:
+        return [json.loads(line)["loss"] for line in (tmp_path / run / TRAIN_LOG).read_text().splitlines()]
+
+    np.testing.assert_allclose(losses("ddp"), losses("single"), rtol=1e-3)
 
 
 def test_only_rank_zero_draws_the_loading_bar(gray_data, monkeypatch):

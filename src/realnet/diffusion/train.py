@@ -466,13 +466,13 @@ def _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, 
         log_now = done % request.log_every == 0 or done == request.steps
         if log_now:
             totals = distributed.average_scalars(totals, context)  # the whole batch's loss, on every rank
-        if main and log_now:
-            record = {"step": done, **{k: v / logged_steps for k, v in totals.items()},
-                      "averaged_steps": logged_steps, "seconds": round(time.perf_counter() - began, 2)}
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            with open(out / TRAIN_LOG, "a") as log:
-                log.write(json.dumps(record) + "\n")
-            totals = dict.fromkeys(totals, 0.0)
+            if main:
+                record = {"step": done, **{k: v / logged_steps for k, v in totals.items()},
+                          "averaged_steps": logged_steps, "seconds": round(time.perf_counter() - began, 2)}
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                with open(out / TRAIN_LOG, "a") as log:
+                    log.write(json.dumps(record) + "\n")
+            totals = dict.fromkeys(totals, 0.0)  # on every rank: the next window starts empty everywhere
             logged_steps = 0
         if main and (done % request.save_every == 0 or done == request.steps):
             save_train_state(out, meta, unet, ema, optimizer, done)

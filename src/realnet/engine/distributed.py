@@ -37,11 +37,15 @@ def launched_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+CUDA_BACKENDS = "cpu:gloo,cuda:nccl"
+
+
 def init_distributed(backend: str | None = None) -> DistributedContext:
     """Join the process group described by torchrun's RANK / WORLD_SIZE / LOCAL_RANK variables.
 
-    The backend defaults to NCCL when CUDA is available and gloo otherwise; each rank uses
-    cuda:LOCAL_RANK or the CPU."""
+    The backend defaults to NCCL for CUDA tensors (with gloo for CPU tensors, which NCCL does not
+    take: the run's small scalar collectives stay on the CPU) when CUDA is available, and to gloo
+    otherwise; each rank uses cuda:LOCAL_RANK or the CPU."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistributedContext()
@@ -51,7 +55,7 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     if use_cuda:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend or ("nccl" if use_cuda else "gloo"))
+        dist.init_process_group(backend or (CUDA_BACKENDS if use_cuda else "gloo"))
     return DistributedContext(rank, world_size, local_rank, device)
 
 
