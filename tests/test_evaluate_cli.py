@@ -179,7 +179,7 @@ def test_a_second_test_replaces_the_panels_and_refuses_a_negative_count(tiny_run
     (copy / "panels" / "worst_anomalous_00_scratch_old_0.999.png").write_bytes(b"an earlier test's panel")
     assert main(["test", "--run", str(copy), "--panels", "1"]) == 0
     listed = json.loads((copy / "metrics.json").read_text())["panels"]
-    assert sorted(str(p) for p in (copy / "panels").iterdir()) == sorted(listed) and len(listed) == 3
+    assert sorted(f"panels/{p.name}" for p in (copy / "panels").iterdir()) == sorted(listed) and len(listed) == 3
     assert not list(copy.glob(".panels.*"))
     # regression: the folder kept its staging folder's private mode 0700, unlike every other output
     assert stat.S_IMODE((copy / "panels").stat().st_mode) == 0o777 & ~USER_UMASK
@@ -208,6 +208,54 @@ def test_a_test_whose_panels_fail_leaves_the_previous_outputs_as_they_were(tiny_
     assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert {name: (copy / name).read_bytes() for name in before} == before
+
+
+def test_a_test_whose_metrics_file_fails_leaves_every_previous_output_as_it_was(tiny_run, tmp_path, monkeypatch,
+                                                                               capsys):
+    """Regression: panels/ and scores.csv were moved into place before metrics.json was written, so a
+    full disk while writing metrics.json left the new panels and scores beside the previous test's
+    metrics.json, which listed panels that were gone."""
+    from pathlib import Path
+
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["test", "--run", str(copy), "--panels", "2"]) == 0
+    before = {path.relative_to(copy): path.read_bytes() for path in [copy / "scores.csv", copy / "metrics.json",
+                                                                       *(copy / "panels").iterdir()]}
+    real_write_text = Path.write_text
+
+    def disk_full_for_metrics(path, *args, **kwargs):
+        if path.name.startswith(".metrics.json."):
+            raise OSError(28, "No space left on device")
+        return real_write_text(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", disk_full_for_metrics)
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    after = {path.relative_to(copy): path.read_bytes() for path in [copy / "scores.csv", copy / "metrics.json",
+                                                                      *(copy / "panels").iterdir()]}
+    assert after == before
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
+
+
+def test_panel_paths_in_metrics_are_relative_to_the_run_and_a_killed_tests_leftovers_are_removed(
+        tiny_run, tmp_path, monkeypatch):
+    """Regressions: metrics.json named the panels relative to the folder `realnet test` ran in, so
+    they could not be found from anywhere else; a test killed mid-write left its hidden staging
+    folder and temporary files in the run for good."""
+    data, run = tiny_run
+    copy = tmp_path / "elsewhere" / "run"
+    shutil.copytree(run, copy)
+    (copy / ".panels.k1ll3d").mkdir()
+    (copy / ".panels.k1ll3d" / "worst_normal_00_good_000_0.123.png").write_bytes(b"half")
+    (copy / ".scores.csv.k1ll3d.tmp").write_text("half")
+    (copy / ".metrics.json.k1ll3d.tmp").write_text("half")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["test", "--run", "run", "--panels", "1"]) == 0
+    panels = json.loads((copy / "metrics.json").read_text())["panels"]
+    assert panels and all(name.startswith("panels/") and (copy / name).is_file() for name in panels)
+    assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
 
 
 def test_every_option_of_every_command_says_what_it_does():

@@ -278,40 +278,37 @@ def test_per_defect_image_auroc_ranks_each_defect_type_against_every_normal_imag
     assert metrics["pixel_auroc"] is None and metrics["aupro"] is None  # no defect pixels at all
 
 
-def test_scores_csv_flags_only_scores_strictly_above_the_threshold(tmp_path):
+def test_scores_csv_flags_only_scores_strictly_above_the_threshold():
     """The exported contract: anomalous when score > threshold."""
     import csv
 
-    from realnet.engine.evaluate import write_scores_csv
+    from realnet.engine.evaluate import scores_csv_bytes
 
     split = _split(["good", "crack", "good"])
-    write_scores_csv(tmp_path / "scores.csv", split, np.array([0.5, 0.75, 0.25]), threshold=0.5)
-    with open(tmp_path / "scores.csv") as handle:
-        rows = list(csv.DictReader(handle))
+    text = scores_csv_bytes(split, np.array([0.5, 0.75, 0.25]), threshold=0.5).decode()
+    rows = list(csv.DictReader(text.splitlines()))
     assert [(r["path"], r["defect"], r["label"], r["score"], r["is_anomalous"]) for r in rows] == [
         ("/data/00_good.png", "good", "0", "0.5", "0"), ("/data/01_crack.png", "crack", "1", "0.75", "1"),
         ("/data/02_good.png", "good", "0", "0.25", "0")]
 
 
-def test_scores_csv_keeps_every_score_exactly_and_flags_it_as_predict_does(tmp_path):
+def test_scores_csv_keeps_every_score_exactly_and_flags_it_as_predict_does():
     """Regression: scores were written with 6 significant digits, so a score just above the threshold
     read back as equal to it (and distinct scores as ties); the float32 scores were compared with the
     float64 threshold in float32, so a score above it by less than a float32 step was not flagged."""
     import csv
 
-    from realnet.engine.evaluate import write_scores_csv
+    from realnet.engine.evaluate import scores_csv_bytes
 
     split = _split(["good", "crack", "crack"])
     threshold = 0.5 - 1e-9  # a quantile of held-out scores: rarely a float32 value
     scores = np.array([0.5, np.nextafter(np.float32(0.5), np.float32(1)), 0.25], np.float32)
-    write_scores_csv(tmp_path / "scores.csv", split, scores, threshold)
-    with open(tmp_path / "scores.csv") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(csv.DictReader(scores_csv_bytes(split, scores, threshold).decode().splitlines()))
     assert [float(r["score"]) for r in rows] == [float(score) for score in scores]
     assert [int(r["is_anomalous"]) for r in rows] == [int(float(score) > threshold) for score in scores] == [1, 1, 0]
 
 
-def test_scores_csv_names_a_file_whose_name_is_not_utf8_byte_for_byte(tmp_path):
+def test_scores_csv_names_a_file_whose_name_is_not_utf8_byte_for_byte():
     """Regression: an image name in another encoding (a Latin-1 'défaut.png' from a Windows archive)
     is a str with a surrogate escape, and writing scores.csv failed with a UnicodeEncodeError
     traceback after the whole split was scored."""
@@ -319,13 +316,12 @@ def test_scores_csv_names_a_file_whose_name_is_not_utf8_byte_for_byte(tmp_path):
     from pathlib import Path
 
     from realnet.data.records import Record
-    from realnet.engine.evaluate import write_scores_csv
+    from realnet.engine.evaluate import scores_csv_bytes
 
     latin1 = Path(os.fsdecode(b"/data/d\xe9faut.png"))
     split = _split(["good", "crack"])
     split.records[1] = Record(latin1, None, 1, "crack", "widget", "test")
-    write_scores_csv(tmp_path / "scores.csv", split, np.array([0.25, 0.75]), threshold=0.5)
-    lines = (tmp_path / "scores.csv").read_bytes().splitlines()
+    lines = scores_csv_bytes(split, np.array([0.25, 0.75]), threshold=0.5).splitlines()
     assert lines[2].startswith(b"/data/d\xe9faut.png,crack,1,")
     assert lines[1].startswith(b"/data/00_good.png,good,0,")
 

@@ -28,9 +28,10 @@ RESUME_STATE = "resume.pt"
 FORMAT_VERSION = 1
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp_path)` then move the result into place, so readers never see a half file.
-    A folder that cannot be written to is named in the error, not the temporary file's name."""
+def write_beside(path: Path, write) -> Path:
+    """Call `write(tmp_path)` on a new temporary file beside `path` and return it complete, for the
+    caller to move into place (os.replace) or delete; deleted here if writing fails. A folder that
+    cannot be written to is named in the error, not the temporary file's name."""
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -38,12 +39,25 @@ def atomic_write(path: Path, write) -> None:
         os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~USER_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
+        return Path(tmp)
+    except BaseException as error:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise RealnetError(f"{path}: cannot write there ({error.strerror or error})") from None
+        raise
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp_path)` then move the result into place, so readers never see a half file."""
+    tmp = write_beside(path, write)
+    try:
         os.replace(tmp, path)
     except OSError as error:
         raise RealnetError(f"{path}: cannot write there ({error.strerror or error})") from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp.exists():
+            tmp.unlink()
 
 
 def temporary_target(name: str) -> str | None:
@@ -73,8 +87,12 @@ def _json_default(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
 
 
+def json_text(payload: Any) -> str:
+    return json.dumps(payload, indent=2, default=_json_default) + "\n"
+
+
 def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=_json_default) + "\n"))
+    atomic_write(path, lambda tmp: tmp.write_text(json_text(payload)))
 
 
 def detector_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import load_samples, resolve_device
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import staging_dir
 from realnet.model.realnet import RealNet
 
 
@@ -118,7 +121,15 @@ def flag_anomalous(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(scores, dtype=np.float64) > threshold
 
 
-def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold: float) -> None:
+PANELS_DIR = "panels"
+SCORES_CSV = "scores.csv"
+METRICS_JSON = "metrics.json"
+_PANELS_STAGING = f".{PANELS_DIR}."
+
+
+def scores_csv_bytes(split: TestSplit, scores: np.ndarray, threshold: float) -> bytes:
+    """scores.csv's contents, UTF-8; a file name that is not UTF-8 is written as the bytes that name
+    the file (surrogateescape)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(["path", "defect", "label", "score", "is_anomalous"])
@@ -126,9 +137,45 @@ def write_scores_csv(path: Path, split: TestSplit, scores: np.ndarray, threshold
         # repr: the shortest text that reads back as the same float, so the file re-ranks and
         # re-thresholds exactly as metrics.json did
         writer.writerow([str(record.image), record.defect, record.label, repr(float(score)), int(anomalous)])
-    # surrogateescape: a file name that is not UTF-8 is written as the bytes that name the file
-    checkpoint.atomic_write(path, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8",
-                                                             errors="surrogateescape"))
+    return buffer.getvalue().encode("utf-8", errors="surrogateescape")
+
+
+def remove_killed_test_outputs(run_dir: Path) -> None:
+    """Delete the staging folder and temporary files a `realnet test` killed mid-write left behind."""
+    for stale in run_dir.glob(f"{_PANELS_STAGING}*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    for stale in run_dir.glob(".*.tmp"):
+        if checkpoint.is_temporary_of(stale.name, (SCORES_CSV, METRICS_JSON)):
+            stale.unlink(missing_ok=True)
+
+
+def write_test_outputs(run_dir: Path, metrics: dict, split: TestSplit, maps: np.ndarray, scores: np.ndarray,
+                       threshold: float, write_panels) -> None:
+    """panels/, scores.csv and metrics.json replaced together: all three are written in full beside
+    their places first and moved in only then, so a failure while writing (a full disk) leaves the
+    last test's outputs as they were instead of mixing two tests'. metrics["panels"] names the
+    panels relative to the run folder, so they are found from anywhere and after the run moves."""
+    staging = staging_dir(run_dir, _PANELS_STAGING)
+    pending: list[tuple[Path, Path]] = []
+    try:
+        metrics["panels"] = [f"{PANELS_DIR}/{path.name}" for path in write_panels(staging)]
+        csv_bytes = scores_csv_bytes(split, scores, threshold)
+        pending.append((checkpoint.write_beside(run_dir / SCORES_CSV, lambda tmp: tmp.write_bytes(csv_bytes)),
+                        run_dir / SCORES_CSV))
+        json_text = checkpoint.json_text(metrics)
+        pending.append((checkpoint.write_beside(run_dir / METRICS_JSON, lambda tmp: tmp.write_text(json_text)),
+                        run_dir / METRICS_JSON))
+        if (run_dir / PANELS_DIR).exists():
+            shutil.rmtree(run_dir / PANELS_DIR)
+        staging.rename(run_dir / PANELS_DIR)
+        for tmp, target in pending:
+            os.replace(tmp, target)
+    except OSError as error:
+        raise RealnetError(f"{run_dir}: cannot write the test's outputs there ({error.strerror or error})") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        for tmp, _target in pending:
+            tmp.unlink(missing_ok=True)
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
@@ -140,6 +187,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
     model, meta = load_run(run_dir, torch_device)
+    remove_killed_test_outputs(run_dir)
     data = dict(meta["data"])
     size = meta["config"]["train"]["image_size"]
     if dataset == "folder" and data["dataset"] != "folder":  # no folder root to inherit: look where fit would
@@ -183,10 +231,6 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         sys.stderr.write(f"realnet: warning: {split.anomalous_with_empty_mask} anomalous test image(s) have a mask that "
                          f"marks no pixel at {size} px; the pixel metrics count all their pixels as "
                          "normal\n")
-    # panels first: they are the likeliest to fail, and a failure then leaves the last test's
-    # scores.csv and metrics.json as they were instead of mixing two tests' outputs
-    metrics["panels"] = [str(p) for p in write_panels(run_dir / "panels", split, maps, scores, count=panels,
-                                                      display_max=map_display_max(meta), threshold=meta["threshold"])]
-    write_scores_csv(run_dir / "scores.csv", split, scores, meta["threshold"])
-    checkpoint.write_json(run_dir / "metrics.json", metrics)
+    write_test_outputs(run_dir, metrics, split, maps, scores, meta["threshold"], lambda folder: write_panels(
+        folder, split, maps, scores, count=panels, display_max=map_display_max(meta), threshold=meta["threshold"]))
     return metrics

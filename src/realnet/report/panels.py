@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from realnet.config import map_kind
 from realnet.data.io import read_sample
 from realnet.data.records import Record
 from realnet.errors import BadFileError
-from realnet.files import cut_to_bytes, staging_dir
+from realnet.files import cut_to_bytes
 
 PANEL_MAX_SIDE = 1024  # a panel is three of these side by side
 _CASE_BYTES = 200  # of a panel name's 255 for the defect and image stem: room for the kind, rank and score
@@ -120,34 +119,26 @@ def pick_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> dict[str, 
 
 def write_panels(out_dir: Path, split, maps: np.ndarray, scores: np.ndarray, count: int = 6,
                  display_max: float = 1.0, threshold: float | None = None) -> list[Path]:
-    """Writes the captioned panels of `pick_cases`, each at its image's own size, into a new
-    `out_dir`, replacing the folder as a whole, so that it never mixes them with an earlier test's
-    (their names carry scores)."""
+    """Writes the captioned panels of `pick_cases`, each at its image's own size, into `out_dir`
+    (created if missing) and returns their paths. `realnet test` writes them into a staging folder
+    that replaces the run's panels/ as a whole, so they never mix with an earlier test's (their
+    names carry scores)."""
     from PIL import Image
 
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(out_dir.parent, f".{out_dir.name}.")
-    try:
-        names = []
-        for kind, indices in pick_cases(split.labels, scores, count).items():
-            for rank, index in enumerate(indices):
-                record = split.records[index]
-                case = cut_to_bytes(f"{record.defect}_{record.image.stem}", _CASE_BYTES)
-                name = f"{kind}_{rank:02d}_{case}_{scores[index]:.3f}.png"
-                caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
-                try:
-                    image, mask, anomaly_map = case_at_input_size(record, maps[index])
-                except BadFileError as error:  # moved or replaced since it was scored: draw the pixels scored
-                    sys.stderr.write(f"realnet: warning: panel {name} drawn at the run's image size: {error}\n")
-                    image, mask, anomaly_map = split.images[index], split.masks[index], maps[index]
-                Image.fromarray(panel(image, mask, anomaly_map, display_max, caption)).save(staging / name,
-                                                                                            format="PNG")
-                names.append(name)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        staging.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return [out_dir / name for name in names]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for kind, indices in pick_cases(split.labels, scores, count).items():
+        for rank, index in enumerate(indices):
+            record = split.records[index]
+            case = cut_to_bytes(f"{record.defect}_{record.image.stem}", _CASE_BYTES)
+            name = f"{kind}_{rank:02d}_{case}_{scores[index]:.3f}.png"
+            caption = caption_for(record.defect, float(scores[index]), threshold, display_max)
+            try:
+                image, mask, anomaly_map = case_at_input_size(record, maps[index])
+            except BadFileError as error:  # moved or replaced since it was scored: draw the pixels scored
+                sys.stderr.write(f"realnet: warning: panel {name} drawn at the run's image size: {error}\n")
+                image, mask, anomaly_map = split.images[index], split.masks[index], maps[index]
+            Image.fromarray(panel(image, mask, anomaly_map, display_max, caption)).save(out_dir / name, format="PNG")
+            written.append(out_dir / name)
+    return written
