@@ -116,6 +116,20 @@ def test_delta_ranges_reach_the_synthesizer(tmp_path):
     assert load_config("paper").synthesis.delta_ranges == {"dtd": [0.2, 1.0], "sia": [0.5, 1.0]}
 
 
+def test_the_authors_empty_mask_behaviour_is_one_setting_away(tmp_path):
+    import numpy as np
+
+    from realnet.engine.fit import build_synthesizer
+    from realnet.synthesis.foreground import ForegroundRule
+
+    for overrides, retry in (([], True), (["synthesis.retry_empty_masks=false"], False)):
+        config = load_config("tiny", overrides=overrides)
+        config.synthesis.sources = {"cutpaste": 1.0}
+        synthesizer = build_synthesizer(config, ForegroundRule("none"), tmp_path, "widget",
+                                        np.zeros((2, 64, 64, 3), np.uint8))
+        assert synthesizer.config.retry_empty_masks is retry
+
+
 @pytest.mark.parametrize("command", [["fit", "--data", "d", "--category", "c", "--out", "o"],
                                      ["sdas", "train", "--data", "d", "--categories", "c", "--out", "o"],
                                      ["sdas", "generate", "--model", "m", "--category", "c", "--count", "1",

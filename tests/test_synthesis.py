@@ -238,6 +238,24 @@ def test_tiny_foreground_never_gives_an_anomaly_with_an_empty_mask():
     assert outside, "failing all retries should fall back to the Perlin mask alone"
 
 
+def test_the_authors_single_perlin_draw_leaves_a_sample_with_an_empty_mask_normal():
+    """The notes: the authors' code never retries an empty mask (ours retries). With
+    retry_empty_masks=False one draw of M = Perlin x foreground decides: empty -> a normal sample,
+    and no fallback to the Perlin mask outside the foreground."""
+    image = noise_image()
+    foreground = np.zeros((SIZE, SIZE), bool)
+    foreground[:, :3] = True  # a thin strip: many single draws miss it
+    rng = np.random.default_rng(0)
+    authors = synthesizer(retry_empty_masks=False)
+    samples = [authors(image, rng, foreground_mask=foreground, force_anomalous=True) for _ in range(60)]
+    anomalous = [s for s in samples if s.label == 1]
+    assert 0 < len(anomalous) < len(samples)
+    assert all(s.mask.any() and not s.mask[:, 3:].any() for s in anomalous)
+    assert all(s.source == "normal" and np.array_equal(s.image, image) for s in samples if s.label == 0)
+    ours = synthesizer()
+    assert all(ours(image, rng, foreground_mask=foreground, force_anomalous=True).label == 1 for _ in range(60))
+
+
 def test_foreground_confines_the_mask_and_empty_perlin_masks_give_normal_samples():
     image = noise_image()
     left = np.zeros((SIZE, SIZE), bool)

@@ -81,6 +81,8 @@ class SynthesisConfig:
     sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
     foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
     match_gray: bool = True  # grayscale textures on grayscale images (ours); false = the paper
+    # redraw an empty Perlin mask (ours); false = the authors' code: one draw, an empty one leaves the sample normal
+    retry_empty_masks: bool = True
     # opacity delta ~ U(low, high) of each texture source in Eq. 3
     delta_ranges: dict[str, list[float]] = field(
         default_factory=lambda: {name: list(bounds) for name, bounds in AUTHORS_DELTA_RANGES.items()})

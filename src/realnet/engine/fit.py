@@ -149,6 +149,7 @@ def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: st
     )
     settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights,
                                match_gray=config.synthesis.match_gray,
+                               retry_empty_masks=config.synthesis.retry_empty_masks,
                                delta_ranges={name: tuple(bounds) for name, bounds in config.synthesis.delta_ranges.items()})
     return AnomalySynthesizer(settings, sources, rule)
 

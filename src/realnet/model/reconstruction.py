@@ -72,7 +72,9 @@ def _group_norm(width: int, norm_groups: int) -> nn.GroupNorm:
 class ResidualBlock(nn.Module):
     """Pre-activation residual block: (GroupNorm -> SiLU -> 3x3 conv) twice, plus a skip.
 
-    The skip is a 1x1 conv when the width changes, the identity otherwise.
+    The skip is a 1x1 conv when the width changes, the identity otherwise. The notes name the unit
+    once ("GroupNorm(32) -> SiLU -> 3x3 conv"); we read it as guided-diffusion's block, which the
+    authors' U-Net comes from and which applies that unit twice.
     """
 
     def __init__(self, in_width: int, out_width: int, norm_groups: int):
@@ -142,10 +144,14 @@ class ReconstructionUNet(nn.Module):
       up to the next level (not after the first level);
     - GroupNorm -> SiLU -> 3x3 output conv back to ``channels``.
 
-    The notes do not say how many skips there are; one per residual block (rather than
-    guided-diffusion's extra skips from the input conv and the poolings) is the reading that
-    reproduces the notes' parameter counts: 53.5M for m = 256 and 214M for m = 512 at width 0.5 m
-    (notes: 52M and 207M; the guided-diffusion layout would give 63M and 252M).
+    The notes do not say how many skips there are; with two-conv residual blocks, one skip per
+    block (rather than guided-diffusion's extra skips from the input conv and the poolings, and its
+    num_res_blocks + 1 decoder blocks per level) is the reading that comes closest to the notes'
+    parameter counts: 53.5M for m = 256 and 214M for m = 512 at width 0.5 m (notes: 52M and 207M;
+    guided-diffusion's layout of these blocks would give 63M and 252M). A one-conv block in
+    guided-diffusion's layout would also come close (about 52M and 207M); nothing else in the
+    notes or the paper decides between the two, and `num_res_blocks` / `channel_mults` are the
+    knobs the presets change.
 
     Self-attention (``attention_head_channels`` per head) follows every residual block of the
     downsampled levels (level index >= 1) and sits in the middle; ``attention=False`` drops it all.

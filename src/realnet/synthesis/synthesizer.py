@@ -45,6 +45,8 @@ class SynthesisConfig:
         lets the detector flag "any colour" instead of learning defects it will meet at test
         time. False reproduces the paper.
     max_retries: extra draws when a mask comes out empty (see `AnomalySynthesizer`).
+    retry_empty_masks: redraw an empty Perlin mask (ours). False reproduces the authors' code: one
+        draw of M = Perlin x foreground, and an empty one leaves the sample normal.
     """
 
     normal_probability: float = 0.5
@@ -56,6 +58,7 @@ class SynthesisConfig:
     rotation: float = 90.0
     match_gray: bool = True
     max_retries: int = 10
+    retry_empty_masks: bool = True
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.normal_probability <= 1.0:
@@ -103,7 +106,8 @@ class AnomalySynthesizer:
     The sample is normal with probability `normal_probability` (unless `force_anomalous`).
     Otherwise a source is drawn by `source_weights`:
     - a texture source: M = Perlin mask x foreground mask, redrawn while empty up to `max_retries`
-      times (ours; the authors' code kept empty masks), then the first non-empty Perlin mask alone;
+      times (ours; unless `retry_empty_masks` is False, as in the authors' code, where an empty M
+      leaves the sample normal), then the first non-empty Perlin mask alone;
       the image is blended with P by Eq. 3 at delta ~ U(delta_ranges[name]);
     - a patch source: its own paste centred on the foreground, retried likewise, then anywhere;
     - feature noise: the mask as for a texture source, the image left unchanged, and the noise
@@ -156,16 +160,17 @@ class AnomalySynthesizer:
         return SynthesizedSample(image.copy(), np.zeros(image.shape[:2], bool), 0, NORMAL_SOURCE, 0.0)
 
     def _anomaly_mask(self, size: int, rng: np.random.Generator, foreground: np.ndarray) -> np.ndarray | None:
-        """M = Perlin x foreground, retried while empty; else the first non-empty Perlin mask; else None."""
+        """M = Perlin x foreground, retried while empty; else the first non-empty Perlin mask; else None.
+        Without retries (the authors' code): one draw of M, or None when it is empty."""
         config = self.config
         fallback = None
-        for _ in range(config.max_retries + 1):
+        for _ in range(config.max_retries + 1 if config.retry_empty_masks else 1):
             shape = perlin_mask(size, rng, min_exponent=config.min_exponent, max_exponent=config.max_exponent,
                                 threshold=config.threshold, rotation=config.rotation)
             mask = shape & foreground
             if mask.any():
                 return mask
-            if fallback is None and shape.any():
+            if fallback is None and shape.any() and config.retry_empty_masks:
                 fallback = shape
         return fallback
 
