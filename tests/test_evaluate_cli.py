@@ -65,6 +65,23 @@ def test_select_on_test_is_opt_in_and_labelled(tmp_path, tiny_run):
     assert np.isclose(metrics["image_auroc"], best)
 
 
+def test_select_on_test_evaluates_every_five_epochs_of_a_schedule_in_epochs(tmp_path, tiny_run):
+    """The notes: the authors evaluated on the test set every 5 epochs. The default interval was
+    train.checkpoint_every steps whatever the schedule, so the paper preset (1000 epochs) chose among
+    other steps than theirs unless --eval-every was worked out by hand."""
+    from realnet.engine.runtime import steps_per_epoch
+
+    data, _ = tiny_run
+    out = tmp_path / "selected"
+    assert main(["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--out", str(out),
+                 "--set", "train.steps=null", "--set", "train.epochs=10", "--set", "train.checkpoint_every=3",
+                 "--select-on-test"]) == 0
+    meta = json.loads((out / "model.json").read_text())
+    per_epoch = steps_per_epoch(meta["fit"]["n_fit_images"], meta["config"]["train"]["batch_size"])
+    assert meta["fit"]["eval_every"] == 5 * per_epoch and meta["fit"]["steps"] == 10 * per_epoch
+    assert meta["fit"]["selected_step"] % (5 * per_epoch) == 0
+
+
 def test_missing_data_and_bad_preset_are_one_line_errors(tmp_path, capsys):
     assert main(["fit", "--data", str(tmp_path / "nope"), "--category", "x", "--preset", "tiny",
                  "--out", str(tmp_path / "r")]) == 2

@@ -30,7 +30,9 @@ def register(subparsers) -> None:
                      help="paper protocol: evaluate on the TEST split every --eval-every steps and keep "
                           "the best (test-set model selection; labelled in metrics.json)")
     fit.add_argument("--eval-every", type=positive_int, metavar="STEPS",
-                     help="with --select-on-test: steps between test evaluations (default train.checkpoint_every)")
+                     help="with --select-on-test: steps between test evaluations (default: every 5 epochs, "
+                          "as the authors' code, for a schedule in train.epochs; train.checkpoint_every for "
+                          "train.steps)")
     fit.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA, or a CPU with native bf16)")
     fit.set_defaults(func=run_fit)
 

@@ -506,7 +506,7 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
                                                                      "val_n_painted": len(holdout)}
 
 
-def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str, Any]) -> None:
+def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str, Any], n_fit_images: int) -> None:
     """A killed run continues only with the settings and data it was started with: another
     seed, step budget, architecture or dataset would silently mix two runs in one set of weights."""
     started_with = state.get("config")
@@ -517,7 +517,7 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     if ("select_on_test" in state) != request.select_on_test:
         raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
                            " --select-on-test; resume it the same way")
-    check_same_evaluation_steps(request, state.get("select_on_test", {}).get("every"), "the killed run",
+    check_same_evaluation_steps(request, state.get("select_on_test", {}).get("every"), n_fit_images, "the killed run",
                                 "resume it with --eval-every {every}")
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
 
@@ -547,18 +547,29 @@ def trains_in_bf16(request: FitRequest, device: torch.device, resume_state: dict
     return request.config.train.bf16 and native
 
 
-def check_same_evaluation_steps(request: FitRequest, every: int | None, run: str, remedy: str) -> None:
+def check_same_evaluation_steps(request: FitRequest, every: int | None, n_fit_images: int, run: str,
+                                remedy: str) -> None:
     """--select-on-test chooses among the steps it evaluated: another interval is another protocol.
     `every` is None where an older realnet did not record it."""
-    if request.select_on_test and every is not None and every != evaluation_interval(request):
+    now = evaluation_interval(request, n_fit_images)
+    if request.select_on_test and every is not None and every != now:
         raise RealnetError(f"{request.out}: {run} evaluated the test split every {every} steps (now "
-                           f"{evaluation_interval(request)}); {remedy.format(every=every)}")
+                           f"{now}); {remedy.format(every=every)}")
 
 
-def evaluation_interval(request: FitRequest) -> int:
-    """Steps between --select-on-test's evaluations; train.checkpoint_every when --eval-every is
-    not given, so then that setting too decides which steps can be selected."""
-    return request.eval_every or request.config.train.checkpoint_every
+EVALUATION_EPOCHS = 5  # the authors' code evaluated on the test split every 5 epochs (notes)
+
+
+def evaluation_interval(request: FitRequest, n_fit_images: int) -> int:
+    """Steps between --select-on-test's evaluations: --eval-every; else, for a schedule in epochs,
+    every EVALUATION_EPOCHS epochs as the authors' code; else (a step budget) train.checkpoint_every,
+    so then that setting too decides which steps can be selected."""
+    tc = request.config.train
+    if request.eval_every:
+        return request.eval_every
+    if not tc.steps:
+        return EVALUATION_EPOCHS * steps_per_epoch(n_fit_images, tc.batch_size)
+    return tc.checkpoint_every
 
 
 def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], what: str) -> None:
@@ -647,8 +658,8 @@ def fit(request: FitRequest) -> dict[str, Any]:
             raise RealnetError(f"{request.out}: the finished run was trained "
                                f"{'without' if request.select_on_test else 'with'} --select-on-test; choose another --out "
                                "to train one the other way")
-        check_same_evaluation_steps(request, meta["fit"].get("eval_every"), "the finished run",
-                                    "choose another --out to select among other steps")
+        check_same_evaluation_steps(request, meta["fit"].get("eval_every"), meta["fit"]["n_fit_images"],
+                                    "the finished run", "choose another --out to select among other steps")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
         (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)  # of a kill after the model was saved
         return meta
@@ -704,7 +715,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     averaged = weight_average(trainable, tc.ema_decay)
 
     resume_state = checkpoint.load_resume_state(request.out) if request.resume else None
-    selector_on_test = TestSetSelector(request, device) if request.select_on_test else None
+    selector_on_test = TestSetSelector(request, device, len(images.fit)) if request.select_on_test else None
     if not distributed.all_ranks_agree(-1 if resume_state is None else resume_state["step"], context):
         raise RealnetError(f"{request.out}: the ranks found different resume states (is --out on a file system "
                            "every node shares?); resume with the same resume.pt visible to all ranks")
@@ -713,7 +724,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     inputs = {**run_inputs(request, len(images.fit) + len(images.holdout), context.world_size),
               "backbone_sha256": backbone.identity["sha256"]}
     if resume_state is not None:
-        check_resumable(request, resume_state, inputs)
+        check_resumable(request, resume_state, inputs, len(images.fit))
         model.load_state_dict(resume_state["model"], strict=False)
         optimizer.load_state_dict(resume_state["optimizer"])
         if selector_on_test is not None:
@@ -817,14 +828,14 @@ class TestSetSelector:
     """The authors' protocol, only on request: evaluate on the TEST split every k steps and keep
     the best model. This is test-set model selection; metrics.json labels it as such."""
 
-    def __init__(self, request: FitRequest, device: torch.device):
+    def __init__(self, request: FitRequest, device: torch.device, n_fit_images: int):
         from realnet.engine.evaluate import load_test_split
 
         self.split = load_test_split(request.data_root, request.category, request.dataset,
                                      request.config.train.image_size, request.folder_options,
                                      skip_bad=request.skip_bad, progress=request.progress)
         self.device, self.batch_size = device, request.config.train.batch_size
-        self.every = evaluation_interval(request)
+        self.every = evaluation_interval(request, n_fit_images)
         self.best_key: tuple[float, float] | None = None
         self.best_step, self.best_metrics, self.best_state = 0, {}, None
 
