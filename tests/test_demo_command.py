@@ -64,3 +64,24 @@ def test_unknown_demo_category_is_one_error_line(tmp_path, capsys, stubbed):
     assert capsys.readouterr().err.splitlines() == ["realnet: error: unknown demo category 'marble'; "
                                                     "choose from brick, gravel, grass"]
     assert stubbed == [] and not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize("left", [[], ["model.safetensors"], ["afs.json", ".model.safetensors.k1ll3d.tmp"]])
+def test_a_demo_killed_before_its_first_checkpoint_runs_again(tmp_path, stubbed, left):
+    """Regression: a demo killed (SIGHUP, SIGKILL) before the run's first checkpoint, or while it
+    saved the model, left a run folder without model.json or resume.pt, and every later
+    `make demo` was refused with 'exists and is not a realnet run' until it was deleted by hand."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in left:
+        (run / name).write_bytes(b"half")
+    assert run_demo(tmp_path, "brick") == 0
+    assert sorted(p.name for p in run.iterdir()) == ["model.json"]
+
+
+def test_a_demo_run_folder_holding_someone_elses_files_is_still_refused(tmp_path, stubbed, capsys):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("mine")
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "exists and is not a realnet run" in capsys.readouterr().err
+    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"

@@ -134,3 +134,14 @@ def test_painted_defects_mark_only_pixels_they_changed(level):
     for _ in range(40):
         out, mask = draw_defect_rgb(image, rng)
         assert mask.any() and (out != image).any(axis=2)[mask].all()
+
+
+def test_a_killed_generation_leaves_no_staging_folder_behind_the_next_one(tmp_path):
+    """Regression: a generation killed mid-way (SIGHUP, SIGKILL) left its hidden staging folder
+    (megabytes of half a dataset) beside the root, and later runs never removed it."""
+    for stale in (".demo.tmp-k1ll3d", ".demo.old-k1ll3d"):
+        (tmp_path / stale / "brick").mkdir(parents=True)
+        (tmp_path / stale / "brick" / "000.png").write_bytes(b"half")
+    (tmp_path / ".other.tmp-k1ll3d").mkdir()  # another folder's: not ours to remove
+    make_demo_dataset(tmp_path / "demo", categories=("brick",), **SMALL)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-k1ll3d", "demo"]

@@ -477,6 +477,19 @@ def test_overwrite_refuses_to_replace_a_file_that_is_not_an_earlier_map(predict,
     assert (maps / "00000_rgba.png").read_bytes() == b"the user's own file"
 
 
+def test_a_refused_overwrite_deletes_no_earlier_map(predict, tiny_run, awkward, tmp_path, capsys):
+    """Regression: --overwrite deleted the earlier maps and their manifest before it found a user's
+    file under one of the new names and refused, so the refusal still lost the earlier maps."""
+    maps = tmp_path / "maps"
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps) == 0
+    before = {p.name: p.read_bytes() for p in maps.iterdir()}
+    (maps / "00000_rgba_overlay.png").write_bytes(b"the user's own file")
+    capsys.readouterr()
+    assert predict(tiny_run[1], awkward["rgba"], "--save-maps", maps, "--overwrite", "--overlays") == 2
+    assert "00000_rgba_overlay.png is not a map an earlier predict wrote" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in maps.iterdir() if p.name != "00000_rgba_overlay.png"} == before
+
+
 def test_a_maps_folder_created_for_no_map_is_removed_with_the_folders_above_it(predict, tiny_run, awkward,
                                                                               tmp_path, capsys):
     """Regression: only the innermost of the folders --save-maps created was removed when no image

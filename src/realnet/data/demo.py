@@ -217,6 +217,8 @@ def make_demo_dataset(
         raise RealnetError(f"{root} exists and is not a realnet demo dataset; choose a new or empty folder")
 
     root.parent.mkdir(parents=True, exist_ok=True)
+    for stale in [*root.parent.glob(f".{root.name}.tmp-*"), *root.parent.glob(f".{root.name}.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # of a generation killed mid-way
     staging = staging_dir(root.parent, f".{root.name}.tmp-")
     try:
         for category in categories:

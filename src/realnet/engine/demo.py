@@ -43,7 +43,7 @@ def demo_config(category: str, steps: int | None):
 def run_demo(out: Path, category: str = "brick", steps: int | None = None) -> int:
     from realnet.data.demo import DEMO_CATEGORIES, make_demo_dataset
     from realnet.engine.evaluate import evaluate
-    from realnet.engine.fit import FitRequest, fit
+    from realnet.engine.fit import FitRequest, fit, foreign_entries
     from realnet.engine.predict import predict
 
     started = time.time()
@@ -57,7 +57,9 @@ def run_demo(out: Path, category: str = "brick", steps: int | None = None) -> in
     make_demo_dataset(data_root)
     run = out / "run"
     if run.exists():
-        if not ((run / checkpoint.MODEL_META).exists() or (run / checkpoint.RESUME_STATE).exists()):
+        # a finished or killed demo run (a kill before the first checkpoint leaves only what fit was writing)
+        if not ((run / checkpoint.MODEL_META).exists() or (run / checkpoint.RESUME_STATE).exists()
+                or (run.is_dir() and not foreign_entries(run))):
             raise RealnetError(f"{run} exists and is not a realnet run; remove it or choose another --out")
         shutil.rmtree(run)
     print(f"[2/4] fitting RealNet (cpu preset, {config.train.steps} steps) on '{category}'")

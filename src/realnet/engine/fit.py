@@ -612,14 +612,22 @@ def check_same_inputs(request: FitRequest, recorded: dict[str, Any] | None, now:
 AFS_RECORD = "afs.json"  # every channel's AFS loss, beside the model
 
 
+RUN_FILES = (checkpoint.RESUME_STATE, checkpoint.MODEL_WEIGHTS, checkpoint.MODEL_META, AFS_RECORD)
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """The names in `out` that are neither a file fit writes nor one's temporary: what a killed fit
+    cannot have left there."""
+    return sorted(entry.name for entry in out.iterdir() if entry.name not in RUN_FILES
+                  and not checkpoint.is_temporary_of(entry.name, RUN_FILES)) if out.exists() else []
+
+
 def prepare_run_dir(request: FitRequest) -> bool:
     """Returns True when this call created the folder (so a failure can remove it)."""
     out = request.out
     if out.exists() and not out.is_dir():
         raise RealnetError(f"--out {out} is a file; give a folder for the run")
-    run_files = (checkpoint.RESUME_STATE, checkpoint.MODEL_WEIGHTS, checkpoint.MODEL_META, AFS_RECORD)
-    foreign = sorted(entry.name for entry in out.iterdir() if entry.name not in run_files
-                     and not checkpoint.is_temporary_of(entry.name, run_files)) if out.exists() else []
+    foreign = foreign_entries(out)
     # a run killed before its first checkpoint leaves no resume.pt, only what it was writing: half a
     # checkpoint (no one else's file, so a plain fit starts there), or, killed while saving the
     # finished model, its weights without model.json, which --resume trains again from the start

@@ -116,37 +116,39 @@ def _map_stem(position: int, path: Path) -> str:
 MAPS_MANIFEST = ".realnet-maps.json"  # in a --save-maps folder: the names of the maps predict writes there
 
 
-def _clear_maps_folder(folder: Path, overwrite: bool) -> None:
+def _earlier_maps(folder: Path, overwrite: bool) -> set[Path]:
     """Refuse a --save-maps folder that holds anything, so that it never mixes two predicts' maps;
-    with `overwrite`, delete the maps and overlays an earlier predict listed in its manifest (a
-    killed one's half-written ones too) and leave every other file, however it is named."""
+    with `overwrite`, the maps and overlays an earlier predict listed in its manifest (a killed one's
+    half-written ones too), which `_claim_map_names` deletes once nothing is refused. Every other
+    file is left, however it is named."""
     if not folder.is_dir():
-        return
+        return set()
     entries = list(folder.iterdir())
     if entries and not overwrite:
         raise RealnetError(f"--save-maps {folder} is not empty; choose a new or empty folder, or add --overwrite "
                            "to replace the maps in it")
     manifest = folder / MAPS_MANIFEST
     if not manifest.is_file():
-        return
+        return set()
     try:
         written = set(json.loads(manifest.read_text(encoding="utf-8"))["maps"])
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as error:
         raise RealnetError(f"{manifest}: not a list of maps an earlier predict wrote ({type(error).__name__}); "
                            "delete it, or choose another folder") from None
-    for entry in entries:
-        if (temporary_target(entry.name) or entry.name) in written and entry.is_file():
-            entry.unlink()
-    manifest.unlink()
+    return {entry for entry in entries if (temporary_target(entry.name) or entry.name) in written and entry.is_file()}
 
 
-def _claim_map_names(folder: Path, names: list[str]) -> None:
+def _claim_map_names(folder: Path, names: list[str], earlier: set[Path]) -> None:
     """Record the names this predict will write before it writes any, so that a later --overwrite
-    deletes them even if this one is killed; a file already there under one of them is a user's."""
-    taken = next((name for name in names if (folder / name).exists()), None)
+    deletes them even if this one is killed; a file already there under one of them is a user's,
+    unless an earlier predict listed it. The earlier maps are deleted only once nothing is refused."""
+    replaced = {path.name for path in earlier}
+    taken = next((name for name in names if (folder / name).exists() and name not in replaced), None)
     if taken is not None:
         raise RealnetError(f"--save-maps {folder}: {taken} is not a map an earlier predict wrote; move it, or "
                            "choose another folder")
+    for path in earlier:
+        path.unlink(missing_ok=True)
     atomic_write(folder / MAPS_MANIFEST,
                  lambda tmp: Path(tmp).write_text(json.dumps({"maps": names}), encoding="utf-8"))
 
@@ -176,7 +178,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size. A maps folder
-    that holds files is refused, unless `overwrite` (`_clear_maps_folder`)."""
+    that holds files is refused, unless `overwrite` (`_earlier_maps`)."""
     import torch
 
     from realnet.report.panels import heatmap_overlay, map_at_input_size, map_display_max, map_to_uint8
@@ -194,12 +196,14 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     model, meta = load_run(Path(run_dir), torch_device)
     size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
     display_max = map_display_max(meta)
-    if save_maps is not None:  # before the inputs are listed: DIR may be an input folder, its old maps listed
-        _clear_maps_folder(Path(save_maps), overwrite)
+    # before the inputs are listed: DIR may be an input folder, whose earlier maps are no inputs
+    earlier = _earlier_maps(Path(save_maps), overwrite) if save_maps is not None else set()
+    earlier_resolved = {path.resolve() for path in earlier}
     failures = 0
     paths, empty = [], []
     for name in inputs:
-        found = list(expand_inputs([name], save_maps))
+        found = [path for path in expand_inputs([name], save_maps)
+                 if not earlier_resolved or path.resolve() not in earlier_resolved]
         paths += found
         if not found:  # only a folder expands to nothing
             empty.append(name)
@@ -216,7 +220,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             raise RealnetError(f"--save-maps {save_maps}: cannot create the folder ({error.strerror})") from None
         stems = [_map_stem(position, path) for position, path in enumerate(paths)]
         claimed = [f"{stem}{suffix}.png" for stem in stems for suffix in ("", "_overlay")[:2 if overlays else 1]]
-        _claim_map_names(save_maps, claimed)
+        _claim_map_names(save_maps, claimed, earlier)
     for name in empty:  # a mistyped folder beside good ones is named, not skipped in silence
         print(f"realnet: error: {name}: no image files in this folder", file=err)
     try:
