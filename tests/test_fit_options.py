@@ -351,3 +351,40 @@ def test_too_few_held_out_images_are_said_out_loud(tmp_path, capsys, n_train, he
     error = capsys.readouterr().err
     assert f"realnet: warning: {held_out} of {n_train} normal training images held out" in error
     assert consequence in error
+
+
+def test_a_diverging_fit_stops_at_the_first_non_finite_loss_and_leaves_no_run(tmp_path):
+    """Regression: a loss that went NaN trained on; the run was saved with a NaN threshold
+    (`predict` then called every image normal), or the validation crashed with a traceback after
+    the whole training, leaving a resume.pt that diverged again on --resume."""
+    from realnet.errors import RealnetError
+
+    with pytest.raises(RealnetError, match=r"loss is (nan|inf) at step \d+.*train\.learning_rate"):
+        tiny_fit(tmp_path, "diverged", "train.learning_rate=1e12", "train.checkpoint_every=2")
+    assert not (tmp_path / "diverged").exists()
+
+
+def test_a_density_fusion_with_one_fit_image_is_refused_before_training(tmp_path):
+    """Regression: density.weight > 0 with a single fit image trained, then failed with a traceback in
+    the density's statistics and left a resume.pt that failed the same way."""
+    from dataset_fixtures import make_mvtec_tree
+
+    from realnet.errors import RealnetError
+
+    make_mvtec_tree(tmp_path / "data", "widget", n_train=3, n_test_good=2, defects={"scratch": 2}, size=(64, 64))
+    with pytest.raises(RealnetError, match="density.weight > 0 needs at least 2 fit images"):
+        tiny_fit(tmp_path, "run", "train.holdout_fraction=0.5", "density.weight=0.5")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_afs_record_is_written_before_model_json_marks_the_run_finished(tmp_path, monkeypatch):
+    """Regression: afs.json came after model.json, so a kill between them left a finished run whose
+    AFS losses --resume then deleted for good with resume.pt."""
+    from realnet.engine import checkpoint
+
+    seen = []
+    save_model = checkpoint.save_model
+    monkeypatch.setattr(checkpoint, "save_model", lambda out, model, meta: (
+        seen.append((out / fit_module.AFS_RECORD).exists()), save_model(out, model, meta)))
+    tiny_fit(tmp_path, "run")
+    assert seen == [True]

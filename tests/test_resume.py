@@ -410,3 +410,30 @@ def test_resume_of_a_finished_run_removes_a_resume_state_left_by_a_kill_after_sa
     (tmp_path / "run" / checkpoint.RESUME_STATE).write_bytes(b"a killed run's last state")
     assert fit(tiny_request(data, tmp_path / "run", "train.steps=2", resume=True))["fit"]["steps"] == 2
     assert not (tmp_path / "run" / checkpoint.RESUME_STATE).exists()
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_resume_trains_with_the_thread_count_the_run_started_with(tmp_path, monkeypatch, restore_threads,
+                                                                    capsys):
+    """Regression: the CPU thread count changes how the kernels round, and a run killed with one
+    thread and resumed with two ended with other weights than an uninterrupted run, silently."""
+    from realnet.engine.fit import fit
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, defects={"scratch": 2},
+                           size=(64, 64))
+    torch.set_num_threads(1)
+    fit(tiny_request(data, tmp_path / "reference"))
+    killed_after_checkpoints(monkeypatch, tiny_request(data, tmp_path / "run"), 2)
+    torch.set_num_threads(2)
+    capsys.readouterr()
+    fit(tiny_request(data, tmp_path / "run", resume=True))
+    assert "1 CPU thread" in capsys.readouterr().err
+    expected = load_file(str(tmp_path / "reference" / "model.safetensors"))
+    actual = load_file(str(tmp_path / "run" / "model.safetensors"))
+    assert all(torch.equal(expected[key], actual[key]) for key in expected)

@@ -175,6 +175,10 @@ def load_training_images(request: FitRequest, records: list[Record], rule) -> Tr
         raise RealnetError(f"memory.weight > 0 needs held-out images: train.holdout_fraction "
                            f"{config.train.holdout_fraction} holds out none of the {len(images)} normal training "
                            "images; raise it (on its own fit images the memory map reads about 0)")
+    if config.density.weight > 0 and len(fit_idx) < 2:
+        raise RealnetError(f"density.weight > 0 needs at least 2 fit images for its per-position covariance; "
+                           f"train.holdout_fraction {config.train.holdout_fraction} leaves {len(fit_idx)} of the "
+                           f"{len(images)} normal training images; lower it")
     if len(holdout_idx) < 2 and launched_rank() == 0:
         consequence = ("the threshold comes from the fit images (biased low) and no validation is reported"
                        if len(holdout_idx) == 0 else "no validation is reported (it needs 2)")
@@ -522,6 +526,18 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
 
 
+def adopt_thread_count(threads: int | None, device: torch.device, warn: bool) -> None:
+    """A resumed CPU fit trains with the thread count the killed run had (None: an older realnet did
+    not record it): another count splits the kernels' sums differently, so the weights would round
+    away from an uninterrupted run's."""
+    if device.type != "cpu" or threads is None or threads == torch.get_num_threads():
+        return
+    if warn:
+        tqdm.write(f"realnet: --resume trains with the {threads} CPU thread(s) the run started with (not "
+                   f"{torch.get_num_threads()}): the thread count changes how the kernels round", file=sys.stderr)
+    torch.set_num_threads(threads)
+
+
 BF16, FP32 = "bf16 autocast", "fp32"  # the precision a run trained in, as model.json and resume.pt name it
 
 
@@ -733,6 +749,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
               "backbone_sha256": backbone.identity["sha256"]}
     if resume_state is not None:
         check_resumable(request, resume_state, inputs, len(images.fit))
+        adopt_thread_count(resume_state.get("threads"), device, warn=main_process)
         model.load_state_dict(resume_state["model"], strict=False)
         optimizer.load_state_dict(resume_state["optimizer"])
         if selector_on_test is not None:
@@ -770,6 +787,10 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             averaged.update_parameters(trainable)
         bar.set_postfix({k: f"{v:.4f}" for k, v in losses.items()}, refresh=False)
         done = step + 1
+        if not math.isfinite(losses["loss"]):  # before this step's checkpoint: the last one is still finite
+            raise RealnetError(f"{request.out}: training diverged: the loss is {losses['loss']} at step {done}; lower "
+                               f"train.learning_rate (now {tc.learning_rate:g}) or turn off train.bf16, and fit again "
+                               "(a --resume would diverge the same way)")
         if selector_on_test is not None and (done % selector_on_test.every == 0 or done == total_steps):
             selector_on_test.consider(model, done)  # before the checkpoint, which then holds this step's verdict
             model.train()
@@ -779,6 +800,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
                 "step": done, "selection": selection,
                 "elapsed_s": elapsed_before + time.time() - started,
                 "config": config.to_dict(), "inputs": inputs, "precision": precision,
+                "threads": torch.get_num_threads(),
                 **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                 **({"select_on_test": selector_on_test.state_dict()} if selector_on_test is not None else {}),
             })
@@ -823,9 +845,9 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         },
     }
     if main_process:
-        checkpoint.save_model(request.out, model, meta)
-        if selection.get("losses") is not None:
+        if selection.get("losses") is not None:  # before model.json, which marks the run finished
             checkpoint.write_json(request.out / AFS_RECORD, selection)
+        checkpoint.save_model(request.out, model, meta)
         (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)
     distributed.barrier(context)
     distributed.cleanup(context)
