@@ -24,7 +24,8 @@ def stubbed(monkeypatch):
     def fake_fit(request):
         seen.append(request.config.train.steps)
         (request.out / "model.json").parent.mkdir(parents=True, exist_ok=True)
-        (request.out / "model.json").write_text("{}")
+        (request.out / "model.json").write_text(json.dumps({"format_version": 1,
+                                                            "data": {"root": str(request.data_root.resolve())}}))
 
     monkeypatch.setattr(fit, "fit", fake_fit)
     monkeypatch.setattr(evaluate, "evaluate", lambda run: {"image_auroc": 1.0, "pixel_auroc": 1.0, "aupro": 1.0,
@@ -77,11 +78,20 @@ def test_a_demo_killed_before_its_first_checkpoint_runs_again(tmp_path, stubbed,
         (run / name).write_bytes(b"half")
     assert run_demo(tmp_path, "brick") == 0
     assert sorted(p.name for p in run.iterdir()) == ["model.json"]
+    assert run_demo(tmp_path, "brick") == 0  # its own finished run is started again
 
 
-def test_a_demo_run_folder_holding_someone_elses_files_is_still_refused(tmp_path, stubbed, capsys):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "notes.txt").write_text("mine")
+@pytest.mark.parametrize("kind", ["files", "run on other data"])
+def test_a_demo_run_folder_holding_someone_elses_files_or_run_is_refused(tmp_path, stubbed, capsys, kind):
+    """Regression (the second case): the demo deleted any finished realnet run at OUT/run, such as
+    a user's own `realnet fit --out OUT/run` on their data."""
+    run = tmp_path / "run"
+    run.mkdir()
+    if kind == "files":
+        (run / "notes.txt").write_text("mine")
+    else:
+        (run / "model.json").write_text(json.dumps({"format_version": 1, "data": {"root": "/my/line/images"}}))
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
     assert main(["demo", "--out", str(tmp_path)]) == 2
-    assert "exists and is not a realnet run" in capsys.readouterr().err
-    assert (tmp_path / "run" / "notes.txt").read_text() == "mine"
+    assert "exists and is not the demo's run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before

@@ -40,10 +40,30 @@ def demo_config(category: str, steps: int | None):
     return config
 
 
+def is_demo_run(run: Path, data_root: Path) -> bool:
+    """Whether `run` is a finished or killed fit on the demo's own data, or what a fit killed before
+    its first checkpoint left (nothing but its own files): the demo starts those again. A run on
+    other data at the same place is a user's, never deleted."""
+    from realnet.engine.fit import foreign_entries
+
+    if not run.is_dir():
+        return False
+    try:
+        if (run / checkpoint.MODEL_META).exists():
+            recorded = checkpoint.read_meta(run)["data"]["root"]
+        elif (run / checkpoint.RESUME_STATE).exists():
+            recorded = checkpoint.load_resume_state(run)["inputs"]["root"]
+        else:
+            return not foreign_entries(run)
+        return Path(recorded).resolve() == data_root.resolve()
+    except (RealnetError, KeyError, TypeError):
+        return False
+
+
 def run_demo(out: Path, category: str = "brick", steps: int | None = None) -> int:
     from realnet.data.demo import DEMO_CATEGORIES, make_demo_dataset
     from realnet.engine.evaluate import evaluate
-    from realnet.engine.fit import FitRequest, fit, foreign_entries
+    from realnet.engine.fit import FitRequest, fit
     from realnet.engine.predict import predict
 
     started = time.time()
@@ -57,10 +77,9 @@ def run_demo(out: Path, category: str = "brick", steps: int | None = None) -> in
     make_demo_dataset(data_root)
     run = out / "run"
     if run.exists():
-        # a finished or killed demo run (a kill before the first checkpoint leaves only what fit was writing)
-        if not ((run / checkpoint.MODEL_META).exists() or (run / checkpoint.RESUME_STATE).exists()
-                or (run.is_dir() and not foreign_entries(run))):
-            raise RealnetError(f"{run} exists and is not a realnet run; remove it or choose another --out")
+        if not is_demo_run(run, data_root):
+            raise RealnetError(f"{run} exists and is not the demo's run (another run, or other files); remove it "
+                               "or choose another --out")
         shutil.rmtree(run)
     print(f"[2/4] fitting RealNet (cpu preset, {config.train.steps} steps) on '{category}'")
     fit(FitRequest(config=config, data_root=data_root, category=category, out=run))
