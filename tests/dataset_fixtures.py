@@ -197,3 +197,18 @@ def fit_tiny_widget_run(base: Path, overrides: list[str] = ()) -> tuple[Path, Pa
     images = load_samples(records, config.train.image_size, skip_bad=False, desc="", progress=False)[0]
     fit_rows, holdout_rows = split_holdout(len(images), config.train.holdout_fraction, config.train.seed)
     return data_root, run_dir, images[fit_rows], images[holdout_rows]
+
+
+def refuse_listing(monkeypatch, folder: Path) -> None:
+    """Listing `folder` fails as it does for a folder without read permission (root, who runs the
+    tests in CI, could list a chmod 000 one)."""
+    import os
+
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if Path(path) == folder:
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)

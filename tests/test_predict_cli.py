@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from dataset_fixtures import normal_image
+from dataset_fixtures import normal_image, refuse_listing
 from realnet.cli.main import main
 from realnet.engine import checkpoint
 
@@ -511,3 +511,22 @@ def test_the_printed_score_and_threshold_are_the_ones_compared(predict, tiny_run
     assert predict(run, awkward["rgba"]) == 0
     (result,) = json_lines(capsys.readouterr().out)
     assert result["is_anomalous"] and result["score"] > result["threshold"]
+
+
+def test_a_subfolder_that_cannot_be_listed_is_named_and_fails_the_run(predict, tiny_run, awkward, tmp_path,
+                                                                      capsys, monkeypatch):
+    """Regression: a subfolder without read permission was skipped in silence: its images were never
+    scored and the exit code was 0."""
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    shutil.copy(awkward["gray"], inputs / "a.png")
+    shutil.copy(awkward["gray"], inputs / "sub" / "b.png")
+    refuse_listing(monkeypatch, inputs / "sub")
+    assert predict(tiny_run[1], inputs) == 1
+    out, err = capsys.readouterr()
+    assert [Path(r["path"]).name for r in json_lines(out)] == ["a.png"]
+    assert err.splitlines() == [f"realnet: error: {inputs / 'sub'}: cannot list this folder (Permission denied); "
+                                "its images were not scored"]
+    refuse_listing(monkeypatch, inputs)
+    assert predict(tiny_run[1], inputs) == 2
+    assert "cannot list this folder (Permission denied)" in capsys.readouterr().err

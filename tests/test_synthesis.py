@@ -888,3 +888,20 @@ def test_perlin_mask_draws_the_scale_of_each_axis_independently(monkeypatch):
         perlin_mask(SIZE, np.random.default_rng(seed))
     assert {s for pair in scales for s in pair} <= {1, 2, 4, 8, 16, 32}
     assert sum(a != b for a, b in scales) >= 20
+
+
+def test_a_source_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, monkeypatch):
+    """Regression: DTD, SIA and `sdas quality --real` folders were listed with rglob, which skips a
+    subfolder it may not read, so a source trained (or FID was computed) on fewer images in silence."""
+    from PIL import Image
+
+    from dataset_fixtures import refuse_listing
+    from realnet.synthesis.sources import collect_images
+
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / sub / "x.png")
+    assert [p.relative_to(tmp_path).as_posix() for p in collect_images(tmp_path, "dtd")] == ["a/x.png", "b/x.png"]
+    refuse_listing(monkeypatch, tmp_path / "b")
+    with pytest.raises(RealnetError, match=f"dtd folder {tmp_path / 'b'}: cannot list it \\(Permission denied\\)"):
+        collect_images(tmp_path, "dtd")

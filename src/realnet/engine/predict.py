@@ -23,25 +23,28 @@ from realnet.files import cut_to_bytes
 MAP_SIZES = ("input", "run")
 
 
-def expand_inputs(paths: list[str], maps_dir: Path | None = None) -> Iterator[Path]:
+def expand_inputs(paths: list[str], maps_dir: Path | None = None,
+                  unlistable: list[OSError] | None = None) -> Iterator[Path]:
     """Folders become their image files (`_images_below`), leaving out `maps_dir` where it lies inside
     the folder (a rerun would score its own maps); anything else is passed on as given, for the
     reader to name if it cannot be read (os.path.isdir, unlike Path.is_dir, is False for a name the
-    file system refuses to look up, rather than an error that would end the run)."""
+    file system refuses to look up, rather than an error that would end the run). The errors of
+    folders that cannot be listed go to `unlistable`, so that their images are not missed in silence."""
     for name in paths:
         path = Path(name)
         if os.path.isdir(path):
-            yield from sorted(_images_below(path, _parts_inside(maps_dir, path)))
+            yield from sorted(_images_below(path, _parts_inside(maps_dir, path), unlistable))
         else:
             yield path
 
 
-def _images_below(root: Path, skipped: tuple[str, ...]) -> Iterator[Path]:
+def _images_below(root: Path, skipped: tuple[str, ...], unlistable: list[OSError] | None = None) -> Iterator[Path]:
     """Image files below `root`, hidden ones and those in hidden folders (.ipynb_checkpoints) or at
     `skipped` left out. Linked folders are entered (rglob leaves a linked camera folder out), each
     real folder once (a link back up would loop)."""
     seen = set()
-    for folder, dirs, files in os.walk(root, followlinks=True):
+    for folder, dirs, files in os.walk(root, followlinks=True,
+                                       onerror=None if unlistable is None else unlistable.append):
         real = os.path.realpath(folder)
         if real in seen:
             dirs.clear()
@@ -174,7 +177,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
             overlays: bool = False, overwrite: bool = False, batch_size: int = 8, device: str = "auto", out=None,
             err=None) -> int:
     """Prints one JSON line per image, in input order; returns the number of images that failed
-    (and of folders that held none beside inputs that did).
+    (and of folders that held none beside inputs that did, or could not be listed).
     Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size. A maps folder
@@ -200,14 +203,19 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     earlier = _earlier_maps(Path(save_maps), overwrite) if save_maps is not None else set()
     earlier_resolved = {path.resolve() for path in earlier}
     failures = 0
-    paths, empty = [], []
+    paths, empty, unlistable = [], [], []
     for name in inputs:
-        found = [path for path in expand_inputs([name], save_maps)
+        listed_before = len(unlistable)
+        found = [path for path in expand_inputs([name], save_maps, unlistable)
                  if not earlier_resolved or path.resolve() not in earlier_resolved]
         paths += found
-        if not found:  # only a folder expands to nothing
+        if not found and len(unlistable) == listed_before:  # only a folder expands to nothing
             empty.append(name)
+    unlistable_lines = [f"{error.filename}: cannot list this folder ({error.strerror or error}); its images were "
+                        "not scored" for error in unlistable]
     if not paths:
+        if unlistable_lines:
+            raise RealnetError(unlistable_lines[0])
         raise RealnetError(f"no image files in {', '.join(str(i) for i in inputs)} (pass image files or folders "
                            "holding them)")
     created = []
@@ -223,6 +231,8 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
         _claim_map_names(save_maps, claimed, earlier)
     for name in empty:  # a mistyped folder beside good ones is named, not skipped in silence
         print(f"realnet: error: {name}: no image files in this folder", file=err)
+    for line in unlistable_lines:
+        print(f"realnet: error: {line}", file=err)
     try:
         for batch in _read_ahead(paths, batch_size):
             readable = [item for item in batch if item.error is None]
@@ -255,7 +265,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     finally:
         if save_maps is not None and not any((save_maps / name).exists() for name in claimed):
             _release_maps_folder(save_maps, created)  # no map came: leave no trace
-    return failures + len(empty)
+    return failures + len(empty) + len(unlistable)
 
 
 def _release_maps_folder(folder: Path, created: list[Path]) -> None:

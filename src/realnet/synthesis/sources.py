@@ -14,7 +14,7 @@ in memory (`cache=True`, about 200 KB per image at 256 px), so later draws touch
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -60,10 +60,7 @@ def collect_images(root_or_items: str | Path | Sequence[str | Path | np.ndarray]
         root = Path(root_or_items)
         if not root.is_dir():
             raise RealnetError(f"{what} folder not found: {root}")
-        files = sorted(
-            p for p in root.rglob("*")
-            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file()
-        )
+        files = sorted(_image_files_below(root, what))
         if not files:
             raise RealnetError(f"{what} folder has no image files: {root}")
         return list(files)
@@ -71,6 +68,19 @@ def collect_images(root_or_items: str | Path | Sequence[str | Path | np.ndarray]
     if not items:
         raise RealnetError(f"no images given for the {what} source")
     return items
+
+
+def _image_files_below(root: Path, what: str) -> Iterator[Path]:
+    """Image files below `root`, linked folders not entered (as Path.rglob); a folder that cannot be
+    listed is an error naming it, not a silent gap in the source."""
+    def unlistable(error: OSError) -> None:
+        raise RealnetError(f"{what} folder {error.filename}: cannot list it ({error.strerror or error})")
+
+    for folder, _dirs, names in os.walk(root, onerror=unlistable):
+        for name in names:
+            path = Path(folder) / name
+            if path.suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".") and path.is_file():
+                yield path
 
 
 def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
