@@ -421,3 +421,15 @@ def test_a_setting_that_cannot_change_results_keeps_finished_cells(tmp_path, fix
                            only=[], device="cpu")
     statuses, _ = run_suite(request)
     assert statuses[again.id]["status"] == "complete"
+
+
+@pytest.mark.parametrize("content", [b"[1]", b"{\"status\": \"complete\xe9\"}", b"{not json"])
+def test_a_damaged_cell_status_is_one_error(tmp_path, content):
+    """Regression: a cell.json holding a JSON list, or bytes that are not UTF-8, gave an
+    AttributeError / UnicodeDecodeError traceback instead of the advice to delete the cell."""
+    from realnet.bench.runner import CELL_STATUS, read_status
+    from realnet.errors import RealnetError
+
+    (tmp_path / CELL_STATUS).write_bytes(content)
+    with pytest.raises(RealnetError, match="unreadable cell status; delete that cell folder to rerun it"):
+        read_status(tmp_path)

@@ -275,6 +275,32 @@ def test_panel_paths_in_metrics_are_relative_to_the_run_and_a_killed_tests_lefto
     assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
 
 
+@pytest.mark.parametrize("edit", [
+    lambda meta: [1, 2],
+    lambda meta: {k: v for k, v in meta.items() if k != "config"},
+    lambda meta: {**meta, "threshold": "high"},
+    lambda meta: {**meta, "threshold": float("nan")},
+    lambda meta: {**meta, "backbone": "x"},
+    lambda meta: {**meta, "data": "x"},
+    lambda meta: {**meta, "backbone": {**meta["backbone"], "sha256": None}},
+], ids=["list", "no config", "text threshold", "nan threshold", "backbone text", "data text", "no sha256"])
+def test_a_damaged_model_json_is_one_line_for_every_command_that_reads_it(tiny_run, tmp_path, capsys, edit):
+    """Regression: model.json was only checked to be JSON, so an edited or damaged one gave an
+    AttributeError/KeyError/TypeError traceback, and a NaN threshold was used (every image normal)."""
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps(edit(meta)))
+    image = next((data / "widget" / "test" / "good").iterdir())
+    for command in (["predict", "--run", str(copy), str(image)], ["test", "--run", str(copy)],
+                    ["export", "--run", str(copy), "--out", str(tmp_path / "m.onnx")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"realnet: error: {copy / 'model.json'}: malformed"), err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_every_option_of_every_command_says_what_it_does():
     """Regression: `realnet --help` printed a sentence cut off mid-way and several options (test
     --run, predict --device, demo --out, the seeds ...) had no help text."""

@@ -231,7 +231,8 @@ def test_resume_of_a_finished_test_set_selection_with_other_evaluation_steps_is_
     assert fit(tiny_request(data, tmp_path / "run", "train.steps=4", resume=True, **options))["fit"]["eval_every"] == 2
 
 
-def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys):
+@pytest.mark.parametrize("damage", ["bytes", "foreign dict"])
+def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys, damage):
     """Regression: a damaged resume.pt gave PyTorch's multi-line weights_only message (which
     suggests loading with weights_only=False) and the advice to start again without --resume,
     which then refused the folder because it holds a killed run."""
@@ -241,6 +242,8 @@ def test_a_damaged_resume_state_is_one_line_whose_advice_works(tmp_path, capsys)
     run = tmp_path / "run"
     run.mkdir()
     (run / "resume.pt").write_bytes(b"not a checkpoint")
+    if damage == "foreign dict":  # regression: a readable state without the run's entries was KeyError: 'step'
+        torch.save({"foo": 1}, run / "resume.pt")
     fit_args = ["fit", "--data", str(data), "--category", "widget", "--preset", "tiny", "--steps", "2",
                 "--out", str(run)]
     assert main([*fit_args, "--resume"]) == 2

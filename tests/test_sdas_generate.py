@@ -243,3 +243,28 @@ def test_a_stray_file_named_like_an_image_adds_no_manifest_row(model, tmp_path):
     bank(model, tmp_path / "sia", 2)
     rows = [json.loads(line) for line in (folder / MANIFEST).read_text().splitlines()]
     assert [r["file"] for r in rows] == ["000000.png", "000001.png"]
+
+
+@pytest.mark.parametrize("damage", ["model list", "text timesteps", "no unet", "settings list"])
+def test_damaged_metadata_is_one_error_and_leaves_no_output(model, tmp_path, damage):
+    """Regression: a model.json or generation.json of the wrong shape gave a traceback, and a text
+    diffusion.timesteps also left generation.json behind."""
+    import shutil
+
+    from realnet.diffusion.train import MODEL_META
+
+    copy = tmp_path / "model"
+    shutil.copytree(model, copy)
+    meta = json.loads((copy / MODEL_META).read_text())
+    out = tmp_path / "sia"
+    if damage == "settings list":
+        (out / "tile").mkdir(parents=True)
+        (out / "tile" / "generation.json").write_text("[1]")
+    else:
+        edited = {"model list": [1], "text timesteps": {**meta, "diffusion": {**meta["diffusion"], "timesteps": "x"}},
+                  "no unet": {k: v for k, v in meta.items() if k != "unet"}}[damage]
+        (copy / MODEL_META).write_text(json.dumps(edited))
+    with pytest.raises(RealnetError, match="malformed"):
+        bank(copy, out, 2)
+    if damage != "settings list":
+        assert not out.exists() or not any(out.rglob("*"))

@@ -110,9 +110,12 @@ def read_status(folder: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise RealnetError(f"{path}: unreadable cell status; delete that cell folder to rerun it") from None
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:  # not JSON, or not UTF-8
+        status = None
+    if not isinstance(status, dict):
+        raise RealnetError(f"{path}: unreadable cell status; delete that cell folder to rerun it")
+    return status
 
 
 def cell_inputs(cell: Cell, data_root: Path, folders: dict[str, str]) -> dict[str, str]:

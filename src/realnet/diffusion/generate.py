@@ -36,7 +36,8 @@ import torch
 from realnet.diffusion.network import make_denoiser
 from realnet.diffusion.sampler import DDIM_VARIANCES, SAMPLERS, sdas_sample
 from realnet.diffusion.train import EMA_WEIGHTS, diffusion_for, load_sdas_model, run_device, save_png, to_uint8
-from realnet.errors import BadFileError, RealnetError
+from realnet.engine.checkpoint import read_json
+from realnet.errors import RealnetError
 
 MANIFEST = "manifest.jsonl"
 SETTINGS = "generation.json"
@@ -128,10 +129,7 @@ def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
     path = folder / SETTINGS
     if not path.is_file():
         return
-    try:
-        previous = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise BadFileError(path, f"unreadable ({error})") from None
+    previous = read_json(path, f"{path} not found")
     changed = [key for key in FIXED_KEYS if previous.get(key) != settings[key]]
     if changed:
         raise RealnetError(f"{folder} holds images made with other {', '.join(changed)}; choose a new --out")

@@ -93,6 +93,12 @@ def read_model_meta(model_dir: Path) -> dict[str, Any]:
     meta = read_json(path, f"{model_dir}: not an SDAS model folder (no {MODEL_META}); train one with `realnet sdas train`")
     if meta.get("format") != FORMAT:
         raise BadFileError(path, f"not an SDAS model description (format {meta.get('format')!r})")
+    diffusion = meta.get("diffusion")
+    if not (isinstance(meta.get("unet"), dict) and isinstance(diffusion, dict)
+            and isinstance(diffusion.get("schedule"), str) and type(diffusion.get("timesteps")) is int
+            and diffusion["timesteps"] >= 1):
+        raise BadFileError(path, "malformed SDAS model description (unet, diffusion.schedule or diffusion.timesteps "
+                                 "missing or of the wrong type); it was edited or damaged")
     return meta
 
 

@@ -10,6 +10,7 @@ killed run can continue; it is written by us and read back with `weights_only=Tr
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path, PurePath
@@ -26,6 +27,7 @@ MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 RESUME_STATE = "resume.pt"
 FORMAT_VERSION = 1
+RESUME_KEYS = ("model", "optimizer", "step", "selection", "elapsed_s")  # what every resume.pt holds
 
 
 def write_beside(path: Path, write) -> Path:
@@ -115,9 +117,18 @@ def read_json(path: Path, missing: str) -> dict[str, Any]:
     if not path.is_file():
         raise RealnetError(missing)
     try:
-        return json.loads(path.read_text())
+        payload = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise BadFileError(path, f"unreadable metadata ({error})") from None
+    if not isinstance(payload, dict):
+        raise BadFileError(path, f"malformed metadata (a JSON {type(payload).__name__}, not an object)")
+    return payload
+
+
+# what test, predict, export and fit --resume read from a run's model.json, and of which type
+_META_FIELDS = {"config": dict, "backbone": dict, "data": dict, "fit": dict, "protocol": str}
+_META_SUBFIELDS = {("backbone", "name"): str, ("backbone", "sha256"): str, ("data", "root"): str,
+                   ("data", "category"): str, ("data", "dataset"): str}
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
@@ -125,6 +136,15 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     meta = read_json(path, f"{run_dir} is not a finished realnet run ({MODEL_META} not found)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise BadFileError(path, f"unsupported checkpoint format {meta.get('format_version')}")
+    wrong = [key for key, kind in _META_FIELDS.items() if not isinstance(meta.get(key), kind)]
+    wrong += [f"{section}.{key}" for (section, key), kind in _META_SUBFIELDS.items()
+              if section not in wrong and not isinstance(meta[section].get(key), kind)]
+    threshold = meta.get("threshold")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+        wrong.append("threshold")
+    if wrong:
+        raise BadFileError(path, f"malformed run metadata ({', '.join(wrong)} missing or of the wrong type); "
+                                 "it was edited or damaged: fit the run again")
     return meta
 
 
@@ -158,7 +178,10 @@ def load_resume_state(run_dir: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:
+        state = None
+    if not isinstance(state, dict) or not all(key in state for key in RESUME_KEYS):
         # a plain `fit` refuses a folder that holds resume.pt, so the file itself must go
-        raise unreadable_resume_state(path, "delete it to start the run again, or choose another --out") from None
+        raise unreadable_resume_state(path, "delete it to start the run again, or choose another --out")
+    return state

@@ -50,7 +50,7 @@ def is_demo_run(run: Path, data_root: Path) -> bool:
         return False
     try:
         if (run / checkpoint.MODEL_META).exists():
-            recorded = checkpoint.read_meta(run)["data"]["root"]
+            recorded = checkpoint.read_json(run / checkpoint.MODEL_META, "")["data"]["root"]
         elif (run / checkpoint.RESUME_STATE).exists():
             recorded = checkpoint.load_resume_state(run)["inputs"]["root"]
         else:
