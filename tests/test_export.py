@@ -280,3 +280,17 @@ def test_an_out_name_near_the_file_name_limit_exports(tiny_run, tmp_path, capsys
     out = tmp_path / ("a" * 245 + ".onnx")
     assert main(["export", "--run", str(tiny_run[1]), "--out", str(out)]) == 0
     assert os.listdir(tmp_path) == [out.name]
+
+
+def test_an_interrupted_export_leaves_none_of_the_folders_it_made(tiny_run, tmp_path, capsys, monkeypatch):
+    """Regression: Ctrl-C (or a failed parity) during the export left the --out folders it had
+    created behind, empty."""
+    import realnet.export.onnx
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(realnet.export.onnx, "trace_to_onnx", interrupted)
+    assert main(["export", "--run", str(tiny_run[1]), "--out", str(tmp_path / "a" / "b" / "m.onnx")]) != 0
+    assert "interrupted" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []

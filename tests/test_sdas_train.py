@@ -334,3 +334,17 @@ def test_a_fresh_run_clears_a_temporary_left_by_a_run_killed_in_its_first_save(g
     stale.write_bytes(b"half a state")
     train(request(gray_data, out, steps=2))
     assert not stale.exists()
+
+
+def test_a_run_interrupted_before_its_first_save_leaves_no_folder(gray_data, tmp_path, monkeypatch):
+    """Regression: Ctrl-C before the first checkpoint left the --out folders it had created, empty
+    or holding only log.jsonl, which `sdas generate` cannot use."""
+    import realnet.diffusion.train as train_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "update_ema", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(request(gray_data, tmp_path / "runs" / "model"))
+    assert not (tmp_path / "runs").exists()

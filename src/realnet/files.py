@@ -1,5 +1,6 @@
 """File-system helpers shared by every layer: the user's umask, staging folders that are renamed
-into place once complete, input names cut to fit an output's name, and UTF-8 text inputs."""
+into place once complete, folders a failed command created, input names cut to fit an output's
+name, and UTF-8 text inputs."""
 
 from __future__ import annotations
 
@@ -20,6 +21,25 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     os.chmod(staging, 0o777 & ~USER_UMASK)
     return staging
+
+
+def missing_folders(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, innermost first: what a command that
+    creates `folder` must remove again if it fails before writing anything there."""
+    folder, missing = Path(folder), []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_created_folders(created: list[Path]) -> None:
+    """Remove the folders `missing_folders` listed, innermost first, where they are still empty."""
+    for folder in created:
+        try:
+            folder.rmdir()
+        except OSError:  # gone, or it holds something after all: keep the rest
+            return
 
 
 def cut_to_bytes(text: str, limit: int) -> str:

@@ -20,6 +20,7 @@ import copy
 import hashlib
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,7 @@ from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temp
 from realnet.engine.runtime import batch_indices
 from realnet.engine.distributed import DistributedContext, launched_rank
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import missing_folders
 
 MODEL_META = "model.json"
 EMA_WEIGHTS = "ema.safetensors"
@@ -427,10 +429,17 @@ def train(request: TrainRequest) -> dict[str, Any]:
         start = load_train_state(out, unet, ema, optimizer) if request.resume else 0
         if request.resume:
             meta["init"] = resume_meta(out).get("init")
+        created = missing_folders(out) if main else []
         if main:
             out.mkdir(parents=True, exist_ok=True)
             keep_log_until(out / TRAIN_LOG, start)
-        summary = _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, start, device, context, tqdm)
+        try:
+            summary = _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, start, device,
+                                  context, tqdm)
+        except BaseException:
+            if created and not (out / TRAIN_STATE).exists():  # a run that saved nothing leaves no folder
+                shutil.rmtree(created[-1], ignore_errors=True)
+            raise
         distributed.barrier(context)
         return summary
     finally:

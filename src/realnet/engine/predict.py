@@ -18,7 +18,7 @@ from realnet.engine.checkpoint import atomic_write, temporary_target
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import resolve_device, to_tensor
 from realnet.errors import BadFileError, RealnetError
-from realnet.files import cut_to_bytes
+from realnet.files import cut_to_bytes, missing_folders, remove_created_folders
 
 MAP_SIZES = ("input", "run")
 
@@ -156,15 +156,6 @@ def _claim_map_names(folder: Path, names: list[str], earlier: set[Path]) -> None
                  lambda tmp: Path(tmp).write_text(json.dumps({"maps": names}), encoding="utf-8"))
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """`folder` and those of its parents that do not exist yet, innermost first."""
-    missing = []
-    while not folder.exists() and folder != folder.parent:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
-
-
 def _save_png(path: Path, pixels: np.ndarray) -> Path:
     """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
     from PIL import Image
@@ -221,7 +212,7 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
     created = []
     if save_maps is not None:
         save_maps = Path(save_maps)
-        created = _missing_folders(save_maps)
+        created = missing_folders(save_maps)
         try:
             save_maps.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -271,5 +262,4 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
 def _release_maps_folder(folder: Path, created: list[Path]) -> None:
     """Remove the manifest of a predict that wrote no map, and the folders it created for them."""
     (folder / MAPS_MANIFEST).unlink(missing_ok=True)
-    for made in created:
-        made.rmdir()
+    remove_created_folders(created)

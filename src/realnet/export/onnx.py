@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from realnet import __version__
 from realnet.config import map_kind
 from realnet.errors import RealnetError
-from realnet.files import cut_to_bytes
+from realnet.files import cut_to_bytes, missing_folders, remove_created_folders
 from realnet.model.realnet import RealNet
 
 INPUT_NAME = "image"
@@ -177,16 +177,28 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
     `parity_images` (N, 3, S, S), then move the files into place. `external_data` None decides by
     size (weights beyond 2 GiB go to ``<out name>.data``). Raises RealnetError when the parity
     is outside the tolerances; nothing is then written at `out`."""
-    import onnx
-
     out = Path(out)
     check_opset(opset)
     if out.is_dir():
         raise RealnetError(f"--out {out} is a folder; give the path of the .onnx file to write")
+    created = missing_folders(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RealnetError(f"--out {out}: cannot create its folder {out.parent} ({error.strerror})") from None
+    try:
+        return _export_into(model, out, image_size, metadata, parity_images, image_source, opset, dynamic_batch,
+                            map_tolerance, score_tolerance, external_data)
+    except BaseException:  # a failed or interrupted export leaves none of the folders it made
+        remove_created_folders(created)
+        raise
+
+
+def _export_into(model: RealNet, out: Path, image_size: int, metadata: Mapping[str, str], parity_images: Tensor,
+                 image_source: str, opset: int, dynamic_batch: bool, map_tolerance: float, score_tolerance: float,
+                 external_data: bool | None) -> ExportReport:
+    import onnx
+
     data_name = f"{out.name}.data"
     try:
         # the name cut, so that a legal --out near the file system's 255-byte limit still has room for the suffix
