@@ -433,3 +433,12 @@ def test_a_damaged_cell_status_is_one_error(tmp_path, content):
     (tmp_path / CELL_STATUS).write_bytes(content)
     with pytest.raises(RealnetError, match="unreadable cell status; delete that cell folder to rerun it"):
         read_status(tmp_path)
+
+
+def test_a_suite_with_a_number_for_a_key_is_one_error():
+    """Regression: unknown keys were sorted as they were, so a number among them (`1: x`) failed
+    with a TypeError traceback comparing int and str."""
+    from realnet.errors import RealnetError
+
+    with pytest.raises(RealnetError, match=r"s\.yaml: unknown key\(s\) 1, zz \(allowed: "):
+        parse_suite({"name": "t", "preset": "tiny", 1: "x", "zz": "y"}, "s.yaml")

@@ -58,8 +58,8 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
     # a NaN or infinite weight passed and crashed the first training sample
-    ("synthesis.sources={cutpaste: .nan}", "synthesis.sources must map source names to finite"),
-    ("synthesis.sources={cutpaste: .inf, nsa: 1}", "synthesis.sources must map source names to finite"),
+    ("synthesis.sources={cutpaste: .nan}", "synthesis.sources.cutpaste must be a finite number"),
+    ("synthesis.sources={cutpaste: .inf, nsa: 1}", "synthesis.sources.cutpaste must be a finite number"),
     ("train.steps=-1", "train.steps must be >= 1"),
     ("train.steps=0", "train.steps must be >= 1"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1"),
@@ -212,3 +212,12 @@ def test_a_config_file_that_is_not_utf8_is_one_error_naming_it(tmp_path):
     path.write_bytes(b"# r\xe9glages\ntrain: {steps: 3}\n")
     with pytest.raises(RealnetError, match=f"{path}: not UTF-8 text"):
         load_config("tiny", path)
+
+
+@pytest.mark.parametrize("override", ["reconstruction.width_factor=.inf", "density.regularization=.inf",
+                                      "train.learning_rate=-.inf", "density.weight=.nan", "train.learning_rate=inf"])
+def test_non_finite_numbers_are_refused_by_name(override):
+    """Regression: reconstruction.width_factor=.inf passed validation and failed in the model with an
+    OverflowError traceback; density.regularization=.inf with a LinAlgError after training."""
+    with pytest.raises(RealnetError, match=f"{override.split('=')[0]} must be a finite number"):
+        load_config("tiny", overrides=[override])

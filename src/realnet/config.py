@@ -212,11 +212,14 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
         return {_typed(k, args[0], name): _typed(v, args[1], f"{name}.{k}") for k, v in value.items()}
     if kind is float and isinstance(value, str):
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        value = float(value)
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        # no setting means anything at infinity, and NaN passes no range check by failing them all
+        raise RealnetError(f"{name} must be a finite number, got {value!r}")
     if origin is None and isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
         return value
     wanted = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(

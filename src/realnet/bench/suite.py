@@ -329,10 +329,10 @@ def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
 def _check_keys(raw: Any, allowed: set[str], where: str, required: set[str]) -> None:
     if not isinstance(raw, dict):
         raise RealnetError(f"{where}: expected a mapping")
-    unknown = sorted(set(raw) - allowed)
+    unknown = sorted(map(str, set(raw) - allowed))  # str: a YAML key may be a number, which sorts with no text
     if unknown:
         raise RealnetError(
-            f"{where}: unknown key(s) {', '.join(map(str, unknown))} (allowed: {', '.join(sorted(allowed))})")
+            f"{where}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(sorted(allowed))})")
     missing = sorted(required - set(raw))
     if missing:
         raise RealnetError(f"{where}: missing key(s) {', '.join(missing)}")
