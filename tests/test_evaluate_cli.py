@@ -256,6 +256,25 @@ def test_a_test_whose_metrics_file_fails_leaves_every_previous_output_as_it_was(
     assert sorted(p.name for p in copy.iterdir() if p.name.startswith(".")) == []
 
 
+def test_a_run_folder_that_cannot_be_written_is_named_not_a_staging_folder(tiny_run, tmp_path, monkeypatch, capsys):
+    """Regression: on a read-only run `realnet test` said '<run>/.panels.nl911_85: Permission denied',
+    naming a temporary folder the user never saw."""
+    import tempfile
+
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+
+    def read_only(dir=None, prefix=None, **kwargs):
+        raise PermissionError(13, "Permission denied", f"{dir}/{prefix}k1ll3d")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    assert main(["test", "--run", str(copy), "--panels", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"realnet: error: {copy}: cannot write the test's outputs there (Permission denied)"
+    assert ".panels." not in err
+
+
 def test_panel_paths_in_metrics_are_relative_to_the_run_and_a_killed_tests_leftovers_are_removed(
         tiny_run, tmp_path, monkeypatch):
     """Regressions: metrics.json named the panels relative to the folder `realnet test` ran in, so

@@ -119,7 +119,7 @@ def test_ddim_bank(model, tmp_path):
 
 def test_strength_parsing_and_draws():
     assert parse_strength("0.1:0.2") == (0.1, 0.2) and parse_strength("0.15") == (0.15, 0.15)
-    for bad in ("0.2:0.1", "-1", "a:b", "0.1:0.2:0.3", "inf", "0.1:inf", "nan"):  # inf drew all-black images
+    for bad in ("0.2:0.1", "-1", "a:b", "0.1:0.2:0.3", "inf", "0.1:inf", "nan", "1e39"):  # inf and 1e39 drew all-black images
         with pytest.raises(RealnetError, match="--strength"):
             parse_strength(bad)
     draws = [image_strength(0, i, (0.1, 0.2)) for i in range(200)]

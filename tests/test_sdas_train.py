@@ -177,6 +177,7 @@ def test_a_damaged_resume_state_is_one_line_whose_advice_works(gray_data, tmp_pa
     ({"sample_steps": 2000}, "--sample-steps 2000: at most the 1000"),
     ({"schedule": "foo"}, "--schedule 'foo': use one of linear, cosine"),
     ({"image_size": 9}, "--image-size 9: the tiny preset needs a positive multiple of"),
+    ({"image_size": 100000}, "--image-size 100000: at most 2048"),  # was a 335 GiB allocation
     ({"categories": ["tile", "tile"]}, "each category once"),
     ({"dataset": "folder"}, "--dataset folder: sdas train reads"),
 ])

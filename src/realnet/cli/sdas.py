@@ -47,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--model", type=Path, required=True, help="model folder from `sdas train`")
     generate.add_argument("--category", required=True, help="the category to generate (one the model was trained on)")
     generate.add_argument("--count", type=int, required=True, help="images 0..COUNT-1 (existing ones are kept)")
-    generate.add_argument("--strength", default="0.1:0.2", help="s ~ U(LOW, HIGH) per image, or one value (default 0.1:0.2)")
+    generate.add_argument("--strength", default="0.1:0.2", help="s ~ U(LOW, HIGH) per image, or one value, within [0, 100] (default 0.1:0.2)")
     generate.add_argument("--out", type=Path, required=True, help="SIA root folder")
     generate.add_argument("--seed", type=seed_int, default=0,
                           help="fixes every image's noise and strength (default 0)")

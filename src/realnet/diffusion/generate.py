@@ -40,6 +40,9 @@ from realnet.engine.checkpoint import read_json
 from realnet.errors import RealnetError
 
 MANIFEST = "manifest.jsonl"
+# s inflates each reverse step's variance (1 + s)-fold; far beyond the paper's 0.2 the images are
+# noise, and past float32's range all black
+MAX_STRENGTH = 100.0
 SETTINGS = "generation.json"
 IMAGE_NAME = re.compile(r"^(\d{6,})\.png$")
 # Settings that change the bytes of an image; a rerun into the same folder must keep them.
@@ -72,8 +75,9 @@ def parse_strength(text: str) -> tuple[float, float]:
         parts = []
     if len(parts) == 1:
         parts *= 2
-    if len(parts) != 2 or not 0 <= parts[0] <= parts[1] < math.inf:
-        raise RealnetError(f"--strength {text!r}: use LOW:HIGH with 0 <= LOW <= HIGH (finite), or one value")
+    if len(parts) != 2 or not 0 <= parts[0] <= parts[1] <= MAX_STRENGTH:
+        raise RealnetError(f"--strength {text!r}: use LOW:HIGH with 0 <= LOW <= HIGH <= {MAX_STRENGTH:g}, or one "
+                           "value (the paper's is 0.1:0.2)")
     return parts[0], parts[1]
 
 

@@ -47,6 +47,7 @@ MODEL_META = "model.json"
 EMA_WEIGHTS = "ema.safetensors"
 TRAIN_STATE = "train_state.safetensors"
 TRAIN_LOG = "log.jsonl"
+MAX_IMAGE_SIZE = 2048
 SAMPLES_DIR = "samples"
 FORMAT = "realnet-sdas"
 GRID_STRENGTHS = (0.0, 0.1, 0.2)
@@ -326,6 +327,9 @@ def _check_request(request: TrainRequest) -> None:
         if request.image_size < factor or request.image_size % factor:
             raise RealnetError(f"--image-size {request.image_size}: the {request.preset} preset needs a positive "
                                f"multiple of {factor}")
+        if request.image_size > MAX_IMAGE_SIZE:  # every training image is held in memory at this size
+            raise RealnetError(f"--image-size {request.image_size}: at most {MAX_IMAGE_SIZE} (the paper's model "
+                               "works at 256)")
     if request.dataset == "folder":  # its layout needs options (--normal-dir ...) this command does not take
         raise RealnetError("--dataset folder: sdas train reads the mvtec, visa, mpdd and btad layouts; put the "
                            "normal images in ROOT/CATEGORY/train/good/ and use --dataset mvtec")

@@ -155,9 +155,10 @@ def write_test_outputs(run_dir: Path, metrics: dict, split: TestSplit, maps: np.
     their places first and moved in only then, so a failure while writing (a full disk) leaves the
     last test's outputs as they were instead of mixing two tests'. metrics["panels"] names the
     panels relative to the run folder, so they are found from anywhere and after the run moves."""
-    staging = staging_dir(run_dir, _PANELS_STAGING)
+    staging: Path | None = None
     pending: list[tuple[Path, Path]] = []
     try:
+        staging = staging_dir(run_dir, _PANELS_STAGING)
         metrics["panels"] = [f"{PANELS_DIR}/{path.name}" for path in write_panels(staging)]
         csv_bytes = scores_csv_bytes(split, scores, threshold)
         pending.append((checkpoint.write_beside(run_dir / SCORES_CSV, lambda tmp: tmp.write_bytes(csv_bytes)),
@@ -173,7 +174,8 @@ def write_test_outputs(run_dir: Path, metrics: dict, split: TestSplit, maps: np.
     except OSError as error:
         raise RealnetError(f"{run_dir}: cannot write the test's outputs there ({error.strerror or error})") from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
         for tmp, _target in pending:
             tmp.unlink(missing_ok=True)
 
