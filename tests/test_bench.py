@@ -442,3 +442,14 @@ def test_a_suite_with_a_number_for_a_key_is_one_error():
 
     with pytest.raises(RealnetError, match=r"s\.yaml: unknown key\(s\) 1, zz \(allowed: "):
         parse_suite({"name": "t", "preset": "tiny", 1: "x", "zz": "y"}, "s.yaml")
+
+
+def test_tables_only_on_an_out_folder_with_no_cells_is_refused(tmp_path, capsys):
+    """Regression: `bench --tables-only --out <a typo>` wrote a tree of tables of pending cells there
+    and exited 0."""
+    from realnet.cli.main import main
+
+    assert main(["bench", "--suite", "tiny", "--out", str(tmp_path / "typo"), "--tables-only"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("realnet: error: --tables-only:") and "has run under --out" in err
+    assert not (tmp_path / "typo").exists()
