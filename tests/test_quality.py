@@ -135,3 +135,4 @@ def test_quality_command_errors_are_one_line(tmp_path, rng, capsys):
         assert main([*arguments, "--lpips-weights", str(tmp_path / bad)]) == 2
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith(f"realnet: error: {tmp_path / bad}: not usable as LPIPS linear weights"), err
+        assert "weights_only" not in err[-1]  # regression: PyTorch's advice to load a foreign file unsafely

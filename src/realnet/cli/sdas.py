@@ -139,8 +139,12 @@ def _read_lpips_weights(path: Path, channels: list[int]):
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # many types; PyTorch's own message advises weights_only=False, unsafe for a foreign file
+        raise BadFileError(path, "not usable as LPIPS linear weights: not a tensor file realnet can read safely "
+                                 "(damaged, or another format)") from None
+    try:
         return lpips_weights_from_state(state, channels)
-    except Exception as error:  # torch.load and safetensors raise many types for a file that is not weights
+    except Exception as error:
         reason = (str(error).splitlines() or [type(error).__name__])[0]
         raise BadFileError(path, f"not usable as LPIPS linear weights: {reason}") from None
 
