@@ -160,7 +160,8 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
     """Written whole or not at all: a killed predict leaves no truncated PNG for a later reader."""
     from PIL import Image
 
-    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+    # compress_level 1: the same pixels, ~5x faster to write than the default 6, files ~17 % larger
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG", compress_level=1))
     return path
 
 

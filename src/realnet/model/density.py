@@ -34,10 +34,13 @@ def gaussian_statistics(embeddings: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     total = outer = None
     count = 0
     for batch in embeddings:
-        x = as_float64(batch).permute(2, 3, 0, 1)  # (h, w, B, C)
+        x = as_float64(batch).permute(2, 3, 0, 1).contiguous()  # (h, w, B, C); contiguous: a faster matmul
         batch_total, batch_outer = x.sum(2), x.transpose(2, 3) @ x
-        total = batch_total if total is None else total + batch_total
-        outer = batch_outer if outer is None else outer + batch_outer
+        if total is None:
+            total, outer = batch_total, batch_outer
+        else:  # in place: no new (h, w, C, C) tensor per batch
+            total += batch_total
+            outer += batch_outer
         count += batch.shape[0]
     if count < 2:
         raise ValueError("gaussian_statistics needs at least two embeddings")
@@ -49,7 +52,7 @@ def gaussian_statistics(embeddings: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
 def mahalanobis_map(embedding: Tensor, mean: Tensor, precision: Tensor) -> Tensor:
     """sqrt((x - mu)^T Sigma^-1 (x - mu)) at every position: embedding (B, C, h, w), mean
     (h, w, C), precision (h, w, C, C) -> (B, h, w)."""
-    centred = embedding.permute(2, 3, 0, 1) - mean.unsqueeze(2)  # (h, w, B, C)
+    centred = embedding.permute(2, 3, 0, 1).contiguous() - mean.unsqueeze(2)  # (h, w, B, C)
     squared = ((centred @ precision) * centred).sum(-1)  # (h, w, B)
     return squared.clamp_min(0).sqrt().permute(2, 0, 1)
 

@@ -83,6 +83,13 @@ def _image_files_below(root: Path, what: str) -> Iterator[Path]:
                 yield path
 
 
+def changed_pixels(out: np.ndarray, image: np.ndarray, tolerance: int) -> np.ndarray:
+    """Where an RGB uint8 paste `out` differs from `image` by more than `tolerance` in some channel
+    (cv2.absdiff stays in uint8, where a signed difference would need int16 copies)."""
+    difference = cv2.absdiff(out, image)
+    return np.maximum(np.maximum(difference[..., 0], difference[..., 1]), difference[..., 2]) > tolerance
+
+
 def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
     """DTD is looked up in `given` (--dtd, synthesis.dtd_root), then $REALNET_DTD, then <data root>/dtd."""
     if given is not None:
@@ -421,7 +428,7 @@ class NSASource:
         clone_mask[1:-1, 1:-1] = 255
         centre = (left + box_w // 2, top + box_h // 2)
         out = cv2.seamlessClone(patch, np.ascontiguousarray(image), clone_mask, centre, self.CLONE_FLAGS[self.clone])
-        changed = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
+        changed = changed_pixels(out, image, self.tolerance)
         return out, changed
 
 
@@ -460,7 +467,7 @@ class ShadeSource:
         gain = rng.uniform(*self.gain) * rng.choice((-1.0, 1.0))
         shaded = image.astype(np.float32) * (1.0 + gain * weight[..., None])
         out = np.clip(np.round(shaded), 0, 255).astype(np.uint8)
-        return out, np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
+        return out, changed_pixels(out, image, self.tolerance)
 
 
 class CrackSource:
@@ -514,5 +521,5 @@ class CrackSource:
         gain = rng.uniform(*self.gain) * (-1.0 if rng.random() < self.dark_probability else 1.0)
         cracked = image.astype(np.float32) * (1.0 + gain * weight[..., None])
         out = np.clip(np.round(cracked), 0, 255).astype(np.uint8)
-        moved = np.abs(out.astype(np.int16) - image.astype(np.int16)).max(axis=2) > self.tolerance
+        moved = changed_pixels(out, image, self.tolerance)
         return out, moved
