@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from realnet.errors import RealnetError
@@ -40,6 +42,17 @@ def remove_created_folders(created: list[Path]) -> None:
             folder.rmdir()
         except OSError:  # gone, or it holds something after all: keep the rest
             return
+
+
+@contextmanager
+def removed_on_failure(created: list[Path]) -> Iterator[None]:
+    """Around the work that fills folders `missing_folders` listed: if it fails or is interrupted,
+    the ones still empty are removed."""
+    try:
+        yield
+    except BaseException:
+        remove_created_folders(created)
+        raise
 
 
 def cut_to_bytes(text: str, limit: int) -> str:

@@ -567,8 +567,10 @@ def check_same_evaluation_steps(request: FitRequest, every: int | None, n_fit_im
                                 remedy: str) -> None:
     """--select-on-test chooses among the steps it evaluated: another interval is another protocol.
     `every` is None where an older realnet did not record it."""
+    if not request.select_on_test or every is None:
+        return
     now = evaluation_interval(request, n_fit_images)
-    if request.select_on_test and every is not None and every != now:
+    if every != now:
         raise RealnetError(f"{request.out}: {run} evaluated the test split every {every} steps (now "
                            f"{now}); {remedy.format(every=every)}")
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from realnet import __version__
 from realnet.config import map_kind
 from realnet.errors import RealnetError
-from realnet.files import cut_to_bytes, missing_folders, remove_created_folders
+from realnet.files import cut_to_bytes, missing_folders, removed_on_failure
 from realnet.model.realnet import RealNet
 
 INPUT_NAME = "image"
@@ -177,6 +177,8 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
     `parity_images` (N, 3, S, S), then move the files into place. `external_data` None decides by
     size (weights beyond 2 GiB go to ``<out name>.data``). Raises RealnetError when the parity
     is outside the tolerances; nothing is then written at `out`."""
+    import onnx
+
     out = Path(out)
     check_opset(opset)
     if out.is_dir():
@@ -186,51 +188,39 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise RealnetError(f"--out {out}: cannot create its folder {out.parent} ({error.strerror})") from None
-    try:
-        return _export_into(model, out, image_size, metadata, parity_images, image_source, opset, dynamic_batch,
-                            map_tolerance, score_tolerance, external_data)
-    except BaseException:  # a failed or interrupted export leaves none of the folders it made
-        remove_created_folders(created)
-        raise
-
-
-def _export_into(model: RealNet, out: Path, image_size: int, metadata: Mapping[str, str], parity_images: Tensor,
-                 image_source: str, opset: int, dynamic_batch: bool, map_tolerance: float, score_tolerance: float,
-                 external_data: bool | None) -> ExportReport:
-    import onnx
-
     data_name = f"{out.name}.data"
-    try:
-        # the name cut, so that a legal --out near the file system's 255-byte limit still has room for the suffix
-        staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cut_to_bytes(out.name, 200)}.")
-    except OSError as error:  # named by its folder, not by the staging name the user never chose
-        raise RealnetError(f"--out {out}: cannot write in {out.parent} ({error.strerror})") from None
-    with staging_folder as staging:
-        traced = Path(staging) / "traced.onnx"
-        trace_to_onnx(model, image_size, traced, opset=opset, dynamic_batch=dynamic_batch)
-        proto = onnx.load(str(traced))
-        onnx.helper.set_model_props(proto, dict(metadata))
-        _declare_output_shapes(proto, image_size, dynamic_batch)
-        separate = external_data if external_data is not None else _weight_bytes(proto) > PROTOBUF_LIMIT_BYTES
-        staged = Path(staging) / out.name
-        onnx.save_model(proto, str(staged), save_as_external_data=separate, all_tensors_to_one_file=True,
-                        location=data_name)
-        onnx.checker.check_model(str(staged))
-        batch_sizes = (len(parity_images), 1) if dynamic_batch else (1,)
-        parity = check_parity(model, staged, parity_images, batch_sizes=batch_sizes, image_source=image_source,
-                              map_tolerance=map_tolerance, score_tolerance=score_tolerance)
-        if not parity.passed:
-            raise RealnetError(
-                f"{out}: ONNX parity check failed on {parity.n_images} {parity.image_source}: max |map "
-                f"difference| {parity.max_abs_map_difference:.3g} (tolerance {map_tolerance:g}), max |score "
-                f"difference| {parity.max_abs_score_difference:.3g} (tolerance {score_tolerance:g}); not written")
-        files = [out]
-        if separate:
-            shutil.copymode(staged, Path(staging) / data_name)  # onnx creates it owner-only
-            os.replace(Path(staging) / data_name, out.parent / data_name)
-            files.append(out.parent / data_name)
-        os.replace(staged, out)  # the model last: it never points at a half-written weights file
-    return ExportReport(out, tuple(files), opset, dynamic_batch, dict(metadata), parity)
+    with removed_on_failure(created):  # a failed or interrupted export leaves none of the folders it made
+        try:
+            # the name cut, so that a legal --out near the file system's 255-byte limit has room for the suffix
+            staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cut_to_bytes(out.name, 200)}.")
+        except OSError as error:  # named by its folder, not by the staging name the user never chose
+            raise RealnetError(f"--out {out}: cannot write in {out.parent} ({error.strerror})") from None
+        with staging_folder as staging:
+            traced = Path(staging) / "traced.onnx"
+            trace_to_onnx(model, image_size, traced, opset=opset, dynamic_batch=dynamic_batch)
+            proto = onnx.load(str(traced))
+            onnx.helper.set_model_props(proto, dict(metadata))
+            _declare_output_shapes(proto, image_size, dynamic_batch)
+            separate = external_data if external_data is not None else _weight_bytes(proto) > PROTOBUF_LIMIT_BYTES
+            staged = Path(staging) / out.name
+            onnx.save_model(proto, str(staged), save_as_external_data=separate, all_tensors_to_one_file=True,
+                            location=data_name)
+            onnx.checker.check_model(str(staged))
+            batch_sizes = (len(parity_images), 1) if dynamic_batch else (1,)
+            parity = check_parity(model, staged, parity_images, batch_sizes=batch_sizes, image_source=image_source,
+                                  map_tolerance=map_tolerance, score_tolerance=score_tolerance)
+            if not parity.passed:
+                raise RealnetError(
+                    f"{out}: ONNX parity check failed on {parity.n_images} {parity.image_source}: max |map "
+                    f"difference| {parity.max_abs_map_difference:.3g} (tolerance {map_tolerance:g}), max |score "
+                    f"difference| {parity.max_abs_score_difference:.3g} (tolerance {score_tolerance:g}); not written")
+            files = [out]
+            if separate:
+                shutil.copymode(staged, Path(staging) / data_name)  # onnx creates it owner-only
+                os.replace(Path(staging) / data_name, out.parent / data_name)
+                files.append(out.parent / data_name)
+            os.replace(staged, out)  # the model last: it never points at a half-written weights file
+        return ExportReport(out, tuple(files), opset, dynamic_batch, dict(metadata), parity)
 
 
 def check_opset(opset: int) -> None:
