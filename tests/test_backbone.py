@@ -381,6 +381,9 @@ def test_bad_paths_and_files_are_named(tmp_path):
     (tmp_path / "garbage.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(RealnetError, match=r"garbage\.safetensors: cannot read weights"):
         create_backbone("resnet18", weights=tmp_path / "garbage.safetensors")
+    (tmp_path / "folder.safetensors").mkdir()  # safetensors itself called it "No such device"
+    with pytest.raises(RealnetError, match=r"folder\.safetensors: Is a directory$"):
+        create_backbone("resnet18", weights=tmp_path / "folder.safetensors")
     marker = tmp_path / "unpickled"
     torch.save({"conv1.weight": torch.zeros(1), "payload": _TouchOnUnpickle(marker)}, tmp_path / "objects.pth")
     with pytest.raises(RealnetError, match=r"objects\.pth: not a plain weights file"):

@@ -316,6 +316,22 @@ def test_truncated_weights_are_one_error_naming_the_file(gray_data, tmp_path):
         train(request(gray_data, out, steps=4, resume=True))
 
 
+def test_weights_that_cannot_be_opened_get_the_system_reason(gray_data, tmp_path):
+    """Regression: safetensors reports a weights path it cannot open as "No such device" (a folder)
+    or "No such file" (a file it may not read), which sent users looking for a missing file."""
+    from realnet.diffusion.train import init_from_checkpoint
+    from realnet.errors import BadFileError
+
+    out = tmp_path / "model"
+    train(request(gray_data, out, steps=2))
+    (out / EMA_WEIGHTS).unlink()
+    (out / EMA_WEIGHTS).mkdir()
+    with pytest.raises(BadFileError, match=f"{EMA_WEIGHTS}: Is a directory$"):
+        load_sdas_model(out)
+    with pytest.raises(BadFileError, match=f"{EMA_WEIGHTS}: Is a directory$"):
+        init_from_checkpoint(create_unet(json.loads((out / MODEL_META).read_text())["unet"]), out)
+
+
 def test_one_channel_training_of_colour_images_uses_their_luma(tmp_path):
     """Regression: --channels 1 kept the red channel of colour images instead of their gray level."""
     from realnet.diffusion.train import load_training_images

@@ -1,6 +1,6 @@
 """File-system helpers shared by every layer: the user's umask, staging folders that are renamed
 into place once complete, folders a failed command created, input names cut to fit an output's
-name, and UTF-8 text inputs."""
+name, inputs that cannot be opened, and UTF-8 text inputs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from realnet.errors import RealnetError
+from realnet.errors import BadFileError, RealnetError
 
 # read once (os.umask can only be read by setting it); files written through a temporary name get
 # the mode the user's umask gives any other new file, not mkstemp's/mkdtemp's private 0600/0700
@@ -66,6 +66,17 @@ def cut_to_bytes(text: str, limit: int) -> str:
 def not_utf8(path: Path | str, error: UnicodeDecodeError) -> RealnetError:
     """The one-line error for a text input saved in a legacy code page (a spreadsheet, an editor)."""
     return RealnetError(f"{path}: not UTF-8 text (byte {error.start}); save it as UTF-8")
+
+
+def openable_file(path: Path | str) -> str:
+    """`path` as a string, once it has been opened for reading: safetensors reports a file it may
+    not read as missing and a folder as "No such device", so the system's own reason comes first."""
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as error:
+        raise BadFileError(path, error.strerror or str(error)) from None
+    return str(path)
 
 
 def read_utf8_text(path: Path) -> str:

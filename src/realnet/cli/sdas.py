@@ -10,6 +10,7 @@ from pathlib import Path
 
 from realnet.cli.common import positive_int, print_json_line, seed_int
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import openable_file
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -132,6 +133,7 @@ def _read_lpips_weights(path: Path, channels: list[int]):
 
     from realnet.metrics.lpips import lpips_weights_from_state
 
+    openable_file(path)
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

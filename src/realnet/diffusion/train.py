@@ -41,7 +41,7 @@ from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temp
 from realnet.engine.runtime import batch_indices
 from realnet.engine.distributed import DistributedContext, launched_rank
 from realnet.errors import BadFileError, RealnetError
-from realnet.files import missing_folders
+from realnet.files import missing_folders, openable_file
 
 MODEL_META = "model.json"
 EMA_WEIGHTS = "ema.safetensors"
@@ -111,7 +111,7 @@ def load_sdas_model(model_dir: Path, device: torch.device | str = "cpu") -> tupl
     unet = create_unet(meta["unet"])
     weights = Path(model_dir) / EMA_WEIGHTS
     try:
-        unet.load_state_dict(load_file(weights))
+        unet.load_state_dict(load_file(openable_file(weights)))
     except (OSError, RuntimeError, SafetensorError) as error:
         reason = str(error).splitlines()[0]
         raise BadFileError(weights, f"cannot be loaded into the network of {MODEL_META} ({reason})") from None
@@ -155,6 +155,7 @@ def save_train_state(out: Path, meta: dict[str, Any], unet: nn.Module, ema: nn.M
 
 def resume_meta(out: Path) -> dict[str, Any]:
     """The metadata saved with the resume state (model.json for states older than that)."""
+    openable_file(out / TRAIN_STATE)
     try:
         with safe_open(str(out / TRAIN_STATE), "pt") as handle:
             saved = handle.metadata().get("meta")
@@ -167,6 +168,7 @@ def resume_meta(out: Path) -> dict[str, Any]:
 def load_train_state(out: Path, unet: nn.Module, ema: nn.Module, optimizer: torch.optim.Optimizer) -> int:
     """Restore weights, EMA and Adam state from `train_state.safetensors`; returns its step."""
     path = out / TRAIN_STATE
+    openable_file(path)
     try:
         with safe_open(str(path), "pt") as handle:
             metadata = handle.metadata()
@@ -190,7 +192,7 @@ def init_from_checkpoint(unet: nn.Module, source: Path) -> dict[str, Any]:
     match the network; the others keep their initial values."""
     path = Path(source) / EMA_WEIGHTS if Path(source).is_dir() else Path(source)
     try:
-        tensors = load_file(str(path))
+        tensors = load_file(openable_file(path))
     except (OSError, RuntimeError, ValueError, SafetensorError) as error:
         raise BadFileError(path, f"cannot be read as safetensors weights ({str(error).splitlines()[0]})") from None
     own = unet.state_dict()

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from realnet import __version__
 from realnet.errors import BadFileError, RealnetError
-from realnet.files import USER_UMASK
+from realnet.files import USER_UMASK, openable_file
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
@@ -153,7 +153,7 @@ def load_detector_state(run_dir: Path, model: torch.nn.Module) -> None:
     if not path.is_file():
         raise RealnetError(f"{path} not found")
     try:
-        state = load_file(str(path))
+        state = load_file(openable_file(path))
     except Exception as error:  # safetensors raises its own error type for truncated or corrupt files
         raise BadFileError(path, f"unreadable weights ({error})") from None
     missing, unexpected = model.load_state_dict(state, strict=False)

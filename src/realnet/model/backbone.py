@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import openable_file
 
 KEYWORDS = ("auto", "timm", "torchvision", "random")
 FEATURE_LEVELS = 5  # timm feature indices 0..4 are strides 2/4/8/16/32 for every model below
@@ -319,7 +320,7 @@ def _timm_norm(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def _from_file(name: str, path: Path) -> ResolvedWeights:
-    if not path.is_file():
+    if not path.exists():
         raise BadFileError(path, "backbone weights file not found")
     state = _to_timm_names(name, _read_state_dict(path), str(path))
     return ResolvedWeights(state, {"source": "file", "file": str(path.resolve())}, str(path), *_timm_norm(name))
@@ -394,6 +395,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".pth", ".pt"):
         raise BadFileError(path, "unsupported weights format; use .safetensors, .pth or .pt")
+    openable_file(path)
     try:
         if suffix == ".safetensors":
             from safetensors.torch import load_file
