@@ -68,3 +68,35 @@ def test_a_config_folder_is_not_called_missing(tmp_path):
 
     with pytest.raises(RealnetError, match=f"config file {tmp_path} is a folder; give a YAML file"):
         load_config("tiny", tmp_path)
+
+
+@pytest.mark.parametrize("failure, reason", [
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB. GPU 0 has a total capacity of 79 GiB"),
+     "CUDA out of memory. Tried to allocate 20.00 GiB"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
+                  "tried to allocate 1000 bytes. Error code 12 (Cannot allocate memory)"),
+     "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes. Error code 12 (Cannot allocate memory)"),
+])
+def test_out_of_memory_is_one_line_with_what_to_lower(failure, reason, tiny_run, monkeypatch, capsys):
+    """Regression: a batch too large for the device ended every command in a long traceback."""
+    from realnet.cli.main import main
+
+    def allocate(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr("realnet.engine.evaluate.evaluate", allocate)
+    assert main(["test", "--run", str(tiny_run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"realnet: error: out of memory ({reason}); use a smaller --batch-size (train.batch_size for fit, "
+                   "--batch for sdas) or image size"]
+
+
+def test_other_runtime_errors_still_show_their_traceback(tiny_run, monkeypatch):
+    from realnet.cli.main import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr("realnet.engine.evaluate.evaluate", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["test", "--run", str(tiny_run)])

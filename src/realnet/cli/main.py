@@ -67,6 +67,25 @@ def _escape_undecodable_names() -> None:
         sys.stdout.reconfigure(errors="realnet-undecodable-bytes")
 
 
+CPU_ALLOCATION_FAILURE = "DefaultCPUAllocator: can't allocate memory"
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """CUDA's OutOfMemoryError, or the plain RuntimeError of the CPU and MPS allocators."""
+    torch = sys.modules.get("torch")  # not imported by commands that never allocate a tensor
+    if torch is not None and isinstance(error, torch.OutOfMemoryError):
+        return True
+    return CPU_ALLOCATION_FAILURE in str(error) or "MPS backend out of memory" in str(error)
+
+
+def _allocation_failure(error: RuntimeError) -> str:
+    """The allocator's first two sentences (what failed, and how much it asked for), without the C++
+    source location the CPU allocator prefixes or CUDA's advice on its own settings."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    start = message.find(CPU_ALLOCATION_FAILURE)
+    return ". ".join((message[start:] if start >= 0 else message).split(". ")[:2]).rstrip(".")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _escape_undecodable_names()
@@ -97,6 +116,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("realnet: interrupted", file=sys.stderr)
         return 130
+    except RuntimeError as error:
+        if not _out_of_memory(error):
+            raise
+        if args.debug:
+            traceback.print_exc()
+        print(f"realnet: error: out of memory ({_allocation_failure(error)}); use a smaller --batch-size "
+              "(train.batch_size for fit, --batch for sdas) or image size", file=sys.stderr)
+        return 2
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
