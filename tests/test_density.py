@@ -133,6 +133,9 @@ def test_build_refuses_covariances_that_do_not_fit_in_memory(monkeypatch):
     ("density.weight=1.5", "density.weight must be in"),
     ("density.channels=0", "density.channels must be"),
     ("density.regularization=0", "density.regularization must be"),
+    # regression: 1e300 was accepted, and its float32 precision underflows to zero: a density map of
+    # zeros, whose held-out scale the fusion divides by
+    ("density.regularization=1e300", r"density.regularization must be in \(0, 1e\+06\]"),
 ])
 def test_bad_density_settings_are_one_clear_error(override, message):
     with pytest.raises(RealnetError, match=message):

@@ -21,6 +21,7 @@ from realnet.files import read_utf8_text
 
 PRESETS = ("paper", "cpu", "tiny")
 MAX_SEED = 2**32 - 1  # every generator takes it (torch.manual_seed overflows at 2**64; derived seeds add to it)
+MAX_DENSITY_REGULARIZATION = 1e6
 # Opacity delta ~ U(low, high) of each texture source in Eq. 3, as in the authors' code; the one
 # definition behind both the config default and `realnet.synthesis.SynthesisConfig`'s.
 AUTHORS_DELTA_RANGES = {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
@@ -377,7 +378,10 @@ def validate_config(config: RealNetConfig) -> None:
          "so its scale needs held-out images)"),
         (0 <= config.density.weight <= 1, "density.weight must be in [0, 1]"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
-        (config.density.regularization > 0, "density.regularization must be > 0"),
+        # far above any useful value (the features' variances are of order 1), and far below where
+        # the float32 precision would underflow to zero
+        (0 < config.density.regularization <= MAX_DENSITY_REGULARIZATION,
+         f"density.regularization must be in (0, {MAX_DENSITY_REGULARIZATION:g}]"),
         (0 <= config.memory.weight <= 1, "memory.weight must be in [0, 1]"),
         (config.density.weight + config.memory.weight <= 1, "density.weight + memory.weight must be at most 1"),
         (0 < config.memory.coreset_ratio <= 1, "memory.coreset_ratio must be in (0, 1]"),
