@@ -154,6 +154,15 @@ def test_shipped_suites_fit_each_backbone_channel_counts():
     assert ("tf_efficientnet_b4", (1, 2, 3, 4), (24, 32, 56, 160)) in checked
 
 
+def test_only_selects_a_variant_by_any_name_of_its_shared_cell():
+    """Regression: Fig. 5's max_avg-p0.33 is the reference cell, named after 'reference' only, so
+    --only 'mvtec/bottle/max_avg-p0.33' matched no cell and 'mvtec/bottle/max_avg-*' left it out."""
+    cells = expand(load_suite("ablations"))
+    assert [c.id for c in select(cells, ["mvtec/bottle/max_avg-p0.33"])] == ["mvtec/bottle/reference"]
+    max_avg = [c.id for c in select(cells, ["mvtec/bottle/max_avg-*"])]
+    assert len(max_avg) == 6 and "mvtec/bottle/reference" in max_avg
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"axes": [{"name": "a", "variants": [{"name": "v", "set": {"rrs.mode": "max"}}]},
                {"name": "b", "variants": [{"name": "v", "set": {"rrs.mode": "avg"}}]}]}, "variant name 'v'"),

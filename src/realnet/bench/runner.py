@@ -43,7 +43,7 @@ class BenchRequest:
     data_roots: dict[str, Path] = field(default_factory=dict)  # root key -> folder
     dtd: Path | None = None
     sia: Path | None = None
-    only: list[str] = field(default_factory=list)  # globs on cell ids or axis names
+    only: list[str] = field(default_factory=list)  # globs on dataset/category/variant or axis names
     device: str = "auto"
     progress: bool = True
 

@@ -319,11 +319,16 @@ def expand(suite: Suite) -> list[Cell]:
 
 
 def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
-    """Cells whose id (dataset/category/variant) or one of whose axis names matches a glob."""
+    """Cells matching a glob on dataset/category/variant, for any variant the cell stands for (a
+    shared cell is named after its first one only), or on one of its axis names."""
     if not patterns:
         return list(cells)
-    return [c for c in cells
-            if any(fnmatchcase(c.id, p) or any(fnmatchcase(a, p) for a, _ in c.members) for p in patterns)]
+
+    def names(cell: Cell) -> list[str]:
+        return [name for axis, variant in cell.members
+                for name in (f"{cell.dataset.name}/{cell.category}/{variant}", axis)]
+
+    return [c for c in cells if any(fnmatchcase(name, p) for name in names(c) for p in patterns)]
 
 
 def _check_keys(raw: Any, allowed: set[str], where: str, required: set[str]) -> None:
