@@ -177,6 +177,16 @@ def test_only_selects_a_variant_by_any_name_of_its_shared_cell():
     ({"axes": [{"name": "a", "datasets": 5, "variants": [{"name": "v"}]}]}, r"datasets: expected a non-empty list"),
     ({"axes": [{"name": "a", "datasets": "fixture", "variants": [{"name": "v"}]}]}, "datasets: expected a non-empty list"),
     ({"name": ".."}, "'..' must be a name"),
+    # regressions: a plot setting that is not a string was a TypeError traceback, and one whose values are
+    # lists or mappings crashed drawing the plot after every cell had trained
+    ({"axes": [{"name": "a", "plot": {"x": [1], "lines": "rrs.mode"}, "variants": [{"name": "v"}]}]},
+     r"plot x '\[1\]' is not a setting"),
+    ({"axes": [{"name": "a", "plot": {"x": "rrs.ratio", "lines": {"a": 1}}, "variants": [{"name": "v"}]}]},
+     r"plot lines '\{'a': 1\}' is not a setting"),
+    ({"axes": [{"name": "a", "plot": {"x": "selection.channels", "lines": "rrs.mode"}, "variants": [{"name": "v"}]}]},
+     r"t.yaml: axis a: plot x selection.channels is \[8, 16\] in variant v; a plot needs a number"),
+    ({"axes": [{"name": "a", "plot": {"x": "rrs.ratio", "lines": "synthesis.sources"}, "variants": [{"name": "v"}]}]},
+     r"plot lines synthesis.sources is \{\"cutpaste\": 1.0\} in variant v"),
 ])
 def test_bad_suites_name_the_problem(change, needle):
     with pytest.raises(RealnetError, match=needle):
