@@ -334,6 +334,24 @@ def test_the_efficiency_table_is_dropped_once_a_measured_cell_is_rerun(tmp_path,
     assert "MEASURED" not in readme and "Out of date" in readme
 
 
+@pytest.mark.parametrize("record", [b"{", b"[1]", b"{\"cells\": \"x\xe9\"}"])
+def test_a_damaged_efficiency_record_marks_the_efficiency_table_out_of_date(tmp_path, fixture_data, record):
+    """Regression: an efficiency.json that was not a JSON mapping in UTF-8 gave a JSONDecodeError /
+    AttributeError traceback on every bench and --tables-only."""
+    from realnet.bench.runner import cell_dir, write_reports
+
+    suite = parse_suite(suite_dict([{"name": "reference"}]), "s.yaml")
+    (cell,) = expand(suite)
+    fake_complete_cell(cell_dir(tmp_path, suite, cell), cell.config, fixture_data, 0.9)
+    tables_dir = tmp_path / "s/tables"
+    tables_dir.mkdir(parents=True)
+    (tables_dir / "efficiency.md").write_text("| name | MEASURED |\n")
+    (tables_dir / "efficiency.json").write_bytes(record)
+    write_reports(suite, [cell], tmp_path)
+    readme = (tables_dir / "README.md").read_text()
+    assert "MEASURED" not in readme and "efficiency.json is missing or damaged" in readme
+
+
 def test_results_csv_holds_every_cell_with_its_status_and_metrics_as_fractions():
     suite = parse_suite(suite_dict([{"name": "a"}, {"name": "b", "set": {"rrs.mode": "max"}}]), "t")
     cells = expand(suite)
