@@ -154,6 +154,15 @@ def test_shipped_suites_fit_each_backbone_channel_counts():
     assert ("tf_efficientnet_b4", (1, 2, 3, 4), (24, 32, 56, 160)) in checked
 
 
+def test_only_selects_a_variant_by_any_name_of_its_shared_cell():
+    """Regression: Fig. 5's max_avg-p0.33 is the reference cell, named after 'reference' only, so
+    --only 'mvtec/bottle/max_avg-p0.33' matched no cell and 'mvtec/bottle/max_avg-*' left it out."""
+    cells = expand(load_suite("ablations"))
+    assert [c.id for c in select(cells, ["mvtec/bottle/max_avg-p0.33"])] == ["mvtec/bottle/reference"]
+    max_avg = [c.id for c in select(cells, ["mvtec/bottle/max_avg-*"])]
+    assert len(max_avg) == 6 and "mvtec/bottle/reference" in max_avg
+
+
 @pytest.mark.parametrize("change, needle", [
     ({"axes": [{"name": "a", "variants": [{"name": "v", "set": {"rrs.mode": "max"}}]},
                {"name": "b", "variants": [{"name": "v", "set": {"rrs.mode": "avg"}}]}]}, "variant name 'v'"),
@@ -168,6 +177,16 @@ def test_shipped_suites_fit_each_backbone_channel_counts():
     ({"axes": [{"name": "a", "datasets": 5, "variants": [{"name": "v"}]}]}, r"datasets: expected a non-empty list"),
     ({"axes": [{"name": "a", "datasets": "fixture", "variants": [{"name": "v"}]}]}, "datasets: expected a non-empty list"),
     ({"name": ".."}, "'..' must be a name"),
+    # regressions: a plot setting that is not a string was a TypeError traceback, and one whose values are
+    # lists or mappings crashed drawing the plot after every cell had trained
+    ({"axes": [{"name": "a", "plot": {"x": [1], "lines": "rrs.mode"}, "variants": [{"name": "v"}]}]},
+     r"plot x '\[1\]' is not a setting"),
+    ({"axes": [{"name": "a", "plot": {"x": "rrs.ratio", "lines": {"a": 1}}, "variants": [{"name": "v"}]}]},
+     r"plot lines '\{'a': 1\}' is not a setting"),
+    ({"axes": [{"name": "a", "plot": {"x": "selection.channels", "lines": "rrs.mode"}, "variants": [{"name": "v"}]}]},
+     r"t.yaml: axis a: plot x selection.channels is \[8, 16\] in variant v; a plot needs a number"),
+    ({"axes": [{"name": "a", "plot": {"x": "rrs.ratio", "lines": "synthesis.sources"}, "variants": [{"name": "v"}]}]},
+     r"plot lines synthesis.sources is \{\"cutpaste\": 1.0\} in variant v"),
 ])
 def test_bad_suites_name_the_problem(change, needle):
     with pytest.raises(RealnetError, match=needle):
@@ -313,6 +332,24 @@ def test_the_efficiency_table_is_dropped_once_a_measured_cell_is_rerun(tmp_path,
     write_reports(suite, [cell], tmp_path)
     readme = (tables_dir / "README.md").read_text()
     assert "MEASURED" not in readme and "Out of date" in readme
+
+
+@pytest.mark.parametrize("record", [b"{", b"[1]", b"{\"cells\": \"x\xe9\"}"])
+def test_a_damaged_efficiency_record_marks_the_efficiency_table_out_of_date(tmp_path, fixture_data, record):
+    """Regression: an efficiency.json that was not a JSON mapping in UTF-8 gave a JSONDecodeError /
+    AttributeError traceback on every bench and --tables-only."""
+    from realnet.bench.runner import cell_dir, write_reports
+
+    suite = parse_suite(suite_dict([{"name": "reference"}]), "s.yaml")
+    (cell,) = expand(suite)
+    fake_complete_cell(cell_dir(tmp_path, suite, cell), cell.config, fixture_data, 0.9)
+    tables_dir = tmp_path / "s/tables"
+    tables_dir.mkdir(parents=True)
+    (tables_dir / "efficiency.md").write_text("| name | MEASURED |\n")
+    (tables_dir / "efficiency.json").write_bytes(record)
+    write_reports(suite, [cell], tmp_path)
+    readme = (tables_dir / "README.md").read_text()
+    assert "MEASURED" not in readme and "efficiency.json is missing or damaged" in readme
 
 
 def test_results_csv_holds_every_cell_with_its_status_and_metrics_as_fractions():

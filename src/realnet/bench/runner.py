@@ -43,7 +43,7 @@ class BenchRequest:
     data_roots: dict[str, Path] = field(default_factory=dict)  # root key -> folder
     dtd: Path | None = None
     sia: Path | None = None
-    only: list[str] = field(default_factory=list)  # globs on cell ids or axis names
+    only: list[str] = field(default_factory=list)  # globs on dataset/category/variant or axis names
     device: str = "auto"
     progress: bool = True
 
@@ -343,10 +343,14 @@ def current_efficiency(table_dir: Path, statuses: dict[str, dict[str, Any]]) -> 
     markdown, record = table_dir / EFFICIENCY_TABLE, table_dir / EFFICIENCY_RECORD
     if not markdown.is_file():
         return None
-    measured = json.loads(record.read_text()).get("cells") if record.is_file() else None
+    try:
+        content = json.loads(record.read_text(encoding="utf-8")) if record.is_file() else None
+    except ValueError:  # not JSON, or not UTF-8: the table cannot be checked, as with no record
+        content = None
+    measured = content.get("cells") if isinstance(content, dict) else None
     if not isinstance(measured, dict) or any(
             statuses.get(cell_id, {}).get("status") != "complete" or statuses[cell_id].get("finished") != finished
             for cell_id, finished in measured.items()):
-        return ("*Out of date: cells it measured were rerun since. "
-                "Rerun `benchmarks/bench_efficiency.py --suite ... --out ...`.*")
+        return (f"*Out of date: cells it measured were rerun since, or its record {EFFICIENCY_RECORD} is missing "
+                "or damaged. Rerun `benchmarks/bench_efficiency.py --suite ... --out ...`.*")
     return markdown.read_text()

@@ -205,7 +205,7 @@ def _parse_axis(raw: Any, where: str, datasets: tuple[DatasetSpec, ...], known_k
     if raw.get("plot") is not None:
         _check_keys(raw["plot"], _PLOT_KEYS, f"{where}: plot", required={"x", "lines"})
         for role in ("x", "lines"):  # checked now, not after every cell has trained
-            if raw["plot"][role] not in known_keys:
+            if not isinstance(raw["plot"][role], str) or raw["plot"][role] not in known_keys:
                 raise RealnetError(f"{where}: plot {role} '{raw['plot'][role]}' is not a setting (section.key)")
         plot = PlotSpec(raw["plot"]["x"], raw["plot"]["lines"], raw["plot"].get("x_label", raw["plot"]["x"]))
     variants = tuple(_parse_variant(v, f"{where}: variants[{i}]")
@@ -300,6 +300,13 @@ def expand(suite: Suite) -> list[Cell]:
                     f"(axis {axis.name} and an earlier axis); rename one"
                 )
             configs.setdefault(variant.name, (config, overrides))
+            if axis.plot is not None:  # plotted values become points and line names, checked before any fit
+                settings = flat_config(config)
+                for role, key in (("x", axis.plot.x), ("lines", axis.plot.lines)):
+                    if not isinstance(settings[key], (int, float, str, bool, type(None))):
+                        raise RealnetError(
+                            f"{suite.source}: axis {axis.name}: plot {role} {key} is {json.dumps(settings[key])} in "
+                            f"variant {variant.name}; a plot needs a number, a string, true/false or null there")
 
     cells: dict[tuple[str, str, str], Cell] = {}
     for axis in suite.axes:
@@ -319,11 +326,16 @@ def expand(suite: Suite) -> list[Cell]:
 
 
 def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
-    """Cells whose id (dataset/category/variant) or one of whose axis names matches a glob."""
+    """Cells matching a glob on dataset/category/variant, for any variant the cell stands for (a
+    shared cell is named after its first one only), or on one of its axis names."""
     if not patterns:
         return list(cells)
-    return [c for c in cells
-            if any(fnmatchcase(c.id, p) or any(fnmatchcase(a, p) for a, _ in c.members) for p in patterns)]
+
+    def names(cell: Cell) -> list[str]:
+        return [name for axis, variant in cell.members
+                for name in (f"{cell.dataset.name}/{cell.category}/{variant}", axis)]
+
+    return [c for c in cells if any(fnmatchcase(name, p) for name in names(c) for p in patterns)]
 
 
 def _check_keys(raw: Any, allowed: set[str], where: str, required: set[str]) -> None:

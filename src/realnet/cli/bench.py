@@ -29,7 +29,8 @@ def register(subparsers) -> None:
                        help="SDAS image bank (DIR/<category>/); cells that need it are skipped without it")
     bench.add_argument("--out", type=Path, required=True, metavar="DIR", help="results go to DIR/SUITE/")
     bench.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                       help="run only cells whose id (dataset/category/variant) or axis matches this glob (repeatable)")
+                       help="run only cells whose dataset/category/variant (any variant a shared cell stands for) "
+                            "or axis matches this glob (repeatable)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config value in every cell, e.g. --set train.steps=5, except where a "
                             "variant sets that key itself (the variant is what the table compares); part of each "
