@@ -165,6 +165,8 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         if request.category not in meta["categories"]:
             raise RealnetError(f"--category {request.category!r}: the model knows only {', '.join(meta['categories'])}")
         steps = request.steps or meta["diffusion"]["sample_steps"]
+        if steps > meta["diffusion"]["timesteps"]:
+            raise RealnetError(f"--steps {steps}: at most the model's {meta['diffusion']['timesteps']} timesteps")
         settings = {
             "model": str(Path(request.model).resolve()), "model_sha256": model_sha256,
             "model_step": meta["step"], "category": request.category, "seed": request.seed,
