@@ -56,8 +56,10 @@ DEFAULT_EMA = {"paper": 0.9999, "cpu": 0.995, "tiny": 0.9}
 # What to do about an unreadable resume state: a folder that still holds the model's other files
 # is refused by a fresh `sdas train`, and one without the resume state has nothing to resume.
 DAMAGED_STATE_REMEDY = "delete the model folder to train it again, or choose another --out"
-# Settings a resumed run must share with the run it continues.
-RESUME_KEYS = ("unet", "diffusion", "categories", "data_sha256", "seed", "batch_size", "lr", "grad_clip", "ema_decay")
+# Settings a resumed run must share with the run it continues. Of the diffusion's, sample_steps
+# sets only the preview grids and generate's default, so a resume may change it.
+RESUME_KEYS = ("unet", "categories", "data_sha256", "seed", "batch_size", "lr", "grad_clip", "ema_decay")
+RESUME_DIFFUSION_KEYS = ("schedule", "timesteps")
 
 
 @dataclass
@@ -392,6 +394,8 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
         raise RealnetError(f"{out}: nothing to resume (no {TRAIN_STATE})")
     previous = resume_meta(out)
     changed = [key for key in RESUME_KEYS if previous.get(key) != meta[key]]
+    diffusion = previous.get("diffusion") if isinstance(previous.get("diffusion"), dict) else {}
+    changed += [f"diffusion.{key}" for key in RESUME_DIFFUSION_KEYS if diffusion.get(key) != meta["diffusion"][key]]
     if changed:
         raise RealnetError(f"{out}: cannot resume with different {', '.join(changed)} than the run there")
     if previous["step"] > request.steps:
