@@ -148,6 +148,25 @@ def test_seeds_out_of_range_are_refused_by_the_command_line(command, seed, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("command", [["sdas", "train", "--data", "d", "--categories", "c", "--out", "o"],
+                                     ["sdas", "generate", "--model", "m", "--category", "c", "--count", "1",
+                                      "--out", "o"],
+                                     ["sdas", "quality", "--real", "r", "--fake", "f"]])
+@pytest.mark.parametrize("threads", ["0", "1025", "1000000000000"])
+def test_thread_counts_out_of_range_are_refused_by_the_command_line(command, threads, tmp_path, monkeypatch, capsys):
+    """`--threads 1000000000000` was an overflow traceback from torch.set_num_threads; 100000 passed
+    it and crashed OpenMP."""
+    from realnet.cli.main import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main([*command, "--threads", threads])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument --threads: must be in [1, 1024], got {threads}" in error and "Traceback" not in error
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_run_recorded_with_a_retired_setting_still_loads_but_nobody_can_set_it():
     """train.num_workers was accepted and never used (synthesis runs in the training process)."""
     from realnet.config import RealNetConfig

@@ -104,6 +104,27 @@ def test_a_failed_run_leaves_a_manifest_of_the_images_it_wrote(model, tmp_path, 
     assert listed == sorted(p.name for p in folder.glob("*.png")) == [f"{i:06d}.png" for i in range(3)]
 
 
+def test_a_run_that_made_no_image_leaves_nothing_that_refuses_a_rerun(model, tmp_path, monkeypatch):
+    """Regression: generation.json was written before the first image and kept after a failure, so
+    a rerun with a smaller --batch after running out of memory (or after Ctrl-C) was refused as
+    "holds images made with other batch_size"; the folders it created and an empty manifest stayed."""
+    from realnet.diffusion import generate as generate_module
+
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory")
+
+    out = tmp_path / "new" / "sia"
+    with monkeypatch.context() as patch:
+        patch.setattr(generate_module, "sdas_sample", out_of_memory)
+        with pytest.raises(RuntimeError, match="out of memory"):
+            bank(model, out, 2, batch_size=64)
+    assert not (tmp_path / "new").exists()
+    (out / "tile").mkdir(parents=True)  # what such a failure left before
+    (out / "tile" / "generation.json").write_text(json.dumps({"batch_size": 64}))
+    (out / "tile" / MANIFEST).write_text("")
+    assert bank(model, out, 2, batch_size=1)["written"] == 2
+
+
 def test_a_rerun_with_other_settings_is_refused(model, tmp_path):
     bank(model, tmp_path / "sia", 2)
     with pytest.raises(RealnetError, match="seed"):
@@ -245,10 +266,12 @@ def test_a_stray_file_named_like_an_image_adds_no_manifest_row(model, tmp_path):
     assert [r["file"] for r in rows] == ["000000.png", "000001.png"]
 
 
-@pytest.mark.parametrize("damage", ["model list", "text timesteps", "no unet", "settings list"])
+@pytest.mark.parametrize("damage", ["model list", "text timesteps", "no unet", "settings list", "schedule foo",
+                                    "no sample_steps", "sample_steps 0", "no categories", "no image_size",
+                                    "fewer timesteps than --steps"])
 def test_damaged_metadata_is_one_error_and_leaves_no_output(model, tmp_path, damage):
-    """Regression: a model.json or generation.json of the wrong shape gave a traceback, and a text
-    diffusion.timesteps also left generation.json behind."""
+    """Regressions: a model.json or generation.json of the wrong shape gave a traceback, and a text
+    diffusion.timesteps, an unknown schedule or sample_steps 0 also left generation.json behind."""
     import shutil
 
     from realnet.diffusion.train import MODEL_META
@@ -260,11 +283,22 @@ def test_damaged_metadata_is_one_error_and_leaves_no_output(model, tmp_path, dam
     if damage == "settings list":
         (out / "tile").mkdir(parents=True)
         (out / "tile" / "generation.json").write_text("[1]")
+        (out / "tile" / "000000.png").write_bytes(b"")  # settings matter once the bank holds an image
     else:
-        edited = {"model list": [1], "text timesteps": {**meta, "diffusion": {**meta["diffusion"], "timesteps": "x"}},
-                  "no unet": {k: v for k, v in meta.items() if k != "unet"}}[damage]
+        diffusion = meta["diffusion"]
+        edited = {"model list": [1], "text timesteps": {**meta, "diffusion": {**diffusion, "timesteps": "x"}},
+                  "no unet": {k: v for k, v in meta.items() if k != "unet"},
+                  "schedule foo": {**meta, "diffusion": {**diffusion, "schedule": "foo"}},
+                  "no sample_steps": {**meta, "diffusion": {"schedule": "linear", "timesteps": 1000}},
+                  "sample_steps 0": {**meta, "diffusion": {**diffusion, "sample_steps": 0}},
+                  "no categories": {k: v for k, v in meta.items() if k != "categories"},
+                  "no image_size": {k: v for k, v in meta.items() if k != "image_size"},
+                  "fewer timesteps than --steps": {**meta, "diffusion": {**diffusion, "timesteps": 3,
+                                                                         "sample_steps": 3}},
+                  }[damage]
         (copy / MODEL_META).write_text(json.dumps(edited))
-    with pytest.raises(RealnetError, match="malformed"):
+    message = "--steps 4: at most the model's 3 timesteps" if damage == "fewer timesteps than --steps" else "malformed"
+    with pytest.raises(RealnetError, match=message):
         bank(copy, out, 2)
     if damage != "settings list":
         assert not out.exists() or not any(out.rglob("*"))

@@ -114,6 +114,17 @@ def test_existing_runs_are_protected(gray_data, tmp_path):
         train(request(gray_data, tmp_path / "empty", resume=True))
 
 
+def test_a_resume_may_change_the_sample_steps_but_not_the_training_diffusion(gray_data, tmp_path):
+    """Regression: a resume with only another --sample-steps (which sets the preview grids and
+    generate's default, not training) was refused as 'different diffusion'."""
+    out = tmp_path / "run"
+    train(request(gray_data, out, steps=2))
+    with pytest.raises(RealnetError, match="different diffusion.schedule than"):
+        train(request(gray_data, out, steps=3, schedule="cosine", resume=True))
+    assert train(request(gray_data, out, steps=3, sample_steps=2, resume=True))["started_at_step"] == 2
+    assert json.loads((out / MODEL_META).read_text())["diffusion"]["sample_steps"] == 2
+
+
 def test_a_kill_before_model_json_still_resumes_and_a_trimmed_model_is_protected(gray_data, tmp_path):
     """Regressions: a kill after the resume state but before model.json was written left a folder
     that could neither resume nor restart; a model folder without train_state.safetensors (what

@@ -41,6 +41,19 @@ def seed_int(text: str) -> int:
     return value
 
 
+# More CPU threads than any machine has: torch.set_num_threads overflows past 2**31 - 1, and far
+# below that OpenMP fails to create its threads or crashes (100000 segfaulted a matrix product).
+MAX_THREADS = 1024
+
+
+def thread_count(text: str) -> int:
+    """argparse type for --threads."""
+    value = int(text)
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be in [1, {MAX_THREADS}], got {value}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type for step counts."""
     value = int(text)

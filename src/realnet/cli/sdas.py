@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from realnet.cli.common import positive_int, print_json_line, seed_int
+from realnet.cli.common import positive_int, print_json_line, seed_int, thread_count
 from realnet.errors import BadFileError, RealnetError
 from realnet.files import openable_file
 
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--size", type=positive_int, default=256, help="images are resized to SIZE x SIZE (default 256)")
     quality.add_argument("--batch", type=positive_int, default=16, help="images per forward pass (default 16)")
     quality.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    quality.add_argument("--threads", type=int, help="torch CPU threads")
+    quality.add_argument("--threads", type=thread_count, help="torch CPU threads")
     quality.add_argument("--no-progress", action="store_true", help="no progress bar")
     quality.set_defaults(func=run_quality)
 
@@ -77,15 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _add_runtime_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (torchrun: one GPU per rank)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA only)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (torch.set_num_threads)")
+    parser.add_argument("--threads", type=thread_count, help="torch CPU threads (torch.set_num_threads)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _set_threads(threads: int | None) -> None:
     if threads is None:
         return
-    if threads < 1:
-        raise RealnetError("--threads must be at least 1")
     import torch
 
     torch.set_num_threads(threads)

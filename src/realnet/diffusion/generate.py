@@ -38,6 +38,7 @@ from realnet.diffusion.sampler import DDIM_VARIANCES, SAMPLERS, sdas_sample
 from realnet.diffusion.train import EMA_WEIGHTS, diffusion_for, load_sdas_model, run_device, save_png, to_uint8
 from realnet.engine.checkpoint import read_json
 from realnet.errors import RealnetError
+from realnet.files import missing_folders, remove_created_folders
 
 MANIFEST = "manifest.jsonl"
 # s inflates each reverse step's variance (1 + s)-fold; far beyond the paper's 0.2 the images are
@@ -110,12 +111,16 @@ def _file_identity(path: Path) -> tuple[int, int, int]:
     return status.st_ino, status.st_mtime_ns, status.st_size
 
 
+def image_indices(folder: Path) -> list[int]:
+    """The indices of the bank images present in `folder`, sorted."""
+    return sorted(int(m.group(1)) for p in folder.iterdir()
+                  if (m := IMAGE_NAME.match(p.name)) and p.name == image_name(int(m.group(1))))  # not 0000001
+
+
 def manifest_rows(folder: Path, seed: int, strength: tuple[float, float]) -> list[dict[str, Any]]:
     """One row per bank image present in `folder`, by index."""
-    indices = sorted(int(m.group(1)) for p in folder.iterdir()
-                     if (m := IMAGE_NAME.match(p.name)) and p.name == image_name(int(m.group(1))))  # not 0000001
     return [{"file": image_name(i), "index": i, "s": image_strength(seed, i, strength), "seed": image_seed(seed, i)}
-            for i in indices]
+            for i in image_indices(folder)]
 
 
 def _check_request(request: GenerateRequest) -> None:
@@ -131,7 +136,7 @@ def _check_request(request: GenerateRequest) -> None:
 
 def _check_settings(folder: Path, settings: dict[str, Any]) -> None:
     path = folder / SETTINGS
-    if not path.is_file():
+    if not path.is_file() or not image_indices(folder):  # the settings fix nothing before the first image
         return
     previous = read_json(path, f"{path} not found")
     changed = [key for key in FIXED_KEYS if previous.get(key) != settings[key]]
@@ -160,6 +165,8 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         if request.category not in meta["categories"]:
             raise RealnetError(f"--category {request.category!r}: the model knows only {', '.join(meta['categories'])}")
         steps = request.steps or meta["diffusion"]["sample_steps"]
+        if steps > meta["diffusion"]["timesteps"]:
+            raise RealnetError(f"--steps {steps}: at most the model's {meta['diffusion']['timesteps']} timesteps")
         settings = {
             "model": str(Path(request.model).resolve()), "model_sha256": model_sha256,
             "model_step": meta["step"], "category": request.category, "seed": request.seed,
@@ -169,13 +176,6 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
         }
         folder = Path(request.out) / request.category
         _check_settings(folder, settings)
-        distributed.barrier(context)
-        if context.is_main_process:
-            folder.mkdir(parents=True, exist_ok=True)
-            remove_stale_temporaries(folder)  # of a run killed while it wrote an image
-            write_json(folder / SETTINGS, settings)
-        distributed.barrier(context)
-
         diffusion = diffusion_for(meta).respace(steps)
         label = meta["categories"].index(request.category)
         blocks = [range(start, start + request.batch_size)
@@ -192,7 +192,14 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
             rows = manifest_rows(folder, request.seed, request.strength)
             atomic_write(folder / MANIFEST, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in rows)))
 
+        created = missing_folders(folder) if context.is_main_process else []
         try:
+            distributed.barrier(context)
+            if context.is_main_process:
+                folder.mkdir(parents=True, exist_ok=True)
+                remove_stale_temporaries(folder)  # of a run killed while it wrote an image
+                write_json(folder / SETTINGS, settings)
+            distributed.barrier(context)
             with torch.no_grad():
                 for block in todo:
                     labels = torch.full((len(block),), label) if meta["unet"]["num_class_embeds"] else None
@@ -210,8 +217,13 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
                         write_manifest()
                     bar.update(len(block))
         except BaseException:
-            if context.is_main_process:  # the manifest lists what is on disk, also after a failure
-                write_manifest()
+            if context.is_main_process and folder.is_dir():
+                if image_indices(folder):
+                    write_manifest()  # the manifest lists what is on disk, also after a failure
+                else:  # nothing made yet: leave no settings behind, a rerun may choose others (a smaller --batch)
+                    for name in (SETTINGS, MANIFEST):
+                        (folder / name).unlink(missing_ok=True)
+            remove_created_folders(created)  # those still empty
             raise
         bar.close()
         seconds = time.perf_counter() - began

@@ -56,8 +56,10 @@ DEFAULT_EMA = {"paper": 0.9999, "cpu": 0.995, "tiny": 0.9}
 # What to do about an unreadable resume state: a folder that still holds the model's other files
 # is refused by a fresh `sdas train`, and one without the resume state has nothing to resume.
 DAMAGED_STATE_REMEDY = "delete the model folder to train it again, or choose another --out"
-# Settings a resumed run must share with the run it continues.
-RESUME_KEYS = ("unet", "diffusion", "categories", "data_sha256", "seed", "batch_size", "lr", "grad_clip", "ema_decay")
+# Settings a resumed run must share with the run it continues. Of the diffusion's, sample_steps
+# sets only the preview grids and generate's default, so a resume may change it.
+RESUME_KEYS = ("unet", "categories", "data_sha256", "seed", "batch_size", "lr", "grad_clip", "ema_decay")
+RESUME_DIFFUSION_KEYS = ("schedule", "timesteps")
 
 
 @dataclass
@@ -96,13 +98,30 @@ def read_model_meta(model_dir: Path) -> dict[str, Any]:
     meta = read_json(path, f"{model_dir}: not an SDAS model folder (no {MODEL_META}); train one with `realnet sdas train`")
     if meta.get("format") != FORMAT:
         raise BadFileError(path, f"not an SDAS model description (format {meta.get('format')!r})")
-    diffusion = meta.get("diffusion")
-    if not (isinstance(meta.get("unet"), dict) and isinstance(diffusion, dict)
-            and isinstance(diffusion.get("schedule"), str) and type(diffusion.get("timesteps")) is int
-            and diffusion["timesteps"] >= 1):
-        raise BadFileError(path, "malformed SDAS model description (unet, diffusion.schedule or diffusion.timesteps "
-                                 "missing or of the wrong type); it was edited or damaged")
+    diffusion = meta["diffusion"] if isinstance(meta.get("diffusion"), dict) else {}
+    timesteps, sample_steps = diffusion.get("timesteps"), diffusion.get("sample_steps")
+    categories = meta.get("categories")
+    valid = {
+        "unet": isinstance(meta.get("unet"), dict),
+        "diffusion.schedule": diffusion.get("schedule") in SCHEDULES,
+        "diffusion.timesteps": _is_positive_int(timesteps),
+        "diffusion.sample_steps": _is_positive_int(sample_steps) and _is_positive_int(timesteps)
+                                  and sample_steps <= timesteps,
+        "categories": isinstance(categories, list) and bool(categories)
+                      and all(isinstance(category, str) for category in categories),
+        "image_size": _is_positive_int(meta.get("image_size")),
+        "channels": _is_positive_int(meta.get("channels")),
+        "step": type(meta.get("step")) is int and meta["step"] >= 0,
+    }
+    wrong = [name for name, ok in valid.items() if not ok]
+    if wrong:
+        raise BadFileError(path, f"malformed SDAS model description ({', '.join(wrong)} missing or invalid); "
+                                 "it was edited or damaged")
     return meta
+
+
+def _is_positive_int(value: Any) -> bool:
+    return type(value) is int and value >= 1
 
 
 def load_sdas_model(model_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -375,6 +394,8 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
         raise RealnetError(f"{out}: nothing to resume (no {TRAIN_STATE})")
     previous = resume_meta(out)
     changed = [key for key in RESUME_KEYS if previous.get(key) != meta[key]]
+    diffusion = previous.get("diffusion") if isinstance(previous.get("diffusion"), dict) else {}
+    changed += [f"diffusion.{key}" for key in RESUME_DIFFUSION_KEYS if diffusion.get(key) != meta["diffusion"][key]]
     if changed:
         raise RealnetError(f"{out}: cannot resume with different {', '.join(changed)} than the run there")
     if previous["step"] > request.steps:
