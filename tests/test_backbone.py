@@ -169,6 +169,25 @@ def test_torchvision_resnet_names_are_timms():
         assert all(tv[k].shape == tm[k].shape for k in tv), name
 
 
+def test_weights_of_a_deeper_model_of_the_family_are_refused(tmp_path):
+    """Regression: only missing tensors were checked, and resnet34's or lite1's files hold every
+    tensor of resnet18 / lite0 with its shape, so they loaded silently and their hash was recorded."""
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(RealnetError, match=r"r34\.pth: not resnet18 weights, \d+ unexpected tensors "
+                                           r"\(first: 'layer1\.2\.conv1\.weight'\)$"):
+        create_backbone("resnet18", weights=tmp_path / "r34.pth")
+    lite1 = timm.create_model("tf_efficientnet_lite1", pretrained=False).state_dict()
+    save_file(lite1, str(tmp_path / "l1.safetensors"))
+    with pytest.raises(RealnetError, match=r"l1\.safetensors: not tf_efficientnet_lite0 weights, \d+ unexpected"):
+        create_backbone("tf_efficientnet_lite0", weights=tmp_path / "l1.safetensors")
+    resnet18 = torchvision.models.resnet18(weights=None).state_dict()
+    headless = {k: v for k, v in resnet18.items()
+                if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    torch.save(headless, tmp_path / "r18_headless.pth")
+    assert (create_backbone("resnet18", weights=tmp_path / "r18_headless.pth").identity["sha256"]
+            == state_dict_sha256(headless))
+
+
 def _randomise_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> None:
     """Non-trivial running statistics, so mixed-up BatchNorm buffers change the features."""
     for module in model.modules():
