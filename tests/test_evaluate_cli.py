@@ -320,6 +320,28 @@ def test_a_damaged_model_json_is_one_line_for_every_command_that_reads_it(tiny_r
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_weights_of_other_shapes_than_model_json_describes_are_one_line_for_every_command(tiny_run, tmp_path,
+                                                                                          capsys):
+    """Regression: load_state_dict raised on a size mismatch before the one-line check ran, so a
+    model.json edited to another discriminator ended predict, test and export in a long traceback."""
+    data, run = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    meta = json.loads((copy / "model.json").read_text())
+    meta["config"]["discriminator"]["hidden"] = [32, 8, 8, 4]
+    (copy / "model.json").write_text(json.dumps(meta))
+    image = next((data / "widget" / "test" / "good").iterdir())
+    for command in (["predict", "--run", str(copy), str(image)], ["test", "--run", str(copy)],
+                    ["export", "--run", str(copy), "--out", str(tmp_path / "m.onnx")]):
+        assert main(command) == 2, command
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1, err
+        assert err.startswith(f"realnet: error: {copy / 'model.safetensors'}: does not match the model that "
+                              "model.json describes, 6 tensors have other shapes (file vs model: "
+                              "'discriminator.head.0.weight' (16, 8, 3, 3) vs (32, 8, 3, 3)"), err
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_every_option_of_every_command_says_what_it_does():
     """Regression: `realnet --help` printed a sentence cut off mid-way and several options (test
     --run, predict --device, demo --out, the seeds ...) had no help text."""

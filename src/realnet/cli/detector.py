@@ -91,6 +91,7 @@ def parse_sources(specs: list[str]) -> dict[str, float]:
 
 def config_from_args(args):
     from realnet.config import load_config, validate_config
+    from realnet.model.backbone import KEYWORDS
 
     config = load_config(args.preset, args.config, args.overrides)
     if args.steps is not None:
@@ -104,7 +105,11 @@ def config_from_args(args):
     if args.source:
         config.synthesis.sources = parse_sources(args.source)
     if args.backbone_weights:
-        config.backbone.weights = str(Path(args.backbone_weights).resolve())
+        config.backbone.weights = args.backbone_weights
+    # a weights file (from --backbone-weights, --set or --config; relative to the working directory,
+    # as the config's other paths are) is recorded absolute so that test, predict and export find it
+    if config.backbone.weights not in KEYWORDS:
+        config.backbone.weights = str(Path(config.backbone.weights).resolve())
     if args.bf16:
         config.train.bf16 = True
     validate_config(config)

@@ -156,7 +156,17 @@ def load_detector_state(run_dir: Path, model: torch.nn.Module) -> None:
         state = load_file(openable_file(path))
     except Exception as error:  # safetensors raises its own error type for truncated or corrupt files
         raise BadFileError(path, f"unreadable weights ({error})") from None
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError:  # torch's message spans a line per tensor of another shape
+        # compared after the attempt, not before: a memory bank takes its length from the file
+        loaded = model.state_dict()
+        resized = [k for k, tensor in state.items() if k in loaded and tensor.shape != loaded[k].shape]
+        if not resized:
+            raise
+        shapes = ", ".join(f"'{k}' {tuple(state[k].shape)} vs {tuple(loaded[k].shape)}" for k in resized[:3])
+        raise RealnetError(f"{path}: does not match the model that {MODEL_META} describes, {len(resized)} tensors "
+                           f"have other shapes (file vs model: {shapes})") from None
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise RealnetError(f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")

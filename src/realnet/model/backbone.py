@@ -421,7 +421,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 EFFICIENTNET_PYTORCH_MODULES = ("_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc")
 EFFICIENTNET_PYTORCH_BLOCK_MODULES = ("_expand_conv", "_bn0", "_depthwise_conv", "_bn1", "_se_reduce",
                                       "_se_expand", "_project_conv", "_bn2")
-TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+TENSOR_NAMES = ("weight", "bias", "running_mean", "running_var")
 
 
 def _efficientnet_pytorch_position(key: str, origin: str) -> tuple[int, ...]:
@@ -438,17 +438,26 @@ def _efficientnet_pytorch_position(key: str, origin: str) -> tuple[int, ...]:
     raise RealnetError(f"{origin}: unexpected tensor '{key}' in an EfficientNet-PyTorch layout")
 
 
+def _classifier_template(name: str) -> dict[str, torch.Tensor]:
+    """The names and shapes of timm's full classifier ``name``'s tensors (on the meta device)."""
+    with torch.device("meta"):
+        return _create_timm(name).state_dict()
+
+
 def _to_timm_names(name: str, state: dict[str, torch.Tensor], origin: str) -> dict[str, torch.Tensor]:
     """EfficientNet-PyTorch layouts are renamed by position onto timm's full classifier (in
     EfficientNet-PyTorch's module order, every shape checked); timm / torchvision layouts already
     use timm's names."""
     if "_conv_stem.weight" not in state:
         return state
-    with torch.device("meta"):
-        template = _create_timm(name).state_dict()
+    # BatchNorm counters never change outputs and some exporters omit them; a file maps the same
+    # with or without them (loading tolerates their absence)
+    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    template = {k: v for k, v in _classifier_template(name).items() if not k.endswith("num_batches_tracked")}
     if len(state) != len(template):
         raise RealnetError(
-            f"{origin}: {len(state)} tensors in EfficientNet-PyTorch layout, but timm's {name} has {len(template)}"
+            f"{origin}: {len(state)} tensors (besides BatchNorm counters) in EfficientNet-PyTorch layout, "
+            f"but timm's {name} has {len(template)}"
         )
     ordered = sorted(state.items(), key=lambda item: _efficientnet_pytorch_position(item[0], origin))
     renamed = {}
@@ -464,11 +473,19 @@ def _to_timm_names(name: str, state: dict[str, torch.Tensor], origin: str) -> di
 
 def _load_matching(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, origin: str) -> None:
     """Load the tensors ``model`` has (a features_only model drops the classifier head); every one
-    must be present with its shape, except BatchNorm counters that old files lack."""
+    must be present with its shape, except BatchNorm counters that old files lack. The file may hold
+    no tensor that the full classifier lacks: a deeper model of the family (resnet34 for resnet18)
+    shares every tensor of the shallower one, shapes included."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
     if missing:
         raise RealnetError(f"{origin}: not {name} weights, {len(missing)} tensors missing (first: '{missing[0]}')")
+    known = _classifier_template(name)
+    unexpected = [k for k in state if k not in known]
+    if unexpected:
+        raise RealnetError(
+            f"{origin}: not {name} weights, {len(unexpected)} unexpected tensors (first: '{unexpected[0]}')"
+        )
     for key, tensor in expected.items():
         if key in state and state[key].shape != tensor.shape:
             raise RealnetError(
