@@ -291,6 +291,19 @@ def test_16_bit_colour_png_mask_small_labels_count(tmp_path):
     np.testing.assert_array_equal(read_mask(tmp_path / "m16rgba.png"), [[False, True, False], [True, False, False]])
 
 
+def test_16_bit_colour_png_mask_with_a_name_that_is_not_utf8(tmp_path):
+    """Regression: OpenCV, which reads a 16-bit colour PNG at full depth, crashed the process
+    (segmentation fault) on a file name in a legacy encoding."""
+    import cv2
+
+    from dataset_fixtures import legacy_encoded
+
+    values = np.zeros((2, 3, 3), np.uint16)
+    values[1, 2] = 65535
+    path = legacy_encoded(tmp_path, b"caf\xe9_mask.png")
+    path.write_bytes(cv2.imencode(".png", values)[1].tobytes())
+    np.testing.assert_array_equal(read_mask(path), [[False, False, False], [False, False, True]])
+
 def test_jpeg_compressed_tiff_mask_noise_is_not_defect(tmp_path):
     """Regression: a TIFF holding JPEG data counted its compression noise as defect pixels."""
     values = _square_mask()

@@ -191,7 +191,12 @@ def _is_16_bit_colour_png(path: Path) -> bool:
 def _16_bit_colour_mask(path: Path, oriented: Image.Image) -> np.ndarray:
     """The mask of a 16-bit RGB(A) PNG at full depth (OpenCV keeps it; Pillow does not), turned
     as `oriented`, the file as open_image read and EXIF-oriented it."""
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    try:
+        encoded = np.frombuffer(path.read_bytes(), np.uint8)
+    except OSError as error:
+        raise BadFileError(path, f"cannot read it ({error.strerror})") from None
+    # decoded from bytes: cv2.imread crashes the process on a file name that is not UTF-8
+    pixels = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.ndim != 3:
         raise BadFileError(path, "cannot decode its 16-bit colour pixels")
     marked = pixels[:, :, :3].any(axis=2)
