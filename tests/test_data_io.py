@@ -107,6 +107,34 @@ def test_signed_32_bit_tiff_uses_its_declared_bit_depth(tmp_path):
     np.testing.assert_array_equal(image[0, :, 0], [0, 255, 128, 0, 0])
 
 
+def _grey_tiff(path: Path, width: int, bits: int, photometric: int, data: bytes) -> Path:
+    """An uncompressed little-endian grey TIFF of one row of `width` samples stored in `data`
+    (Pillow writes no 12-bit files, and the installed tifffile's codecs cannot pack them)."""
+    tags = [(256, width), (257, 1), (258, bits), (259, 1), (262, photometric), (273, 0), (277, 1), (278, 1),
+            (279, len(data))]
+    data_offset = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHII", tag, 4, 1, data_offset if tag == 273 else value) for tag, value in tags)
+    path.write_bytes(b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + data)
+    return path
+
+
+def test_12_bit_tiff_is_scaled_by_its_declared_bit_depth(tmp_path):
+    """Regression: Pillow opens a 12-bit TIFF as I;16, which was scaled by 65535, 16 times too dark."""
+    packed = int("".join(format(v, "012b") for v in (0, 1024, 2048, 4095)), 2).to_bytes(6, "big")
+    path = _grey_tiff(tmp_path / "deep12.tif", 4, 12, 1, packed)
+    assert Image.open(path).mode == "I;16"
+    np.testing.assert_array_equal(read_image(path)[0, :, 0], [0, 64, 128, 255])
+
+
+def test_white_is_zero_tiff_is_inverted_at_any_bit_depth(tmp_path):
+    """Regression: Pillow inverts an 8-bit WhiteIsZero TIFF itself but not a 16-bit one, which
+    was read as its negative (and as a mask, marked its white background)."""
+    narrow = _grey_tiff(tmp_path / "white8.tif", 3, 8, 0, bytes([0, 255, 1]))
+    wide = _grey_tiff(tmp_path / "white16.tif", 3, 16, 0, np.array([0, 65535, 257], "<u2").tobytes())
+    for path in (narrow, wide):
+        np.testing.assert_array_equal(read_image(path)[0, :, 0], [255, 0, 254], err_msg=path.name)
+        np.testing.assert_array_equal(read_mask(path)[0], [True, False, True], err_msg=path.name)
+
 def test_float_image_is_unit_range(tmp_path):
     values = np.array([[0.0, 0.5, 1.0, 7.0, -1.0]], dtype=np.float32)
     image = read_image(_save(tmp_path / "f.tif", Image.fromarray(values)))

@@ -16,9 +16,11 @@ Rules (the same for every caller, so training, testing and `data check` see iden
     each colour channel is multiplied by alpha / 255 and rounded. Fully transparent pixels are
     black whatever colour they stored.
   - Integer modes wider than 8 bits are scaled by their bit range, not clipped:
-    v8 = round(clip(v, 0, top) * 255 / top) with top = 2**bits - 1. `bits` is 16 for I;16 modes
-    (16-bit PNG, TIFF); for mode I it is the TIFF BitsPerSample when the file declares one (top is
-    2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (Pillow opens 16-bit PGM as I).
+    v8 = round(clip(v, 0, top) * 255 / top) with top = 2**bits - 1. `bits` is the TIFF
+    BitsPerSample when the file declares one (Pillow opens a 12-bit TIFF as I;16; top is
+    2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (16-bit PNG, and 16-bit PGM,
+    which Pillow opens as I). A TIFF's WhiteIsZero samples are inverted first, v = top - v (Pillow
+    inverts those of 8 bits and fewer itself), for masks too.
   - Float images (mode F) are taken as intensities in [0, 1]: v8 = round(clip(v, 0, 1) * 255),
     NaN becomes 0.
 - Masks: a lossless file stores its values exactly, so any nonzero value is a deliberate mark.
@@ -48,7 +50,7 @@ from realnet.data.records import Record
 from realnet.errors import BadFileError
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
-_SINGLE_BAND_MODES = frozenset({"1", "L", "I", "F"})
+_SINGLE_BAND_MODES = frozenset({"1", "L", "F"})
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 _LOSSY_THRESHOLD = 128  # half of the 8-bit full scale
 _WEBP_LOSSY, _WEBP_LOSSLESS, _WEBP_FRAME = b"VP8 ", b"VP8L", b"ANMF"
@@ -59,6 +61,8 @@ _PNG_COLOUR_TYPES = frozenset({2, 6})  # RGB and RGBA, the ones Pillow reduces t
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED_INTEGER = 2
+_TIFF_PHOTOMETRIC = 262
+_TIFF_WHITE_IS_ZERO = 0
 _TIFF_ORIENTATION = _EXIF_ORIENTATION = 274
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
@@ -108,7 +112,9 @@ def read_mask(path: str | Path) -> np.ndarray:
         return _to_rgb(image, path).max(axis=2) >= _LOSSY_THRESHOLD
     if image.format == "PNG" and _is_16_bit_colour_png(path):
         return _16_bit_colour_mask(path, image)
-    if image.mode in _SINGLE_BAND_MODES or image.mode.startswith("I;16"):
+    if _is_wide_integer(image.mode):
+        return _wide_integer_values(image) != 0
+    if image.mode in _SINGLE_BAND_MODES:
         return np.asarray(image) != 0
     return _to_rgb(image, path).any(axis=2)
 
@@ -237,7 +243,7 @@ def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
         return np.asarray(image)
     if mode in ("L", "1") and not keyed:
         return np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
-    if mode == "F" or mode == "I" or mode.startswith("I;16"):
+    if mode == "F" or _is_wide_integer(mode):
         gray = _scale_to_uint8(image)
         return np.repeat(gray[:, :, None], 3, axis=2)
     try:
@@ -251,23 +257,33 @@ def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def _scale_to_uint8(image: Image.Image) -> np.ndarray:
-    values = np.asarray(image)
     if image.mode == "F":
-        unit = np.clip(np.nan_to_num(values.astype(np.float64), nan=0.0), 0.0, 1.0)
+        unit = np.clip(np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0), 0.0, 1.0)
         return np.rint(unit * 255.0).astype(np.uint8)
     top = float(_integer_top(image))
-    clipped = np.clip(values.astype(np.float64), 0.0, top)
+    clipped = np.clip(_wide_integer_values(image).astype(np.float64), 0.0, top)
     return np.rint(clipped * (255.0 / top)).astype(np.uint8)
+
+
+def _is_wide_integer(mode: str) -> bool:
+    return mode == "I" or mode.startswith("I;16")
+
+
+def _wide_integer_values(image: Image.Image) -> np.ndarray:
+    """The samples of an I or I;16 image with 0 as black: a TIFF's WhiteIsZero ones inverted."""
+    values = np.asarray(image).astype(np.int64)
+    if _first(getattr(image, "tag_v2", {}).get(_TIFF_PHOTOMETRIC)) == _TIFF_WHITE_IS_ZERO:
+        return _integer_top(image) - values
+    return values
 
 
 def _integer_top(image: Image.Image) -> int:
     """Largest sample value: 2**bits - 1, or 2**(bits - 1) - 1 for signed TIFF samples."""
-    if image.mode == "I":
-        tags = getattr(image, "tag_v2", {})
-        bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
-        if isinstance(bits, int) and 8 < bits <= 32:
-            signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED_INTEGER
-            return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    tags = getattr(image, "tag_v2", {})
+    bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
+    if isinstance(bits, int) and 8 < bits <= 32:
+        signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED_INTEGER
+        return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     return 2**16 - 1
 
 
