@@ -178,14 +178,15 @@ def test_tiff_orientations_pillow_scrambles_are_refused_and_square_ones_read(tmp
 # --- failures ------------------------------------------------------------------------------
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def _png(width: int, height: int, bit_depth: int = 8, colour_type: int = 0, scanlines: bytes = b"") -> bytes:
+    """A PNG made by hand (8-bit grey by default); without `scanlines` its header only."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         checksum = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + checksum
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     signature = b"\x89PNG\r\n\x1a\n"
-    pixels = zlib.compress(b"")
+    pixels = zlib.compress(scanlines)
     return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
@@ -193,7 +194,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("side", [10_000, 30_000])  # above Pillow's warning limit, above its error
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(side, side))
+    path.write_bytes(_png(side, side))
     with pytest.raises(BadFileError, match="decompression bomb") as caught:
         read_image(path)
     assert caught.value.path == path
@@ -318,6 +319,40 @@ def test_16_bit_colour_png_mask_small_labels_count(tmp_path):
     assert cv2.imwrite(str(tmp_path / "m16rgba.png"), np.concatenate([values, alpha], axis=2))
     np.testing.assert_array_equal(read_mask(tmp_path / "m16rgba.png"), [[False, True, False], [True, False, False]])
 
+
+def test_16_bit_grey_alpha_png_mask_small_labels_count(tmp_path):
+    """Regression: only 16-bit RGB(A) PNGs were read at full depth, so a 0/255 or 0/1 mask in a
+    16-bit grey + alpha PNG (colour type 4), reduced by Pillow to its high bytes, read as empty."""
+    grey = np.array([[0, 1, 0], [255, 0, 65535]], np.uint16)
+    alpha = np.full_like(grey, 65535)
+    alpha[1, 2] = 0  # transparent: no defect whatever its grey value
+    rows = np.dstack([grey, alpha]).astype(">u2")
+    path = tmp_path / "m16la.png"
+    path.write_bytes(_png(3, 2, 16, 4, b"".join(b"\0" + row.tobytes() for row in rows)))
+    np.testing.assert_array_equal(read_mask(path), [[False, True, False], [True, False, False]])
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6])
+def test_16_bit_colour_tiff_mask_small_labels_count(tmp_path, orientation):
+    """Regression: Pillow keeps only the high bytes of a 16-bit RGB(A) TIFF, so 0/255 and 0/1
+    masks saved that way read as empty. Compared with the same mask in an 8-bit TIFF, turned alike."""
+    tifffile = pytest.importorskip("tifffile")
+
+    rgba = np.zeros((3, 3, 4), np.uint16)
+    rgba[0, 1, 2], rgba[1, 0, 0], rgba[2, 2, 1], rgba[2, 0, 0] = 1, 255, 65535, 1
+    rgba[:, :, 3] = 65535
+    rgba[2, 0, 3] = 0  # transparent: no defect
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for extra, marks in (((), 4), ((2,), 3), ((0,), 4)):  # no extra sample, alpha, an unspecified one
+        deep = rgba[:, :, :3 + len(extra)]
+        tifffile.imwrite(tmp_path / "m16.tif", deep, photometric="rgb", extrasamples=extra,
+                         extratags=[(0x0112, "H", 1, orientation, True)])
+        shown = deep if extra == (2,) else deep[:, :, :3]
+        narrow = _save(tmp_path / "m8.tif", Image.fromarray((shown > 0).astype(np.uint8) * 255), exif=exif)
+        expected = read_mask(narrow)
+        assert expected.sum() == marks
+        np.testing.assert_array_equal(read_mask(tmp_path / "m16.tif"), expected, err_msg=f"extra samples {extra}")
 
 def test_16_bit_colour_png_mask_with_a_name_that_is_not_utf8(tmp_path):
     """Regression: OpenCV, which reads a 16-bit colour PNG at full depth, crashed the process

@@ -26,8 +26,9 @@ Rules (the same for every caller, so training, testing and `data check` see iden
 - Masks: a lossless file stores its values exactly, so any nonzero value is a deliberate mark.
   Single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero (no
   scaling first, so 0/1 label masks and 0/255 masks both work); other files are converted to RGB
-  by the rules above and a pixel is a defect where any channel is nonzero. A 16-bit RGB(A) PNG,
-  which Pillow reduces to its high bytes, is read at full depth: a defect where any colour
+  by the rules above and a pixel is a defect where any channel is nonzero. A 16-bit PNG with
+  colour or alpha (RGB, RGBA, grey + alpha) and an RGB(A) TIFF with samples wider than 8 bits,
+  which Pillow reduces to their high bytes, are read at full depth: a defect where any colour
   channel is nonzero and the pixel is not fully transparent. A lossy file (JPEG, a TIFF holding
   JPEG data, and WebP whose first frame is VP8 rather than lossless VP8L data) has compression noise, small
   nonzero values in black areas and around edges, so there a pixel is a defect where its 8-bit
@@ -57,7 +58,8 @@ _WEBP_LOSSY, _WEBP_LOSSLESS, _WEBP_FRAME = b"VP8 ", b"VP8L", b"ANMF"
 _WEBP_FRAME_HEADER = 16  # position, size, duration and flags before a frame's own chunks
 _TIFF_JPEG_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: JPEG and old-style JPEG
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOUR_TYPES = frozenset({2, 6})  # RGB and RGBA, the ones Pillow reduces to 8 bits
+_PNG_COLOUR_TYPES = frozenset({2, 4, 6})  # RGB, grey + alpha and RGBA, the ones Pillow reduces to 8 bits
+_FULL_DEPTH_MODES = frozenset({"RGB", "RGBA"})  # Pillow's modes for those, and the ones OpenCV reads as BGR(A)
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED_INTEGER = 2
@@ -110,8 +112,8 @@ def read_mask(path: str | Path) -> np.ndarray:
     image = open_image(path)
     if _is_lossy(image, path):
         return _to_rgb(image, path).max(axis=2) >= _LOSSY_THRESHOLD
-    if image.format == "PNG" and _is_16_bit_colour_png(path):
-        return _16_bit_colour_mask(path, image)
+    if _is_reduced_to_high_bytes(image, path):
+        return _full_depth_mask(path, image)
     if _is_wide_integer(image.mode):
         return _wide_integer_values(image) != 0
     if image.mode in _SINGLE_BAND_MODES:
@@ -194,9 +196,18 @@ def _is_16_bit_colour_png(path: Path) -> bool:
     return header[:8] == _PNG_SIGNATURE and len(header) == 26 and header[24] == 16 and header[25] in _PNG_COLOUR_TYPES
 
 
-def _16_bit_colour_mask(path: Path, oriented: Image.Image) -> np.ndarray:
-    """The mask of a 16-bit RGB(A) PNG at full depth (OpenCV keeps it; Pillow does not), turned
-    as `oriented`, the file as open_image read and EXIF-oriented it."""
+def _is_reduced_to_high_bytes(image: Image.Image, path: Path) -> bool:
+    if image.mode not in _FULL_DEPTH_MODES:
+        return False
+    if image.format == "TIFF":
+        return max(image.tag_v2.get(_TIFF_BITS_PER_SAMPLE, (8,))) > 8
+    return image.format == "PNG" and _is_16_bit_colour_png(path)
+
+
+def _full_depth_mask(path: Path, oriented: Image.Image) -> np.ndarray:
+    """The mask of a file `_is_reduced_to_high_bytes` at full depth (OpenCV keeps it; Pillow does
+    not), turned as `oriented`, the file as open_image read and EXIF-oriented it. A fourth sample
+    is alpha only where Pillow says so (a TIFF's unspecified extra sample is not)."""
     try:
         encoded = np.frombuffer(path.read_bytes(), np.uint8)
     except OSError as error:
@@ -204,15 +215,15 @@ def _16_bit_colour_mask(path: Path, oriented: Image.Image) -> np.ndarray:
     # decoded from bytes: cv2.imread crashes the process on a file name that is not UTF-8
     pixels = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.ndim != 3:
-        raise BadFileError(path, "cannot decode its 16-bit colour pixels")
+        raise BadFileError(path, "cannot decode its colour pixels at full depth")
     marked = pixels[:, :, :3].any(axis=2)
-    if pixels.shape[2] == 4:
+    if oriented.mode == "RGBA" and pixels.shape[2] == 4:
         marked &= pixels[:, :, 3] != 0
-    with Image.open(path) as stored:
-        orientation = stored.getexif().get(_EXIF_ORIENTATION, 1)
     as_image = Image.fromarray(marked)
-    as_image.getexif()[_EXIF_ORIENTATION] = orientation
-    ImageOps.exif_transpose(as_image, in_place=True)
+    if oriented.format != "TIFF":  # OpenCV turns a TIFF by its orientation tag itself, whatever the flags
+        with Image.open(path) as stored:
+            as_image.getexif()[_EXIF_ORIENTATION] = stored.getexif().get(_EXIF_ORIENTATION, 1)
+        ImageOps.exif_transpose(as_image, in_place=True)
     mask = np.asarray(as_image)
     if mask.shape != (oriented.height, oriented.width):  # a decoder disagreement, not a user's file
         raise BadFileError(path, f"decoded as {_wxh(mask.shape)} but Pillow reads {oriented.width}x{oriented.height}")
