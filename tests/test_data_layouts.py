@@ -242,6 +242,17 @@ def test_visa_orphan_mask_and_errors(tmp_path):
         load_dataset(root, "candle", "visa")
 
 
+def test_visa_anomalous_training_row_is_refused_naming_its_line(tmp_path):
+    """Regression: a train/anomaly row was accepted, counted by `data check` as an anomalous test
+    image and dropped by fit and test without a word."""
+    root = make_visa_tree(tmp_path)
+    split_file = root / "split_csv" / "1cls.csv"
+    split_file.write_text(split_file.read_text().replace("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG",
+                                                         "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG"))
+    with pytest.raises(RealnetError, match=r"1cls.csv: line 8 lists anomalous image "
+                                           r"candle/Data/Images/Anomaly/000.JPG for training"):
+        load_dataset(root, "candle", "visa")
+
 def test_visa_bad_header_is_named(tmp_path):
     root = make_visa_tree(tmp_path)
     (root / "split_csv" / "1cls.csv").write_text("object,split,image\ncandle,train,x.JPG\n")
