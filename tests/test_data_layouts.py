@@ -164,6 +164,25 @@ def test_list_categories_mvtec(tmp_path):
     assert list_categories(tmp_path, "mvtec") == ["bottle", "zipper"]
 
 
+def test_pbm_files_are_masks_and_images(tmp_path):
+    """Regression: .pbm (1-bit Netpbm) was not an image extension, so such masks and images were
+    ignored without a word while .pgm, .ppm and .pnm were read."""
+    root = make_mvtec_tree(tmp_path, n_train=2, n_test_good=1)
+    truth = root / "widget" / "ground_truth" / "scratch"
+    stored = read_mask(truth / "000_mask.png")
+    Image.fromarray(stored).save(truth / "000_mask.pbm")
+    (truth / "000_mask.png").unlink()
+    bilevel = np.tile([True, False], (32, 20))
+    Image.fromarray(bilevel).save(root / "widget" / "train" / "good" / "bilevel.pbm")
+    records = load_dataset(root, "widget")
+    masks = {r.image.name: r.mask for r in records if r.defect == "scratch"}
+    assert masks["000.png"] == truth / "000_mask.pbm"
+    np.testing.assert_array_equal(read_mask(masks["000.png"]), stored)
+    train = {r.image.name: r.image for r in records if r.split == "train"}
+    assert Image.open(train["bilevel.pbm"]).mode == "1"
+    np.testing.assert_array_equal(read_image(train["bilevel.pbm"])[:, :, 0], bilevel * 255)
+
+
 # --- BTAD ----------------------------------------------------------------------------------
 
 

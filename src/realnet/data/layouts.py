@@ -43,7 +43,7 @@ from realnet.files import not_utf8
 
 DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
 IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pgm", ".ppm", ".pnm"}
 )
 FOLDER_OPTIONS = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir", "test_ratio", "seed")
 GOOD = "good"
