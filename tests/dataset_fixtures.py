@@ -212,3 +212,19 @@ def refuse_listing(monkeypatch, folder: Path) -> None:
         return scandir(path)
 
     monkeypatch.setattr(os, "scandir", refusing)
+
+
+def legacy_encoded(folder: Path, name: bytes) -> Path:
+    """`folder` / `name`, a name in a legacy encoding (not UTF-8) as os.fsdecode gives it to Python;
+    skips the test where the file system refuses such names (macOS, Windows)."""
+    import os
+
+    import pytest
+
+    path = folder / os.fsdecode(name)
+    try:
+        path.touch()
+        path.unlink()
+    except OSError as error:
+        pytest.skip(f"the file system refuses a name that is not UTF-8 ({error.strerror})")
+    return path

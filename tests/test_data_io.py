@@ -107,6 +107,34 @@ def test_signed_32_bit_tiff_uses_its_declared_bit_depth(tmp_path):
     np.testing.assert_array_equal(image[0, :, 0], [0, 255, 128, 0, 0])
 
 
+def _grey_tiff(path: Path, width: int, bits: int, photometric: int, data: bytes) -> Path:
+    """An uncompressed little-endian grey TIFF of one row of `width` samples stored in `data`
+    (Pillow writes no 12-bit files, and the installed tifffile's codecs cannot pack them)."""
+    tags = [(256, width), (257, 1), (258, bits), (259, 1), (262, photometric), (273, 0), (277, 1), (278, 1),
+            (279, len(data))]
+    data_offset = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(struct.pack("<HHII", tag, 4, 1, data_offset if tag == 273 else value) for tag, value in tags)
+    path.write_bytes(b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + struct.pack("<I", 0) + data)
+    return path
+
+
+def test_12_bit_tiff_is_scaled_by_its_declared_bit_depth(tmp_path):
+    """Regression: Pillow opens a 12-bit TIFF as I;16, which was scaled by 65535, 16 times too dark."""
+    packed = int("".join(format(v, "012b") for v in (0, 1024, 2048, 4095)), 2).to_bytes(6, "big")
+    path = _grey_tiff(tmp_path / "deep12.tif", 4, 12, 1, packed)
+    assert Image.open(path).mode == "I;16"
+    np.testing.assert_array_equal(read_image(path)[0, :, 0], [0, 64, 128, 255])
+
+
+def test_white_is_zero_tiff_is_inverted_at_any_bit_depth(tmp_path):
+    """Regression: Pillow inverts an 8-bit WhiteIsZero TIFF itself but not a 16-bit one, which
+    was read as its negative (and as a mask, marked its white background)."""
+    narrow = _grey_tiff(tmp_path / "white8.tif", 3, 8, 0, bytes([0, 255, 1]))
+    wide = _grey_tiff(tmp_path / "white16.tif", 3, 16, 0, np.array([0, 65535, 257], "<u2").tobytes())
+    for path in (narrow, wide):
+        np.testing.assert_array_equal(read_image(path)[0, :, 0], [255, 0, 254], err_msg=path.name)
+        np.testing.assert_array_equal(read_mask(path)[0], [True, False, True], err_msg=path.name)
+
 def test_float_image_is_unit_range(tmp_path):
     values = np.array([[0.0, 0.5, 1.0, 7.0, -1.0]], dtype=np.float32)
     image = read_image(_save(tmp_path / "f.tif", Image.fromarray(values)))
@@ -150,14 +178,15 @@ def test_tiff_orientations_pillow_scrambles_are_refused_and_square_ones_read(tmp
 # --- failures ------------------------------------------------------------------------------
 
 
-def _png_header_only(width: int, height: int) -> bytes:
+def _png(width: int, height: int, bit_depth: int = 8, colour_type: int = 0, scanlines: bytes = b"") -> bytes:
+    """A PNG made by hand (8-bit grey by default); without `scanlines` its header only."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         checksum = struct.pack(">I", zlib.crc32(kind + data))
         return struct.pack(">I", len(data)) + kind + data + checksum
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit gray
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
     signature = b"\x89PNG\r\n\x1a\n"
-    pixels = zlib.compress(b"")
+    pixels = zlib.compress(scanlines)
     return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
 
 
@@ -165,7 +194,7 @@ def _png_header_only(width: int, height: int) -> bytes:
 @pytest.mark.parametrize("side", [10_000, 30_000])  # above Pillow's warning limit, above its error
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png_header_only(side, side))
+    path.write_bytes(_png(side, side))
     with pytest.raises(BadFileError, match="decompression bomb") as caught:
         read_image(path)
     assert caught.value.path == path
@@ -290,6 +319,53 @@ def test_16_bit_colour_png_mask_small_labels_count(tmp_path):
     assert cv2.imwrite(str(tmp_path / "m16rgba.png"), np.concatenate([values, alpha], axis=2))
     np.testing.assert_array_equal(read_mask(tmp_path / "m16rgba.png"), [[False, True, False], [True, False, False]])
 
+
+def test_16_bit_grey_alpha_png_mask_small_labels_count(tmp_path):
+    """Regression: only 16-bit RGB(A) PNGs were read at full depth, so a 0/255 or 0/1 mask in a
+    16-bit grey + alpha PNG (colour type 4), reduced by Pillow to its high bytes, read as empty."""
+    grey = np.array([[0, 1, 0], [255, 0, 65535]], np.uint16)
+    alpha = np.full_like(grey, 65535)
+    alpha[1, 2] = 0  # transparent: no defect whatever its grey value
+    rows = np.dstack([grey, alpha]).astype(">u2")
+    path = tmp_path / "m16la.png"
+    path.write_bytes(_png(3, 2, 16, 4, b"".join(b"\0" + row.tobytes() for row in rows)))
+    np.testing.assert_array_equal(read_mask(path), [[False, True, False], [True, False, False]])
+
+
+@pytest.mark.parametrize("orientation", [1, 3, 6])
+def test_16_bit_colour_tiff_mask_small_labels_count(tmp_path, orientation):
+    """Regression: Pillow keeps only the high bytes of a 16-bit RGB(A) TIFF, so 0/255 and 0/1
+    masks saved that way read as empty. Compared with the same mask in an 8-bit TIFF, turned alike."""
+    tifffile = pytest.importorskip("tifffile")
+
+    rgba = np.zeros((3, 3, 4), np.uint16)
+    rgba[0, 1, 2], rgba[1, 0, 0], rgba[2, 2, 1], rgba[2, 0, 0] = 1, 255, 65535, 1
+    rgba[:, :, 3] = 65535
+    rgba[2, 0, 3] = 0  # transparent: no defect
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    for extra, marks in (((), 4), ((2,), 3), ((0,), 4)):  # no extra sample, alpha, an unspecified one
+        deep = rgba[:, :, :3 + len(extra)]
+        tifffile.imwrite(tmp_path / "m16.tif", deep, photometric="rgb", extrasamples=extra,
+                         extratags=[(0x0112, "H", 1, orientation, True)])
+        shown = deep if extra == (2,) else deep[:, :, :3]
+        narrow = _save(tmp_path / "m8.tif", Image.fromarray((shown > 0).astype(np.uint8) * 255), exif=exif)
+        expected = read_mask(narrow)
+        assert expected.sum() == marks
+        np.testing.assert_array_equal(read_mask(tmp_path / "m16.tif"), expected, err_msg=f"extra samples {extra}")
+
+def test_16_bit_colour_png_mask_with_a_name_that_is_not_utf8(tmp_path):
+    """Regression: OpenCV, which reads a 16-bit colour PNG at full depth, crashed the process
+    (segmentation fault) on a file name in a legacy encoding."""
+    import cv2
+
+    from dataset_fixtures import legacy_encoded
+
+    values = np.zeros((2, 3, 3), np.uint16)
+    values[1, 2] = 65535
+    path = legacy_encoded(tmp_path, b"caf\xe9_mask.png")
+    path.write_bytes(cv2.imencode(".png", values)[1].tobytes())
+    np.testing.assert_array_equal(read_mask(path), [[False, False, False], [False, False, True]])
 
 def test_jpeg_compressed_tiff_mask_noise_is_not_defect(tmp_path):
     """Regression: a TIFF holding JPEG data counted its compression noise as defect pixels."""

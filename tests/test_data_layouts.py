@@ -164,6 +164,25 @@ def test_list_categories_mvtec(tmp_path):
     assert list_categories(tmp_path, "mvtec") == ["bottle", "zipper"]
 
 
+def test_pbm_files_are_masks_and_images(tmp_path):
+    """Regression: .pbm (1-bit Netpbm) was not an image extension, so such masks and images were
+    ignored without a word while .pgm, .ppm and .pnm were read."""
+    root = make_mvtec_tree(tmp_path, n_train=2, n_test_good=1)
+    truth = root / "widget" / "ground_truth" / "scratch"
+    stored = read_mask(truth / "000_mask.png")
+    Image.fromarray(stored).save(truth / "000_mask.pbm")
+    (truth / "000_mask.png").unlink()
+    bilevel = np.tile([True, False], (32, 20))
+    Image.fromarray(bilevel).save(root / "widget" / "train" / "good" / "bilevel.pbm")
+    records = load_dataset(root, "widget")
+    masks = {r.image.name: r.mask for r in records if r.defect == "scratch"}
+    assert masks["000.png"] == truth / "000_mask.pbm"
+    np.testing.assert_array_equal(read_mask(masks["000.png"]), stored)
+    train = {r.image.name: r.image for r in records if r.split == "train"}
+    assert Image.open(train["bilevel.pbm"]).mode == "1"
+    np.testing.assert_array_equal(read_image(train["bilevel.pbm"])[:, :, 0], bilevel * 255)
+
+
 # --- BTAD ----------------------------------------------------------------------------------
 
 
@@ -241,6 +260,17 @@ def test_visa_orphan_mask_and_errors(tmp_path):
     with pytest.raises(RealnetError, match=r"VisA split file .*1cls.csv not found"):
         load_dataset(root, "candle", "visa")
 
+
+def test_visa_anomalous_training_row_is_refused_naming_its_line(tmp_path):
+    """Regression: a train/anomaly row was accepted, counted by `data check` as an anomalous test
+    image and dropped by fit and test without a word."""
+    root = make_visa_tree(tmp_path)
+    split_file = root / "split_csv" / "1cls.csv"
+    split_file.write_text(split_file.read_text().replace("candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG",
+                                                         "candle,train,anomaly,candle/Data/Images/Anomaly/000.JPG"))
+    with pytest.raises(RealnetError, match=r"1cls.csv: line 8 lists anomalous image "
+                                           r"candle/Data/Images/Anomaly/000.JPG for training"):
+        load_dataset(root, "candle", "visa")
 
 def test_visa_bad_header_is_named(tmp_path):
     root = make_visa_tree(tmp_path)

@@ -52,6 +52,13 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path):
     assert a.keys() == c.keys() and a != c
 
 
+def test_a_root_whose_name_is_not_utf8_is_written(tmp_path):
+    """Regression: cv2.imwrite crashed the process (segmentation fault) on a path in a legacy encoding."""
+    from dataset_fixtures import legacy_encoded
+
+    root = make_demo_dataset(legacy_encoded(tmp_path, b"d\xe9mo"), categories=("gravel",), **SMALL)
+    assert tree(root) == tree(make_demo_dataset(tmp_path / "demo", categories=("gravel",), **SMALL))
+
 def test_a_category_does_not_depend_on_the_others(tmp_path):
     alone = tree(make_demo_dataset(tmp_path / "alone", categories=("grass",), **SMALL) / "grass")
     together = tree(make_demo_dataset(tmp_path / "together", **SMALL) / "grass")

@@ -159,8 +159,11 @@ def draw_visible_defect(draw: Defect, image: np.ndarray, rng: np.random.Generato
 
 def _write_png(path: Path, image: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), image):
-        raise RealnetError(f"cannot write {path}")
+    # encoded here and written by Python: cv2.imwrite crashes the process on a file name that is not UTF-8
+    encoded, png = cv2.imencode(".png", image)
+    if not encoded:
+        raise RealnetError(f"cannot encode {path}")
+    path.write_bytes(png.tobytes())
 
 
 def _write_category(folder: Path, category: str, seed: int, size: int, n_train: int, n_test_good: int,

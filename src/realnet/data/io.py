@@ -16,16 +16,19 @@ Rules (the same for every caller, so training, testing and `data check` see iden
     each colour channel is multiplied by alpha / 255 and rounded. Fully transparent pixels are
     black whatever colour they stored.
   - Integer modes wider than 8 bits are scaled by their bit range, not clipped:
-    v8 = round(clip(v, 0, top) * 255 / top) with top = 2**bits - 1. `bits` is 16 for I;16 modes
-    (16-bit PNG, TIFF); for mode I it is the TIFF BitsPerSample when the file declares one (top is
-    2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (Pillow opens 16-bit PGM as I).
+    v8 = round(clip(v, 0, top) * 255 / top) with top = 2**bits - 1. `bits` is the TIFF
+    BitsPerSample when the file declares one (Pillow opens a 12-bit TIFF as I;16; top is
+    2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (16-bit PNG, and 16-bit PGM,
+    which Pillow opens as I). A TIFF's WhiteIsZero samples are inverted first, v = top - v (Pillow
+    inverts those of 8 bits and fewer itself), for masks too.
   - Float images (mode F) are taken as intensities in [0, 1]: v8 = round(clip(v, 0, 1) * 255),
     NaN becomes 0.
 - Masks: a lossless file stores its values exactly, so any nonzero value is a deliberate mark.
   Single-band files (1, L, I, I;16, F) mark a defect wherever the stored value is nonzero (no
   scaling first, so 0/1 label masks and 0/255 masks both work); other files are converted to RGB
-  by the rules above and a pixel is a defect where any channel is nonzero. A 16-bit RGB(A) PNG,
-  which Pillow reduces to its high bytes, is read at full depth: a defect where any colour
+  by the rules above and a pixel is a defect where any channel is nonzero. A 16-bit PNG with
+  colour or alpha (RGB, RGBA, grey + alpha) and an RGB(A) TIFF with samples wider than 8 bits,
+  which Pillow reduces to their high bytes, are read at full depth: a defect where any colour
   channel is nonzero and the pixel is not fully transparent. A lossy file (JPEG, a TIFF holding
   JPEG data, and WebP whose first frame is VP8 rather than lossless VP8L data) has compression noise, small
   nonzero values in black areas and around edges, so there a pixel is a defect where its 8-bit
@@ -48,17 +51,20 @@ from realnet.data.records import Record
 from realnet.errors import BadFileError
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
-_SINGLE_BAND_MODES = frozenset({"1", "L", "I", "F"})
+_SINGLE_BAND_MODES = frozenset({"1", "L", "F"})
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
 _LOSSY_THRESHOLD = 128  # half of the 8-bit full scale
 _WEBP_LOSSY, _WEBP_LOSSLESS, _WEBP_FRAME = b"VP8 ", b"VP8L", b"ANMF"
 _WEBP_FRAME_HEADER = 16  # position, size, duration and flags before a frame's own chunks
 _TIFF_JPEG_COMPRESSIONS = frozenset({"jpeg", "tiff_jpeg"})  # Pillow's names: JPEG and old-style JPEG
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_COLOUR_TYPES = frozenset({2, 6})  # RGB and RGBA, the ones Pillow reduces to 8 bits
+_PNG_COLOUR_TYPES = frozenset({2, 4, 6})  # RGB, grey + alpha and RGBA, the ones Pillow reduces to 8 bits
+_FULL_DEPTH_MODES = frozenset({"RGB", "RGBA"})  # Pillow's modes for those, and the ones OpenCV reads as BGR(A)
 _TIFF_BITS_PER_SAMPLE = 258
 _TIFF_SAMPLE_FORMAT = 339
 _TIFF_SIGNED_INTEGER = 2
+_TIFF_PHOTOMETRIC = 262
+_TIFF_WHITE_IS_ZERO = 0
 _TIFF_ORIENTATION = _EXIF_ORIENTATION = 274
 _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 
@@ -106,9 +112,11 @@ def read_mask(path: str | Path) -> np.ndarray:
     image = open_image(path)
     if _is_lossy(image, path):
         return _to_rgb(image, path).max(axis=2) >= _LOSSY_THRESHOLD
-    if image.format == "PNG" and _is_16_bit_colour_png(path):
-        return _16_bit_colour_mask(path, image)
-    if image.mode in _SINGLE_BAND_MODES or image.mode.startswith("I;16"):
+    if _is_reduced_to_high_bytes(image, path):
+        return _full_depth_mask(path, image)
+    if _is_wide_integer(image.mode):
+        return _wide_integer_values(image) != 0
+    if image.mode in _SINGLE_BAND_MODES:
         return np.asarray(image) != 0
     return _to_rgb(image, path).any(axis=2)
 
@@ -188,20 +196,34 @@ def _is_16_bit_colour_png(path: Path) -> bool:
     return header[:8] == _PNG_SIGNATURE and len(header) == 26 and header[24] == 16 and header[25] in _PNG_COLOUR_TYPES
 
 
-def _16_bit_colour_mask(path: Path, oriented: Image.Image) -> np.ndarray:
-    """The mask of a 16-bit RGB(A) PNG at full depth (OpenCV keeps it; Pillow does not), turned
-    as `oriented`, the file as open_image read and EXIF-oriented it."""
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+def _is_reduced_to_high_bytes(image: Image.Image, path: Path) -> bool:
+    if image.mode not in _FULL_DEPTH_MODES:
+        return False
+    if image.format == "TIFF":
+        return max(image.tag_v2.get(_TIFF_BITS_PER_SAMPLE, (8,))) > 8
+    return image.format == "PNG" and _is_16_bit_colour_png(path)
+
+
+def _full_depth_mask(path: Path, oriented: Image.Image) -> np.ndarray:
+    """The mask of a file `_is_reduced_to_high_bytes` at full depth (OpenCV keeps it; Pillow does
+    not), turned as `oriented`, the file as open_image read and EXIF-oriented it. A fourth sample
+    is alpha only where Pillow says so (a TIFF's unspecified extra sample is not)."""
+    try:
+        encoded = np.frombuffer(path.read_bytes(), np.uint8)
+    except OSError as error:
+        raise BadFileError(path, f"cannot read it ({error.strerror})") from None
+    # decoded from bytes: cv2.imread crashes the process on a file name that is not UTF-8
+    pixels = cv2.imdecode(encoded, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if pixels is None or pixels.ndim != 3:
-        raise BadFileError(path, "cannot decode its 16-bit colour pixels")
+        raise BadFileError(path, "cannot decode its colour pixels at full depth")
     marked = pixels[:, :, :3].any(axis=2)
-    if pixels.shape[2] == 4:
+    if oriented.mode == "RGBA" and pixels.shape[2] == 4:
         marked &= pixels[:, :, 3] != 0
-    with Image.open(path) as stored:
-        orientation = stored.getexif().get(_EXIF_ORIENTATION, 1)
     as_image = Image.fromarray(marked)
-    as_image.getexif()[_EXIF_ORIENTATION] = orientation
-    ImageOps.exif_transpose(as_image, in_place=True)
+    if oriented.format != "TIFF":  # OpenCV turns a TIFF by its orientation tag itself, whatever the flags
+        with Image.open(path) as stored:
+            as_image.getexif()[_EXIF_ORIENTATION] = stored.getexif().get(_EXIF_ORIENTATION, 1)
+        ImageOps.exif_transpose(as_image, in_place=True)
     mask = np.asarray(as_image)
     if mask.shape != (oriented.height, oriented.width):  # a decoder disagreement, not a user's file
         raise BadFileError(path, f"decoded as {_wxh(mask.shape)} but Pillow reads {oriented.width}x{oriented.height}")
@@ -232,7 +254,7 @@ def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
         return np.asarray(image)
     if mode in ("L", "1") and not keyed:
         return np.repeat(np.asarray(image.convert("L"))[:, :, None], 3, axis=2)
-    if mode == "F" or mode == "I" or mode.startswith("I;16"):
+    if mode == "F" or _is_wide_integer(mode):
         gray = _scale_to_uint8(image)
         return np.repeat(gray[:, :, None], 3, axis=2)
     try:
@@ -246,23 +268,33 @@ def _to_rgb(image: Image.Image, path: Path) -> np.ndarray:
 
 
 def _scale_to_uint8(image: Image.Image) -> np.ndarray:
-    values = np.asarray(image)
     if image.mode == "F":
-        unit = np.clip(np.nan_to_num(values.astype(np.float64), nan=0.0), 0.0, 1.0)
+        unit = np.clip(np.nan_to_num(np.asarray(image).astype(np.float64), nan=0.0), 0.0, 1.0)
         return np.rint(unit * 255.0).astype(np.uint8)
     top = float(_integer_top(image))
-    clipped = np.clip(values.astype(np.float64), 0.0, top)
+    clipped = np.clip(_wide_integer_values(image).astype(np.float64), 0.0, top)
     return np.rint(clipped * (255.0 / top)).astype(np.uint8)
+
+
+def _is_wide_integer(mode: str) -> bool:
+    return mode == "I" or mode.startswith("I;16")
+
+
+def _wide_integer_values(image: Image.Image) -> np.ndarray:
+    """The samples of an I or I;16 image with 0 as black: a TIFF's WhiteIsZero ones inverted."""
+    values = np.asarray(image).astype(np.int64)
+    if _first(getattr(image, "tag_v2", {}).get(_TIFF_PHOTOMETRIC)) == _TIFF_WHITE_IS_ZERO:
+        return _integer_top(image) - values
+    return values
 
 
 def _integer_top(image: Image.Image) -> int:
     """Largest sample value: 2**bits - 1, or 2**(bits - 1) - 1 for signed TIFF samples."""
-    if image.mode == "I":
-        tags = getattr(image, "tag_v2", {})
-        bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
-        if isinstance(bits, int) and 8 < bits <= 32:
-            signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED_INTEGER
-            return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    tags = getattr(image, "tag_v2", {})
+    bits = _first(tags.get(_TIFF_BITS_PER_SAMPLE))
+    if isinstance(bits, int) and 8 < bits <= 32:
+        signed = _first(tags.get(_TIFF_SAMPLE_FORMAT)) == _TIFF_SIGNED_INTEGER
+        return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
     return 2**16 - 1
 
 

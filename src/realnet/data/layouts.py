@@ -11,7 +11,8 @@ Supported layouts, exactly as the datasets are distributed:
   ``object,split,label,image,mask``, paths relative to root, mask empty for normal rows).
   Header names and fields are stripped of surrounding whitespace, and a backslash in a path is a folder
   separator, as in a split file written on Windows.
-  VisA's split file has no defect types, so every anomalous image has defect ``anomaly``.
+  VisA's split file has no defect types, so every anomalous image has defect ``anomaly``; its
+  training rows are all normal, and an anomalous one is refused.
 - ``folder`` (custom data): see `load_folder`.
 
 Image files are recognised by extension (`IMAGE_EXTENSIONS`, any letter case); hidden files
@@ -42,7 +43,7 @@ from realnet.files import not_utf8
 
 DATASETS = ("mvtec", "mpdd", "btad", "visa", "folder")
 IMAGE_EXTENSIONS = frozenset(
-    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pgm", ".ppm", ".pnm"}
+    {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".pbm", ".pgm", ".ppm", ".pnm"}
 )
 FOLDER_OPTIONS = ("normal_dir", "abnormal_dir", "mask_dir", "normal_test_dir", "test_ratio", "seed")
 GOOD = "good"
@@ -200,6 +201,9 @@ def _scan_visa(root: Path, category: str) -> _Scan:
             raise RealnetError(
                 f"{split_file}: bad split/label '{split}/{label}' for {row['image']}"
             )
+        if split == "train" and label == "anomaly":  # fit would drop it, `data check` count it as a test image
+            raise RealnetError(f"{split_file}: line {row['line']} lists anomalous image {row['image']} for training; "
+                               "the one-class split trains on normal images only")
         image = _visa_path(root, row["image"])
         if image in first_line:  # counted twice in the metrics, or both normal and anomalous
             raise RealnetError(f"{split_file}: {image.relative_to(root).as_posix()} is listed on lines "
