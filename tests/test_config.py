@@ -212,6 +212,23 @@ def test_a_backbone_weights_file_from_set_or_config_is_recorded_absolute(tmp_pat
         assert config.backbone.weights == (recorded if recorded == "random" else str(tmp_path / recorded))
 
 
+def test_image_bank_folders_from_set_or_config_are_recorded_absolute(tmp_path, monkeypatch):
+    """Regression: a relative synthesis.sia_root or dtd_root given with --set or in a --config YAML was
+    recorded as given, so `fit --resume` from another folder read another image bank without a word."""
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "banks.yaml").write_text("synthesis:\n  dtd_root: textures\n  sia_root: bank\n")
+    fit = ["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny"]
+    for given in (["--config", "banks.yaml"], ["--set", "synthesis.dtd_root=textures", "--set", "synthesis.sia_root=bank"],
+                  ["--dtd", "textures", "--sia", "bank"]):
+        synthesis = config_from_args(build_parser().parse_args(fit + given)).synthesis
+        assert (synthesis.dtd_root, synthesis.sia_root) == (str(tmp_path / "textures"), str(tmp_path / "bank"))
+    synthesis = config_from_args(build_parser().parse_args(fit)).synthesis
+    assert (synthesis.dtd_root, synthesis.sia_root) == (None, None)  # unset: DTD is still looked up where fit runs
+
+
 def test_paper_preset_seed_and_synthesis_match_the_notes():
     """Notes: seed 100; SIA is the only anomaly source, applied to half the images."""
     config = load_config("paper")

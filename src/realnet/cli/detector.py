@@ -99,17 +99,21 @@ def config_from_args(args):
     if args.seed is not None:
         config.train.seed = args.seed
     if args.dtd:
-        config.synthesis.dtd_root = str(Path(args.dtd).resolve())  # the run is recorded with paths that work anywhere
+        config.synthesis.dtd_root = args.dtd
     if args.sia:
-        config.synthesis.sia_root = str(Path(args.sia).resolve())
+        config.synthesis.sia_root = args.sia
     if args.source:
         config.synthesis.sources = parse_sources(args.source)
     if args.backbone_weights:
         config.backbone.weights = args.backbone_weights
-    # a weights file (from --backbone-weights, --set or --config; relative to the working directory,
-    # as the config's other paths are) is recorded absolute so that test, predict and export find it
+    # files and folders (from a flag, --set or --config; relative to the working directory) are recorded
+    # absolute, so that test, predict and export find the weights file, and a resume from another folder
+    # reads the same image banks (or is refused) instead of others of the same relative name
     if config.backbone.weights not in KEYWORDS:
         config.backbone.weights = str(Path(config.backbone.weights).resolve())
+    synthesis = config.synthesis
+    synthesis.dtd_root, synthesis.sia_root = (None if root is None else str(Path(root).resolve())
+                                              for root in (synthesis.dtd_root, synthesis.sia_root))
     if args.bf16:
         config.train.bf16 = True
     validate_config(config)
