@@ -100,6 +100,20 @@ def test_a_config_file_cannot_relabel_the_preset_and_yaml_1_1_exponents_are_numb
     assert load_config("tiny", path).train.learning_rate == 0.001
 
 
+def test_a_key_given_twice_is_refused_naming_it_and_the_file(tmp_path):
+    """Regression: PyYAML keeps the last of two `train:` sections (or two entries of a --set mapping)
+    and drops the first without a word."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: 100\nrrs: {mode: max}\ntrain:\n  seed: 7\n")
+    with pytest.raises(RealnetError, match=f"^{path}: key 'train' is given twice \\(line 4\\)"):
+        load_config("tiny", path)
+    path.write_text("train: {steps: 100, seed: 3, steps: 5}\n")
+    with pytest.raises(RealnetError, match=f"^{path}: key 'steps' is given twice"):
+        load_config("tiny", path)
+    with pytest.raises(RealnetError, match=r"^--set synthesis.sources=\{dtd: 1, dtd: 2\}: key 'dtd' is given twice"):
+        load_config("tiny", overrides=["synthesis.sources={dtd: 1, dtd: 2}"])
+
+
 def test_delta_ranges_reach_the_synthesizer(tmp_path):
     """`synthesis.delta_ranges` sets the opacity range of Eq. 3 that fit's synthesizer draws from."""
     import numpy as np

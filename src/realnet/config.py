@@ -228,6 +228,25 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     raise RealnetError(f"{name} must be {wanted}{' or null' if type(None) in options else ''}, got {value!r}")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML read as a config file or a --set value: a key given twice in one mapping is refused,
+    where PyYAML keeps the last one and silently drops the first (a second `train:` section)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise RealnetError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); give it once")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
 def load_config(
     preset: str = "paper", config_file: str | Path | None = None, overrides: list[str] = ()
 ) -> RealNetConfig:
@@ -235,7 +254,7 @@ def load_config(
     if preset not in PRESETS:
         raise RealnetError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     text = resources.files("realnet.presets").joinpath(f"{preset}.yaml").read_text()
-    config = RealNetConfig.from_dict(yaml.safe_load(text) or {})
+    config = RealNetConfig.from_dict(_read_yaml(text) or {})
     config.preset = preset
     if config_file is not None:
         path = Path(config_file)
@@ -243,10 +262,13 @@ def load_config(
             raise RealnetError(f"config file {path} is a folder; give a YAML file")
         if not path.is_file():
             raise RealnetError(f"config file {path} not found")
+        text = read_utf8_text(path)
         try:
-            values = yaml.safe_load(read_utf8_text(path)) or {}
+            values = _read_yaml(text) or {}
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        except RealnetError as error:
+            raise RealnetError(f"{path}: {error}") from None
         if isinstance(values, dict) and "preset" in values:
             raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
                                "give the preset with --preset")
@@ -280,10 +302,12 @@ def parse_override(override: str) -> tuple[str, Any]:
     if not value.strip():  # an unset shell variable; YAML would read it as null
         raise RealnetError(f"--set {override}: empty value; write null for none")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), _read_yaml(value)
     except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
         problem = getattr(error, "problem", None) or error.__class__.__name__
         raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
+    except RealnetError as error:
+        raise RealnetError(f"--set {override}: {error}") from None
 
 
 _UNKNOWN = object()
