@@ -114,6 +114,19 @@ def test_a_key_given_twice_is_refused_naming_it_and_the_file(tmp_path):
         load_config("tiny", overrides=["synthesis.sources={dtd: 1, dtd: 2}"])
 
 
+def test_integers_are_decimal_as_in_yaml_1_2(tmp_path):
+    """Regression: YAML 1.1 read --set train.seed=010 as 8 (octal), 0500 as 320 and 1:30 as 90 (base 60)."""
+    config = load_config("tiny", overrides=["train.seed=010", "train.steps=0500", "train.learning_rate=1e-3"])
+    assert (config.train.seed, config.train.steps, config.train.learning_rate) == (10, 500, 0.001)
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {seed: 010, steps: 0x10}\n")
+    with pytest.raises(RealnetError, match=f"{path}: train.steps must be an integer or null, got '0x10'"):
+        load_config("tiny", path)
+    for override in ("train.seed=1:30", "train.learning_rate=1:30.5"):
+        with pytest.raises(RealnetError, match=f"{override.split('=')[0]} must be .*, got '1:30"):
+            load_config("tiny", overrides=[override])
+
+
 def test_delta_ranges_reach_the_synthesizer(tmp_path):
     """`synthesis.delta_ranges` sets the opacity range of Eq. 3 that fit's synthesizer draws from."""
     import numpy as np

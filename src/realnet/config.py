@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 import math
 from pathlib import Path
+import re
 import types
 import typing
 from typing import Any
@@ -230,7 +231,8 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
 
 class _ConfigLoader(yaml.SafeLoader):
     """YAML read as a config file or a --set value: a key given twice in one mapping is refused,
-    where PyYAML keeps the last one and silently drops the first (a second `train:` section)."""
+    where PyYAML keeps the last one and silently drops the first (a second `train:` section); and
+    numbers are YAML 1.2's decimal ones, where YAML 1.1 reads 010 as 8 (octal) and 1:30 as 90 (base 60)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
@@ -241,6 +243,26 @@ class _ConfigLoader(yaml.SafeLoader):
                     raise RealnetError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); give it once")
                 seen.add(key)
         return super().construct_mapping(node, deep)
+
+    def construct_decimal_int(self, node: yaml.ScalarNode) -> int:
+        value = self.construct_scalar(node)
+        try:
+            return int(value)  # 010 is ten
+        except ValueError:  # an explicit !!int 0x10
+            raise RealnetError(f"{value!r} is not a decimal integer") from None
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+# YAML 1.1's floats less the base-60 ones (1:30.5); exponents without a point (1e-3) stay text, which _typed reads
+_ConfigLoader.add_implicit_resolver(_FLOAT_TAG, re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+_ConfigLoader.add_constructor(_INT_TAG, _ConfigLoader.construct_decimal_int)
 
 
 def _read_yaml(text: str) -> Any:
