@@ -256,6 +256,39 @@ def test_image_bank_folders_from_set_or_config_are_recorded_absolute(tmp_path, m
     assert (synthesis.dtd_root, synthesis.sia_root) == (None, None)  # unset: DTD is still looked up where fit runs
 
 
+@pytest.mark.parametrize("flag, override, setting", [
+    (["--steps", "20"], "train.steps=500", "train.steps"),
+    (["--seed", "0"], "train.seed=3", "train.seed"),
+    (["--source", "dtd"], "synthesis.sources.shade=0.2", "synthesis.sources"),
+    (["--source", "dtd"], "synthesis.sources={crack: 1}", "synthesis.sources"),
+    (["--dtd", "textures"], "synthesis.dtd_root=other", "synthesis.dtd_root"),
+    (["--sia", "bank"], "synthesis.sia_root=other", "synthesis.sia_root"),
+    (["--backbone-weights", "a.pth"], "backbone.weights=b.pth", "backbone.weights"),
+    (["--bf16"], "train.bf16=false", "train.bf16"),
+])
+def test_a_flag_and_a_set_override_of_one_setting_are_refused(flag, override, setting, tmp_path, capsys):
+    """Regression: `fit --set synthesis.sources.shade=0.2 --source dtd` and `--set train.steps=500
+    --steps 20` ended with the flags' values without a word."""
+    from realnet.cli.main import main
+
+    assert main(["fit", "--data", str(tmp_path), "--category", "c", "--preset", "cpu", "--out", str(tmp_path / "run"),
+                 "--set", override, *flag]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"realnet: error: {flag[0]} and --set {setting}") and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_that_agrees_with_a_set_override_is_taken():
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    args = build_parser().parse_args(["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny",
+                                      "--bf16", "--set", "train.bf16=true", "--set", "train.checkpoint_every=3",
+                                      "--steps", "20", "--source", "cutpaste"])
+    config = config_from_args(args)
+    assert config.train.bf16 and config.train.steps == 20 and config.synthesis.sources == {"cutpaste": 1.0}
+
+
 def test_paper_preset_seed_and_synthesis_match_the_notes():
     """Notes: seed 100; SIA is the only anomaly source, applied to half the images."""
     config = load_config("paper")

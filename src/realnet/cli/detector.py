@@ -89,11 +89,32 @@ def parse_sources(specs: list[str]) -> dict[str, float]:
     return sources
 
 
+# the setting each of fit's flags gives: the same setting given with --set too, one value would be dropped
+FLAG_SETTINGS = {"steps": "train.steps", "seed": "train.seed", "dtd": "synthesis.dtd_root",
+                 "sia": "synthesis.sia_root", "source": "synthesis.sources", "backbone_weights": "backbone.weights"}
+
+
+def refuse_settings_given_twice(args, config) -> None:
+    """One line when a flag and a --set override give the same setting (a --set of one entry of
+    synthesis.sources included): without it the flag silently won."""
+    from realnet.config import parse_override
+    from realnet.errors import RealnetError
+
+    overridden = [parse_override(override)[0] for override in args.overrides]
+    for flag, setting in FLAG_SETTINGS.items():
+        given = [key for key in overridden if key == setting or key.startswith(f"{setting}.")]
+        if getattr(args, flag) is not None and given:
+            raise RealnetError(f"--{flag.replace('_', '-')} and --set {given[0]} both set {setting}; give one of them")
+    if args.bf16 and "train.bf16" in overridden and not config.train.bf16:
+        raise RealnetError("--bf16 and --set train.bf16=false contradict each other; give one of them")
+
+
 def config_from_args(args):
     from realnet.config import load_config, validate_config
     from realnet.model.backbone import KEYWORDS
 
     config = load_config(args.preset, args.config, args.overrides)
+    refuse_settings_given_twice(args, config)
     if args.steps is not None:
         config.train.steps = args.steps
     if args.seed is not None:
