@@ -55,6 +55,8 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("reconstruction.width_factor=0", "reconstruction.width_factor must be > 0"),
     ("discriminator.hidden=[]", "discriminator.hidden must be four positive widths"),
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
+    # regression: a misspelt opacity range was accepted and ignored
+    ("synthesis.delta_ranges.dttd=[0.1, 0.5]", r"unknown synthesis source\(s\) in synthesis.delta_ranges: dttd; choose"),
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
     # a NaN or infinite weight passed and crashed the first training sample

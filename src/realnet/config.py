@@ -451,7 +451,8 @@ def validate_config(config: RealNetConfig) -> None:
                 or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):
             raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1, "
                                f"got {bounds!r}")
-    unknown = set(config.synthesis.sources) - set(SOURCE_NAMES)
-    if unknown:
-        raise RealnetError(f"unknown synthesis source(s): {', '.join(sorted(unknown))}; "
-                           f"choose from {', '.join(SOURCE_NAMES)}")
+    for setting in ("sources", "delta_ranges"):  # a misspelt delta_ranges entry would be ignored
+        unknown = set(getattr(config.synthesis, setting)) - set(SOURCE_NAMES)
+        if unknown:
+            raise RealnetError(f"unknown synthesis source(s) in synthesis.{setting}: {', '.join(sorted(unknown))}; "
+                               f"choose from {', '.join(SOURCE_NAMES)}")
