@@ -129,6 +129,15 @@ def test_integers_are_decimal_as_in_yaml_1_2(tmp_path):
             load_config("tiny", overrides=[override])
 
 
+def test_an_empty_section_in_a_config_file_changes_nothing(tmp_path):
+    """Regression: a `train:` section whose keys were all commented out (None to YAML) was refused
+    with 'expected a mapping, got NoneType'."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  # steps: 100\nrrs: {mode: max}\n")
+    config = load_config("tiny", path)
+    assert config.train == load_config("tiny").train and config.rrs.mode == "max"
+
+
 def test_delta_ranges_reach_the_synthesizer(tmp_path):
     """`synthesis.delta_ranges` sets the opacity range of Eq. 3 that fit's synthesizer draws from."""
     import numpy as np

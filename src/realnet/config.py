@@ -187,7 +187,7 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
             raise RealnetError(f"unknown config key '{name}' (known: {', '.join(hints)})")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, name)
+            _merge(current, {} if value is None else value, name)  # `train:` with every key commented out
         else:
             setattr(target, key, _typed(value, hints[key], name))
     return target
