@@ -55,6 +55,8 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("reconstruction.width_factor=0", "reconstruction.width_factor must be > 0"),
     ("discriminator.hidden=[]", "discriminator.hidden must be four positive widths"),
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
+    # regression: a misspelt opacity range was accepted and ignored
+    ("synthesis.delta_ranges.dttd=[0.1, 0.5]", r"unknown synthesis source\(s\) in synthesis.delta_ranges: dttd; choose"),
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
     # a NaN or infinite weight passed and crashed the first training sample
@@ -98,6 +100,42 @@ def test_a_config_file_cannot_relabel_the_preset_and_yaml_1_1_exponents_are_numb
         load_config("tiny", path)
     path.write_text("train: {learning_rate: 1e-3}\n")
     assert load_config("tiny", path).train.learning_rate == 0.001
+
+
+def test_a_key_given_twice_is_refused_naming_it_and_the_file(tmp_path):
+    """Regression: PyYAML keeps the last of two `train:` sections (or two entries of a --set mapping)
+    and drops the first without a word."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  steps: 100\nrrs: {mode: max}\ntrain:\n  seed: 7\n")
+    with pytest.raises(RealnetError, match=f"^{path}: key 'train' is given twice \\(line 4\\)"):
+        load_config("tiny", path)
+    path.write_text("train: {steps: 100, seed: 3, steps: 5}\n")
+    with pytest.raises(RealnetError, match=f"^{path}: key 'steps' is given twice"):
+        load_config("tiny", path)
+    with pytest.raises(RealnetError, match=r"^--set synthesis.sources=\{dtd: 1, dtd: 2\}: key 'dtd' is given twice"):
+        load_config("tiny", overrides=["synthesis.sources={dtd: 1, dtd: 2}"])
+
+
+def test_integers_are_decimal_as_in_yaml_1_2(tmp_path):
+    """Regression: YAML 1.1 read --set train.seed=010 as 8 (octal), 0500 as 320 and 1:30 as 90 (base 60)."""
+    config = load_config("tiny", overrides=["train.seed=010", "train.steps=0500", "train.learning_rate=1e-3"])
+    assert (config.train.seed, config.train.steps, config.train.learning_rate) == (10, 500, 0.001)
+    path = tmp_path / "c.yaml"
+    path.write_text("train: {seed: 010, steps: 0x10}\n")
+    with pytest.raises(RealnetError, match=f"{path}: train.steps must be an integer or null, got '0x10'"):
+        load_config("tiny", path)
+    for override in ("train.seed=1:30", "train.learning_rate=1:30.5"):
+        with pytest.raises(RealnetError, match=f"{override.split('=')[0]} must be .*, got '1:30"):
+            load_config("tiny", overrides=[override])
+
+
+def test_an_empty_section_in_a_config_file_changes_nothing(tmp_path):
+    """Regression: a `train:` section whose keys were all commented out (None to YAML) was refused
+    with 'expected a mapping, got NoneType'."""
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  # steps: 100\nrrs: {mode: max}\n")
+    config = load_config("tiny", path)
+    assert config.train == load_config("tiny").train and config.rrs.mode == "max"
 
 
 def test_delta_ranges_reach_the_synthesizer(tmp_path):
@@ -210,6 +248,56 @@ def test_a_backbone_weights_file_from_set_or_config_is_recorded_absolute(tmp_pat
                             (["--set", "backbone.weights=random"], "random")):
         config = config_from_args(build_parser().parse_args(fit + given))
         assert config.backbone.weights == (recorded if recorded == "random" else str(tmp_path / recorded))
+
+
+def test_image_bank_folders_from_set_or_config_are_recorded_absolute(tmp_path, monkeypatch):
+    """Regression: a relative synthesis.sia_root or dtd_root given with --set or in a --config YAML was
+    recorded as given, so `fit --resume` from another folder read another image bank without a word."""
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "banks.yaml").write_text("synthesis:\n  dtd_root: textures\n  sia_root: bank\n")
+    fit = ["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny"]
+    for given in (["--config", "banks.yaml"], ["--set", "synthesis.dtd_root=textures", "--set", "synthesis.sia_root=bank"],
+                  ["--dtd", "textures", "--sia", "bank"]):
+        synthesis = config_from_args(build_parser().parse_args(fit + given)).synthesis
+        assert (synthesis.dtd_root, synthesis.sia_root) == (str(tmp_path / "textures"), str(tmp_path / "bank"))
+    synthesis = config_from_args(build_parser().parse_args(fit)).synthesis
+    assert (synthesis.dtd_root, synthesis.sia_root) == (None, None)  # unset: DTD is still looked up where fit runs
+
+
+@pytest.mark.parametrize("flag, override, setting", [
+    (["--steps", "20"], "train.steps=500", "train.steps"),
+    (["--seed", "0"], "train.seed=3", "train.seed"),
+    (["--source", "dtd"], "synthesis.sources.shade=0.2", "synthesis.sources"),
+    (["--source", "dtd"], "synthesis.sources={crack: 1}", "synthesis.sources"),
+    (["--dtd", "textures"], "synthesis.dtd_root=other", "synthesis.dtd_root"),
+    (["--sia", "bank"], "synthesis.sia_root=other", "synthesis.sia_root"),
+    (["--backbone-weights", "a.pth"], "backbone.weights=b.pth", "backbone.weights"),
+    (["--bf16"], "train.bf16=false", "train.bf16"),
+])
+def test_a_flag_and_a_set_override_of_one_setting_are_refused(flag, override, setting, tmp_path, capsys):
+    """Regression: `fit --set synthesis.sources.shade=0.2 --source dtd` and `--set train.steps=500
+    --steps 20` ended with the flags' values without a word."""
+    from realnet.cli.main import main
+
+    assert main(["fit", "--data", str(tmp_path), "--category", "c", "--preset", "cpu", "--out", str(tmp_path / "run"),
+                 "--set", override, *flag]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"realnet: error: {flag[0]} and --set {setting}") and error.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_flag_that_agrees_with_a_set_override_is_taken():
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    args = build_parser().parse_args(["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny",
+                                      "--bf16", "--set", "train.bf16=true", "--set", "train.checkpoint_every=3",
+                                      "--steps", "20", "--source", "cutpaste"])
+    config = config_from_args(args)
+    assert config.train.bf16 and config.train.steps == 20 and config.synthesis.sources == {"cutpaste": 1.0}
 
 
 def test_paper_preset_seed_and_synthesis_match_the_notes():

@@ -331,6 +331,36 @@ def test_resume_with_another_dtd_found_through_the_environment_is_refused(tmp_pa
     assert meta["data"]["dtd"] == str((tmp_path / "dtd_a").resolve())
 
 
+def test_resume_with_a_relative_sia_root_from_another_folder_is_refused(tmp_path, monkeypatch):
+    """Regression: the SIA bank was not among a run's recorded inputs, so a killed run given a relative
+    synthesis.sia_root resumed from another working directory on that folder's bank; a run recorded
+    before the bank was (no 'sia' input) still resumes."""
+    import numpy as np
+    from PIL import Image
+
+    from realnet.engine import checkpoint
+    from realnet.engine.fit import fit, run_inputs
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    for name in ("a", "b"):
+        (tmp_path / name / "sia" / "widget").mkdir(parents=True)
+        image = np.random.default_rng(len(name)).integers(0, 256, (48, 48, 3), dtype=np.uint8)
+        Image.fromarray(image).save(tmp_path / name / "sia" / "widget" / "0.png")
+    monkeypatch.chdir(tmp_path / "a")
+    request = tiny_request(data, tmp_path / "run", "synthesis.sources={sia: 1}", "synthesis.sia_root=sia")
+    assert run_inputs(request)["sia"] == str(tmp_path / "a" / "sia")
+    killed_after_checkpoints(monkeypatch, request, 2)
+    monkeypatch.chdir(tmp_path / "b")
+    with pytest.raises(RealnetError, match=r"started on other inputs: sia '.*a/sia' \(now '.*b/sia'\)"):
+        fit(replace(request, resume=True))
+    state = checkpoint.load_resume_state(tmp_path / "run")
+    del state["inputs"]["sia"]
+    checkpoint.save_resume_state(tmp_path / "run", state)
+    monkeypatch.chdir(tmp_path / "a")
+    assert fit(replace(request, resume=True))["data"]["sia"] == str(tmp_path / "a" / "sia")
+
+
 def test_resume_needs_something_to_resume_and_a_foreign_folder_is_not_offered_it(tmp_path, capsys):
     """Regression: `fit --resume` into a missing or foreign folder started a new run there (next to
     the user's files), where the error for a non-empty folder had suggested --resume."""

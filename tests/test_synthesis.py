@@ -223,6 +223,21 @@ def test_source_weights_choose_the_source():
     assert 0.65 < names.count("b") / len(names) < 0.85
 
 
+def test_the_order_the_sources_are_given_in_does_not_change_the_samples():
+    """Regression: {cutpaste, nsa} and {nsa, cutpaste} drew their sources by different indices, so
+    two fits differing only in that order trained on different samples (and a resume took either)."""
+    def samples(weights):
+        synth = AnomalySynthesizer(SynthesisConfig(normal_probability=0.0, source_weights=weights, delta_ranges={}),
+                                   {"cutpaste": CutPasteSource(), "shade": ShadeSource()}, NO_FOREGROUND)
+        rng = np.random.default_rng(0)
+        return [synth(noise_image(), rng) for _ in range(12)]
+
+    given, reordered = samples({"cutpaste": 0.5, "shade": 0.5}), samples({"shade": 0.5, "cutpaste": 0.5})
+    assert {s.source for s in given} == {"cutpaste", "shade"}
+    assert [s.source for s in given] == [s.source for s in reordered]
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.mask, b.mask) for a, b in zip(given, reordered))
+
+
 def test_tiny_foreground_never_gives_an_anomaly_with_an_empty_mask():
     image = noise_image()
     foreground = np.zeros((SIZE, SIZE), bool)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 import math
 from pathlib import Path
+import re
 import types
 import typing
 from typing import Any
@@ -186,7 +187,7 @@ def _merge(target: Any, values: dict[str, Any], where: str) -> Any:
             raise RealnetError(f"unknown config key '{name}' (known: {', '.join(hints)})")
         current = getattr(target, key)
         if dataclasses.is_dataclass(current):
-            _merge(current, value, name)
+            _merge(current, {} if value is None else value, name)  # `train:` with every key commented out
         else:
             setattr(target, key, _typed(value, hints[key], name))
     return target
@@ -228,6 +229,46 @@ def _typed(value: Any, hint: Any, name: str) -> Any:
     raise RealnetError(f"{name} must be {wanted}{' or null' if type(None) in options else ''}, got {value!r}")
 
 
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML read as a config file or a --set value: a key given twice in one mapping is refused,
+    where PyYAML keeps the last one and silently drops the first (a second `train:` section); and
+    numbers are YAML 1.2's decimal ones, where YAML 1.1 reads 010 as 8 (octal) and 1:30 as 90 (base 60)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise RealnetError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1}); give it once")
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_decimal_int(self, node: yaml.ScalarNode) -> int:
+        value = self.construct_scalar(node)
+        try:
+            return int(value)  # 010 is ten
+        except ValueError:  # an explicit !!int 0x10
+            raise RealnetError(f"{value!r} is not a decimal integer") from None
+
+
+_INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, pattern) for tag, pattern in resolvers if tag not in (_INT_TAG, _FLOAT_TAG)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver(_INT_TAG, re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789"))
+# YAML 1.1's floats less the base-60 ones (1:30.5); exponents without a point (1e-3) stay text, which _typed reads
+_ConfigLoader.add_implicit_resolver(_FLOAT_TAG, re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X), list("-+0123456789."))
+_ConfigLoader.add_constructor(_INT_TAG, _ConfigLoader.construct_decimal_int)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
 def load_config(
     preset: str = "paper", config_file: str | Path | None = None, overrides: list[str] = ()
 ) -> RealNetConfig:
@@ -235,7 +276,7 @@ def load_config(
     if preset not in PRESETS:
         raise RealnetError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     text = resources.files("realnet.presets").joinpath(f"{preset}.yaml").read_text()
-    config = RealNetConfig.from_dict(yaml.safe_load(text) or {})
+    config = RealNetConfig.from_dict(_read_yaml(text) or {})
     config.preset = preset
     if config_file is not None:
         path = Path(config_file)
@@ -243,10 +284,13 @@ def load_config(
             raise RealnetError(f"config file {path} is a folder; give a YAML file")
         if not path.is_file():
             raise RealnetError(f"config file {path} not found")
+        text = read_utf8_text(path)
         try:
-            values = yaml.safe_load(read_utf8_text(path)) or {}
+            values = _read_yaml(text) or {}
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        except RealnetError as error:
+            raise RealnetError(f"{path}: {error}") from None
         if isinstance(values, dict) and "preset" in values:
             raise RealnetError(f"{path}: a config file cannot set 'preset' (it would relabel the run); "
                                "give the preset with --preset")
@@ -280,10 +324,12 @@ def parse_override(override: str) -> tuple[str, Any]:
     if not value.strip():  # an unset shell variable; YAML would read it as null
         raise RealnetError(f"--set {override}: empty value; write null for none")
     try:
-        return key.strip(), yaml.safe_load(value)
+        return key.strip(), _read_yaml(value)
     except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
         problem = getattr(error, "problem", None) or error.__class__.__name__
         raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
+    except RealnetError as error:
+        raise RealnetError(f"--set {override}: {error}") from None
 
 
 _UNKNOWN = object()
@@ -405,7 +451,8 @@ def validate_config(config: RealNetConfig) -> None:
                 or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):
             raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1, "
                                f"got {bounds!r}")
-    unknown = set(config.synthesis.sources) - set(SOURCE_NAMES)
-    if unknown:
-        raise RealnetError(f"unknown synthesis source(s): {', '.join(sorted(unknown))}; "
-                           f"choose from {', '.join(SOURCE_NAMES)}")
+    for setting in ("sources", "delta_ranges"):  # a misspelt delta_ranges entry would be ignored
+        unknown = set(getattr(config.synthesis, setting)) - set(SOURCE_NAMES)
+        if unknown:
+            raise RealnetError(f"unknown synthesis source(s) in synthesis.{setting}: {', '.join(sorted(unknown))}; "
+                               f"choose from {', '.join(SOURCE_NAMES)}")

@@ -89,27 +89,52 @@ def parse_sources(specs: list[str]) -> dict[str, float]:
     return sources
 
 
+# the setting each of fit's flags gives: the same setting given with --set too, one value would be dropped
+FLAG_SETTINGS = {"steps": "train.steps", "seed": "train.seed", "dtd": "synthesis.dtd_root",
+                 "sia": "synthesis.sia_root", "source": "synthesis.sources", "backbone_weights": "backbone.weights"}
+
+
+def refuse_settings_given_twice(args, config) -> None:
+    """One line when a flag and a --set override give the same setting (a --set of one entry of
+    synthesis.sources included): without it the flag silently won."""
+    from realnet.config import parse_override
+    from realnet.errors import RealnetError
+
+    overridden = [parse_override(override)[0] for override in args.overrides]
+    for flag, setting in FLAG_SETTINGS.items():
+        given = [key for key in overridden if key == setting or key.startswith(f"{setting}.")]
+        if getattr(args, flag) is not None and given:
+            raise RealnetError(f"--{flag.replace('_', '-')} and --set {given[0]} both set {setting}; give one of them")
+    if args.bf16 and "train.bf16" in overridden and not config.train.bf16:
+        raise RealnetError("--bf16 and --set train.bf16=false contradict each other; give one of them")
+
+
 def config_from_args(args):
     from realnet.config import load_config, validate_config
     from realnet.model.backbone import KEYWORDS
 
     config = load_config(args.preset, args.config, args.overrides)
+    refuse_settings_given_twice(args, config)
     if args.steps is not None:
         config.train.steps = args.steps
     if args.seed is not None:
         config.train.seed = args.seed
     if args.dtd:
-        config.synthesis.dtd_root = str(Path(args.dtd).resolve())  # the run is recorded with paths that work anywhere
+        config.synthesis.dtd_root = args.dtd
     if args.sia:
-        config.synthesis.sia_root = str(Path(args.sia).resolve())
+        config.synthesis.sia_root = args.sia
     if args.source:
         config.synthesis.sources = parse_sources(args.source)
     if args.backbone_weights:
         config.backbone.weights = args.backbone_weights
-    # a weights file (from --backbone-weights, --set or --config; relative to the working directory,
-    # as the config's other paths are) is recorded absolute so that test, predict and export find it
+    # files and folders (from a flag, --set or --config; relative to the working directory) are recorded
+    # absolute, so that test, predict and export find the weights file, and a resume from another folder
+    # reads the same image banks (or is refused) instead of others of the same relative name
     if config.backbone.weights not in KEYWORDS:
         config.backbone.weights = str(Path(config.backbone.weights).resolve())
+    synthesis = config.synthesis
+    synthesis.dtd_root, synthesis.sia_root = (None if root is None else str(Path(root).resolve())
+                                              for root in (synthesis.dtd_root, synthesis.sia_root))
     if args.bf16:
         config.train.bf16 = True
     validate_config(config)

@@ -610,6 +610,8 @@ def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int
                               "dataset": request.dataset, "folder_options": folder_options}
     if request.config.synthesis.sources.get("dtd", 0) > 0:  # also when found through $REALNET_DTD or the root
         inputs["dtd"] = str(find_dtd_root(request.config.synthesis.dtd_root, request.data_root).resolve())
+    if request.config.synthesis.sources.get("sia", 0) > 0 and request.config.synthesis.sia_root is not None:
+        inputs["sia"] = str(Path(request.config.synthesis.sia_root).resolve())  # a relative root: another bank elsewhere
     if n_images is not None:
         inputs |= {"n_training_images": n_images, "world_size": world_size}
     return inputs

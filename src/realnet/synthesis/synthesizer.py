@@ -119,7 +119,10 @@ class AnomalySynthesizer:
     def __init__(self, config: SynthesisConfig, sources: Mapping[str, TextureSource | PatchSource],
                  foreground: ForegroundRule):
         self.config, self.foreground = config, foreground
-        self.names = [name for name, weight in config.source_weights.items() if weight > 0]
+        # the draw indexes the sources in one fixed order, whatever order the weights were given in:
+        # {cutpaste, nsa} and {nsa, cutpaste} are one setting (and a resume compares them as one)
+        self.names = sorted((name for name, weight in config.source_weights.items() if weight > 0),
+                            key=_source_order)
         missing = [name for name in self.names if name not in sources]
         if missing:
             raise RealnetError(f"synthesis source(s) {', '.join(missing)} weighted but not configured")
@@ -204,6 +207,11 @@ class AnomalySynthesizer:
                 if mask.any():
                     return SynthesizedSample(out, mask, 1, name, 1.0)
         return self._normal(image)
+
+
+def _source_order(name: str) -> tuple[int, str]:
+    """Sort key of a source name: SOURCE_NAMES' order, then other (test) sources by name."""
+    return (SOURCE_NAMES.index(name), "") if name in SOURCE_NAMES else (len(SOURCE_NAMES), name)
 
 
 def is_grayscale(image: np.ndarray) -> bool:
