@@ -57,6 +57,7 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     ("synthesis.sources={perlin: 1.0}", "unknown synthesis source.*perlin; choose from dtd, sia, cutpaste, nsa, shade, crack"),
     # regression: a misspelt opacity range was accepted and ignored
     ("synthesis.delta_ranges.dttd=[0.1, 0.5]", r"unknown synthesis source\(s\) in synthesis.delta_ranges: dttd; choose"),
+    ("synthesis.delta_ranges.dtd=[0, 0]", r"synthesis.delta_ranges.dtd must be \[low, high\] .* and high > 0"),  # regression
     # these four were accepted: -1 steps wrote an untrained run, 0 fell back to epochs silently,
     # checkpoint_every 0 divided by zero and a negative seed failed deep in numpy
     # a NaN or infinite weight passed and crashed the first training sample

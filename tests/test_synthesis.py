@@ -307,6 +307,7 @@ def test_patch_sources_retry_then_paste_anywhere():
         ({"source_weights": {"dtd": -1.0}}, "source_weights"),
         ({"source_weights": {"dtd": 0.0}}, "source_weights"),
         ({"delta_ranges": {"dtd": (0.9, 0.1)}}, "delta_ranges.dtd"),
+        ({"delta_ranges": {"dtd": (0.0, 0.0)}}, r"delta_ranges.dtd must satisfy .* high > 0"),  # regression
         ({"min_exponent": 4, "max_exponent": 4}, "min_exponent"),
         ({"max_retries": -1}, "max_retries"),
     ],
@@ -609,7 +610,9 @@ def test_synth_preview_cli_writes_the_grid(tmp_path, capsys, monkeypatch):
     assert main(faint) == 0
     drawn = re.search(r"opacity d ([0-9.]+) to ([0-9.]+)", capsys.readouterr().out)
     assert drawn and 0.05 <= float(drawn[1]) <= float(drawn[2]) <= 0.1
-    for bad in ("dtd=0.9,0.1", "dtd=half", "=0.1,0.2"):
+    # regression: a misspelt source (DTD) was accepted and left dtd at its default range; dtd=0,0
+    # labelled unchanged images anomalous
+    for bad in ("dtd=0.9,0.1", "dtd=half", "=0.1,0.2", "DTD=0.9,1.0", "dtd=0,0"):
         assert main(argv[:-1] + [str(tmp_path / "bad.png"), "--delta-range", bad]) == 2
         assert "--delta-range" in capsys.readouterr().err
 

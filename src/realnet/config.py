@@ -448,9 +448,10 @@ def validate_config(config: RealNetConfig) -> None:
         raise RealnetError("synthesis.sources must give at least one source a positive weight")
     for name, bounds in config.synthesis.delta_ranges.items():
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
-                or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1):
-            raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1, "
-                               f"got {bounds!r}")
+                or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1
+                or bounds[1] == 0):  # opacity 0 would label an unchanged image anomalous
+            raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1 and "
+                               f"high > 0, got {bounds!r}")
     for setting in ("sources", "delta_ranges"):  # a misspelt delta_ranges entry would be ignored
         unknown = set(getattr(config.synthesis, setting)) - set(SOURCE_NAMES)
         if unknown:

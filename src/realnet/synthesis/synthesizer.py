@@ -72,8 +72,9 @@ class SynthesisConfig:
         ranges = {}
         for name, bounds in self.delta_ranges.items():
             low, high = (float(b) for b in bounds)
-            if not 0.0 <= low <= high <= 1.0:
-                raise RealnetError(f"synthesis.delta_ranges.{name} must satisfy 0 <= low <= high <= 1, got {bounds}")
+            if not 0.0 <= low <= high <= 1.0 or high == 0.0:  # opacity 0 labels an unchanged image anomalous
+                raise RealnetError(f"synthesis.delta_ranges.{name} must satisfy 0 <= low <= high <= 1 and high > 0, "
+                                   f"got {bounds}")
             ranges[str(name)] = (low, high)
         self.delta_ranges = ranges
         if not 0 <= self.min_exponent < self.max_exponent:
