@@ -490,3 +490,18 @@ def test_tables_only_on_an_out_folder_with_no_cells_is_refused(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith("realnet: error: --tables-only:") and "has run under --out" in err
     assert not (tmp_path / "typo").exists()
+
+
+def test_a_suite_file_is_read_as_config_files_are(tmp_path):
+    """Regression: a suite file was read with YAML 1.1's rules, so a second `axes:` silently replaced
+    the first and `train.seed: 010` was the seed 8."""
+    path = tmp_path / "twice.yaml"
+    path.write_text("name: twice\npreset: tiny\ndatasets: []\naxes: []\naxes: []\n")
+    with pytest.raises(RealnetError, match=r"twice\.yaml: key 'axes' is given twice \(line 5\)"):
+        load_suite(path)
+    path = tmp_path / "octal.yaml"
+    path.write_text("name: octal\npreset: tiny\n"
+                    "datasets: [{name: A, layout: mvtec, root: a, path: ., categories: [widget]}]\n"
+                    "axes: [{name: seeds, variants: [{name: ten, set: {train.seed: 010}}]}]\n")
+    (cell,) = expand(load_suite(path))
+    assert cell.config["train"]["seed"] == 10

@@ -265,7 +265,8 @@ _ConfigLoader.add_implicit_resolver(_FLOAT_TAG, re.compile(r"""^(?:[-+]?[0-9][0-
 _ConfigLoader.add_constructor(_INT_TAG, _ConfigLoader.construct_decimal_int)
 
 
-def _read_yaml(text: str) -> Any:
+def read_config_yaml(text: str) -> Any:
+    """YAML text as a config file, a --set value or a bench suite is read (see `_ConfigLoader`)."""
     return yaml.load(text, Loader=_ConfigLoader)
 
 
@@ -276,7 +277,7 @@ def load_config(
     if preset not in PRESETS:
         raise RealnetError(f"unknown preset '{preset}' (choose from {', '.join(PRESETS)})")
     text = resources.files("realnet.presets").joinpath(f"{preset}.yaml").read_text()
-    config = RealNetConfig.from_dict(_read_yaml(text) or {})
+    config = RealNetConfig.from_dict(read_config_yaml(text) or {})
     config.preset = preset
     if config_file is not None:
         path = Path(config_file)
@@ -286,7 +287,7 @@ def load_config(
             raise RealnetError(f"config file {path} not found")
         text = read_utf8_text(path)
         try:
-            values = _read_yaml(text) or {}
+            values = read_config_yaml(text) or {}
         except yaml.YAMLError as error:
             raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
         except RealnetError as error:
@@ -324,7 +325,7 @@ def parse_override(override: str) -> tuple[str, Any]:
     if not value.strip():  # an unset shell variable; YAML would read it as null
         raise RealnetError(f"--set {override}: empty value; write null for none")
     try:
-        return key.strip(), _read_yaml(value)
+        return key.strip(), read_config_yaml(value)
     except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
         problem = getattr(error, "problem", None) or error.__class__.__name__
         raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from realnet.config import PRESETS, flat_config, load_config
+from realnet.config import PRESETS, flat_config, load_config, read_config_yaml
 from realnet.config import parse_override as parse_config_override
 from realnet.errors import RealnetError
 from realnet.files import read_utf8_text
@@ -158,9 +158,11 @@ def load_suite(name_or_file: str | Path) -> Suite:
             f"unknown suite '{name_or_file}' (shipped: {', '.join(shipped_suites())}; or pass a YAML file)"
         )
     try:
-        raw = yaml.safe_load(text)
+        raw = read_config_yaml(text)
     except yaml.YAMLError as error:
         raise RealnetError(f"{source}: not valid YAML ({error.__class__.__name__})") from None
+    except RealnetError as error:  # a key given twice
+        raise RealnetError(f"{source}: {error}") from None
     return parse_suite(raw, source)
 
 
