@@ -26,6 +26,12 @@ MAX_DENSITY_REGULARIZATION = 1e6
 # Opacity delta ~ U(low, high) of each texture source in Eq. 3, as in the authors' code; the one
 # definition behind both the config default and `realnet.synthesis.SynthesisConfig`'s.
 AUTHORS_DELTA_RANGES = {"dtd": (0.2, 1.0), "sia": (0.5, 1.0)}
+
+
+def is_opacity_range(low: float, high: float) -> bool:
+    """Whether delta ~ U(low, high) is usable in Eq. 3: ordered, within [0, 1], and not [0, 0], whose
+    opacity 0 would label an unchanged image anomalous."""
+    return 0 <= low <= high <= 1 and high > 0
 # Training-time anomaly sources: the paper's four, then ours.
 SOURCE_NAMES = ("dtd", "sia", "cutpaste", "nsa", "shade", "crack", "feature_noise")
 
@@ -449,8 +455,7 @@ def validate_config(config: RealNetConfig) -> None:
         raise RealnetError("synthesis.sources must give at least one source a positive weight")
     for name, bounds in config.synthesis.delta_ranges.items():
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
-                or not all(isinstance(b, (int, float)) for b in bounds) or not 0 <= bounds[0] <= bounds[1] <= 1
-                or bounds[1] == 0):  # opacity 0 would label an unchanged image anomalous
+                or not all(isinstance(b, (int, float)) for b in bounds) or not is_opacity_range(*bounds)):
             raise RealnetError(f"synthesis.delta_ranges.{name} must be [low, high] with 0 <= low <= high <= 1 and "
                                f"high > 0, got {bounds!r}")
     for setting in ("sources", "delta_ranges"):  # a misspelt delta_ranges entry would be ignored

@@ -57,7 +57,7 @@ def _source_weights(args: argparse.Namespace) -> dict[str, float]:
 
 def _delta_ranges(values: list[str]) -> dict[str, tuple[float, float]]:
     """Overrides of the default opacity ranges, from --delta-range SOURCE=LOW,HIGH."""
-    from realnet.config import SOURCE_NAMES
+    from realnet.config import SOURCE_NAMES, is_opacity_range
     from realnet.synthesis.synthesizer import SynthesisConfig
 
     ranges = dict(SynthesisConfig().delta_ranges)
@@ -69,7 +69,7 @@ def _delta_ranges(values: list[str]) -> dict[str, tuple[float, float]]:
             raise RealnetError(f"--delta-range {value!r}: expected SOURCE=LOW,HIGH, e.g. dtd=0.05,1.0") from None
         if name not in SOURCE_NAMES:  # a misspelt name would leave the source at its default range
             raise RealnetError(f"--delta-range {value!r}: unknown source {name!r}; choose from {', '.join(SOURCE_NAMES)}")
-        if not 0 <= low <= high <= 1 or high == 0:
+        if not is_opacity_range(low, high):
             raise RealnetError(f"--delta-range {value!r}: needs 0 <= LOW <= HIGH <= 1 and HIGH > 0")
         ranges[name] = (low, high)
     return ranges

@@ -11,7 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from realnet.config import AUTHORS_DELTA_RANGES, SOURCE_NAMES
+from realnet.config import AUTHORS_DELTA_RANGES, SOURCE_NAMES, is_opacity_range
 from realnet.errors import RealnetError
 from realnet.synthesis.blend import blend_anomaly
 from realnet.synthesis.feature_noise import FeatureNoiseSource
@@ -72,7 +72,7 @@ class SynthesisConfig:
         ranges = {}
         for name, bounds in self.delta_ranges.items():
             low, high = (float(b) for b in bounds)
-            if not 0.0 <= low <= high <= 1.0 or high == 0.0:  # opacity 0 labels an unchanged image anomalous
+            if not is_opacity_range(low, high):
                 raise RealnetError(f"synthesis.delta_ranges.{name} must satisfy 0 <= low <= high <= 1 and high > 0, "
                                    f"got {bounds}")
             ranges[str(name)] = (low, high)
