@@ -290,6 +290,39 @@ def test_a_flag_and_a_set_override_of_one_setting_are_refused(flag, override, se
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("command, overrides, needle", [
+    ("fit", ["train.steps=500", "train.steps=20"], "--set train.steps is given twice ('train.steps=500' and "
+                                                   "'train.steps=20')"),
+    ("fit", ["synthesis.sources.shade=0.2", "synthesis.sources={dtd: 1}"],
+     "--set synthesis.sources={dtd: 1} replaces synthesis.sources after --set synthesis.sources.shade=0.2"),
+    ("bench", ["train.steps=5", "train.steps=7"], "--set train.steps is given twice"),
+])
+def test_a_set_override_whose_value_would_be_lost_is_refused(command, overrides, needle, tmp_path, capsys):
+    """Regression: `--set train.steps=500 --set train.steps=20` trained 20 steps without a word, and a
+    whole mapping given after one of its entries dropped that entry."""
+    from realnet.cli.main import main
+
+    given = [arg for override in overrides for arg in ("--set", override)]
+    out = tmp_path / "out"
+    if command == "fit":
+        args = ["fit", "--data", str(tmp_path), "--category", "c", "--preset", "tiny", "--out", str(out), *given]
+    else:
+        args = ["bench", "--suite", "tiny", "--out", str(out), "--tables-only", *given]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"realnet: error: {needle}") and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_an_entry_set_after_its_whole_mapping_is_kept():
+    from realnet.cli.detector import config_from_args
+    from realnet.cli.main import build_parser
+
+    args = build_parser().parse_args(["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny",
+                                      "--set", "synthesis.sources={dtd: 1}", "--set", "synthesis.sources.shade=0.5"])
+    assert config_from_args(args).synthesis.sources == {"dtd": 1.0, "shade": 0.5}
+
+
 def test_a_flag_that_agrees_with_a_set_override_is_taken():
     from realnet.cli.detector import config_from_args
     from realnet.cli.main import build_parser

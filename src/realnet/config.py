@@ -323,6 +323,22 @@ def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfi
     return config
 
 
+def refuse_lost_overrides(overrides: list[str]) -> None:
+    """One line when one command line's --set options would drop a value: the same key given twice,
+    or a mapping given whole after one of its entries (the entry would be lost). Settings given in
+    a deliberate order (a bench suite, then its variant) go to `apply_overrides` directly."""
+    given: dict[str, str] = {}
+    for override in overrides:
+        key = parse_override(override)[0]
+        if key in given:
+            raise RealnetError(f"--set {key} is given twice ({given[key]!r} and {override!r}); give it once")
+        for earlier_key, earlier in given.items():
+            if earlier_key.startswith(f"{key}."):
+                raise RealnetError(f"--set {override} replaces {key} after --set {earlier} set one of its "
+                                   f"entries, which would be lost; give {key} first or in one value")
+        given[key] = override
+
+
 def parse_override(override: str) -> tuple[str, Any]:
     """'section.key=value' -> ("section.key", the value read as YAML), or one line naming the override."""
     key, sep, value = override.partition("=")

@@ -55,8 +55,10 @@ def parse_data_roots(specs: list[str]) -> dict[str, Path]:
 def run_bench(args) -> int:
     from realnet.bench.runner import BenchRequest, run_suite, suite_dir, write_reports
     from realnet.bench.suite import expand, load_suite, parse_override
+    from realnet.config import refuse_lost_overrides
     from realnet.errors import RealnetError
 
+    refuse_lost_overrides(args.overrides)
     suite = load_suite(args.suite).with_overrides([parse_override(text) for text in args.overrides])
     if args.tables_only:
         if not suite_dir(args.out, suite).is_dir():  # a mistyped --out would get a tree of "pending" tables

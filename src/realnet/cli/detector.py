@@ -110,9 +110,10 @@ def refuse_settings_given_twice(args, config) -> None:
 
 
 def config_from_args(args):
-    from realnet.config import load_config, validate_config
+    from realnet.config import load_config, refuse_lost_overrides, validate_config
     from realnet.model.backbone import KEYWORDS
 
+    refuse_lost_overrides(args.overrides)
     config = load_config(args.preset, args.config, args.overrides)
     refuse_settings_given_twice(args, config)
     if args.steps is not None:
