@@ -234,14 +234,25 @@ def test_an_oversized_image_gets_the_one_error_line_without_pillows_warning(pred
                                                                              monkeypatch, recwarn):
     """Regression: Pillow's DecompressionBombWarning (a file:line and a source line) was printed
     before realnet's own one-line refusal of the same image."""
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 2000)  # warned by Pillow between 2000 and 4000 pixels
-    big = tmp_path / "big.png"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow warns above 1000 pixels, refuses above 2000
+    monkeypatch.setenv("REALNET_MAX_IMAGE_PIXELS", "2400")
+    big, fits = tmp_path / "big.png", tmp_path / "fits.png"
     Image.fromarray(np.zeros((50, 50), np.uint8)).save(big)
-    assert predict(tiny_run[1], big) == 1
-    assert capsys.readouterr().err.splitlines() == [
-        f"realnet: error: {big}: refused as a decompression bomb: 50x50 = 2500 pixels exceeds "
-        "PIL.Image.MAX_IMAGE_PIXELS = 2000"]
+    Image.fromarray(np.zeros((40, 60), np.uint8)).save(fits)
+    assert predict(tiny_run[1], big, fits) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [f"realnet: error: {big}: refused as a decompression bomb: 50x50 = 2500 pixels "
+                                "exceeds the limit of 2400 (set REALNET_MAX_IMAGE_PIXELS to raise it)"]
+    assert [r["path"] for r in json_lines(out)] == [str(fits)]  # over Pillow's own limit, within the one set
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+@pytest.mark.parametrize("value", ["0", "lots", "-5"])
+def test_a_bad_pixel_limit_is_one_error_line(predict, tiny_run, awkward, monkeypatch, capsys, value):
+    monkeypatch.setenv("REALNET_MAX_IMAGE_PIXELS", value)
+    assert predict(tiny_run[1], awkward["gray"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"realnet: error: REALNET_MAX_IMAGE_PIXELS={value!r}: give the largest number of pixels an image may have"]
 
 
 def test_maps_and_overlays_come_at_the_inputs_own_size_by_default(predict, tiny_run, awkward, tmp_path, capsys):
@@ -530,3 +541,68 @@ def test_a_subfolder_that_cannot_be_listed_is_named_and_fails_the_run(predict, t
     refuse_listing(monkeypatch, inputs)
     assert predict(tiny_run[1], inputs) == 2
     assert "cannot list this folder (Permission denied)" in capsys.readouterr().err
+
+
+def test_a_run_whose_weights_hold_nan_is_refused_by_predict_and_test(predict, tiny_run, awkward, tmp_path, capsys):
+    """Regression: predict printed `"score": NaN` (not JSON) with is_anomalous false, so every part
+    passed, and exited 0; test refused only later, naming an image."""
+    from safetensors.torch import load_file, save_file
+
+    run_dir = tmp_path / "nan_run"
+    shutil.copytree(tiny_run[1], run_dir)
+    weights = run_dir / "model.safetensors"
+    state = load_file(weights)
+    name = next(k for k in sorted(state) if k.startswith("discriminator.") and state[k].is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    save_file(state, weights)
+    expected = (f"realnet: error: {weights}: 1 tensors hold NaN or infinite values ('{name}' first): the weights "
+                "are broken, e.g. by a diverged fit; fit the run again")
+    assert predict(run_dir, awkward["gray"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [expected]
+    assert main(["test", "--run", str(run_dir), "--data", str(tiny_run[0])]) == 2
+    assert capsys.readouterr().err.splitlines() == [expected]
+
+
+def test_an_image_whose_score_is_not_finite_is_an_error_line_and_the_rest_are_scored(predict, tiny_run, awkward,
+                                                                                    monkeypatch, capsys):
+    from realnet.model.realnet import RealNet
+
+    scored = RealNet.predict
+
+    def first_score_nan(self, images):
+        maps, scores = scored(self, images)
+        return maps, torch.where(torch.arange(len(scores)) == 0, torch.tensor(float("nan")), scores)
+
+    monkeypatch.setattr(RealNet, "predict", first_score_nan)
+    assert predict(tiny_run[1], "--batch-size", 2, awkward["gray"], awkward["rgba"]) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(awkward["rgba"])]
+    assert err.splitlines() == [f"realnet: error: {awkward['gray']}: the detector's score for it is not finite (nan); "
+                                "it was not scored"]
+
+
+def test_broken_links_in_a_folder_are_named_not_skipped(predict, tiny_run, tmp_path, capsys):
+    """Regression: a link to an image or folder on an unmounted share was left out in silence, exit 0."""
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(tmp_path / "a.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "unmounted" / "b.png")
+    (tmp_path / "line3").symlink_to(tmp_path / "unmounted" / "line3")
+    assert predict(tiny_run[1], tmp_path) == 1
+    out, err = capsys.readouterr()
+    assert [r["path"] for r in json_lines(out)] == [str(tmp_path / "a.png")]
+    assert sorted(err.splitlines()) == [
+        f"realnet: error: {tmp_path / 'b.png'}: broken symbolic link",
+        f"realnet: error: {tmp_path / 'line3'}: cannot list this folder (broken symbolic link); its images were not "
+        "scored"]
+
+
+def test_an_earlier_predicts_maps_folder_inside_the_inputs_is_not_scored(predict, tiny_run, tmp_path, capsys):
+    """Regression: only the current --save-maps folder was left out, so a second predict into
+    parts/maps_v2 scored parts/maps_v1's maps and overlays as parts."""
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    Image.fromarray(normal_image(np.random.default_rng(1), (40, 40))).save(parts / "a.png")
+    assert predict(tiny_run[1], parts, "--save-maps", parts / "maps_v1", "--overlays") == 0
+    capsys.readouterr()
+    assert predict(tiny_run[1], parts, "--save-maps", parts / "maps_v2") == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]

@@ -4,9 +4,10 @@ Rules (the same for every caller, so training, testing and `data check` see iden
 
 - The file is fully decoded; a truncated or corrupt file fails. Only the first frame of a
   multi-frame file (GIF, multi-page TIFF) is used.
-- Decompression bombs are refused: an image with more than `PIL.Image.MAX_IMAGE_PIXELS` pixels
-  (Pillow's own limit, about 89.5 megapixels; raise it there if you really need more) fails
-  before its pixels are decoded.
+- Decompression bombs are refused: an image with more pixels than `max_image_pixels()` fails
+  before its pixels are decoded. That is 178,956,970 (Pillow's default error level, twice its
+  `PIL.Image.MAX_IMAGE_PIXELS`), unless the environment variable REALNET_MAX_IMAGE_PIXELS gives
+  another number (line-scan cameras).
 - The EXIF orientation tag is applied, so pixels are in display orientation. A non-square TIFF
   with a transposing orientation (5-8) is refused: Pillow decodes it into scrambled pixels.
 - Conversion to RGB uint8:
@@ -40,7 +41,9 @@ Rules (the same for every caller, so training, testing and `data check` see iden
 
 from __future__ import annotations
 
+import os
 import struct
+import threading
 from pathlib import Path
 
 import cv2
@@ -48,7 +51,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from realnet.data.records import Record
-from realnet.errors import BadFileError
+from realnet.errors import BadFileError, RealnetError
 
 _ALPHA_MODES = frozenset({"LA", "La", "PA", "RGBA", "RGBa"})
 _SINGLE_BAND_MODES = frozenset({"1", "L", "F"})
@@ -72,8 +75,9 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 def open_image(path: str | Path) -> Image.Image:
     """Open, bomb-check, fully decode and EXIF-orient one image; any failure is a BadFileError."""
     path = Path(path)
+    max_image_pixels()  # a bad $REALNET_MAX_IMAGE_PIXELS is the command's error, not this file's
     try:
-        with Image.open(path) as image:
+        with _open_unchecked(path) as image:
             _refuse_bomb(path, image.size)
             _refuse_misdecoded_tiff(path, image)
             image.load()
@@ -158,14 +162,43 @@ def load_sample(record: Record, size: int) -> tuple[np.ndarray, np.ndarray]:
     return resize_image(image, size), resize_mask(mask, size)
 
 
+PIXEL_LIMIT_VARIABLE = "REALNET_MAX_IMAGE_PIXELS"
+DEFAULT_MAX_IMAGE_PIXELS = 2 * 89_478_485  # Pillow's default error level, twice its MAX_IMAGE_PIXELS
+
+
+def max_image_pixels() -> int:
+    """The most pixels an image may have: $REALNET_MAX_IMAGE_PIXELS, else DEFAULT_MAX_IMAGE_PIXELS."""
+    value = os.environ.get(PIXEL_LIMIT_VARIABLE)
+    if value is None:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not value.strip().isdigit() or int(value) < 1:
+        raise RealnetError(f"{PIXEL_LIMIT_VARIABLE}={value!r}: give the largest number of pixels an image may have")
+    return int(value)
+
+
+_PILLOW_LIMIT = threading.Lock()
+
+
+def _open_unchecked(path: Path) -> Image.Image:
+    """Image.open without Pillow's own size check, which refuses images over twice its
+    MAX_IMAGE_PIXELS with a message naming no way around it; `_refuse_bomb` decides instead. Opening
+    reads the header only, so the lock is held briefly."""
+    with _PILLOW_LIMIT:
+        pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            return Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = pillow_limit
+
+
 def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:
-    limit = Image.MAX_IMAGE_PIXELS
+    limit = max_image_pixels()
     width, height = size
-    if limit is not None and width * height > limit:
+    if width * height > limit:
         raise BadFileError(
             path,
-            f"refused as a decompression bomb: {width}x{height} = {width * height} pixels "
-            f"exceeds PIL.Image.MAX_IMAGE_PIXELS = {limit}",
+            f"refused as a decompression bomb: {width}x{height} = {width * height} pixels exceeds the limit of "
+            f"{limit} (set {PIXEL_LIMIT_VARIABLE} to raise it)",
         )
 
 

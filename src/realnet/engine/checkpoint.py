@@ -170,6 +170,10 @@ def load_detector_state(run_dir: Path, model: torch.nn.Module) -> None:
     missing = [k for k in missing if not k.startswith("backbone.")]
     if missing or unexpected:
         raise RealnetError(f"{path}: does not match the model (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    broken = [k for k, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:  # every score would be NaN, which predict's threshold passes as normal
+        raise RealnetError(f"{path}: {len(broken)} tensors hold NaN or infinite values ('{broken[0]}' first): the "
+                           "weights are broken, e.g. by a diverged fit; fit the run again")
 
 
 def unreadable_resume_state(path: Path, remedy: str) -> BadFileError:

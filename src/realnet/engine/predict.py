@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -21,6 +22,7 @@ from realnet.errors import BadFileError, RealnetError
 from realnet.files import cut_to_bytes, missing_folders, remove_created_folders
 
 MAP_SIZES = ("input", "run")
+MAPS_MANIFEST = ".realnet-maps.json"  # in a --save-maps folder: the names of the maps predict writes there
 
 
 def expand_inputs(paths: list[str], maps_dir: Path | None = None,
@@ -39,9 +41,11 @@ def expand_inputs(paths: list[str], maps_dir: Path | None = None,
 
 
 def _images_below(root: Path, skipped: tuple[str, ...], unlistable: list[OSError] | None = None) -> Iterator[Path]:
-    """Image files below `root`, hidden ones and those in hidden folders (.ipynb_checkpoints) or at
-    `skipped` left out. Linked folders are entered (rglob leaves a linked camera folder out), each
-    real folder once (a link back up would loop)."""
+    """Image files below `root`, hidden ones and those in hidden folders (.ipynb_checkpoints), at
+    `skipped` or in an earlier predict's maps folder left out. Linked folders are entered (rglob
+    leaves a linked camera folder out), each real folder once (a link back up would loop). Broken
+    links are kept for the reader to name; one without a suffix, most likely a folder's, goes to
+    `unlistable`."""
     seen = set()
     for folder, dirs, files in os.walk(root, followlinks=True,
                                        onerror=None if unlistable is None else unlistable.append):
@@ -51,9 +55,15 @@ def _images_below(root: Path, skipped: tuple[str, ...], unlistable: list[OSError
             continue
         seen.add(real)
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).relative_to(root).parts != skipped)
-        yield from (here / f for f in files
-                    if Path(f).suffix.lower() in IMAGE_EXTENSIONS and not f.startswith(".") and (here / f).is_file())
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).relative_to(root).parts != skipped
+                         and not (here / d / MAPS_MANIFEST).is_file())  # an earlier predict's maps are no inputs
+        for name in (f for f in files if not f.startswith(".")):
+            path = here / name
+            broken_link = path.is_symlink() and not path.exists()  # e.g. a camera share that is not mounted
+            if Path(name).suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or broken_link):
+                yield path
+            elif broken_link and not Path(name).suffix and unlistable is not None:
+                unlistable.append(FileNotFoundError(errno.ENOENT, "broken symbolic link", str(path)))
 
 
 def _parts_inside(folder: Path | None, root: Path) -> tuple[str, ...]:
@@ -116,7 +126,6 @@ def _map_stem(position: int, path: Path) -> str:
     return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
 
 
-MAPS_MANIFEST = ".realnet-maps.json"  # in a --save-maps folder: the names of the maps predict writes there
 
 
 def _earlier_maps(folder: Path, overwrite: bool) -> set[Path]:
@@ -241,6 +250,11 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
                     continue
                 index = next(results)
                 score = float(scores[index])
+                if not np.isfinite(score):  # NaN > threshold is False: the part would pass as normal
+                    print(f"realnet: error: {item.path}: the detector's score for it is not finite ({score}); "
+                          "it was not scored", file=err)
+                    failures += 1
+                    continue
                 result = {"path": str(item.path), "score": score, "is_anomalous": score > threshold,
                           "threshold": threshold}  # exact: the values compared
                 if save_maps is not None:
