@@ -923,3 +923,24 @@ def test_a_source_folder_that_cannot_be_listed_is_an_error_not_a_gap(tmp_path, m
     refuse_listing(monkeypatch, tmp_path / "b")
     with pytest.raises(RealnetError, match=f"dtd folder {tmp_path / 'b'}: cannot list it \\(Permission denied\\)"):
         collect_images(tmp_path, "dtd")
+
+
+@pytest.mark.parametrize("through_environment", [False, True])
+def test_a_dtd_folder_that_holds_the_data_root_is_refused(tmp_path, monkeypatch, through_environment):
+    """Regression: `fit --data DATA --dtd DATA` (the --help said "folder holding dtd/images") took
+    every image below DATA as a texture, the category's test images and masks included, silently."""
+    from realnet.errors import RealnetError
+    from realnet.synthesis.sources import find_dtd_root
+
+    data = tmp_path / "data"
+    (data / "dtd" / "images").mkdir(parents=True)
+    given = None
+    if through_environment:
+        monkeypatch.setenv("REALNET_DTD", str(tmp_path))
+    else:
+        given = data
+    with pytest.raises(RealnetError, match=r"holds the data root .*give the DTD folder itself"):
+        find_dtd_root(given, data)
+    monkeypatch.delenv("REALNET_DTD", raising=False)
+    assert find_dtd_root(data / "dtd", data) == data / "dtd"
+    assert find_dtd_root(None, data) == data / "dtd"

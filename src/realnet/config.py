@@ -85,7 +85,7 @@ class DiscriminatorConfig:
 class SynthesisConfig:
     sources: dict[str, float] = field(default_factory=lambda: {"dtd": 1.0})
     normal_probability: float = 0.5
-    dtd_root: str | None = None  # folder holding dtd/images/<class>/*.jpg (or images/<class>)
+    dtd_root: str | None = None  # the DTD folder (dtd/ or dtd/images/); every image below it is a texture
     sia_root: str | None = None  # SDAS image bank: <sia_root>/<category>/*.png
     foreground: str = "rule"  # "rule" (per-category table, auto for unknown) | "auto" | "none"
     match_gray: bool = True  # grayscale textures on grayscale images (ours); false = the paper

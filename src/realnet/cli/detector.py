@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     fit.add_argument("--config", type=Path, help="YAML file overriding the preset")
     fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.steps=500 (repeatable)")
-    fit.add_argument("--dtd", help="DTD root for the dtd source (folder holding dtd/images or images/)")
+    fit.add_argument("--dtd", help="DTD folder for the dtd source (e.g. DATA/dtd); every image below it is a texture")
     fit.add_argument("--sia", help="SDAS image bank (folder holding <category>/ images)")
     fit.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
                      help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise, e.g. "

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
                          help="anomaly source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise (the image is left as it is; shown with its mask) (default: dtd and/or sia "
                               "when --dtd/--sia are given)")
-    preview.add_argument("--dtd", type=Path, help="DTD root for the dtd source (searched for images)")
+    preview.add_argument("--dtd", type=Path, help="DTD folder for the dtd source (e.g. DATA/dtd); every image below it is a texture")
     preview.add_argument("--sia", type=Path, help="SDAS image bank for the sia source (holding <category>/)")
     preview.add_argument("--foreground", choices=("rule", "auto", "none"), default="rule",
                          help="where anomalies may go: the category's rule (auto when unknown), auto, "

@@ -91,16 +91,20 @@ def changed_pixels(out: np.ndarray, image: np.ndarray, tolerance: int) -> np.nda
 
 
 def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
-    """DTD is looked up in `given` (--dtd, synthesis.dtd_root), then $REALNET_DTD, then <data root>/dtd."""
-    if given is not None:
-        if not Path(given).is_dir():
-            raise RealnetError(f"DTD folder {given} not found (--dtd or synthesis.dtd_root)")
-        return Path(given)
-    from_environment = os.environ.get("REALNET_DTD")
-    if from_environment:
-        if not Path(from_environment).is_dir():
-            raise RealnetError(f"DTD folder {from_environment} not found ($REALNET_DTD)")
-        return Path(from_environment)
+    """DTD is looked up in `given` (--dtd, synthesis.dtd_root), then $REALNET_DTD, then <data root>/dtd.
+    Every image below the folder is a texture, so one that holds the data root is refused: its
+    training and test images would be blended in as anomalies."""
+    for folder, origin in ((given, "--dtd or synthesis.dtd_root"), (os.environ.get("REALNET_DTD") or None,
+                                                                     "$REALNET_DTD")):
+        if folder is None:
+            continue
+        if not Path(folder).is_dir():
+            raise RealnetError(f"DTD folder {folder} not found ({origin})")
+        if Path(data_root).resolve().is_relative_to(Path(folder).resolve()):
+            raise RealnetError(f"DTD folder {folder} ({origin}) holds the data root {data_root}: every image below it, "
+                               "test images included, would become a texture; give the DTD folder itself (e.g. "
+                               f"{Path(data_root) / 'dtd'})")
+        return Path(folder)
     if (Path(data_root) / "dtd").is_dir():
         return Path(data_root) / "dtd"
     raise RealnetError(
