@@ -167,7 +167,18 @@ def test_test_split_with_one_class_and_missing_masks_are_reported(tiny_run, tmp_
     next((one_mask_gone / "widget" / "ground_truth" / "scratch").glob("*")).unlink()
     assert main(["test", "--run", str(copy), "--data", str(one_mask_gone), "--category", "widget"]) == 0
     assert json.loads((copy / "metrics.json").read_text())["anomalous_without_mask"] == 1
-    assert "1 anomalous test image(s) have no mask" in capsys.readouterr().err
+    assert "1 anomalous test image(s) have no mask; the pixel metrics count all their pixels as normal" in \
+        capsys.readouterr().err
+
+    # regression: with no mask at all the warning said the same, though the pixel metrics were null
+    no_masks = tmp_path / "no_masks"
+    shutil.copytree(data, no_masks)
+    shutil.rmtree(no_masks / "widget" / "ground_truth")
+    assert main(["test", "--run", str(copy), "--data", str(no_masks), "--category", "widget"]) == 0
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["pixel_auroc"] is None and metrics["aupro"] is None
+    assert "4 anomalous test image(s) have no mask; no test pixel is marked, so the pixel metrics are null" in \
+        capsys.readouterr().err
 
 
 def test_skipped_test_images_are_named_and_recorded(tiny_run, tmp_path, capsys):
@@ -565,3 +576,18 @@ def test_folder_options_for_a_test_keep_the_runs_root_and_category(tmp_path, mon
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["data"]["root"] == str(root.resolve()) and metrics["data"]["category"] == "tiles"
     assert (metrics["n_images"], metrics["n_anomalous"]) == (5, 2)
+    # regression: without --dataset the folder options were refused, though the run's own data is a folder
+    # dataset and the README says new folder images need only --normal-test-dir and --abnormal-dir
+    (out / "metrics.json").unlink()
+    assert main(["test", "--run", str(out), "--abnormal-dir", "abnormal", "--mask-dir", "masks",
+                 "--normal-test-dir", "normal_test", "--panels", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["data"] == metrics["data"]
+
+
+def test_folder_options_on_a_run_of_another_layout_need_dataset_folder(tiny_run, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[1], copy)
+    assert main(["test", "--run", str(copy), "--normal-test-dir", str(tmp_path), "--abnormal-dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "realnet: error: the folder dataset's options apply to --dataset folder only, and the run's data is mvtec: "
+        "add --dataset folder to test on folders"]

@@ -65,7 +65,8 @@ def positive_int(text: str) -> int:
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mvtec") -> None:
     """--data, --category, --dataset and the folder-dataset options. With default_dataset=None
     the dataset may be left out (e.g. `test`, which defaults to the run's own data)."""
-    parser.add_argument("--data", type=Path, help="dataset root (folder dataset: base for its dirs)")
+    parser.add_argument("--data", type=Path, help="dataset root (folder dataset: base for its relative dirs; "
+                                                  "for test, the run's own root when left out)")
     parser.add_argument("--category", help="category name (folder dataset: any name, default 'custom')")
     parser.add_argument("--dataset", choices=DATASETS, default=default_dataset,
                         help="layout: mvtec (also MPDD and magnetic_tile), btad, visa, folder"
@@ -85,9 +86,9 @@ def data_selection(args: argparse.Namespace, *, required: bool = True) -> tuple[
     options = {name: getattr(args, name) for name in FOLDER_FLAGS if getattr(args, name) is not None}
     if "split_seed" in options:
         options["seed"] = options.pop("split_seed")
-    if args.dataset == "folder":
-        if not required:  # left out, the command picks them (`test`: a folder run's own root and name)
-            return args.data, args.category, "folder", options
+    if args.dataset == "folder" or (args.dataset is None and not required and options):
+        if not required:  # left out, the command picks them (`test`: a folder run's own dataset, root and name)
+            return args.data, args.category, args.dataset, options
         return args.data or Path("."), args.category or "custom", "folder", options
     if options:
         flags = ", ".join(FOLDER_FLAGS["split_seed" if n == "seed" else n] for n in options)

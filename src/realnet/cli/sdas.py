@@ -24,7 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="comma-separated categories; more than one trains one class-conditional model")
     train.add_argument("--dataset", default="mvtec", help="dataset layout (default mvtec)")
     train.add_argument("--out", type=Path, required=True, help="model folder")
-    train.add_argument("--preset", default="cpu", help="paper (256 px, 553M params), cpu (64 px) or tiny")
+    train.add_argument("--preset", default="cpu", help="paper (256 px, 553M params), cpu (64 px, the default) or tiny")
     train.add_argument("--image-size", type=int, help="override the preset's image size")
     train.add_argument("--channels", default="auto", help="auto (1 if every image is gray), 1 or 3")
     train.add_argument("--steps", type=int, default=2000, help="total optimizer steps (default 2000)")

@@ -198,6 +198,9 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         raise RealnetError(f"the run's data root {data['root']} is not there any more; pass --data (and --category) "
                            "to test where the data is now")
     tested_dataset = dataset or data["dataset"]
+    if folder_options and tested_dataset != "folder":
+        raise RealnetError(f"the folder dataset's options apply to --dataset folder only, and the run's data is "
+                           f"{tested_dataset}: add --dataset folder to test on folders")
     inherited = data.get("folder_options", {}) if tested_dataset == data["dataset"] else {}  # options of that layout
     tested = {"root": str(Path(data_root or data["root"]).resolve()), "category": category or data["category"],
               "dataset": tested_dataset, "folder_options": folder_options if folder_options is not None else inherited}
@@ -224,15 +227,17 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
     if split.skipped:
         metrics["skipped_images"] = split.skipped  # the metrics are over fewer images than the split has
+    # with no defect pixel at all the pixel metrics are undefined (null), not computed over normal pixels
+    consequence = ("the pixel metrics count all their pixels as normal" if metrics["pixel_auroc"] is not None
+                   else "no test pixel is marked, so the pixel metrics are null")
     if split.anomalous_without_mask:
         metrics["anomalous_without_mask"] = split.anomalous_without_mask
         sys.stderr.write(f"realnet: warning: {split.anomalous_without_mask} anomalous test image(s) have no mask; "
-                         "the pixel metrics count all their pixels as normal (`realnet data check` lists them)\n")
+                         f"{consequence} (`realnet data check` lists them)\n")
     if split.anomalous_with_empty_mask:
         metrics["anomalous_with_empty_mask"] = split.anomalous_with_empty_mask
         sys.stderr.write(f"realnet: warning: {split.anomalous_with_empty_mask} anomalous test image(s) have a mask that "
-                         f"marks no pixel at {size} px; the pixel metrics count all their pixels as "
-                         "normal\n")
+                         f"marks no pixel at {size} px; {consequence}\n")
     write_test_outputs(run_dir, metrics, split, maps, scores, meta["threshold"], lambda folder: write_panels(
         folder, split, maps, scores, count=panels, display_max=map_display_max(meta), threshold=meta["threshold"]))
     return metrics
