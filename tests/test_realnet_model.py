@@ -90,6 +90,30 @@ def test_train_step_reconstructs_the_synthetic_features_towards_the_normal_ones(
     assert parts["loss"] == pytest.approx(expected_recon + expected_seg, rel=1e-6)
 
 
+@pytest.mark.parametrize("overrides, refused", [
+    ([], False),
+    (["train.image_size=32"], True),  # the stride-16 U-Net halves 2x2 to 1x1, 8 channels in 8 groups
+    (["train.image_size=32", "reconstruction.width_factor=8"], False),  # 1x1, but 4+ channels per group
+])
+def test_a_u_net_that_would_normalise_single_values_at_its_bottom_is_refused(overrides, refused):
+    """Regression: tiny at 32 px was accepted, trained (batches of two pass torch's check while
+    every value at the bottom normalised to zero), then failed with a traceback scoring one image."""
+    from realnet.config import load_config
+    from realnet.engine.build import build_backbone, build_model
+    from realnet.errors import RealnetError
+
+    config = load_config("tiny", overrides=overrides)
+    if refused:
+        with pytest.raises(RealnetError, match=r"train.image_size=32 leaves the reconstruction U-Net of backbone.layers "
+                                               r"2 a 1x1 map at its bottom"):
+            build_model(config, build_backbone(config))
+        return
+    model = build_model(config, build_backbone(config)).eval()
+    with torch.no_grad():
+        maps, scores = model.predict(torch.rand(1, 3, config.train.image_size, config.train.image_size))
+    assert torch.isfinite(scores).all()
+
+
 @pytest.mark.parametrize("size, strides, arch, mults, ok", [
     (256, [8, 16], "A", [1, 2, 4], True),
     # regression: four U-Net levels halve three times, so a 4x4 map at stride 8 passed the check

@@ -54,6 +54,18 @@ def check_image_size(size: int, strides: list[int], arch: str, channel_mults: li
                            f"U-Nets of architecture {arch}; it must be a multiple of {needed}")
 
 
+def check_bottom_maps(size: int, strides: list[int], layers: list[int], reconstruction: ReconstructionNetworks) -> None:
+    """A U-Net whose smallest map is 1x1 must not normalise one channel per GroupNorm group there:
+    each value would be normalised to zero, and a batch of one image (predict) is refused by torch."""
+    for group, reference, network in zip(reconstruction.groups, reconstruction.references, reconstruction.networks):
+        bottom = size // (strides[reference] * network.size_multiple)
+        if bottom == 1 and network.smallest_bottom_group == 1:
+            raise RealnetError(f"train.image_size={size} leaves the reconstruction U-Net of backbone.layers "
+                               f"{', '.join(str(layers[k]) for k in group)} a 1x1 map at its bottom, where its GroupNorm "
+                               "groups hold one channel each and would zero every value; use a larger image size, "
+                               "fewer reconstruction.channel_mults or a larger width_factor")
+
+
 DENSITY_MEMORY_LIMIT_GB = 8.0  # the float64 covariances that calibration accumulates
 
 
@@ -106,6 +118,7 @@ def build_model(config: RealNetConfig, backbone) -> RealNet:
         num_res_blocks=rc.num_res_blocks,
         attention=rc.attention,
     )
+    check_bottom_maps(config.train.image_size, backbone.strides, backbone.layers, reconstruction)
     residual_selection = ResidualSelection(sum(channels), config.rrs.ratio, config.rrs.mode)
     discriminator = Discriminator(
         residual_selection.retained,

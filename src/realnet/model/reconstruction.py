@@ -186,11 +186,13 @@ class ReconstructionUNet(nn.Module):
         self.encoder = nn.ModuleList()
         skip_widths = []
         width = base_width
+        bottom, at_bottom = len(channel_mults) - 1, []  # the modules that run on the smallest map
         for level, mult in enumerate(channel_mults):
             if level != 0:
                 self.encoder.append(nn.AvgPool2d(2))
             for _ in range(num_res_blocks):
                 self.encoder.append(stage(width, base_width * mult, level))
+                at_bottom += [self.encoder[-1]] if level == bottom else []
                 width = base_width * mult
                 skip_widths.append(width)
 
@@ -206,6 +208,7 @@ class ReconstructionUNet(nn.Module):
             for _ in range(num_res_blocks):
                 out_width = base_width * channel_mults[level]
                 self.decoder.append(stage(width + skip_widths.pop(), out_width, level))
+                at_bottom += [self.decoder[-1]] if level == bottom else []
                 width = out_width
             if level != 0:
                 self.decoder.append(nn.ConvTranspose2d(width, width, 4, stride=2, padding=1))
@@ -217,6 +220,12 @@ class ReconstructionUNet(nn.Module):
         )
         nn.init.zeros_(self.output[-1].weight)
         nn.init.zeros_(self.output[-1].bias)
+        at_bottom.append(self.middle)
+        if len(channel_mults) == 1:
+            at_bottom.append(self.output)
+        # GroupNorm on one channel of a 1x1 map normalises every value to zero (and refuses a batch of one)
+        self.smallest_bottom_group = min(norm.num_channels // norm.num_groups for part in at_bottom
+                                         for norm in part.modules() if isinstance(norm, nn.GroupNorm))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
