@@ -74,6 +74,9 @@ def test_file_and_overrides_apply_in_order(tmp_path):
     # an unset shell variable (train.steps=$N) made steps null: a 1000-epoch fit without a word
     ("train.steps=", r"--set train.steps=: empty value; write null for none"),
     ("synthesis.sources={cutpaste: 0}", "synthesis.sources must give at least one source a positive weight"),
+    # regression: AFS silently kept channels 0..m_k-1, every channel's loss tied
+    ("synthesis.sources={feature_noise: 1}", r"selection.method=afs ranks channels on synthetic anomalous images, "
+                                             r"and feature_noise, the only source, changes no image"),
 ])
 def test_bad_overrides_name_the_option(override, needle):
     with pytest.raises(RealnetError, match=needle):

@@ -181,3 +181,17 @@ def test_embedding_upsamples_coarser_layers_bilinearly():
     embedding = feature_embedding([fine, coarse])
     expected = torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
     torch.testing.assert_close(embedding[:, 2:], expected)
+
+
+def test_a_regularization_too_small_for_few_fit_images_is_one_clear_error():
+    """Regression: with fewer fit images than density channels the covariance is singular, and a
+    regularization near float64's epsilon ended the fit in a Cholesky traceback after training."""
+    from realnet.engine.build import build_backbone, build_model
+    from realnet.engine.fit import calibrate_fusion
+
+    config = load_config("tiny", overrides=["density.weight=0.5", "density.regularization=1e-20"])
+    model = build_model(config, build_backbone(config))
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    with pytest.raises(RealnetError, match=r"density.regularization=1e-20 is too small to make the feature covariance "
+                                           r"of 3 fit images and \d+ channels invertible"):
+        calibrate_fusion(model, images, images, config, torch.device("cpu"))

@@ -403,6 +403,12 @@ def differing_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]
 def validate_config(config: RealNetConfig) -> None:
     checks = [
         (config.selection.method in ("afs", "rdr", "rlpr"), "selection.method must be afs, rdr or rlpr"),
+        # AFS ranks channels by how the synthetic images change them; feature noise changes no image
+        (not (config.selection.method == "afs" and config.selection.channels is not None
+              and {n for n, w in config.synthesis.sources.items() if w > 0} == {"feature_noise"}),
+         "selection.method=afs ranks channels on synthetic anomalous images, and feature_noise, the only source, "
+         "changes no image (every channel would tie and the first m_k be kept); add an image source or use "
+         "selection.method=rdr"),
         (config.reconstruction.arch in ("A", "B", "C"), "reconstruction.arch must be A, B or C"),
         (config.rrs.mode in ("max", "avg", "max_avg", "all"), "rrs.mode must be max, avg, max_avg or all"),
         (0 < config.rrs.ratio <= 1, "rrs.ratio (P) must be in (0, 1]"),

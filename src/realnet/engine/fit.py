@@ -414,7 +414,12 @@ def calibrate_fusion(model: RealNet, fit_images: np.ndarray, scale_images: np.nd
             mean, covariance = gaussian_statistics(
                 fusion.density.embed(f).cpu()
                 for f in _backbone_batches(model, fit_images, batch_size, device, "feature density", progress))
-            fusion.density.calibrate(mean, covariance, config.density.regularization)
+            try:
+                fusion.density.calibrate(mean, covariance, config.density.regularization)
+            except torch.linalg.LinAlgError:  # few fit images for many channels leave the covariance singular
+                raise RealnetError(f"density.regularization={config.density.regularization:g} is too small to make "
+                                   f"the feature covariance of {len(fit_images)} fit images and {mean.shape[-1]} "
+                                   "channels invertible; raise it (default 0.01) or give more images") from None
         if fusion.memory is not None:
             # on the CPU: every fit position's embedding may not fit on the accelerator
             patches = torch.cat([fusion.memory.embed(f).permute(0, 2, 3, 1).flatten(0, 2).cpu()
