@@ -505,3 +505,80 @@ def test_a_suite_file_is_read_as_config_files_are(tmp_path):
                     "axes: [{name: seeds, variants: [{name: ten, set: {train.seed: 010}}]}]\n")
     (cell,) = expand(load_suite(path))
     assert cell.config["train"]["seed"] == 10
+
+
+@pytest.mark.parametrize("given", [("rrs.ratio", 0.5), ("synthesis.sources", {"dtd": 1.0}),
+                                   ("synthesis.sources.dtd", 1.0)])
+def test_a_suite_wide_set_of_a_key_a_variant_sets_is_refused(given):
+    """Regression: `bench --suite tiny --set rrs.ratio=0.5` ran the reference cell at P = 1/2 and
+    labelled it "Max&Avg, P = 1/3 | suite default" beside the paper's P = 1/3 figures."""
+    suite = parse_suite(suite_dict([{"name": "reference"}, {"name": "p05", "set": {"rrs.ratio": 0.5}},
+                                    {"name": "shade", "set": {"synthesis.sources": {"shade": 1.0}}}]), "s.yaml")
+    with pytest.raises(RealnetError, match=rf"--set {given[0]}: variant \w+ of axis axis sets [\w.]+ itself"):
+        suite.with_overrides([given])
+    assert suite.with_overrides([("train.steps", 3)]).overrides == (("train.steps", 3),)
+
+
+def test_null_texts_of_a_suite_fall_back_to_their_defaults():
+    """Regression: `label: null` (or title, paper, description) printed the word None in the tables."""
+    suite = parse_suite(suite_dict([{"name": "r", "label": None}], description=None)
+                        | {"axes": [{"name": "a", "paper": None, "title": None, "variants": [{"name": "r", "label": None}]}]},
+                        "s.yaml")
+    assert (suite.description, suite.axes[0].paper, suite.axes[0].title, suite.axes[0].variants[0].label) == ("", "", "a", "r")
+
+
+def test_a_plot_with_no_points_left_is_removed_and_partial_points_are_marked(tmp_path, fixture_data):
+    """Regression: a plot kept its old figures once no cell of the current settings was complete;
+    a point averaged over some categories only was drawn like the others."""
+    from realnet.bench.plots import line_plot
+
+    path = tmp_path / "plot.png"
+    assert line_plot(path, {"max_avg": [(0.5, (0.9, 0.8, 0.7), True), (1.0, (0.8, 0.7, 0.6), False)]}, "P", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not line_plot(path, {"max_avg": []}, "P", "t") and not path.exists()
+    suite = parse_suite(suite_dict([{"name": "a"}, {"name": "b", "set": {"rrs.ratio": 0.5}}])
+                        | {"datasets": [{"name": "d", "layout": "mvtec", "root": "d", "categories": ["x", "y"]}]}
+                        | {"axes": [{"name": "axis", "plot": {"x": "rrs.ratio", "lines": "rrs.mode"},
+                                     "variants": [{"name": "a"}, {"name": "b", "set": {"rrs.ratio": 0.5}}]}]}, "t")
+    done = {"status": "complete", "metrics": {"image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7}}
+    statuses = {"d/x/a": done, "d/y/a": done, "d/x/b": done, "d/y/b": {"status": "pending"}}
+    ((line, points),) = tables.plot_series(suite, suite.axes[0], expand(suite), statuses)["d"].items()
+    assert [(x, complete) for x, _, complete in points] == [(pytest.approx(1 / 3), True), (0.5, False)]
+
+
+def test_a_cell_stopped_by_sigterm_is_recorded_as_interrupted(tmp_path, fixture_data, monkeypatch):
+    """Regression: only Ctrl-C was recorded; SIGTERM (the CLI's Terminated) left the cell "running"."""
+    from realnet.bench import runner
+
+    class Terminated(BaseException):
+        pass
+
+    def stopped(*args, **kwargs):
+        raise Terminated
+
+    monkeypatch.setattr(runner, "fit_and_test", stopped)
+    suite = load_suite("tiny")
+    with pytest.raises(Terminated):
+        run_suite(BenchRequest(suite=suite, out=tmp_path / "out", data=fixture_data, only=["fixture/widget/reference"],
+                               device="cpu"))
+    assert read_json(tmp_path / "out/tiny/fixture/widget/reference/cell.json")["status"] == "interrupted"
+
+
+def test_tables_only_given_the_runs_sia_folder_calls_unrun_sia_cells_pending(tmp_path, fixture_data):
+    """Regression: --tables-only always said "needs --sia" for SIA cells not run yet, though the run
+    that made the folder had --sia (and its own tables said pending)."""
+    from realnet.bench.runner import cell_dir
+
+    raw = suite_dict([{"name": "plain"}, {"name": "bank", "set": {"synthesis.sources": {"sia": 1.0}}}])
+    suite_file = tmp_path / "s.yaml"
+    suite_file.write_text(yaml.safe_dump(raw))
+    suite = parse_suite(raw, str(suite_file))
+    plain, bank = expand(suite)
+    fake_complete_cell(cell_dir(tmp_path / "out", suite, plain), plain.config, fixture_data, 0.9)
+    (tmp_path / "sia").mkdir()
+    command = ["bench", "--suite", str(suite_file), "--out", str(tmp_path / "out"), "--tables-only"]
+    table = tmp_path / "out/s/tables/axis.md"
+    assert main(command + ["--sia", str(tmp_path / "sia")]) == 0
+    assert "| fixture | widget | (90.00, 90.00, 90.00) | pending |" in table.read_text()
+    assert main(command) == 0
+    assert "| fixture | widget | (90.00, 90.00, 90.00) | needs --sia |" in table.read_text()

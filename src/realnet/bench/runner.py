@@ -255,14 +255,14 @@ def run_cell(cell: Cell, folder: Path, data_root: Path, folders: dict[str, str],
     (folder / CRASH_LOG).unlink(missing_ok=True)  # a previous attempt's traceback no longer applies
     try:
         status.update(fit_and_test(cell, folder, data_root, folders, request), status="complete")
-    except KeyboardInterrupt:
-        write_json(folder / CELL_STATUS, {**status, "status": "interrupted"})
-        raise
     except RealnetError as error:
         status.update(status="failed", error=one_line(str(error)))
     except Exception as error:  # a bug or a library error: keep going, keep the traceback
         status.update(status="failed", error=f"{type(error).__name__}: {one_line(str(error))} (traceback in {CRASH_LOG})")
         (folder / CRASH_LOG).write_text(traceback.format_exc())
+    except BaseException:  # Ctrl-C, the CLI's SIGTERM exception, SystemExit: stopped, not failed
+        write_json(folder / CELL_STATUS, {**status, "status": "interrupted"})
+        raise
     status["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S")
     write_json(folder / CELL_STATUS, status)
     return status

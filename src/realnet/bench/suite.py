@@ -114,7 +114,19 @@ class Suite:
 
     def with_overrides(self, overrides: list[Override]) -> Suite:
         """The same suite with `set` values for every cell, replacing the suite's own for the same
-        keys (they change cell identities)."""
+        keys (they change cell identities). A key that a variant sets is refused: the cells of the
+        variants that leave it out would run the value given here under their own labels (a "P =
+        1/3" row run at P = 1/2)."""
+        for key, _ in overrides:
+            for axis in self.axes:
+                for variant in axis.variants:
+                    clash = next((own for own, _ in variant.overrides
+                                  if own == key or own.startswith(f"{key}.") or key.startswith(f"{own}.")), None)
+                    if clash is not None:
+                        raise RealnetError(f"--set {key}: variant {variant.name} of axis {axis.name} sets {clash} "
+                                           "itself, which that axis compares; the other variants' rows would be "
+                                           "labelled with settings they did not run. Leave it out, or edit a copy "
+                                           f"of {self.source}")
         merged = dict(self.overrides)
         merged.update(overrides)
         return replace(self, overrides=tuple(merged.items()))
@@ -180,7 +192,7 @@ def parse_suite(raw: Any, source: str) -> Suite:
     axes = tuple(_parse_axis(a, f"{where}: axes[{i}]", datasets, known_keys)
                  for i, a in enumerate(_list(raw["axes"], f"{where}: axes")))
     _unique([a.name for a in axes], f"{where}: axis names")
-    return Suite(name, str(raw.get("description", "")), raw["preset"], _parse_set(raw.get("set"), f"{where}: set"),
+    return Suite(name, _text(raw, "description", ""), raw["preset"], _parse_set(raw.get("set"), f"{where}: set"),
                  datasets, axes, source)
 
 
@@ -209,11 +221,11 @@ def _parse_axis(raw: Any, where: str, datasets: tuple[DatasetSpec, ...], known_k
         for role in ("x", "lines"):  # checked now, not after every cell has trained
             if not isinstance(raw["plot"][role], str) or raw["plot"][role] not in known_keys:
                 raise RealnetError(f"{where}: plot {role} '{raw['plot'][role]}' is not a setting (section.key)")
-        plot = PlotSpec(raw["plot"]["x"], raw["plot"]["lines"], raw["plot"].get("x_label", raw["plot"]["x"]))
+        plot = PlotSpec(raw["plot"]["x"], raw["plot"]["lines"], _text(raw["plot"], "x_label", raw["plot"]["x"]))
     variants = tuple(_parse_variant(v, f"{where}: variants[{i}]")
                      for i, v in enumerate(_list(raw["variants"], f"{where}: variants")))
     _unique([v.name for v in variants], f"{where}: variant names")
-    return Axis(name, str(raw.get("paper", "")), str(raw.get("title", name)), chosen, variants, plot)
+    return Axis(name, _text(raw, "paper", ""), _text(raw, "title", name), chosen, variants, plot)
 
 
 def _parse_variant(raw: Any, where: str) -> Variant:
@@ -226,7 +238,13 @@ def _parse_variant(raw: Any, where: str) -> Variant:
             raise RealnetError(
                 f"{where} ({name}): paper must be [Image AUROC, Pixel AUROC, PRO] in % (null where not reported)")
         paper = tuple(None if v is None else float(v) for v in paper)
-    return Variant(name, str(raw.get("label", name)), _parse_set(raw.get("set"), f"{where} ({name}): set"), paper)
+    return Variant(name, _text(raw, "label", name), _parse_set(raw.get("set"), f"{where} ({name}): set"), paper)
+
+
+def _text(raw: dict, key: str, default: str) -> str:
+    """An optional text entry; left out or null, `default` (not the word None in every table)."""
+    value = raw.get(key)
+    return default if value is None else str(value)
 
 
 def _parse_set(raw: Any, where: str) -> tuple[Override, ...]:

@@ -162,9 +162,9 @@ def trend_table(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[str,
 
 
 def plot_series(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[str, dict]) -> dict[str, dict[str, list]]:
-    """For an axis with a plot: per dataset, per line value, the points (x, averaged metrics)
-    of the variants with at least one complete category. x and line values come from each
-    variant's effective configuration."""
+    """For an axis with a plot: per dataset, per line value, the points (x, averaged metrics,
+    whether every category is complete) of the variants with at least one complete category. x
+    and line values come from each variant's effective configuration."""
     held = axis_cells(axis, cells)
     series: dict[str, dict[str, list]] = {}
     for dataset_name in axis.datasets:
@@ -174,7 +174,8 @@ def plot_series(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[str,
             done = [m for m in (metrics_of(statuses[c.id]) for c in cells_of) if m]
             if done:
                 config = flat_config(cells_of[0].config)
-                lines.setdefault(str(config[axis.plot.lines]), []).append((config[axis.plot.x], mean_metrics(done)))
+                lines.setdefault(str(config[axis.plot.lines]), []).append(
+                    (config[axis.plot.x], mean_metrics(done), len(done) == len(cells_of)))
         series[dataset_name] = lines
     return series
 

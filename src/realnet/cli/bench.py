@@ -32,9 +32,8 @@ def register(subparsers) -> None:
                        help="run only cells whose dataset/category/variant (any variant a shared cell stands for) "
                             "or axis matches this glob (repeatable)")
     bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                       help="override a config value in every cell, e.g. --set train.steps=5, except where a "
-                            "variant sets that key itself (the variant is what the table compares); part of each "
-                            "cell's identity")
+                       help="override a config value in every cell, e.g. --set train.steps=5; part of each "
+                            "cell's identity. A key that a variant sets is refused (it is what the table compares)")
     bench.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     bench.add_argument("--tables-only", action="store_true", help="rewrite the tables and plots from finished cells")
     bench.set_defaults(func=run_bench)
@@ -53,7 +52,7 @@ def parse_data_roots(specs: list[str]) -> dict[str, Path]:
 
 
 def run_bench(args) -> int:
-    from realnet.bench.runner import BenchRequest, run_suite, suite_dir, write_reports
+    from realnet.bench.runner import BenchRequest, check_folders, run_suite, suite_dir, write_reports
     from realnet.bench.suite import expand, load_suite, parse_override
     from realnet.config import refuse_lost_overrides
     from realnet.errors import RealnetError
@@ -64,7 +63,7 @@ def run_bench(args) -> int:
         if not suite_dir(args.out, suite).is_dir():  # a mistyped --out would get a tree of "pending" tables
             raise RealnetError(f"--tables-only: {suite_dir(args.out, suite)} does not exist: no cell of suite "
                                f"{suite.name} has run under --out {args.out}")
-        written = write_reports(suite, expand(suite), args.out)
+        written = write_reports(suite, expand(suite), args.out, check_folders(args.dtd, args.sia))
         failed = 0
     else:
         request = BenchRequest(suite=suite, out=args.out, data=args.data, data_roots=parse_data_roots(args.data_root),
