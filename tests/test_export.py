@@ -294,3 +294,18 @@ def test_an_interrupted_export_leaves_none_of_the_folders_it_made(tiny_run, tmp_
     assert main(["export", "--run", str(tiny_run[1]), "--out", str(tmp_path / "a" / "b" / "m.onnx")]) != 0
     assert "interrupted" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_the_parity_line_names_a_folder_datasets_folders_not_a_missing_category_folder(tmp_path):
+    """Regression: a folder-dataset run's parity line named ROOT/custom, a folder that does not exist."""
+    from dataset_fixtures import make_folder_tree
+    from realnet.export.onnx import parity_inputs
+
+    root = make_folder_tree(tmp_path / "data", n_normal=4, n_abnormal=2, n_normal_test=2, size=(64, 64))
+    meta = {"data": {"root": str(root), "category": "custom", "dataset": "folder",
+                     "folder_options": {"normal_dir": "normal", "abnormal_dir": "abnormal", "mask_dir": "masks",
+                                        "normal_test_dir": "normal_test"}}}
+    images, where = parity_inputs(meta, 64, 2)
+    assert images.shape == (2, 3, 64, 64)
+    assert where == (f"test images of the folder dataset at {root} (normal_dir=normal, abnormal_dir=abnormal, "
+                     "mask_dir=masks, normal_test_dir=normal_test)")

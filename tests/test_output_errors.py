@@ -100,3 +100,35 @@ def test_other_runtime_errors_still_show_their_traceback(tiny_run, monkeypatch):
     monkeypatch.setattr("realnet.engine.evaluate.evaluate", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["test", "--run", str(tiny_run)])
+
+
+def test_a_second_ctrl_c_while_an_interrupted_command_exits_prints_no_traceback(tmp_path):
+    """Regression: two SIGINTs 10 ms apart during fit printed "realnet: interrupted" and then a
+    KeyboardInterrupt traceback from torch's exit handlers. The process's own command ignores
+    Ctrl-C once interrupted; an in-process caller (argv given) gets its handler back."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "twice.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import realnet.cli.detector as detector\n"
+        "from realnet.cli.main import main\n"
+        "def stopped(args):\n"
+        "    raise KeyboardInterrupt\n"
+        "detector.run_predict = stopped\n"
+        "sys.argv = ['realnet', 'predict', '--run', 'r', 'x.png']\n"
+        "handler = signal.getsignal(signal.SIGINT)\n"
+        "assert main(['predict', '--run', 'r', 'x.png']) == 130 and signal.getsignal(signal.SIGINT) is handler\n"
+        "code = main()\n"
+        "os.kill(os.getpid(), signal.SIGINT)\n"
+        "print('exited quietly', code)\n")
+    src = Path(__file__).resolve().parents[1] / "src"
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(src)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "exited quietly 130\n"
+    assert result.stderr == "realnet: interrupted\nrealnet: interrupted\n"

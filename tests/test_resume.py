@@ -326,7 +326,10 @@ def test_resume_with_another_dtd_found_through_the_environment_is_refused(tmp_pa
     monkeypatch.setenv("REALNET_DTD", str(tmp_path / "nowhere"))
     with pytest.raises(RealnetError, match=r"DTD folder .*nowhere not found \(\$REALNET_DTD\)"):
         fit(replace(request, resume=True))
-    monkeypatch.setenv("REALNET_DTD", str(tmp_path / "dtd_a"))
+    # regression: the same folder given as --dtd (synthesis.dtd_root) instead of $REALNET_DTD was refused
+    # as "other settings", though it is the folder found, not the way it is given, that the run depends on
+    monkeypatch.delenv("REALNET_DTD")
+    request.config.synthesis.dtd_root = str(tmp_path / "dtd_a")
     meta = fit(replace(request, resume=True))
     assert meta["data"]["dtd"] == str((tmp_path / "dtd_a").resolve())
 

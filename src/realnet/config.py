@@ -389,7 +389,9 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 # settings that change how a run is carried out, never what it computes: a resume may change them and a
 # finished bench cell keeps its figures (--select-on-test's evaluation steps, which checkpoint_every sets
 # without --eval-every, are checked apart)
-RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every"})
+# synthesis.dtd_root: --dtd, $REALNET_DTD and <data root>/dtd find the same folder three ways; the
+# folder found is what a resume checks (fit's run inputs), so the way it was given may change
+RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every", "synthesis.dtd_root"})
 
 
 def differing_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:

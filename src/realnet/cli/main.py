@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", message="Image size .* could be decompression bomb DOS attack")
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    previous_interrupt = signal.getsignal(signal.SIGINT)
     try:
         return int(args.func(args) or 0)
     except Terminated:
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"realnet: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if in_main_thread:  # a second Ctrl-C while the process exits (torch's exit handlers) printed a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         print("realnet: interrupted", file=sys.stderr)
         return 130
     except RuntimeError as error:
@@ -127,3 +130,5 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
+            if argv is not None:  # an in-process caller goes on: Ctrl-C must reach it again
+                signal.signal(signal.SIGINT, previous_interrupt)

@@ -145,6 +145,16 @@ def run_metadata(meta: Mapping) -> dict[str, str]:
     }
 
 
+def _data_description(data: Mapping) -> str:
+    """Where the run's test images are: ROOT/CATEGORY, or a folder dataset's root and folders (its
+    category is only a name)."""
+    if data["dataset"] != "folder":
+        return str(Path(data["root"]) / data["category"])
+    folders = ", ".join(f"{name}={value}" for name, value in (data.get("folder_options") or {}).items()
+                        if name.endswith("_dir"))
+    return f"the folder dataset at {data['root']} ({folders})"
+
+
 def parity_inputs(meta: Mapping, size: int, count: int) -> tuple[Tensor, str]:
     """`count` test images of the run's data, evenly spread over its sorted test split (so both
     normal and defective ones), as (N, 3, S, S) in [0, 1]; seeded random images when the data is
@@ -164,7 +174,7 @@ def parity_inputs(meta: Mapping, size: int, count: int) -> tuple[Tensor, str]:
         chosen = [tests[i] for i in np.unique(np.linspace(0, len(tests) - 1, count).round().astype(int))]
         images, _, kept, _ = load_samples(chosen, size, skip_bad=True, progress=False)
         if kept:
-            return to_tensor(images), f"test images of {Path(data['root']) / data['category']}"
+            return to_tensor(images), f"test images of {_data_description(data)}"
     generator = torch.Generator().manual_seed(PARITY_SEED)
     return torch.rand((count, 3, size, size), generator=generator), "random images"
 
