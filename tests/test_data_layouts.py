@@ -533,3 +533,22 @@ def test_mvtec_mask_named_stem_mask_wins_over_a_same_stem_file(tmp_path):
     shutil.copy(truth / "000_mask.png", truth / "000.png")
     [record] = [r for r in load_dataset(root, "widget") if r.label == ANOMALOUS]
     assert record.mask == truth / "000_mask.png"
+
+
+def test_folder_subfolders_holding_images_are_refused_not_skipped(tmp_path):
+    """Regression: a folder per production line under --normal-dir was left out without a word
+    (fit trained on the 2 images at the top, `data check` said "no problems")."""
+    root = make_folder_tree(tmp_path, n_normal=2, n_abnormal=2)
+    (root / "normal" / "line_A").mkdir()
+    (root / "normal" / "line_A" / "part_001.png").write_bytes((root / "normal" / "img_000.png").read_bytes())
+    (root / "normal" / ".thumbnails").mkdir()  # hidden: not images of the dataset
+    (root / "normal" / ".thumbnails" / "x.png").write_bytes(b"")
+    with pytest.raises(RealnetError, match=r"--normal-dir .*normal: its subfolder\(s\) line_A/ hold images, which the "
+                                           r"folder dataset does not read"):
+        load_dataset(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal", mask_dir="masks")
+    (root / "normal" / "line_A" / "part_001.png").unlink()  # an empty subfolder leaves nothing out
+    assert len(load_dataset(root, "parts", "folder", normal_dir="normal")) == 2
+    (root / "masks").rename(root / "abnormal" / "masks")  # a given folder inside another is read, not refused
+    records = load_dataset(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal",
+                           mask_dir="abnormal/masks")
+    assert sum(r.mask is not None for r in records) == 2

@@ -105,7 +105,8 @@ def load_folder(
     seed: int = 0,
     category: str = "custom",
 ) -> list[Record]:
-    """Records of a custom dataset made of plain folders of images (not searched recursively).
+    """Records of a custom dataset made of plain folders of images (not searched recursively: a
+    folder whose subfolders hold images is refused, so that none is left out in silence).
 
     - `normal_dir`: normal images. With `normal_test_dir` they are all training images and the
       images of `normal_test_dir` are the normal test images; it may then be left out when only
@@ -122,6 +123,8 @@ def load_folder(
     if normal_dir is None and normal_test_dir is None:
         raise RealnetError("dataset 'folder' needs normal_dir (--normal-dir), or normal_test_dir "
                            "(--normal-test-dir) for a test split alone")
+    _refuse_unread_subfolders({"--normal-dir": normal_dir, "--abnormal-dir": abnormal_dir, "--mask-dir": mask_dir,
+                               "--normal-test-dir": normal_test_dir})
     normal_images = [] if normal_dir is None else _images_in(_require_dir(Path(normal_dir), "normal folder"),
                                                              required=True)
     if normal_test_dir is not None:
@@ -320,6 +323,28 @@ def _require_category(base: Path, category: str) -> Path:
         hint = f" (categories there: {', '.join(found)})" if found else ""
         raise RealnetError(f"category folder {category_dir} not found{hint}")
     return category_dir
+
+
+def _refuse_unread_subfolders(folders: dict[str, str | Path | None]) -> None:
+    """The folder dataset reads the images directly in each folder; images in their subfolders (a
+    folder per production line) would be left out of training or testing without a word. A
+    subfolder that is itself one of the given folders (masks inside the abnormal folder) is read."""
+    given = {Path(folder).resolve() for folder in folders.values() if folder is not None}
+    for flag, folder in folders.items():
+        if folder is None or not Path(folder).is_dir():
+            continue  # a missing folder is named where it is read
+        unread = [sub for sub in _subdirs(Path(folder)) if sub.resolve() not in given and _holds_images(sub)]
+        if unread:
+            names = ", ".join(f"{sub.name}/" for sub in unread[:3]) + (" ..." if len(unread) > 3 else "")
+            raise RealnetError(f"{flag} {folder}: its subfolder(s) {names} hold images, which the folder dataset "
+                               "does not read (only the images directly in the folder); move them up into it, "
+                               "or give the subfolder itself")
+
+
+def _holds_images(folder: Path) -> bool:
+    return any(path.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in
+                                                                 path.relative_to(folder).parts)
+               for path in folder.rglob("*"))
 
 
 def _require_dir(path: Path, what: str) -> Path:
