@@ -591,3 +591,21 @@ def test_folder_options_on_a_run_of_another_layout_need_dataset_folder(tiny_run,
     assert capsys.readouterr().err.splitlines() == [
         "realnet: error: the folder dataset's options apply to --dataset folder only, and the run's data is mvtec: "
         "add --dataset folder to test on folders"]
+
+
+def test_a_test_split_holding_the_runs_training_images_is_refused(tmp_path, capsys):
+    """Regression: `test --normal-dir ok ... --split-seed 1` on a run split with seed 0 scored 8 of
+    its training images as normal test images, without a word."""
+    from dataset_fixtures import make_folder_tree
+
+    root = make_folder_tree(tmp_path / "data", n_normal=10, n_abnormal=2, size=(64, 64))
+    out = tmp_path / "run"
+    folder = ["--dataset", "folder", "--data", str(root), "--normal-dir", "normal", "--abnormal-dir", "abnormal",
+              "--mask-dir", "masks"]
+    assert main(["fit", *folder, "--preset", "tiny", "--out", str(out), "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main(["test", "--run", str(out), *folder, "--split-seed", "1", "--panels", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("realnet: error: ") and "of the test images are normal training images of this run" in error
+    assert not (out / "metrics.json").exists()
+    assert main(["test", "--run", str(out), *folder, "--panels", "0"]) == 0  # its own split, given again

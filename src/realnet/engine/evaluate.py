@@ -180,6 +180,24 @@ def write_test_outputs(run_dir: Path, metrics: dict, split: TestSplit, maps: np.
             tmp.unlink(missing_ok=True)
 
 
+def refuse_training_images_as_tests(recorded: dict[str, Any], tested: dict[str, Any]) -> None:
+    """A test split other than the run's own may hold images the run was fitted or calibrated on
+    (another split seed or ratio of the same folder, the training folder given as a test folder):
+    its scores on them say nothing about new parts. Checked while the run's data is still there."""
+    try:
+        trained = {record.image.resolve() for record in load_dataset(
+            recorded["root"], recorded["category"], recorded["dataset"], **(recorded.get("folder_options") or {}))
+            if record.split == "train"}
+    except (RealnetError, OSError):
+        return
+    seen = sorted(record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
+                                                          **tested["folder_options"])
+                  if record.split == "test" and record.image.resolve() in trained)
+    if seen:
+        raise RealnetError(f"{len(seen)} of the test images are normal training images of this run (first: {seen[0]}): "
+                           "its scores on them say nothing about new parts; test on images it was not fitted on")
+
+
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
              folder_options: dict | None = None, device: str = "auto", batch_size: int | None = None, panels: int = 6,
              skip_bad: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -204,6 +222,10 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     inherited = data.get("folder_options", {}) if tested_dataset == data["dataset"] else {}  # options of that layout
     tested = {"root": str(Path(data_root or data["root"]).resolve()), "category": category or data["category"],
               "dataset": tested_dataset, "folder_options": folder_options if folder_options is not None else inherited}
+    if {key: tested[key] for key in ("category", "dataset", "folder_options")} != {
+            key: data.get(key) for key in ("category", "dataset", "folder_options")} or tested["root"] != str(
+            Path(data["root"]).resolve()):
+        refuse_training_images_as_tests(data, tested)
     split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
                             skip_bad=skip_bad, progress=progress)
     started = time.time()
