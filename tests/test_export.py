@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -309,3 +310,34 @@ def test_the_parity_line_names_a_folder_datasets_folders_not_a_missing_category_
     assert images.shape == (2, 3, 64, 64)
     assert where == (f"test images of the folder dataset at {root} (normal_dir=normal, abnormal_dir=abnormal, "
                      "mask_dir=masks, normal_test_dir=normal_test)")
+
+
+def test_the_parity_check_fails_a_graph_that_outputs_nan(exported, detector, tmp_path):
+    """Regression: max(0.0, nan) is 0.0, so a graph whose maps and scores were NaN passed parity
+    with a difference of 0."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from realnet.export.onnx import check_parity
+
+    proto = onnx.load(exported[0])
+    weights = max(proto.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    weights.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(weights).shape, np.nan, np.float32),
+                                             weights.name))
+    onnx.save(proto, tmp_path / "nan.onnx")
+    size = detector[1]["config"]["train"]["image_size"]
+    report = check_parity(detector[0], tmp_path / "nan.onnx", torch.rand(2, 3, size, size))
+    assert report.max_abs_map_difference == float("inf") and not report.passed
+
+
+def test_an_out_path_on_a_file_of_the_run_is_refused(tiny_run, tmp_path, capsys):
+    """Regression: `--out RUN/model.safetensors` replaced the run's weights with the ONNX graph."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[1], run_dir)
+    weights = (run_dir / "model.safetensors").read_bytes()
+    assert main(["export", "--run", str(run_dir), "--out", str(run_dir / "model.safetensors")]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"realnet: error: --out {run_dir / 'model.safetensors'}: model.safetensors is a file of the run being "
+        "exported; give a path outside the run folder or a new name"]
+    assert (run_dir / "model.safetensors").read_bytes() == weights

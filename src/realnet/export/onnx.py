@@ -48,7 +48,10 @@ TRACE_BATCH = 2  # a dynamic graph is traced at 2 and checked at other sizes, so
 PROTOBUF_LIMIT_BYTES = 2**31 - 1
 INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each 8-bit image straight-resized (no crop) to "
                 "S x S as PIL.Image.resize does with Image.BILINEAR, which antialiases when shrinking "
-                "(cv2.resize INTER_LINEAR does not, and shifts the scores)")
+                "(cv2.resize INTER_LINEAR does not, and shifts the scores). Read as realnet predict reads "
+                "files (realnet.data.io.read_image): EXIF orientation applied; transparency composited on "
+                "black (each channel times alpha / 255, rounded); grey replicated to RGB; integer images "
+                "wider than 8 bits scaled by round(v * 255 / (2**bits - 1))")
 MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0, 1]",
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
                             "normal training images"),
@@ -109,6 +112,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     require_export_packages()
     check_opset(opset)
     run_dir = Path(run_dir)
+    _refuse_overwriting_the_run(run_dir, Path(out))
     model, meta = load_run(run_dir, torch.device("cpu"))
     size = int(meta["config"]["train"]["image_size"])
     images, source = parity_inputs(meta, size, parity_images)
@@ -116,6 +120,14 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                        image_source=source, opset=opset, dynamic_batch=dynamic_batch,
                        map_tolerance=map_tolerance, score_tolerance=score_tolerance,
                        external_data=external_data)
+
+
+def _refuse_overwriting_the_run(run_dir: Path, out: Path) -> None:
+    """--out runs/x/model.safetensors replaced the run's trained weights with the ONNX graph."""
+    for target in (out, out.with_name(out.name + ".data")):  # the graph and its external weights
+        if target.exists() and target.resolve().parent == run_dir.resolve():
+            raise RealnetError(f"--out {out}: {target.name} is a file of the run being exported; give a path "
+                               "outside the run folder or a new name")
 
 
 def require_export_packages() -> None:
@@ -276,12 +288,18 @@ def check_parity(model: RealNet, onnx_path: str | Path, images: Tensor, *, batch
     for batch in batch_sizes:
         for start in range(0, len(images) - batch + 1, batch):
             maps, scores = session.run(list(OUTPUT_NAMES), {INPUT_NAME: images[start:start + batch].numpy()})
-            map_difference = max(map_difference, float(np.abs(maps - expected_maps[start:start + batch]).max()))
-            score_difference = max(score_difference,
-                                   float(np.abs(scores - expected_scores[start:start + batch]).max()))
+            map_difference = max(map_difference, _largest_difference(maps, expected_maps[start:start + batch]))
+            score_difference = max(score_difference, _largest_difference(scores, expected_scores[start:start + batch]))
     return ParityReport(len(images), image_source, tuple(batch_sizes), map_difference, score_difference,
                         map_tolerance * max(1.0, float(np.abs(expected_maps).max())),
                         score_tolerance * max(1.0, float(np.abs(expected_scores).max())))
+
+
+def _largest_difference(got: np.ndarray, expected: np.ndarray) -> float:
+    """max |got - expected|, infinite where either is NaN: max(0.0, nan) is 0.0, so a graph that
+    outputs NaN passed the parity check."""
+    difference = np.abs(got.astype(np.float64) - expected)
+    return float("inf") if np.isnan(difference).any() else float(difference.max(initial=0.0))
 
 
 @contextmanager
