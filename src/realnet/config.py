@@ -323,6 +323,12 @@ def apply_overrides(config: RealNetConfig, overrides: list[str]) -> RealNetConfi
     return config
 
 
+def setting_covers(key: str, other: str) -> bool:
+    """Whether setting `key` includes `other`: the same setting, or one entry of its mapping
+    (synthesis.sources covers synthesis.sources.shade)."""
+    return other == key or other.startswith(f"{key}.")
+
+
 def refuse_lost_overrides(overrides: list[str]) -> None:
     """One line when one command line's --set options would drop a value: the same key given twice,
     or a mapping given whole after one of its entries (the entry would be lost). Settings given in
@@ -333,7 +339,7 @@ def refuse_lost_overrides(overrides: list[str]) -> None:
         if key in given:
             raise RealnetError(f"--set {key} is given twice ({given[key]!r} and {override!r}); give it once")
         for earlier_key, earlier in given.items():
-            if earlier_key.startswith(f"{key}."):
+            if setting_covers(key, earlier_key):
                 raise RealnetError(f"--set {override} replaces {key} after --set {earlier} set one of its "
                                    f"entries, which would be lost; give {key} first or in one value")
         given[key] = override

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from realnet.config import PRESETS, flat_config, load_config, read_config_yaml
+from realnet.config import PRESETS, flat_config, load_config, read_config_yaml, setting_covers
 from realnet.config import parse_override as parse_config_override
 from realnet.errors import RealnetError
 from realnet.files import read_utf8_text
@@ -121,7 +121,7 @@ class Suite:
             for axis in self.axes:
                 for variant in axis.variants:
                     clash = next((own for own, _ in variant.overrides
-                                  if own == key or own.startswith(f"{key}.") or key.startswith(f"{own}.")), None)
+                                  if setting_covers(key, own) or setting_covers(own, key)), None)
                     if clash is not None:
                         raise RealnetError(f"--set {key}: variant {variant.name} of axis {axis.name} sets {clash} "
                                            "itself, which that axis compares; the other variants' rows would be "

@@ -97,12 +97,12 @@ FLAG_SETTINGS = {"steps": "train.steps", "seed": "train.seed", "dtd": "synthesis
 def refuse_settings_given_twice(args, config) -> None:
     """One line when a flag and a --set override give the same setting (a --set of one entry of
     synthesis.sources included): without it the flag silently won."""
-    from realnet.config import parse_override
+    from realnet.config import parse_override, setting_covers
     from realnet.errors import RealnetError
 
     overridden = [parse_override(override)[0] for override in args.overrides]
     for flag, setting in FLAG_SETTINGS.items():
-        given = [key for key in overridden if key == setting or key.startswith(f"{setting}.")]
+        given = [key for key in overridden if setting_covers(setting, key)]
         if getattr(args, flag) is not None and given:
             raise RealnetError(f"--{flag.replace('_', '-')} and --set {given[0]} both set {setting}; give one of them")
     if args.bf16 and "train.bf16" in overridden and not config.train.bf16:

@@ -12,7 +12,6 @@ import signal
 import sys
 import threading
 import traceback
-import warnings
 
 from realnet import __version__
 from realnet.errors import RealnetError
@@ -89,9 +88,6 @@ def _allocation_failure(error: RuntimeError) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _escape_undecodable_names()
-    # every command reads images through realnet.data.io, which refuses oversized ones with a
-    # one-line error naming the file; Pillow's warning before it would only repeat it, as a traceback line
-    warnings.filterwarnings("ignore", message="Image size .* could be decompression bomb DOS attack")
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     previous_interrupt = signal.getsignal(signal.SIGINT)

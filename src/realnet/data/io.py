@@ -75,10 +75,10 @@ _TRANSPOSING_ORIENTATIONS = frozenset({5, 6, 7, 8})
 def open_image(path: str | Path) -> Image.Image:
     """Open, bomb-check, fully decode and EXIF-orient one image; any failure is a BadFileError."""
     path = Path(path)
-    max_image_pixels()  # a bad $REALNET_MAX_IMAGE_PIXELS is the command's error, not this file's
+    limit = max_image_pixels()  # a bad $REALNET_MAX_IMAGE_PIXELS is the command's error, not this file's
     try:
         with _open_unchecked(path) as image:
-            _refuse_bomb(path, image.size)
+            _refuse_bomb(path, image.size, limit)
             _refuse_misdecoded_tiff(path, image)
             image.load()
             # In place keeps the format's own object (a TIFF's BitsPerSample tag) and skips a copy.
@@ -180,9 +180,9 @@ _PILLOW_LIMIT = threading.Lock()
 
 
 def _open_unchecked(path: Path) -> Image.Image:
-    """Image.open without Pillow's own size check, which refuses images over twice its
-    MAX_IMAGE_PIXELS with a message naming no way around it; `_refuse_bomb` decides instead. Opening
-    reads the header only, so the lock is held briefly."""
+    """Image.open without Pillow's own size check, which warns (a traceback-like line) above its
+    MAX_IMAGE_PIXELS and refuses above twice that with a message naming no way around it;
+    `_refuse_bomb` decides instead. Opening reads the header only, so the lock is held briefly."""
     with _PILLOW_LIMIT:
         pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
         try:
@@ -191,8 +191,7 @@ def _open_unchecked(path: Path) -> Image.Image:
             Image.MAX_IMAGE_PIXELS = pillow_limit
 
 
-def _refuse_bomb(path: Path, size: tuple[int, int]) -> None:
-    limit = max_image_pixels()
+def _refuse_bomb(path: Path, size: tuple[int, int], limit: int) -> None:
     width, height = size
     if width * height > limit:
         raise BadFileError(
@@ -254,7 +253,7 @@ def _full_depth_mask(path: Path, oriented: Image.Image) -> np.ndarray:
         marked &= pixels[:, :, 3] != 0
     as_image = Image.fromarray(marked)
     if oriented.format != "TIFF":  # OpenCV turns a TIFF by its orientation tag itself, whatever the flags
-        with Image.open(path) as stored:
+        with _open_unchecked(path) as stored:  # its size was checked when `oriented` was opened
             as_image.getexif()[_EXIF_ORIENTATION] = stored.getexif().get(_EXIF_ORIENTATION, 1)
         ImageOps.exif_transpose(as_image, in_place=True)
     mask = np.asarray(as_image)

@@ -222,9 +222,9 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     inherited = data.get("folder_options", {}) if tested_dataset == data["dataset"] else {}  # options of that layout
     tested = {"root": str(Path(data_root or data["root"]).resolve()), "category": category or data["category"],
               "dataset": tested_dataset, "folder_options": folder_options if folder_options is not None else inherited}
-    if {key: tested[key] for key in ("category", "dataset", "folder_options")} != {
-            key: data.get(key) for key in ("category", "dataset", "folder_options")} or tested["root"] != str(
-            Path(data["root"]).resolve()):
+    own = {"root": str(Path(data["root"]).resolve()), "category": data["category"], "dataset": data["dataset"],
+           "folder_options": data.get("folder_options")}
+    if tested != own:  # the run's own test split holds none of its training images
         refuse_training_images_as_tests(data, tested)
     split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
                             skip_bad=skip_bad, progress=progress)

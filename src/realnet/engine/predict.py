@@ -126,8 +126,6 @@ def _map_stem(position: int, path: Path) -> str:
     return f"{position:05d}_{cut_to_bytes(path.stem, _STEM_BYTES)}"
 
 
-
-
 def _earlier_maps(folder: Path, overwrite: bool) -> set[Path]:
     """Refuse a --save-maps folder that holds anything, so that it never mixes two predicts' maps;
     with `overwrite`, the maps and overlays an earlier predict listed in its manifest (a killed one's

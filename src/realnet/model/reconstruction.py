@@ -192,7 +192,8 @@ class ReconstructionUNet(nn.Module):
                 self.encoder.append(nn.AvgPool2d(2))
             for _ in range(num_res_blocks):
                 self.encoder.append(stage(width, base_width * mult, level))
-                at_bottom += [self.encoder[-1]] if level == bottom else []
+                if level == bottom:
+                    at_bottom.append(self.encoder[-1])
                 width = base_width * mult
                 skip_widths.append(width)
 
@@ -208,7 +209,8 @@ class ReconstructionUNet(nn.Module):
             for _ in range(num_res_blocks):
                 out_width = base_width * channel_mults[level]
                 self.decoder.append(stage(width + skip_widths.pop(), out_width, level))
-                at_bottom += [self.decoder[-1]] if level == bottom else []
+                if level == bottom:
+                    at_bottom.append(self.decoder[-1])
                 width = out_width
             if level != 0:
                 self.decoder.append(nn.ConvTranspose2d(width, width, 4, stride=2, padding=1))
