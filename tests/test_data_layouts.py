@@ -439,6 +439,19 @@ def test_folder_orphans_and_missing_masks(tmp_path):
     ]
 
 
+def test_folder_masks_of_normal_images_are_not_orphans(tmp_path):
+    """Regression: `data check` called the (all-black) masks of normal images in --mask-dir
+    "mask without image"; a mask naming no image at all still is one."""
+    root = make_folder_tree(tmp_path, n_normal=4, n_abnormal=2, n_normal_test=2, mask_suffix="_mask")
+    black = np.zeros((32, 32), np.uint8)
+    for image in [*(root / "normal_test").iterdir(), *(root / "normal").iterdir()][:3]:
+        save(root / "masks" / f"{image.stem}_mask.png", black)
+    save(root / "masks" / "nothing_mask.png", black)
+    options = {"normal_dir": "normal", "abnormal_dir": "abnormal", "mask_dir": "masks",
+               "normal_test_dir": "normal_test"}
+    assert find_orphan_masks(root, "parts", "folder", **options) == [root / "masks" / "nothing_mask.png"]
+
+
 def test_folder_masks_may_share_the_abnormal_folder_with_the_mask_suffix(tmp_path):
     """Regression: with --mask-dir the same as --abnormal-dir, each `<stem>_mask.png` became an
     anomalous test image whose mask was itself."""

@@ -154,7 +154,10 @@ def _scan(root: str | Path, category: str, dataset: str, folder_options: dict) -
             if value is not None
         }
         records = load_folder(category=category, **given)
-        orphans = _folder_orphan_masks(given.get("abnormal_dir"), given.get("mask_dir"))
+        # normal images may have (all-black) masks too, as custom trees often do
+        normal_stems = {r.image.stem for r in records if r.label != ANOMALOUS}
+        orphans = [mask for mask in _folder_orphan_masks(given.get("abnormal_dir"), given.get("mask_dir"))
+                   if mask.stem not in normal_stems and mask.stem.removesuffix(MASK_SUFFIX) not in normal_stems]
         return _Scan(records, orphans)
     given = sorted(name for name, value in folder_options.items() if value is not None)
     if given:
