@@ -283,6 +283,20 @@ def test_an_out_name_near_the_file_name_limit_exports(tiny_run, tmp_path, capsys
     assert os.listdir(tmp_path) == [out.name]
 
 
+def test_a_killed_exports_staging_folder_is_cleared_by_the_next_export(tiny_run, tmp_path, capsys):
+    """Regression: an export killed with SIGKILL left its hidden staging folder (copies of the
+    model) behind for good; a later export to the same --out now removes it. Names with glob
+    characters are matched literally, so another hidden folder is kept."""
+    out = tmp_path / "m[1].onnx"
+    stale = tmp_path / ".m[1].onnx.export-abc123"
+    stale.mkdir()
+    (stale / "m[1].onnx").write_bytes(b"half")
+    kept = tmp_path / ".m1.onnx.export-abc123"
+    kept.mkdir()
+    assert main(["export", "--run", str(tiny_run[1]), "--out", str(out)]) == 0
+    assert sorted(os.listdir(tmp_path)) == [kept.name, out.name]
+
+
 def test_an_interrupted_export_leaves_none_of_the_folders_it_made(tiny_run, tmp_path, capsys, monkeypatch):
     """Regression: Ctrl-C (or a failed parity) during the export left the --out folders it had
     created behind, empty."""

@@ -4,7 +4,9 @@ name, inputs that cannot be opened, and UTF-8 text inputs."""
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +25,14 @@ def staging_dir(parent: Path, prefix: str) -> Path:
     staging = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
     os.chmod(staging, 0o777 & ~USER_UMASK)
     return staging
+
+
+def remove_stale_staging(parent: Path, prefix: str) -> None:
+    """Delete the staging folders named `prefix`* in `parent` that a killed command (SIGKILL, power
+    loss) left behind; any characters of `prefix` are taken literally."""
+    for stale in Path(parent).glob(f"{glob.escape(prefix)}*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def missing_folders(folder: Path) -> list[Path]:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from realnet.errors import RealnetError
-from realnet.files import staging_dir
+from realnet.files import remove_stale_staging, staging_dir
 
 DEMO_CATEGORIES = ("brick", "gravel", "grass")
 DEFECT_TYPES = ("scratch", "hole", "stain", "crack")
@@ -220,8 +220,8 @@ def make_demo_dataset(
         raise RealnetError(f"{root} exists and is not a realnet demo dataset; choose a new or empty folder")
 
     root.parent.mkdir(parents=True, exist_ok=True)
-    for stale in [*root.parent.glob(f".{root.name}.tmp-*"), *root.parent.glob(f".{root.name}.old-*")]:
-        shutil.rmtree(stale, ignore_errors=True)  # of a generation killed mid-way
+    for stage in (".tmp-", ".old-"):  # of a generation killed mid-way
+        remove_stale_staging(root.parent, f".{root.name}{stage}")
     staging = staging_dir(root.parent, f".{root.name}.tmp-")
     try:
         for category in categories:

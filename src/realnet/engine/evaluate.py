@@ -22,7 +22,7 @@ from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
 from realnet.engine.runtime import load_samples, resolve_device
 from realnet.errors import BadFileError, RealnetError
-from realnet.files import staging_dir
+from realnet.files import remove_stale_staging, staging_dir
 from realnet.model.realnet import RealNet
 
 
@@ -142,8 +142,7 @@ def scores_csv_bytes(split: TestSplit, scores: np.ndarray, threshold: float) -> 
 
 def remove_killed_test_outputs(run_dir: Path) -> None:
     """Delete the staging folder and temporary files a `realnet test` killed mid-write left behind."""
-    for stale in run_dir.glob(f"{_PANELS_STAGING}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_staging(run_dir, _PANELS_STAGING)
     for stale in run_dir.glob(".*.tmp"):
         if checkpoint.is_temporary_of(stale.name, (SCORES_CSV, METRICS_JSON)):
             stale.unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from realnet import __version__
 from realnet.config import map_kind
 from realnet.errors import RealnetError
-from realnet.files import cut_to_bytes, missing_folders, removed_on_failure
+from realnet.files import cut_to_bytes, missing_folders, remove_stale_staging, removed_on_failure
 from realnet.model.realnet import RealNet
 
 INPUT_NAME = "image"
@@ -211,10 +211,12 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
     except OSError as error:
         raise RealnetError(f"--out {out}: cannot create its folder {out.parent} ({error.strerror})") from None
     data_name = f"{out.name}.data"
+    # the name cut, so that a legal --out near the file system's 255-byte limit has room for the suffix
+    staging_prefix = f".{cut_to_bytes(out.name, 200)}.export-"
     with removed_on_failure(created):  # a failed or interrupted export leaves none of the folders it made
+        remove_stale_staging(out.parent, staging_prefix)  # a killed export's copies of the model
         try:
-            # the name cut, so that a legal --out near the file system's 255-byte limit has room for the suffix
-            staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{cut_to_bytes(out.name, 200)}.")
+            staging_folder = tempfile.TemporaryDirectory(dir=out.parent, prefix=staging_prefix)
         except OSError as error:  # named by its folder, not by the staging name the user never chose
             raise RealnetError(f"--out {out}: cannot write in {out.parent} ({error.strerror})") from None
         with staging_folder as staging:
