@@ -24,6 +24,7 @@ from realnet.engine import checkpoint
 from realnet.engine.evaluate import load_run
 from realnet.engine.runtime import to_tensor
 from realnet.errors import RealnetError
+from realnet.report.panels import map_display_max
 
 pytestmark = pytest.mark.slow  # each export traces and runs the tiny detector: several seconds
 
@@ -75,6 +76,7 @@ def test_model_metadata_tells_a_deployment_its_threshold(exported, tiny_run):
     meta = checkpoint.read_meta(tiny_run[1])
     props = session(exported[0]).get_modelmeta().custom_metadata_map
     assert float(props["threshold"]) == meta["threshold"]  # exact: stored with repr
+    assert float(props["map_display_max"]) == map_display_max(meta)  # predict's heatmap scale
     assert props["image_size"] == str(SIZE)
     assert props["backbone"] == meta["backbone"]["name"]
     assert props["backbone_sha256"] == meta["backbone"]["sha256"] and len(props["backbone_sha256"]) == 64

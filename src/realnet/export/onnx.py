@@ -35,6 +35,7 @@ from realnet.config import map_kind
 from realnet.errors import RealnetError
 from realnet.files import cut_to_bytes, missing_folders, remove_stale_staging, removed_on_failure
 from realnet.model.realnet import RealNet
+from realnet.report.panels import map_display_max
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = ("anomaly_map", "score")
@@ -146,6 +147,8 @@ def run_metadata(meta: Mapping) -> dict[str, str]:
         "realnet_version": __version__,
         "run_realnet_version": str(meta.get("realnet_version", "")),
         "threshold": repr(float(meta["threshold"])),
+        # the map value realnet's heatmaps draw at full heat, so a deployment's overlays match predict's
+        "map_display_max": repr(map_display_max(meta)),
         "image_size": str(int(meta["config"]["train"]["image_size"])),
         "backbone": str(meta["backbone"]["name"]),
         "backbone_sha256": str(meta["backbone"]["sha256"]),
