@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from realnet.cli.main import main
+from realnet.engine.evaluate import merged_folder_options
 from realnet.files import USER_UMASK
 
 
@@ -582,6 +583,37 @@ def test_folder_options_for_a_test_keep_the_runs_root_and_category(tmp_path, mon
     assert main(["test", "--run", str(out), "--abnormal-dir", "abnormal", "--mask-dir", "masks",
                  "--normal-test-dir", "normal_test", "--panels", "0"]) == 0
     assert json.loads((out / "metrics.json").read_text())["data"] == metrics["data"]
+
+
+def test_a_folder_option_given_to_test_keeps_the_recorded_ones_that_still_fit(tmp_path):
+    """Regression: any folder option given to `test` replaced all the recorded ones, so
+    `--abnormal-dir new` on a run split from --normal-dir failed for want of --normal-dir."""
+    from dataset_fixtures import make_folder_tree
+
+    root = make_folder_tree(tmp_path / "data", n_normal=10, n_abnormal=2, size=(64, 64))
+    shutil.copytree(root / "abnormal", root / "new_parts")  # same names as the recorded masks
+    out = tmp_path / "run"
+    assert main(["fit", "--dataset", "folder", "--data", str(root), "--normal-dir", "normal", "--abnormal-dir",
+                 "abnormal", "--mask-dir", "masks", "--preset", "tiny", "--out", str(out), "--steps", "2"]) == 0
+    assert main(["test", "--run", str(out), "--abnormal-dir", "new_parts", "--panels", "0"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["data"]["folder_options"] == {"normal_dir": "normal", "abnormal_dir": "new_parts"}
+    assert (metrics["n_images"], metrics["n_anomalous"]) == (4, 2)
+    assert metrics["anomalous_without_mask"] == 2  # the recorded masks belong to the recorded folder
+
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, {"normal_dir": "n", "test_ratio": 0.2, "seed": 0, "abnormal_dir": "a", "mask_dir": "m"}),
+    ({"mask_dir": "m2"}, {"normal_dir": "n", "test_ratio": 0.2, "seed": 0, "abnormal_dir": "a", "mask_dir": "m2"}),
+    ({"abnormal_dir": "a2"}, {"normal_dir": "n", "test_ratio": 0.2, "seed": 0, "abnormal_dir": "a2"}),
+    ({"normal_test_dir": "t"}, {"abnormal_dir": "a", "mask_dir": "m", "normal_test_dir": "t"}),
+    ({"seed": 3}, {"normal_dir": "n", "test_ratio": 0.2, "seed": 3, "abnormal_dir": "a", "mask_dir": "m"}),
+])
+def test_merged_folder_options_keep_the_recorded_ones_that_fit(given, expected):
+    recorded = {"normal_dir": "n", "test_ratio": 0.2, "seed": 0, "abnormal_dir": "a", "mask_dir": "m"}
+    assert merged_folder_options(recorded, given) == expected
+    assert merged_folder_options({"normal_dir": "n", "normal_test_dir": "t"}, {"seed": 1}) == {"normal_dir": "n",
+                                                                                              "seed": 1}
 
 
 def test_folder_options_on_a_run_of_another_layout_need_dataset_folder(tiny_run, tmp_path, capsys):

@@ -179,6 +179,25 @@ def write_test_outputs(run_dir: Path, metrics: dict, split: TestSplit, maps: np.
             tmp.unlink(missing_ok=True)
 
 
+_NORMAL_SPLIT_OPTIONS = ("normal_dir", "test_ratio", "seed")  # the normal test images as a share of the training folder
+
+
+def merged_folder_options(recorded: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """The folder options `test` uses: those given, and the run's recorded ones that still fit them.
+    A given --abnormal-dir drops the recorded --mask-dir (its masks are another folder's, matched by
+    stem); a given --normal-test-dir drops the recorded split of the training folder, which then adds
+    no test image (and need not be there any more); a given split of it drops the recorded
+    --normal-test-dir."""
+    dropped = set()
+    if "abnormal_dir" in given:
+        dropped.add("mask_dir")
+    if "normal_test_dir" in given:
+        dropped.update(_NORMAL_SPLIT_OPTIONS)
+    elif given.keys() & set(_NORMAL_SPLIT_OPTIONS):
+        dropped.add("normal_test_dir")
+    return {**{name: value for name, value in recorded.items() if name not in dropped}, **given}
+
+
 def refuse_training_images_as_tests(recorded: dict[str, Any], tested: dict[str, Any]) -> None:
     """A test split other than the run's own may hold images the run was fitted or calibrated on
     (another split seed or ratio of the same folder, the training folder given as a test folder):
@@ -218,11 +237,11 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     if folder_options and tested_dataset != "folder":
         raise RealnetError(f"the folder dataset's options apply to --dataset folder only, and the run's data is "
                            f"{tested_dataset}: add --dataset folder to test on folders")
-    inherited = data.get("folder_options", {}) if tested_dataset == data["dataset"] else {}  # options of that layout
+    recorded = (data.get("folder_options") or {}) if tested_dataset == data["dataset"] else {}  # options of that layout
     tested = {"root": str(Path(data_root or data["root"]).resolve()), "category": category or data["category"],
-              "dataset": tested_dataset, "folder_options": folder_options if folder_options is not None else inherited}
+              "dataset": tested_dataset, "folder_options": merged_folder_options(recorded, folder_options or {})}
     own = {"root": str(Path(data["root"]).resolve()), "category": data["category"], "dataset": data["dataset"],
-           "folder_options": data.get("folder_options")}
+           "folder_options": data.get("folder_options") or {}}
     if tested != own:  # the run's own test split holds none of its training images
         refuse_training_images_as_tests(data, tested)
     split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
