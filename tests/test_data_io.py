@@ -162,17 +162,42 @@ def test_exif_orientation_is_applied(tmp_path):
     assert image[20:, :, 0].mean() < 50
 
 
-def test_tiff_orientations_pillow_scrambles_are_refused_and_square_ones_read(tmp_path):
-    """Regression: Pillow transposes a non-square TIFF with orientation 5-8 itself, scrambling
-    its pixels, and drops the tag, so a wrong image was read silently."""
-    stored = (np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
+@pytest.mark.parametrize("compression", ["raw", "tiff_lzw"])
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "I;16"])
+def test_tiff_orientations_are_applied_to_non_square_images(tmp_path, mode, compression):
+    """Regression: Pillow's decoder of uncompressed strips scrambles a non-square TIFF with a
+    transposing orientation (5-8), so such files were refused; they are now read through libtiff.
+    Each orientation is compared with the stored pixels turned by Pillow's transpose."""
+    stored = np.arange(12, dtype=np.uint8).reshape(3, 4) * 20
+    pixels = {"L": stored, "RGB": np.dstack([stored, 255 - stored, stored // 2]),
+              "RGBA": np.dstack([stored, 255 - stored, stored // 2, np.full_like(stored, 255)]),
+              "I;16": stored.astype(np.uint16) * 257}[mode]
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        path = _save(tmp_path / "r.tif", Image.fromarray(pixels), exif=exif, compression=compression)
+        turned = Image.fromarray(pixels)
+        if orientation > 1:
+            turned = turned.transpose({2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+                                       4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+                                       6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                                       8: Image.Transpose.ROTATE_90}[orientation])
+        expected = np.asarray(turned) if mode != "I;16" else (np.asarray(turned) // 257).astype(np.uint8)
+        image = read_image(path)
+        np.testing.assert_array_equal(image[:, :, 0], expected if expected.ndim == 2 else expected[:, :, 0],
+                                      err_msg=f"orientation {orientation}")
+
+
+def test_a_tiff_pillow_would_scramble_is_refused_when_libtiff_cannot_read_it(tmp_path, monkeypatch):
+    import realnet.data.io as image_io
+
+    unchecked = image_io._open_unchecked
+    monkeypatch.setattr(image_io, "_open_unchecked", lambda path, with_libtiff=False: unchecked(path))
     exif = Image.Exif()
     exif[0x0112] = 6
-    with pytest.raises(BadFileError, match="r.tif.*TIFF orientation 6 on a non-square image"):
-        read_image(_save(tmp_path / "r.tif", Image.fromarray(stored), exif=exif))
-    square = stored[:3, :3].copy()
-    image = read_image(_save(tmp_path / "s.tif", Image.fromarray(square), exif=exif))
-    np.testing.assert_array_equal(image[:, :, 0], np.rot90(square, -1))
+    path = _save(tmp_path / "r.tif", Image.fromarray(np.zeros((3, 4), np.uint8)), exif=exif)
+    with pytest.raises(BadFileError, match="r.tif.*TIFF orientation 6 on a non-square uncompressed image"):
+        read_image(path)
 
 
 # --- failures ------------------------------------------------------------------------------

@@ -8,8 +8,9 @@ Rules (the same for every caller, so training, testing and `data check` see iden
   before its pixels are decoded. That is 178,956,970 (Pillow's default error level, twice its
   `PIL.Image.MAX_IMAGE_PIXELS`), unless the environment variable REALNET_MAX_IMAGE_PIXELS gives
   another number (line-scan cameras).
-- The EXIF orientation tag is applied, so pixels are in display orientation. A non-square TIFF
-  with a transposing orientation (5-8) is refused: Pillow decodes it into scrambled pixels.
+- The EXIF orientation tag is applied, so pixels are in display orientation. An uncompressed
+  non-square TIFF with a transposing orientation (5-8) is decoded through libtiff: Pillow's own
+  decoder scrambles its pixels.
 - Conversion to RGB uint8:
   - L and 1 are replicated to three channels; P, YCbCr and RGBX go through Pillow's conversion;
     CMYK uses Pillow's plain formula R = (255 - C)(255 - K) / 255 (no ICC colour management).
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, TiffImagePlugin, UnidentifiedImageError
 
 from realnet.data.records import Record
 from realnet.errors import BadFileError, RealnetError
@@ -77,7 +78,11 @@ def open_image(path: str | Path) -> Image.Image:
     path = Path(path)
     limit = max_image_pixels()  # a bad $REALNET_MAX_IMAGE_PIXELS is the command's error, not this file's
     try:
-        with _open_unchecked(path) as image:
+        image = _open_unchecked(path)
+        if _scrambled_by_pillow(image):
+            image.close()
+            image = _open_unchecked(path, with_libtiff=True)
+        with image:
             _refuse_bomb(path, image.size, limit)
             _refuse_misdecoded_tiff(path, image)
             image.load()
@@ -176,19 +181,33 @@ def max_image_pixels() -> int:
     return int(value)
 
 
-_PILLOW_LIMIT = threading.Lock()
+_PILLOW_GLOBALS = threading.Lock()
 
 
-def _open_unchecked(path: Path) -> Image.Image:
+def _open_unchecked(path: Path, *, with_libtiff: bool = False) -> Image.Image:
     """Image.open without Pillow's own size check, which warns (a traceback-like line) above its
     MAX_IMAGE_PIXELS and refuses above twice that with a message naming no way around it;
-    `_refuse_bomb` decides instead. Opening reads the header only, so the lock is held briefly."""
-    with _PILLOW_LIMIT:
+    `_refuse_bomb` decides instead. `with_libtiff`: an uncompressed TIFF is decoded by libtiff, as
+    Pillow decodes compressed ones. Both are Pillow globals that opening reads, so they are set
+    under a lock; opening reads the header only, so it is held briefly."""
+    with _PILLOW_GLOBALS:
         pillow_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        read_libtiff = TiffImagePlugin.READ_LIBTIFF
+        TiffImagePlugin.READ_LIBTIFF = read_libtiff or with_libtiff
         try:
             return Image.open(path)
         finally:
             Image.MAX_IMAGE_PIXELS = pillow_limit
+            TiffImagePlugin.READ_LIBTIFF = read_libtiff
+
+
+def _scrambled_by_pillow(image: Image.Image) -> bool:
+    """Pillow (13.0) turns a TIFF by its transposing orientation (5-8) while decoding, and its own
+    decoder of uncompressed strips scrambles a non-square one (python-pillow/Pillow#7381); the
+    libtiff decoder, which it uses for compressed TIFFs, does not."""
+    return (image.format == "TIFF" and not getattr(image, "use_load_libtiff", True)
+            and image.tag_v2.get(_TIFF_ORIENTATION, 1) in _TRANSPOSING_ORIENTATIONS
+            and image.size[0] != image.size[1])
 
 
 def _refuse_bomb(path: Path, size: tuple[int, int], limit: int) -> None:
@@ -202,12 +221,11 @@ def _refuse_bomb(path: Path, size: tuple[int, int], limit: int) -> None:
 
 
 def _refuse_misdecoded_tiff(path: Path, image: Image.Image) -> None:
-    """Pillow (13.0, libtiff 4.7) applies a TIFF's transposing orientations itself and scrambles
-    the pixels of a non-square image (python-pillow/Pillow#7381), so such files are refused."""
-    orientation = image.tag_v2.get(_TIFF_ORIENTATION, 1) if image.format == "TIFF" else 1
-    if orientation in _TRANSPOSING_ORIENTATIONS and image.size[0] != image.size[1]:
-        raise BadFileError(path, f"TIFF orientation {orientation} on a non-square image, which Pillow decodes "
-                                 "wrongly; save it without the orientation tag (pixels in display orientation)")
+    """A TIFF `_scrambled_by_pillow` still is after reopening with libtiff: a Pillow built without it."""
+    if _scrambled_by_pillow(image):
+        orientation = image.tag_v2[_TIFF_ORIENTATION]
+        raise BadFileError(path, f"TIFF orientation {orientation} on a non-square uncompressed image, which Pillow "
+                                 "without libtiff decodes wrongly; save it compressed or without the orientation tag")
 
 
 def _is_lossy(image: Image.Image, path: Path) -> bool:
