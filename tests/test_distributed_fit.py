@@ -199,7 +199,45 @@ def test_devices_that_cannot_work_are_refused_in_one_line(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(RealnetError, match="--device cuda:7: this machine has 1 CUDA device"):
         resolve_device("cuda:7")
+    current = []
+    monkeypatch.setattr(torch.cuda, "set_device", current.append)
     assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    # regression: cuda:N was never made current, so bf16 support and synchronize() answered for cuda:0
+    assert current == [torch.device("cuda", 0)]
+
+
+def test_more_torchrun_ranks_than_gpus_are_refused_in_one_line(monkeypatch):
+    """Regression: LOCAL_RANK 1 on a one-GPU machine ended in 'CUDA error: invalid device ordinal'."""
+    from realnet.engine import distributed
+    from realnet.errors import RealnetError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(RealnetError, match="LOCAL_RANK 1, but this machine has 1 CUDA device.*--nproc-per-node"):
+        distributed.init_distributed()
+
+
+def test_throughput_on_a_gpu_waits_for_that_gpu(monkeypatch):
+    """Regression: torch.cuda.synchronize() without a device waited for cuda:0 only, so timings on
+    cuda:1 measured kernel launches."""
+    from realnet.bench.efficiency import images_per_second
+
+    class OnSecondGpu:
+        device = torch.device("cuda", 1)
+
+        def split(self, size):
+            return torch.zeros(4, 1).split(size)
+
+        def __len__(self):
+            return 4
+
+    waited = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    images_per_second(lambda batch: None, OnSecondGpu(), batch_size=2, warmup=0, repeats=1)
+    assert waited == [torch.device("cuda", 1)] * 2
 
 
 def test_average_gradients_divides_the_summed_gradients_by_the_world_size(monkeypatch):

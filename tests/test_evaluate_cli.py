@@ -541,6 +541,21 @@ def test_nan_anomaly_maps_are_a_one_line_error_naming_an_image(tiny_run, tmp_pat
     assert not (copy / "metrics.json").exists() and not (copy / "scores.csv").exists()
 
 
+def test_skipped_test_images_are_named_by_rank_0_only(tmp_path, capsys, monkeypatch):
+    """Regression: under torchrun --select-on-test --skip-bad every rank named each unreadable test image."""
+    from dataset_fixtures import make_mvtec_tree
+
+    from realnet.engine.evaluate import load_test_split
+
+    root = make_mvtec_tree(tmp_path / "data")
+    broken = next((root / "widget" / "test" / "good").iterdir())
+    broken.write_bytes(b"not a png")
+    for rank, lines in (("1", 0), ("0", 1)):
+        monkeypatch.setenv("RANK", rank)
+        load_test_split(root, "widget", "mvtec", 32, skip_bad=True, progress=False)
+        assert capsys.readouterr().err.count(f"realnet: skipped {broken}") == lines
+
+
 def test_a_test_split_left_empty_or_one_sided_by_skipped_images_says_so(tmp_path, capsys):
     """Regression: with --skip-bad and every test image unreadable, load_test_split failed with an
     IndexError traceback; a class lost to skipping was reported as a split without that class."""

@@ -241,6 +241,18 @@ def test_out_that_is_a_file_gets_one_clear_error(tmp_path):
     assert out.read_text() == "x"
 
 
+def test_only_rank_0_creates_the_run_folder(tmp_path, monkeypatch):
+    """Regression: under torchrun every rank made the folder; when rank 1 was first, rank 0 (the
+    only rank that cleans up) had not created it, and a refused or killed fit left it behind empty."""
+    request = fit_module.FitRequest(config=load_config("tiny"), data_root=tmp_path, category="widget",
+                                    out=tmp_path / "run")
+    monkeypatch.setenv("RANK", "1")
+    assert fit_module.prepare_run_dir(request) is False
+    assert not request.out.exists()
+    monkeypatch.setenv("RANK", "0")
+    assert fit_module.prepare_run_dir(request) is True and request.out.is_dir()
+
+
 def test_skipped_bad_images_still_leave_enough_training_images(tmp_path):
     """Regression: the minimum was checked before --skip-bad dropped images, so a category with one
     readable image trained without any held-out image, and one with none raised a traceback."""

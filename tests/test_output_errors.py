@@ -76,6 +76,12 @@ def test_a_config_folder_is_not_called_missing(tmp_path):
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you "
                   "tried to allocate 1000 bytes. Error code 12 (Cannot allocate memory)"),
      "DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes. Error code 12 (Cannot allocate memory)"),
+    # regression: TorchScript (the frozen backbone) rethrows CUDA's error as a plain RuntimeError, which
+    # ended in a traceback (pytorch/pytorch#148642)
+    (RuntimeError("The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript "
+                  "(most recent call last):\n  File \"<string>\", line 1\nRuntimeError: CUDA out of memory. Tried "
+                  "to allocate 2.00 GiB. GPU 0 has a total capacity of 79 GiB\n"),
+     "CUDA out of memory. Tried to allocate 2.00 GiB"),
 ])
 def test_out_of_memory_is_one_line_with_what_to_lower(failure, reason, tiny_run, monkeypatch, capsys):
     """Regression: a batch too large for the device ended every command in a long traceback."""

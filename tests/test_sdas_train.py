@@ -103,6 +103,19 @@ def test_training_changes_weights_and_records_the_run(gray_data, tmp_path):
     assert grid.size == (44 + 2 * (16 + 2), 3 * (16 + 2))
 
 
+def test_one_step_trains_the_learned_variance_half_of_the_output(gray_data, tmp_path):
+    """The step backpropagates the hybrid loss: only its L_vlb term reaches the variance (v) half of conv_out."""
+    out = tmp_path / "run"
+    train(request(gray_data, out, steps=1))
+    meta = json.loads((out / MODEL_META).read_text())
+    torch.manual_seed(0)
+    initial = create_unet(meta["unet"]).state_dict()
+    trained = load_file(out / TRAIN_STATE)
+    v = slice(meta["channels"], None)
+    for name in ("conv_out.weight", "conv_out.bias"):
+        assert not torch.equal(trained[f"model.{name}"][v], initial[name][v]), name
+
+
 def test_existing_runs_are_protected(gray_data, tmp_path):
     out = tmp_path / "run"
     train(request(gray_data, out, steps=2))
@@ -376,3 +389,18 @@ def test_a_run_interrupted_before_its_first_save_leaves_no_folder(gray_data, tmp
     with pytest.raises(KeyboardInterrupt):
         train(request(gray_data, tmp_path / "runs" / "model"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_bf16_is_refused_on_a_gpu_without_native_bf16(monkeypatch):
+    """Regression: `sdas train/generate --bf16` ran emulated bf16, slower than fp32, on pre-Ampere GPUs
+    without a word (fit ignores bf16 there)."""
+    from realnet.diffusion.train import run_device
+    from realnet.engine import runtime
+    from realnet.engine.distributed import DistributedContext
+    from realnet.errors import RealnetError
+
+    monkeypatch.setattr(runtime, "resolve_device", lambda name: torch.device("cuda"))
+    monkeypatch.setattr(runtime, "bf16_autocast_available", lambda device: False)
+    with pytest.raises(RealnetError, match="--bf16: cuda has no native bf16"):
+        run_device(DistributedContext(), "cuda", bf16=True)
+    assert run_device(DistributedContext(), "cuda", bf16=False) == torch.device("cuda")

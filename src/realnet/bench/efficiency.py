@@ -43,7 +43,7 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 def images_per_second(forward: Callable[[torch.Tensor], Any], images: torch.Tensor, batch_size: int,
                       warmup: int, repeats: int) -> float:
     """Median-pass throughput of `forward` over `images` in batches of `batch_size`."""
-    synchronize = torch.cuda.synchronize if images.device.type == "cuda" else (lambda: None)
+    synchronize = (lambda: torch.cuda.synchronize(images.device)) if images.device.type == "cuda" else (lambda: None)
     batches = list(images.split(batch_size))
 
     def one_pass() -> float:

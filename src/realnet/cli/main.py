@@ -67,22 +67,26 @@ def _escape_undecodable_names() -> None:
 
 
 CPU_ALLOCATION_FAILURE = "DefaultCPUAllocator: can't allocate memory"
+# how each allocator's failure starts; TorchScript (the frozen backbone) rethrows CUDA's as a plain
+# RuntimeError whose message quotes it below its own first line
+ALLOCATION_FAILURES = (CPU_ALLOCATION_FAILURE, "CUDA out of memory", "MPS backend out of memory")
 
 
 def _out_of_memory(error: RuntimeError) -> bool:
-    """CUDA's OutOfMemoryError, or the plain RuntimeError of the CPU and MPS allocators."""
+    """CUDA's OutOfMemoryError, or a RuntimeError quoting an allocator's failure."""
     torch = sys.modules.get("torch")  # not imported by commands that never allocate a tensor
     if torch is not None and isinstance(error, torch.OutOfMemoryError):
         return True
-    return CPU_ALLOCATION_FAILURE in str(error) or "MPS backend out of memory" in str(error)
+    return any(failure in str(error) for failure in ALLOCATION_FAILURES)
 
 
 def _allocation_failure(error: RuntimeError) -> str:
     """The allocator's first two sentences (what failed, and how much it asked for), without the C++
-    source location the CPU allocator prefixes or CUDA's advice on its own settings."""
-    message = str(error).splitlines()[0] if str(error) else type(error).__name__
-    start = message.find(CPU_ALLOCATION_FAILURE)
-    return ". ".join((message[start:] if start >= 0 else message).split(". ")[:2]).rstrip(".")
+    source location the CPU allocator prefixes, TorchScript's traceback or CUDA's advice on its own settings."""
+    message = str(error) or type(error).__name__
+    starts = [start for start in map(message.find, ALLOCATION_FAILURES) if start >= 0]
+    failure = message[min(starts):] if starts else message
+    return ". ".join(failure.splitlines()[0].split(". ")[:2]).rstrip(".")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -406,12 +406,15 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
 
 def run_device(context: DistributedContext, name: str, bf16: bool) -> torch.device:
     """The rank's own device under torchrun, else the device `name` (auto, cpu, cuda...);
-    bf16 autocast is refused off CUDA."""
-    from realnet.engine.runtime import resolve_device
+    bf16 autocast is refused off a GPU with native bf16, where emulated bf16 is slower than fp32."""
+    from realnet.engine.runtime import bf16_autocast_available, resolve_device
 
     device = context.device if context.enabled else resolve_device(name)
     if bf16 and device.type != "cuda":
         raise RealnetError("--bf16 needs a CUDA device")
+    if bf16 and not bf16_autocast_available(device):
+        raise RealnetError(f"--bf16: {device} has no native bf16 (it needs compute capability 8.0 or later, "
+                           "where emulated bf16 is slower than fp32); leave --bf16 out")
     return device
 
 

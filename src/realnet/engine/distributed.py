@@ -53,6 +53,10 @@ def init_distributed(backend: str | None = None) -> DistributedContext:
     use_cuda = torch.cuda.is_available() and backend != "gloo"
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise RealnetError(f"torchrun started a rank with LOCAL_RANK {local_rank}, but this machine has "
+                               f"{torch.cuda.device_count()} CUDA device(s): give --nproc-per-node at most that "
+                               "(or --device cpu)")
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend or (CUDA_BACKENDS if use_cuda else "gloo"))

@@ -20,6 +20,7 @@ from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
+from realnet.engine.distributed import launched_rank
 from realnet.engine.runtime import load_samples, resolve_device
 from realnet.errors import BadFileError, RealnetError
 from realnet.files import remove_stale_staging, staging_dir
@@ -58,7 +59,7 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
                            f"{category}/test/good and {category}/test/<defect type> folders)")
     images, masks, kept, skipped = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
                                                 progress=progress)
-    for error in skipped:
+    for error in skipped if launched_rank() == 0 else ():  # under torchrun every rank reads the split
         sys.stderr.write(f"realnet: skipped {error}\n")
     split = TestSplit(images, masks, kept, [str(error.path) for error in skipped])
     if not kept:

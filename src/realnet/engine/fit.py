@@ -675,6 +675,10 @@ def prepare_run_dir(request: FitRequest) -> bool:
         if launched_rank() == 0:
             tqdm.write(f"realnet: {out}: the run was killed while saving its model, before any "
                        f"{checkpoint.RESUME_STATE}; training it again from the start", file=sys.stderr)
+    if launched_rank() != 0:
+        # torchrun starts every rank at once: the one that made the folder must be the one that removes
+        # it on failure, so rank 0 alone makes it (the others write nothing there)
+        return False
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint

@@ -36,8 +36,11 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise RealnetError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RealnetError("--device cuda was requested but CUDA is not available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise RealnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if device.type == "cuda" and device.index is not None:
+        if device.index >= torch.cuda.device_count():
+            raise RealnetError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+        # calls that take no device (bf16 support, synchronize, new streams) answer for the current one
+        torch.cuda.set_device(device)
     if device.type == "mps" and not _mps_available():
         raise RealnetError("--device mps was requested but MPS is not available")
     return device
