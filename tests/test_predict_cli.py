@@ -606,3 +606,19 @@ def test_an_earlier_predicts_maps_folder_inside_the_inputs_is_not_scored(predict
     capsys.readouterr()
     assert predict(tiny_run[1], parts, "--save-maps", parts / "maps_v2") == 0
     assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
+
+
+def test_threshold_sets_the_operating_point_and_keeps_the_heatmap_scale(predict, tiny_run, awkward, tmp_path, capsys):
+    """--threshold replaces the run's calibrated threshold for is_anomalous only; NaN is refused."""
+    assert predict(tiny_run[1], awkward["gray"], "--save-maps", tmp_path / "run_threshold") == 0
+    (scored,) = json_lines(capsys.readouterr().out)
+    for threshold, anomalous in ((scored["score"] - 1e-6, True), (scored["score"] + 1e-6, False)):
+        assert predict(tiny_run[1], awkward["gray"], "--threshold", repr(threshold),
+                       "--save-maps", tmp_path / f"at_{anomalous}") == 0
+        (result,) = json_lines(capsys.readouterr().out)
+        assert (result["score"], result["threshold"], result["is_anomalous"]) == (scored["score"], threshold, anomalous)
+        saved = (tmp_path / f"at_{anomalous}" / Path(result["map"]).name).read_bytes()
+        assert saved == Path(scored["map"]).read_bytes()
+    with pytest.raises(SystemExit):
+        predict(tiny_run[1], awkward["gray"], "--threshold", "nan")
+    assert "--threshold: must be a finite number, got nan" in capsys.readouterr().err

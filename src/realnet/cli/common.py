@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,14 @@ def thread_count(text: str) -> int:
     value = int(text)
     if not 1 <= value <= MAX_THREADS:
         raise argparse.ArgumentTypeError(f"must be in [1, {MAX_THREADS}], got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type for thresholds: NaN would pass every part (NaN > x is False)."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
     return value
 
 

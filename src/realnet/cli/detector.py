@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realnet.cli.common import (add_data_arguments, data_selection, non_negative_int, positive_int, print_json_line,
+from realnet.cli.common import (add_data_arguments, data_selection, finite_float, non_negative_int, positive_int, print_json_line,
                                  seed_int)
 
 def register(subparsers) -> None:
@@ -59,6 +59,9 @@ def register(subparsers) -> None:
                               "square image size")
     predict.add_argument("--overlays", action="store_true",
                          help="with --save-maps: also write the heatmap over each image (<name>_overlay.png)")
+    predict.add_argument("--threshold", type=finite_float,
+                         help="score above which a part is anomalous (default: the run's threshold, calibrated "
+                              "on held-out normal images; heatmaps keep the run's scale)")
     predict.add_argument("--batch-size", type=positive_int, default=8,
                          help="images scored together (default 8; the next batch is read meanwhile)")
     predict.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
@@ -185,7 +188,7 @@ def run_predict(args) -> int:
 
     failures = predict(args.run, args.inputs, save_maps=args.save_maps, map_size=args.map_size,
                        overlays=args.overlays, overwrite=args.overwrite, batch_size=args.batch_size,
-                       device=args.device)
+                       device=args.device, threshold=args.threshold)
     return 1 if failures else 0
 
 

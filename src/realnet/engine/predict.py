@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import sys
 from collections.abc import Iterator
@@ -173,14 +174,15 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
 
 
 def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
-            overlays: bool = False, overwrite: bool = False, batch_size: int = 8, device: str = "auto", out=None,
-            err=None) -> int:
+            overlays: bool = False, overwrite: bool = False, batch_size: int = 8, device: str = "auto",
+            threshold: float | None = None, out=None, err=None) -> int:
     """Prints one JSON line per image, in input order; returns the number of images that failed
     (and of folders that held none beside inputs that did, or could not be listed).
     Maps (and with `overlays`, the heatmap over the image) are saved as `<position>_<stem>.png` (a long stem cut)
     (`..._overlay.png`), so inputs that share a file name never overwrite each other. `map_size`
     'input' saves them at each input's own size, 'run' at the run's square image size. A maps folder
-    that holds files is refused, unless `overwrite` (`_earlier_maps`)."""
+    that holds files is refused, unless `overwrite` (`_earlier_maps`). `threshold` replaces the run's
+    for is_anomalous (an operating point chosen on the line); heatmaps keep the run's scale."""
     import torch
 
     from realnet.report.panels import heatmap_overlay, map_at_input_size, map_display_max, map_to_uint8
@@ -193,10 +195,13 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
         raise RealnetError("--overlays needs --save-maps DIR to write them into")
     if overwrite and save_maps is None:
         raise RealnetError("--overwrite needs --save-maps DIR to replace the maps in")
+    if threshold is not None and not math.isfinite(threshold):
+        raise RealnetError(f"--threshold {threshold}: must be a finite number")
     out, err = out or sys.stdout, err or sys.stderr
     torch_device = resolve_device(device)
     model, meta = load_run(Path(run_dir), torch_device)
-    size, threshold = meta["config"]["train"]["image_size"], meta["threshold"]
+    size = meta["config"]["train"]["image_size"]
+    threshold = meta["threshold"] if threshold is None else float(threshold)
     display_max = map_display_max(meta)
     # before the inputs are listed: DIR may be an input folder, whose earlier maps are no inputs
     earlier = _earlier_maps(Path(save_maps), overwrite) if save_maps is not None else set()
