@@ -1,5 +1,6 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
 from realnet.model.afs import FeatureSelector, afs_loss, init_random_projection, random_subset, rank_channels
 
@@ -39,19 +40,29 @@ def test_nan_losses_rank_last():
     assert order.tolist() == [2, 3, 0, 1]
 
 
-def test_selector_keeps_indexed_channels_and_rlpr_projects():
+def test_selector_keeps_indexed_channels():
     features = [torch.arange(2 * 6 * 4 * 4, dtype=torch.float32).reshape(2, 6, 4, 4)]
     selector = FeatureSelector("afs", [6], [2])
     selector.set_indices(0, torch.tensor([4, 1]))
     (out,) = selector(features)
     assert torch.equal(out, features[0][:, [4, 1]])
-    generator = torch.Generator().manual_seed(0)
-    subset = random_subset(6, 3, generator)
-    assert len(set(subset.tolist())) == 3 and subset.max() < 6
+
+
+def test_rdr_subsets_are_sorted_distinct_in_range_and_drawn_from_the_generator():
+    """RDR: each subset is sorted, distinct and in range, and other seeds draw other subsets."""
+    subsets = [random_subset(64, 8, torch.Generator().manual_seed(seed)).tolist() for seed in range(3)]
+    assert all(s == sorted(set(s)) and len(s) == 8 and 0 <= s[0] and s[-1] < 64 for s in subsets)
+    assert len({tuple(s) for s in subsets}) == 3
+
+
+def test_rlpr_projects_with_frozen_gaussian_weights_scaled_by_the_channel_count():
+    """RLPR: weights are the generator's N(0, 1) draws / sqrt(c), applied as a 1x1 convolution."""
     projector = FeatureSelector("rlpr", [6], [3])
-    init_random_projection(projector, generator)
-    (projected,) = projector(features)
-    assert projected.shape == (2, 3, 4, 4)
+    init_random_projection(projector, torch.Generator().manual_seed(0))
+    weight = torch.randn(3, 6, 1, 1, generator=torch.Generator().manual_seed(0)) / 6**0.5
+    assert torch.equal(projector.projections[0].weight, weight)
+    features = torch.randn(2, 6, 4, 4, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(projector([features])[0], F.conv2d(features, weight))
     assert not any(p.requires_grad for p in projector.parameters())
 
 

@@ -148,6 +148,7 @@ def test_fusion_and_position_normalisation_are_exclusive():
 
 
 def test_fit_fits_the_gaussian_on_the_fit_images_and_the_scales_on_the_held_out_ones(fused_run):
+    """Mean and precision (inverse regularised covariance) come from the fit images, the scales from the held-out."""
     from realnet.engine.runtime import to_tensor
     from realnet.model.discriminator import image_score
 
@@ -156,6 +157,12 @@ def test_fit_fits_the_gaussian_on_the_fit_images_and_the_scales_on_the_held_out_
     assert map_kind(meta["config"]) == "fused"
     embedding = model.fusion.density.embed(model.backbone(to_tensor(fit_images, torch.device("cpu"))))
     torch.testing.assert_close(model.fusion.density.mean, embedding.mean(0).permute(1, 2, 0), atol=1e-4, rtol=1e-4)
+    centred = embedding.double().numpy() - embedding.double().numpy().mean(0)
+    covariance = np.einsum("nchw,ndhw->hwcd", centred, centred) / (len(centred) - 1)
+    eye = np.eye(centred.shape[1])
+    regularised = covariance + meta["config"]["density"]["regularization"] * eye
+    np.testing.assert_allclose(model.fusion.density.precision.double().numpy() @ regularised,
+                               np.broadcast_to(eye, regularised.shape), atol=0.05)
     features = model.backbone(to_tensor(holdout_images, torch.device("cpu")))
     probabilities = model.probability_maps(model.selector(features))
     (distances,) = model.fusion.branch_maps(features, tuple(probabilities.shape[-2:]))

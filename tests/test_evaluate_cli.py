@@ -8,10 +8,14 @@ import stat
 
 import numpy as np
 import pytest
+import torch
+from sklearn.metrics import roc_auc_score
 
 from realnet.cli.main import main
-from realnet.engine.evaluate import merged_folder_options
+from realnet.engine.evaluate import load_run, load_test_split, merged_folder_options
+from realnet.engine.fit import score_images
 from realnet.files import USER_UMASK
+from realnet.metrics import aupro
 
 
 def test_run_metadata_records_identity_threshold_and_protocol(tiny_run):
@@ -29,6 +33,7 @@ def test_run_metadata_records_identity_threshold_and_protocol(tiny_run):
 
 
 def test_test_command_writes_metrics_scores_and_panels(tiny_run, tmp_path, capsys):
+    """metrics.json holds the metrics of scores.csv and of the run's maps (AUPRO up to FPR 0.3), and the files agree."""
     data, run = tiny_run
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
@@ -45,6 +50,14 @@ def test_test_command_writes_metrics_scores_and_panels(tiny_run, tmp_path, capsy
     assert len(rows) == 8 and {r["label"] for r in rows} == {"0", "1"}
     threshold = metrics["threshold"]
     assert all(int(r["is_anomalous"]) == (float(r["score"]) > threshold) for r in rows)
+    assert metrics["image_auroc"] == pytest.approx(
+        roc_auc_score([int(r["label"]) for r in rows], [float(r["score"]) for r in rows]), abs=1e-6)
+    model, meta = load_run(copy, torch.device("cpu"))
+    train = meta["config"]["train"]
+    split = load_test_split(data, "widget", meta["data"]["dataset"], train["image_size"], progress=False)
+    maps, _ = score_images(model, split.images, torch.device("cpu"), train["batch_size"])
+    assert metrics["pixel_auroc"] == pytest.approx(roc_auc_score(split.masks.ravel(), maps.ravel()), abs=1e-6)
+    assert metrics["aupro"] == pytest.approx(aupro(maps, split.masks, fpr_limit=0.3), abs=1e-6)
     panels = sorted((copy / "panels").glob("*.png"))
     assert panels and any(p.name.startswith("worst_anomalous") for p in panels)
     assert '"image_auroc"' in capsys.readouterr().out
@@ -544,8 +557,6 @@ def test_nan_anomaly_maps_are_a_one_line_error_naming_an_image(tiny_run, tmp_pat
 def test_skipped_test_images_are_named_by_rank_0_only(tmp_path, capsys, monkeypatch):
     """Regression: under torchrun --select-on-test --skip-bad every rank named each unreadable test image."""
     from dataset_fixtures import make_mvtec_tree
-
-    from realnet.engine.evaluate import load_test_split
 
     root = make_mvtec_tree(tmp_path / "data")
     broken = next((root / "widget" / "test" / "good").iterdir())

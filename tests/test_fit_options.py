@@ -304,6 +304,25 @@ def test_fit_seeds_everything_from_the_configured_seed(tmp_path, monkeypatch):
     assert seeds == [7]
 
 
+def test_afs_keeps_the_channel_whose_difference_matches_the_synthetic_masks(rng):
+    """run_feature_selection scores channels by Eq. 4 against the masks of the batches it makes."""
+    from types import SimpleNamespace
+
+    from realnet.model.afs import FeatureSelector
+
+    normal = rng.integers(0, 200, (4, 8, 8, 3), dtype=np.uint8)
+    masks = np.zeros((4, 8, 8), np.float32)
+    masks[:, 2:5, 3:7] = 1
+    anomalous = normal.copy()
+    anomalous[..., 2] += (50 * masks).astype(np.uint8)  # only channel 2 changes, and only inside M
+    batches = SimpleNamespace(images=SimpleNamespace(fit=normal), make=lambda indices, key, force_anomalous: (
+        SimpleNamespace(images=anomalous[indices], masks=masks[indices])))
+    model = SimpleNamespace(selector=FeatureSelector("afs", [3], [1]), backbone=lambda x: [x])  # features = pixels
+    config = load_config("tiny", overrides=["selection.batches=2", "selection.batch_size=4"])
+    summary = fit_module.run_feature_selection(model, batches, config, torch.device("cpu"), progress=False)
+    assert summary["indices"] == [[2]] and model.selector.indices(0).tolist() == [2]
+
+
 def test_afs_keeps_the_lowest_loss_channels_measured_on_anomalous_samples_only(tmp_path, monkeypatch):
     """Eq. 4: a channel's loss is small where its normalised difference matches the anomaly mask,
     so AFS keeps the m smallest; every AFS sample carries a synthetic anomaly (force_anomalous)."""

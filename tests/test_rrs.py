@@ -56,6 +56,18 @@ def test_module_uses_batchnorm_ranking_without_affine():
     assert ResidualSelection(5, ratio=1.0, mode="all")(residual_batch()).shape == (2, 5, 8, 8)
 
 
+def test_module_ranks_on_batch_standardised_residuals_and_returns_raw_values():
+    """Train-mode RRS picks the channel with the largest standardised (not raw) max, and returns its raw values."""
+    generator = torch.Generator().manual_seed(0)
+    residuals = 0.01 * torch.rand(2, 2, 8, 8, generator=generator)
+    residuals[:, 0] += 10.0  # the raw maximum, but barely above its own channel's mean
+    residuals[:, 1, 3, 3] = 1.0  # a lone peak far above its channel's mean
+    mean, std = residuals.mean(dim=(0, 2, 3), keepdim=True), residuals.std(dim=(0, 2, 3), keepdim=True)
+    assert torch.equal(select_residuals(residuals, residuals, 1, "max"), residuals[:, [0]])
+    assert torch.equal(select_residuals(residuals, (residuals - mean) / std, 1, "max"), residuals[:, [1]])
+    assert torch.equal(ResidualSelection(2, ratio=0.5, mode="max")(residuals), residuals[:, [1]])
+
+
 def test_running_statistics_are_almost_the_last_batch_without_recalibration():
     module = ResidualSelection(3, ratio=2 / 3, mode="max")
     generator = torch.Generator().manual_seed(1)

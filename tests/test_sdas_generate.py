@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import realnet
@@ -19,11 +21,14 @@ from realnet.diffusion.generate import (
     MANIFEST,
     GenerateRequest,
     generate,
+    image_name,
     image_seed,
     image_strength,
     parse_strength,
 )
-from realnet.diffusion.train import TrainRequest, train
+from realnet.diffusion.network import make_denoiser
+from realnet.diffusion.sampler import sdas_sample
+from realnet.diffusion.train import TrainRequest, diffusion_for, load_sdas_model, to_uint8, train
 from realnet.errors import RealnetError
 
 
@@ -133,9 +138,18 @@ def test_a_rerun_with_other_settings_is_refused(model, tmp_path):
         bank(model, tmp_path / "sia", 2, category="carpet")
 
 
-def test_ddim_bank(model, tmp_path):
-    summary = bank(model, tmp_path / "sia", 2, sampler="ddim", ddim_variance="beta", strength=(0.01, 0.03))
-    assert summary["written"] == 2
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_bank_images_are_the_requested_samplers_at_their_strengths(model, tmp_path, sampler):
+    """Each image is sdas_sample's with the request's sampler and the image's own drawn strength."""
+    assert bank(model, tmp_path / "sia", 2, sampler=sampler, ddim_variance="beta", strength=(0.2, 0.5))["written"] == 2
+    unet, meta = load_sdas_model(model)
+    generators = [torch.Generator().manual_seed(image_seed(0, i)) for i in range(2)]
+    with torch.no_grad():
+        expected = to_uint8(sdas_sample(make_denoiser(unet), diffusion_for(meta).respace(4), generators, (1, 16, 16),
+                                        [image_strength(0, i, (0.2, 0.5)) for i in range(2)], sampler=sampler,
+                                        ddim_variance="beta"))
+    for i in range(2):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "sia" / "tile" / image_name(i))), expected[i, ..., 0])
 
 
 def test_strength_parsing_and_draws():
