@@ -12,6 +12,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from realnet.cli.main import main
+from realnet.data.layouts import load_dataset
 from realnet.engine.evaluate import load_run, load_test_split, merged_folder_options
 from realnet.engine.fit import score_images
 from realnet.files import USER_UMASK
@@ -667,3 +668,32 @@ def test_a_test_split_holding_the_runs_training_images_is_refused(tmp_path, caps
     assert error.startswith("realnet: error: ") and "of the test images are normal training images of this run" in error
     assert not (out / "metrics.json").exists()
     assert main(["test", "--run", str(out), *folder, "--panels", "0"]) == 0  # its own split, given again
+    # regression: found by path only, so copies of the training images passed as new parts
+    shutil.copytree(root / "normal", root / "copies")
+    assert main(["test", "--run", str(out), "--normal-test-dir", "copies", "--panels", "0"]) == 2
+    assert "8 of the test images are normal training images of this run" in capsys.readouterr().err  # 2 were tests
+    # regression: renaming the files reshuffles the run's own split, which moved training images into it
+    before = {r.image.name for r in load_dataset(root, "custom", "folder", normal_dir="normal") if r.split == "train"}
+    for image in (root / "normal").iterdir():
+        image.rename(image.with_name(f"cam1_{image.name}"))
+    moved = [r for r in load_dataset(root, "custom", "folder", normal_dir="normal")
+             if r.split == "test" and r.image.name.removeprefix("cam1_") in before]
+    assert moved  # the precondition: the new names put a training image into the test split
+    assert main(["test", "--run", str(out), "--panels", "0"]) == 2
+    assert "normal training images of this run (first: " in capsys.readouterr().err
+
+
+def test_a_fixed_layouts_own_split_holding_a_training_image_copy_is_a_warning(tmp_path, capsys):
+    """The dataset's own split (MVTec) decides its tests; a byte copy of a training image there is named."""
+    from dataset_fixtures import make_mvtec_tree
+
+    root = make_mvtec_tree(tmp_path / "data", n_train=6, size=(64, 64))
+    out = tmp_path / "run"
+    assert main(["fit", "--data", str(root), "--category", "widget", "--preset", "tiny", "--out", str(out),
+                 "--steps", "2"]) == 0
+    copied = root / "widget" / "test" / "good" / "copy.png"
+    shutil.copy(next((root / "widget" / "train" / "good").iterdir()), copied)
+    capsys.readouterr()
+    assert main(["test", "--run", str(out), "--panels", "0"]) == 0
+    assert (f"realnet: warning: 1 of the dataset's test images are copies of its training images (first: {copied})"
+            in capsys.readouterr().err)

@@ -5,10 +5,12 @@ name, inputs that cannot be opened, and UTF-8 text inputs."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -94,3 +96,23 @@ def read_utf8_text(path: Path) -> str:
         return Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as error:
         raise not_utf8(path, error) from None
+
+
+def file_sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def contents_sha256(paths: Iterable[Path]) -> list[str | None]:
+    """file_sha256 of each path (None where it cannot be read), read by a few threads."""
+    def digest(path: Path) -> str | None:
+        try:
+            return file_sha256(path)
+        except OSError:
+            return None
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(digest, paths))

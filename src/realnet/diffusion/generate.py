@@ -38,7 +38,7 @@ from realnet.diffusion.sampler import DDIM_VARIANCES, SAMPLERS, sdas_sample
 from realnet.diffusion.train import EMA_WEIGHTS, diffusion_for, load_sdas_model, run_device, save_png, to_uint8
 from realnet.engine.checkpoint import read_json
 from realnet.errors import RealnetError
-from realnet.files import missing_folders, remove_created_folders
+from realnet.files import file_sha256, missing_folders, remove_created_folders
 
 MANIFEST = "manifest.jsonl"
 # s inflates each reverse step's variance (1 + s)-fold; far beyond the paper's 0.2 the images are
@@ -96,14 +96,6 @@ def image_strength(seed: int, index: int, strength: tuple[float, float]) -> floa
 
 def image_name(index: int) -> str:
     return f"{index:06d}.png"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _file_identity(path: Path) -> tuple[int, int, int]:

@@ -23,7 +23,7 @@ from realnet.engine.build import build_backbone, build_model
 from realnet.engine.distributed import launched_rank
 from realnet.engine.runtime import load_samples, resolve_device
 from realnet.errors import BadFileError, RealnetError
-from realnet.files import remove_stale_staging, staging_dir
+from realnet.files import contents_sha256, remove_stale_staging, staging_dir
 from realnet.model.realnet import RealNet
 
 
@@ -199,22 +199,40 @@ def merged_folder_options(recorded: dict[str, Any], given: dict[str, Any]) -> di
     return {**{name: value for name, value in recorded.items() if name not in dropped}, **given}
 
 
-def refuse_training_images_as_tests(recorded: dict[str, Any], tested: dict[str, Any]) -> None:
-    """A test split other than the run's own may hold images the run was fitted or calibrated on
-    (another split seed or ratio of the same folder, the training folder given as a test folder):
-    its scores on them say nothing about new parts. Checked while the run's data is still there."""
-    try:
-        trained = {record.image.resolve() for record in load_dataset(
-            recorded["root"], recorded["category"], recorded["dataset"], **(recorded.get("folder_options") or {}))
-            if record.split == "train"}
-    except (RealnetError, OSError):
+def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any], own_split: bool) -> None:
+    """The test split may hold images the run was fitted or calibrated on (another split seed or
+    ratio of the same folder, the training folder given as a test folder, files renamed or added
+    since fit, which reshuffle a folder dataset's split): its scores on them say nothing about new
+    parts. Found by content where the run recorded its training images' sha256 (model.json), else
+    by path while the run's data is still there (runs of earlier versions, not their own split).
+    A fixed layout's own split (MVTec, VisA, BTAD) that holds a copy of a training image is the
+    dataset's, so that is a warning."""
+    tests = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
+                                                     **tested["folder_options"]) if record.split == "test"]
+    contents = meta["fit"].get("training_image_sha256")
+    if contents is not None:
+        known = set(contents)
+        seen = sorted(path for path, digest in zip(tests, contents_sha256(tests)) if digest in known)
+    elif own_split:
         return
-    seen = sorted(record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
-                                                          **tested["folder_options"])
-                  if record.split == "test" and record.image.resolve() in trained)
-    if seen:
-        raise RealnetError(f"{len(seen)} of the test images are normal training images of this run (first: {seen[0]}): "
-                           "its scores on them say nothing about new parts; test on images it was not fitted on")
+    else:
+        recorded = meta["data"]
+        try:
+            trained = {record.image.resolve() for record in load_dataset(
+                recorded["root"], recorded["category"], recorded["dataset"], **(recorded.get("folder_options") or {}))
+                if record.split == "train"}
+        except (RealnetError, OSError):
+            return
+        seen = sorted(path for path in tests if path.resolve() in trained)
+    if not seen:
+        return
+    if own_split and tested["dataset"] != "folder":
+        sys.stderr.write(f"realnet: warning: {len(seen)} of the dataset's test images are copies of its training "
+                         f"images (first: {seen[0]}); their scores say little about new parts\n")
+        return
+    raise RealnetError(f"{len(seen)} of the test images are normal training images of this run (first: {seen[0]}"
+                       f"{', the folder changed since fit' if own_split else ''}): its scores on them say nothing "
+                       "about new parts; test on images it was not fitted on")
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
@@ -243,8 +261,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
               "dataset": tested_dataset, "folder_options": merged_folder_options(recorded, folder_options or {})}
     own = {"root": str(Path(data["root"]).resolve()), "category": data["category"], "dataset": data["dataset"],
            "folder_options": data.get("folder_options") or {}}
-    if tested != own:  # the run's own test split holds none of its training images
-        refuse_training_images_as_tests(data, tested)
+    refuse_training_images_as_tests(meta, tested, own_split=tested == own)
     split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
                             skip_bad=skip_bad, progress=progress)
     started = time.time()

@@ -36,6 +36,7 @@ from realnet.engine.runtime import (
     to_tensor,
 )
 from realnet.errors import RealnetError
+from realnet.files import contents_sha256
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
 from realnet.model.rrs import reconstruction_residuals
@@ -832,6 +833,11 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     threshold, threshold_source = calibrate_fusion_and_threshold(model, images.fit, images.holdout, config, device,
                                                                  progress)
     validation = validate_on_painted_defects(model, images.holdout, config, device)
+    # by content, so that `test` finds them in any test split: renamed, copied, or moved there by a
+    # folder dataset's split when files are added
+    training_contents = sorted({digest for digest in contents_sha256(
+        record.image for record in records if record.split == "train" and record.label == 0) if digest}
+        if main_process else ())
     meta = {
         "config": config.to_dict(),
         "preset": config.preset,
@@ -852,6 +858,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
             "precision": precision,
             "environment": compute_environment(device),
             "validation": validation,
+            "training_image_sha256": training_contents,
             # the steps the test split chose among: part of the protocol a selected model reports under
             **({"selected_step": selector_on_test.best_step, "selection_metrics": selector_on_test.best_metrics,
                 "eval_every": selector_on_test.every} if selector_on_test else {}),
