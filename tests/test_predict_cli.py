@@ -608,6 +608,22 @@ def test_an_earlier_predicts_maps_folder_inside_the_inputs_is_not_scored(predict
     assert [r["path"] for r in json_lines(capsys.readouterr().out)] == [str(parts / "a.png")]
 
 
+def test_maps_written_beside_the_parts_leave_the_parts_scored(predict, tiny_run, tmp_path, capsys):
+    """Regression: a subfolder holding an earlier predict's maps manifest was dropped whole, so the
+    parts beside the maps were never scored (exit 0); at the top level the maps were scored as parts."""
+    line = tmp_path / "line"
+    for folder, name, seed in (("cam1", "p1.png", 1), ("cam1", "p2.png", 2), ("cam2", "p3.png", 3)):
+        (line / folder).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(normal_image(np.random.default_rng(seed), (40, 40))).save(line / folder / name)
+    assert predict(tiny_run[1], line / "cam1", "--save-maps", line / "cam1", "--overwrite", "--overlays") == 0
+    capsys.readouterr()
+    parts = [str(line / "cam1" / "p1.png"), str(line / "cam1" / "p2.png"), str(line / "cam2" / "p3.png")]
+    assert predict(tiny_run[1], line) == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == parts
+    assert predict(tiny_run[1], line / "cam1") == 0
+    assert [r["path"] for r in json_lines(capsys.readouterr().out)] == parts[:2]
+
+
 def test_threshold_sets_the_operating_point_and_keeps_the_heatmap_scale(predict, tiny_run, awkward, tmp_path, capsys):
     """--threshold replaces the run's calibrated threshold for is_anomalous only; NaN is refused."""
     assert predict(tiny_run[1], awkward["gray"], "--save-maps", tmp_path / "run_threshold") == 0

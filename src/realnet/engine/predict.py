@@ -43,10 +43,10 @@ def expand_inputs(paths: list[str], maps_dir: Path | None = None,
 
 def _images_below(root: Path, skipped: tuple[str, ...], unlistable: list[OSError] | None = None) -> Iterator[Path]:
     """Image files below `root`, hidden ones and those in hidden folders (.ipynb_checkpoints), at
-    `skipped` or in an earlier predict's maps folder left out. Linked folders are entered (rglob
-    leaves a linked camera folder out), each real folder once (a link back up would loop). Broken
-    links are kept for the reader to name; one without a suffix, most likely a folder's, goes to
-    `unlistable`."""
+    `skipped` or listed as maps by an earlier predict (in the folder's MAPS_MANIFEST; the parts
+    beside them are inputs) left out. Linked folders are entered (rglob leaves a linked camera
+    folder out), each real folder once (a link back up would loop). Broken links are kept for the
+    reader to name; one without a suffix, most likely a folder's, goes to `unlistable`."""
     seen = set()
     for folder, dirs, files in os.walk(root, followlinks=True,
                                        onerror=None if unlistable is None else unlistable.append):
@@ -56,15 +56,24 @@ def _images_below(root: Path, skipped: tuple[str, ...], unlistable: list[OSError
             continue
         seen.add(real)
         here = Path(folder)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).relative_to(root).parts != skipped
-                         and not (here / d / MAPS_MANIFEST).is_file())  # an earlier predict's maps are no inputs
-        for name in (f for f in files if not f.startswith(".")):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (here / d).relative_to(root).parts != skipped)
+        maps = _listed_maps(here)  # an earlier predict's maps are no inputs
+        for name in (f for f in files if not f.startswith(".") and f not in maps):
             path = here / name
             broken_link = path.is_symlink() and not path.exists()  # e.g. a camera share that is not mounted
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS and (path.is_file() or broken_link):
                 yield path
             elif broken_link and not Path(name).suffix and unlistable is not None:
                 unlistable.append(FileNotFoundError(errno.ENOENT, "broken symbolic link", str(path)))
+
+
+def _listed_maps(folder: Path) -> frozenset[str]:
+    """The file names an earlier predict's manifest in `folder` lists (none where it has none, or
+    one that cannot be read: its images are then scored, never silently dropped)."""
+    try:
+        return frozenset(json.loads((folder / MAPS_MANIFEST).read_text(encoding="utf-8"))["maps"])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return frozenset()
 
 
 def _parts_inside(folder: Path | None, root: Path) -> tuple[str, ...]:
