@@ -138,3 +138,29 @@ def test_a_second_ctrl_c_while_an_interrupted_command_exits_prints_no_traceback(
     assert result.returncode == 0, result.stderr
     assert result.stdout == "exited quietly 130\n"
     assert result.stderr == "realnet: interrupted\nrealnet: interrupted\n"
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (["predict", "--run", "RUN", ""], "argument IMAGE_OR_DIR: empty path (an unset shell variable?)"),
+    (["predict", "--run", "", "a.png"], "argument --run: empty path"),
+    (["fit", "--data", "", "--category", "c", "--out", "o"], "argument --data: empty path"),
+    (["export", "--run", "RUN", "--out", "models/"], "argument --out: models/ names a folder; give the path of the "
+                                                     "file to write"),
+    (["export", "--run", "RUN", "--out", "."], "argument --out: . names a folder"),
+    (["synth", "preview", "--data", "d", "--category", "c", "--out", "grids/"], "argument --out: grids/ names a folder"),
+])
+def test_empty_paths_and_folders_given_as_output_files_are_refused(arguments, message, capsys):
+    """Regression: an empty argument (an unset "$IMG") meant the current folder, so predict scored every
+    image below it; `export --out models/` wrote a file named models; `--out .` ended in a traceback."""
+    from realnet.cli.main import main
+
+    with pytest.raises(SystemExit) as exit_code:
+        main(arguments)
+    assert exit_code.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_export_to_the_current_folder_is_one_line_from_python_too(tiny_run):
+    from realnet.export.onnx import export_run
+
+    with pytest.raises(RealnetError, match=r"--out \. is a folder; give the path of the .onnx file"):
+        export_run(tiny_run[1], ".")

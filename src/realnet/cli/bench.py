@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from realnet.cli.common import path_argument
+
 EPILOG = """examples:
   realnet bench --suite cpu-real --data ../shared/data --out bench_runs
   realnet bench --suite paper-main --data-root mvtec=/data/mvtec --data-root visa=/data/visa \\
@@ -21,13 +23,13 @@ def register(subparsers) -> None:
                                   epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     bench.add_argument("--suite", required=True, metavar="NAME_OR_FILE",
                        help="a shipped suite (paper-main, ablations, cpu-real, tiny) or a suite YAML file")
-    bench.add_argument("--data", type=Path, metavar="ROOT", help="parent folder of every dataset root")
+    bench.add_argument("--data", type=path_argument, metavar="ROOT", help="parent folder of every dataset root")
     bench.add_argument("--data-root", action="append", default=[], metavar="KEY=DIR",
                        help="the root of one dataset, by the suite's root key (repeatable)")
-    bench.add_argument("--dtd", type=Path, metavar="DIR", help="DTD folder for the dtd synthesis source")
-    bench.add_argument("--sia", type=Path, metavar="DIR",
+    bench.add_argument("--dtd", type=path_argument, metavar="DIR", help="DTD folder for the dtd synthesis source")
+    bench.add_argument("--sia", type=path_argument, metavar="DIR",
                        help="SDAS image bank (DIR/<category>/); cells that need it are skipped without it")
-    bench.add_argument("--out", type=Path, required=True, metavar="DIR", help="results go to DIR/SUITE/")
+    bench.add_argument("--out", type=path_argument, required=True, metavar="DIR", help="results go to DIR/SUITE/")
     bench.add_argument("--only", action="append", default=[], metavar="PATTERN",
                        help="run only cells whose dataset/category/variant (any variant a shared cell stands for) "
                             "or axis matches this glob (repeatable)")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,28 @@ def thread_count(text: str) -> int:
     return value
 
 
+def path_text(text: str) -> str:
+    """argparse type for path arguments kept as text: an empty one (an unset shell variable, "$IMG")
+    would mean the current folder, whose every image predict would score."""
+    if not text:
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?)")
+    return text
+
+
+def path_argument(text: str) -> Path:
+    """argparse type for path arguments: `path_text`'s check, as a Path."""
+    return Path(path_text(text))
+
+
+def file_to_write(text: str) -> Path:
+    """argparse type for an output file: a name ending in a separator, ".", ".." or "/" names a folder
+    (Path drops a trailing slash, so `--out models/` wrote a file named models)."""
+    path = path_argument(text)
+    if text.endswith(("/", os.sep)) or path.name in ("", ".", ".."):
+        raise argparse.ArgumentTypeError(f"{text} names a folder; give the path of the file to write")
+    return path
+
+
 def finite_float(text: str) -> float:
     """argparse type for thresholds: NaN would pass every part (NaN > x is False)."""
     value = float(text)
@@ -74,17 +97,17 @@ def positive_int(text: str) -> int:
 def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str | None = "mvtec") -> None:
     """--data, --category, --dataset and the folder-dataset options. With default_dataset=None
     the dataset may be left out (e.g. `test`, which defaults to the run's own data)."""
-    parser.add_argument("--data", type=Path, help="dataset root (folder dataset: base for its relative dirs; "
+    parser.add_argument("--data", type=path_argument, help="dataset root (folder dataset: base for its relative dirs; "
                                                   "for test, the run's own root when left out)")
     parser.add_argument("--category", help="category name (folder dataset: any name, default 'custom')")
     parser.add_argument("--dataset", choices=DATASETS, default=default_dataset,
                         help="layout: mvtec (also MPDD and magnetic_tile), btad, visa, folder"
                              + (f" (default {default_dataset})" if default_dataset else ""))
     folder = parser.add_argument_group("folder dataset (--dataset folder)")
-    folder.add_argument("--normal-dir", type=Path, help="normal training images (required for folder, except a test split given by --normal-test-dir)")
-    folder.add_argument("--abnormal-dir", type=Path, help="anomalous test images")
-    folder.add_argument("--mask-dir", type=Path, help="masks of the anomalous images, matched by file stem")
-    folder.add_argument("--normal-test-dir", type=Path, help="normal test images")
+    folder.add_argument("--normal-dir", type=path_argument, help="normal training images (required for folder, except a test split given by --normal-test-dir)")
+    folder.add_argument("--abnormal-dir", type=path_argument, help="anomalous test images")
+    folder.add_argument("--mask-dir", type=path_argument, help="masks of the anomalous images, matched by file stem")
+    folder.add_argument("--normal-test-dir", type=path_argument, help="normal test images")
     folder.add_argument("--test-ratio", type=float,
                         help="share of normal images kept for test without --normal-test-dir (default 0.2)")
     folder.add_argument("--split-seed", type=non_negative_int, help="seed of that train/test split (default 0)")

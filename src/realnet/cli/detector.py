@@ -4,23 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from realnet.cli.common import (add_data_arguments, data_selection, finite_float, non_negative_int, positive_int, print_json_line,
+from realnet.cli.common import (add_data_arguments, data_selection, finite_float, non_negative_int, path_argument,
+                                 path_text, positive_int, print_json_line,
                                  seed_int)
 
 def register(subparsers) -> None:
     fit = subparsers.add_parser("fit", help="train a detector from normal images")
     add_data_arguments(fit)
-    fit.add_argument("--out", type=Path, required=True, help="run folder to create")
+    fit.add_argument("--out", type=path_argument, required=True, help="run folder to create")
     fit.add_argument("--preset", default="paper", help="paper | cpu | tiny (default paper)")
-    fit.add_argument("--config", type=Path, help="YAML file overriding the preset")
+    fit.add_argument("--config", type=path_argument, help="YAML file overriding the preset")
     fit.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                      help="override one config value, e.g. --set train.steps=500 (repeatable)")
-    fit.add_argument("--dtd", help="DTD folder for the dtd source (e.g. DATA/dtd); every image below it is a texture")
-    fit.add_argument("--sia", help="SDAS image bank (folder holding <category>/ images)")
+    fit.add_argument("--dtd", type=path_text, help="DTD folder for the dtd source (e.g. DATA/dtd); every image below it is a texture")
+    fit.add_argument("--sia", type=path_text, help="SDAS image bank (folder holding <category>/ images)")
     fit.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
                      help="synthesis source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise, e.g. "
                           "--source dtd shade:0.5 (replaces the preset's)")
-    fit.add_argument("--backbone-weights", help="local backbone weights file (.safetensors/.pth)")
+    fit.add_argument("--backbone-weights", type=path_text, help="local backbone weights file (.safetensors/.pth)")
     fit.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     fit.add_argument("--steps", type=positive_int, help="number of training steps (overrides epochs)")
     fit.add_argument("--seed", type=seed_int, help="training seed (default: the preset's train.seed)")
@@ -37,7 +38,7 @@ def register(subparsers) -> None:
     fit.set_defaults(func=run_fit)
 
     test = subparsers.add_parser("test", help="evaluate a run on its test split")
-    test.add_argument("--run", type=Path, required=True, help="a finished fit's folder")
+    test.add_argument("--run", type=path_argument, required=True, help="a finished fit's folder")
     add_data_arguments(test, default_dataset=None)
     test.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
     test.add_argument("--batch-size", type=positive_int, help="default: the run's train.batch_size")
@@ -47,9 +48,9 @@ def register(subparsers) -> None:
     test.set_defaults(func=run_test)
 
     predict = subparsers.add_parser("predict", help="score images or folders")
-    predict.add_argument("--run", type=Path, required=True, help="a finished fit's folder")
-    predict.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
-    predict.add_argument("--save-maps", "--out", dest="save_maps", type=Path, metavar="DIR",
+    predict.add_argument("--run", type=path_argument, required=True, help="a finished fit's folder")
+    predict.add_argument("inputs", nargs="+", type=path_text, metavar="IMAGE_OR_DIR")
+    predict.add_argument("--save-maps", "--out", dest="save_maps", type=path_argument, metavar="DIR",
                          help="write anomaly maps as PNGs into DIR")
     predict.add_argument("--overwrite", action="store_true",
                          help="with --save-maps: use DIR although it holds files, deleting the maps an earlier "
@@ -68,7 +69,7 @@ def register(subparsers) -> None:
     predict.set_defaults(func=run_predict)
 
     demo = subparsers.add_parser("demo", help="offline end-to-end run on an embedded demo dataset")
-    demo.add_argument("--out", type=Path, default=Path("demo_run"),
+    demo.add_argument("--out", type=path_argument, default=Path("demo_run"),
                       help="folder for the demo's data and run (default ./demo_run)")
     demo.add_argument("--category", default="brick", help="brick | gravel | grass")
     demo.add_argument("--steps", type=positive_int, help="training steps (default: the demo's budget)")

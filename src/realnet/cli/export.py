@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from realnet.cli.common import print_json_line
+from realnet.cli.common import file_to_write, path_argument, print_json_line
 
 FORMATS = ("onnx",)
 
@@ -16,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Exports the whole inference graph: image in [0, 1] (B, 3, S, S) -> anomaly map "
                     "(B, S, S) and image score (B,). The run's threshold is stored in the model's "
                     "metadata. onnxruntime is checked against PyTorch before the file is written.")
-    export.add_argument("--run", type=Path, required=True, help="finished run folder")
+    export.add_argument("--run", type=path_argument, required=True, help="finished run folder")
     export.add_argument("--format", choices=FORMATS, default="onnx", help="export format (default onnx)")
-    export.add_argument("--out", type=Path, required=True, help="model file to write, e.g. model.onnx")
+    export.add_argument("--out", type=file_to_write, required=True, help="model file to write, e.g. model.onnx")
     export.add_argument("--batch-size-dynamic", action="store_true",
                         help="accept any batch size (default: batch size 1)")
     export.add_argument("--opset", type=int, help="ONNX opset (default 17)")

@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-from realnet.cli.common import positive_int, print_json_line, seed_int, thread_count
+from realnet.cli.common import path_argument, positive_int, print_json_line, seed_int, thread_count
 from realnet.errors import BadFileError, RealnetError
 from realnet.files import openable_file
 
@@ -19,11 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     actions = sdas.add_subparsers(dest="sdas_command", required=True, metavar="ACTION")
 
     train = actions.add_parser("train", help="train the diffusion model on normal images (Appendix B)")
-    train.add_argument("--data", type=Path, required=True, help="dataset root")
+    train.add_argument("--data", type=path_argument, required=True, help="dataset root")
     train.add_argument("--categories", required=True,
                        help="comma-separated categories; more than one trains one class-conditional model")
     train.add_argument("--dataset", default="mvtec", help="dataset layout (default mvtec)")
-    train.add_argument("--out", type=Path, required=True, help="model folder")
+    train.add_argument("--out", type=path_argument, required=True, help="model folder")
     train.add_argument("--preset", default="cpu", help="paper (256 px, 553M params), cpu (64 px, the default) or tiny")
     train.add_argument("--image-size", type=int, help="override the preset's image size")
     train.add_argument("--channels", default="auto", help="auto (1 if every image is gray), 1 or 3")
@@ -39,17 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--save-every", type=int, default=500, help="steps between checkpoints (default 500)")
     train.add_argument("--log-every", type=int, default=50, help="steps between log.jsonl lines (default 50)")
     train.add_argument("--seed", type=seed_int, default=0, help="training seed (default 0)")
-    train.add_argument("--init", type=Path, help="start from a model folder or .safetensors (matching tensors only)")
+    train.add_argument("--init", type=path_argument, help="start from a model folder or .safetensors (matching tensors only)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     _add_runtime_flags(train)
     train.set_defaults(func=run_train)
 
     generate = actions.add_parser("generate", help="write the SIA bank of one category: OUT/<category>/*.png")
-    generate.add_argument("--model", type=Path, required=True, help="model folder from `sdas train`")
+    generate.add_argument("--model", type=path_argument, required=True, help="model folder from `sdas train`")
     generate.add_argument("--category", required=True, help="the category to generate (one the model was trained on)")
     generate.add_argument("--count", type=int, required=True, help="images 0..COUNT-1 (existing ones are kept)")
     generate.add_argument("--strength", default="0.1:0.2", help="s ~ U(LOW, HIGH) per image, or one value, within [0, 100] (default 0.1:0.2)")
-    generate.add_argument("--out", type=Path, required=True, help="SIA root folder")
+    generate.add_argument("--out", type=path_argument, required=True, help="SIA root folder")
     generate.add_argument("--seed", type=seed_int, default=0,
                           help="fixes every image's noise and strength (default 0)")
     generate.add_argument("--batch", type=int, default=8, help="images sampled together (part of what fixes the bytes)")
@@ -60,12 +60,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.set_defaults(func=run_generate)
 
     quality = actions.add_parser("quality", help="FID and cluster-LPIPS of synthetic against real images (Tab. S6)")
-    quality.add_argument("--real", type=Path, nargs="+", required=True, help="folders of real (anomalous) images")
-    quality.add_argument("--fake", type=Path, nargs="+", required=True, help="folders of synthetic images")
+    quality.add_argument("--real", type=path_argument, nargs="+", required=True, help="folders of real (anomalous) images")
+    quality.add_argument("--fake", type=path_argument, nargs="+", required=True, help="folders of synthetic images")
     quality.add_argument("--features", default="tf_efficientnet_lite0",
                          help="backbone for the features (default tf_efficientnet_lite0)")
     quality.add_argument("--weights", default="auto", help="backbone weights: auto, timm, torchvision or a file")
-    quality.add_argument("--lpips-weights", type=Path, help="official LPIPS linear-layer weights; default uniform")
+    quality.add_argument("--lpips-weights", type=path_argument, help="official LPIPS linear-layer weights; default uniform")
     quality.add_argument("--size", type=positive_int, default=256, help="images are resized to SIZE x SIZE (default 256)")
     quality.add_argument("--batch", type=positive_int, default=16, help="images per forward pass (default 16)")
     quality.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")

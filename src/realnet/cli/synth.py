@@ -6,7 +6,7 @@ import argparse
 from collections import Counter
 from pathlib import Path
 
-from realnet.cli.common import add_data_arguments, data_selection, seed_int
+from realnet.cli.common import add_data_arguments, data_selection, file_to_write, path_argument, seed_int
 from realnet.errors import RealnetError
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--source", action="extend", nargs="+", metavar="NAME[:WEIGHT]",
                          help="anomaly source(s): dtd, sia, cutpaste, nsa, shade, crack, feature_noise (the image is left as it is; shown with its mask) (default: dtd and/or sia "
                               "when --dtd/--sia are given)")
-    preview.add_argument("--dtd", type=Path, help="DTD folder for the dtd source (e.g. DATA/dtd); every image below it is a texture")
-    preview.add_argument("--sia", type=Path, help="SDAS image bank for the sia source (holding <category>/)")
+    preview.add_argument("--dtd", type=path_argument, help="DTD folder for the dtd source (e.g. DATA/dtd); every image below it is a texture")
+    preview.add_argument("--sia", type=path_argument, help="SDAS image bank for the sia source (holding <category>/)")
     preview.add_argument("--foreground", choices=("rule", "auto", "none"), default="rule",
                          help="where anomalies may go: the category's rule (auto when unknown), auto, "
                               "or none = whole image (default rule)")
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     preview.add_argument("--size", type=int, default=256, help="training image size (default 256)")
     preview.add_argument("--count", type=int, default=16, help="number of samples (default 16)")
     preview.add_argument("--seed", type=seed_int, default=0, help="random seed (default 0)")
-    preview.add_argument("--out", type=Path, required=True, help="grid image to write (.png, .jpg, ...)")
+    preview.add_argument("--out", type=file_to_write, required=True, help="grid image to write (.png, .jpg, ...)")
     preview.set_defaults(func=run_preview)
 
 

@@ -113,6 +113,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
     require_export_packages()
     check_opset(opset)
     run_dir = Path(run_dir)
+    _refuse_a_folder(Path(out))
     _refuse_overwriting_the_run(run_dir, Path(out))
     model, meta = load_run(run_dir, torch.device("cpu"))
     size = int(meta["config"]["train"]["image_size"])
@@ -121,6 +122,11 @@ def export_run(run_dir: str | Path, out: str | Path, *, opset: int = DEFAULT_OPS
                        image_source=source, opset=opset, dynamic_batch=dynamic_batch,
                        map_tolerance=map_tolerance, score_tolerance=score_tolerance,
                        external_data=external_data)
+
+
+def _refuse_a_folder(out: Path) -> None:
+    if not out.name or out.is_dir():  # Path(".").name is empty
+        raise RealnetError(f"--out {out} is a folder; give the path of the .onnx file to write")
 
 
 def _refuse_overwriting_the_run(run_dir: Path, out: Path) -> None:
@@ -206,8 +212,7 @@ def export_onnx(model: RealNet, out: str | Path, *, image_size: int, metadata: M
 
     out = Path(out)
     check_opset(opset)
-    if out.is_dir():
-        raise RealnetError(f"--out {out} is a folder; give the path of the .onnx file to write")
+    _refuse_a_folder(out)
     created = missing_folders(out.parent)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
