@@ -4,6 +4,7 @@ precision trained, and on which machine and software) and the recalibration of t
 statistics after training."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,10 +248,10 @@ def test_only_rank_0_creates_the_run_folder(tmp_path, monkeypatch):
     request = fit_module.FitRequest(config=load_config("tiny"), data_root=tmp_path, category="widget",
                                     out=tmp_path / "run")
     monkeypatch.setenv("RANK", "1")
-    assert fit_module.prepare_run_dir(request) is False
+    assert fit_module.prepare_run_dir(request) == []
     assert not request.out.exists()
     monkeypatch.setenv("RANK", "0")
-    assert fit_module.prepare_run_dir(request) is True and request.out.is_dir()
+    assert fit_module.prepare_run_dir(request) == [request.out] and request.out.is_dir()
 
 
 def test_skipped_bad_images_still_leave_enough_training_images(tmp_path):
@@ -406,6 +407,10 @@ def test_a_density_fusion_with_one_fit_image_is_refused_before_training(tmp_path
     with pytest.raises(RealnetError, match="density.weight > 0 needs at least 2 fit images"):
         tiny_fit(tmp_path, "run", "train.holdout_fraction=0.5", "density.weight=0.5")
     assert not (tmp_path / "run").exists()
+    # regression: the parents of --out that the fit created were left behind, empty
+    with pytest.raises(RealnetError, match="density.weight > 0 needs at least 2 fit images"):
+        tiny_fit(tmp_path, "a/b/run", "train.holdout_fraction=0.5", "density.weight=0.5")
+    assert not (tmp_path / "a").exists()
 
 
 def test_the_afs_record_is_written_before_model_json_marks_the_run_finished(tmp_path, monkeypatch):
@@ -419,3 +424,20 @@ def test_the_afs_record_is_written_before_model_json_marks_the_run_finished(tmp_
         seen.append((out / fit_module.AFS_RECORD).exists()), save_model(out, model, meta)))
     tiny_fit(tmp_path, "run")
     assert seen == [True]
+
+
+def test_resume_of_a_finished_run_on_read_only_media_returns_it(tmp_path, monkeypatch):
+    """Regression: --resume on a finished run unlinked its (absent) resume.pt, which fails with EROFS on
+    a read-only file system, so the run could not be returned."""
+    import errno
+
+    tiny_fit(tmp_path, "run")
+
+    def read_only(path, missing_ok=False):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(Path, "unlink", read_only)
+    config = load_config("tiny", overrides=["train.steps=4"])
+    meta = fit_module.fit(fit_module.FitRequest(config=config, data_root=tmp_path / "data", category="widget",
+                                                out=tmp_path / "run", device="cpu", progress=False, resume=True))
+    assert meta == json.loads((tmp_path / "run" / "model.json").read_text())

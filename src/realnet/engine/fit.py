@@ -36,7 +36,7 @@ from realnet.engine.runtime import (
     to_tensor,
 )
 from realnet.errors import RealnetError
-from realnet.files import contents_sha256
+from realnet.files import contents_sha256, missing_folders, remove_created_folders
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
 from realnet.model.rrs import reconstruction_residuals
@@ -648,8 +648,9 @@ def foreign_entries(out: Path) -> list[str]:
                   and not checkpoint.is_temporary_of(entry.name, RUN_FILES)) if out.exists() else []
 
 
-def prepare_run_dir(request: FitRequest) -> bool:
-    """Returns True when this call created the folder (so a failure can remove it)."""
+def prepare_run_dir(request: FitRequest) -> list[Path]:
+    """Returns the folders this call created, innermost (the run folder) first, so that a failure
+    can remove them."""
     out = request.out
     if out.exists() and not out.is_dir():
         raise RealnetError(f"--out {out} is a file; give a folder for the run")
@@ -679,8 +680,8 @@ def prepare_run_dir(request: FitRequest) -> bool:
     if launched_rank() != 0:
         # torchrun starts every rank at once: the one that made the folder must be the one that removes
         # it on failure, so rank 0 alone makes it (the others write nothing there)
-        return False
-    created = not out.exists()
+        return []
+    created = missing_folders(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint
     return created
@@ -699,7 +700,8 @@ def fit(request: FitRequest) -> dict[str, Any]:
         check_same_evaluation_steps(request, meta["fit"].get("eval_every"), meta["fit"]["n_fit_images"],
                                     "the finished run", "choose another --out to select among other steps")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
-        (request.out / checkpoint.RESUME_STATE).unlink(missing_ok=True)  # of a kill after the model was saved
+        if (request.out / checkpoint.RESUME_STATE).exists():  # a kill after the model was saved (unlink of a missing
+            (request.out / checkpoint.RESUME_STATE).unlink()  # file fails on read-only media, where a run is kept)
         return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
         # the fused maps are calibrated once, after training; mid-run test scores would not be the fused ones
@@ -722,6 +724,7 @@ def fit(request: FitRequest) -> dict[str, Any]:
         if created and launched_rank() == 0 and not any(
                 (request.out / name).exists() for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META)):
             shutil.rmtree(request.out, ignore_errors=True)
+            remove_created_folders(created[1:])  # the parents --out named that did not exist
         raise
 
 
