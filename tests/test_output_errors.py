@@ -4,6 +4,7 @@ gave: the file or folder they chose (never an internal temporary name) or the op
 from __future__ import annotations
 
 import errno
+import os
 import tempfile
 
 import pytest
@@ -14,6 +15,23 @@ from realnet.errors import RealnetError
 
 def _refused(*args, **kwargs):
     raise PermissionError(errno.EPERM, "Operation not permitted", "/somewhere/.grid.png.k3j2l1.tmp")
+
+
+def test_a_file_named_near_the_limit_is_written_and_a_failed_write_leaves_no_folder(tmp_path):
+    """Regression: `synth preview --out grids/<240-byte name>.png` failed "File name too long" (the
+    temporary's name adds 14 bytes) and left grids/, which it had created, behind."""
+    from realnet.engine.checkpoint import atomic_write
+
+    target = tmp_path / "grids" / ("L" * 246 + ".png")
+    atomic_write(target, lambda tmp: tmp.write_text("x"))
+    assert os.listdir(target.parent) == [target.name] and target.read_text() == "x"
+
+    def fails(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(RealnetError, match="No space left on device"):
+        atomic_write(tmp_path / "a" / "b" / "grid.png", fails)
+    assert not (tmp_path / "a").exists()
 
 
 def test_an_unwritable_folder_is_named_not_the_temporary_file(tmp_path, monkeypatch):

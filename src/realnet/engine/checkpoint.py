@@ -21,23 +21,28 @@ from safetensors.torch import load_file, save_file
 
 from realnet import __version__
 from realnet.errors import BadFileError, RealnetError
-from realnet.files import USER_UMASK, openable_file
+from realnet.files import USER_UMASK, cut_to_bytes, missing_folders, openable_file, remove_created_folders
 
 MODEL_WEIGHTS = "model.safetensors"
 MODEL_META = "model.json"
 RESUME_STATE = "resume.pt"
 FORMAT_VERSION = 1
 RESUME_KEYS = ("model", "optimizer", "step", "selection", "elapsed_s")  # what every resume.pt holds
+_TEMPORARY_NAME_BYTES = 240  # of a temporary's 255: ".", the target's name, and mkstemp's "." + 8 + ".tmp"
 
 
 def write_beside(path: Path, write) -> Path:
     """Call `write(tmp_path)` on a new temporary file beside `path` and return it complete, for the
     caller to move into place (os.replace) or delete; deleted here if writing fails. A folder that
-    cannot be written to is named in the error, not the temporary file's name."""
+    cannot be written to is named in the error, not the temporary file's name; folders made for it
+    are removed again. The temporary's name holds the target's (`temporary_target`), cut to leave
+    room for mkstemp's part where the target's own name is near the 255-byte limit."""
     tmp = None
+    created = missing_folders(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{cut_to_bytes(path.name, _TEMPORARY_NAME_BYTES)}.",
+                                   suffix=".tmp")
         os.close(fd)
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~USER_UMASK)  # mkstemp creates 0600; give the file the user's usual mode
@@ -45,6 +50,7 @@ def write_beside(path: Path, write) -> Path:
     except BaseException as error:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        remove_created_folders(created)
         if isinstance(error, OSError):
             raise RealnetError(f"{path}: cannot write there ({error.strerror or error})") from None
         raise
