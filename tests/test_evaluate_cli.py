@@ -697,3 +697,19 @@ def test_a_fixed_layouts_own_split_holding_a_training_image_copy_is_a_warning(tm
     assert main(["test", "--run", str(out), "--panels", "0"]) == 0
     assert (f"realnet: warning: 1 of the dataset's test images are copies of its training images (first: {copied})"
             in capsys.readouterr().err)
+
+
+def test_a_linked_panels_folder_is_refused_before_scoring(tiny_run, tmp_path, capsys, monkeypatch):
+    """Regression: with RUN/panels a link to a shared folder, test scored every image, then failed with
+    'Cannot call rmtree on a symbolic link'."""
+    import realnet.engine.fit
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run[1], copy)
+    (tmp_path / "share").mkdir()
+    (copy / "panels").symlink_to(tmp_path / "share")
+    monkeypatch.setattr(realnet.engine.fit, "score_images", lambda *args, **kwargs: pytest.fail("scored"))
+    assert main(["test", "--run", str(copy)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"realnet: error: {copy / 'panels'} is a symbolic link; test replaces the panels folder whole, so remove "
+        "the link (and copy the panels where they are shared after each test)")

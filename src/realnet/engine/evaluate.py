@@ -244,6 +244,9 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
     run_dir = Path(run_dir)
     torch_device = resolve_device(device)
     model, meta = load_run(run_dir, torch_device)
+    if (run_dir / PANELS_DIR).is_symlink():  # found before scoring, not when the outputs replace it
+        raise RealnetError(f"{run_dir / PANELS_DIR} is a symbolic link; test replaces the panels folder whole, so "
+                           "remove the link (and copy the panels where they are shared after each test)")
     remove_killed_test_outputs(run_dir)
     data = dict(meta["data"])
     size = meta["config"]["train"]["image_size"]
