@@ -2,6 +2,7 @@
 weights of an uninterrupted run with the same seed (CPU, tiny preset)."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -276,6 +277,24 @@ def test_resume_with_other_backbone_weights_at_the_same_path_is_refused(tmp_path
     with pytest.raises(RealnetError, match=r"started on other inputs: backbone_sha256 '[0-9a-f]{64}' \(now '"):
         fit(replace(request, resume=True))
     write_weights(1)
+    assert fit(replace(request, resume=True))["fit"]["steps"] == 12
+
+
+def test_resume_after_a_training_image_changed_is_refused(tmp_path, monkeypatch):
+    """Regression: a killed run resumed after a training image was replaced (same count, same names)
+    trained on with other images than its first steps and AFS had used."""
+    from realnet.engine.fit import fit
+    from realnet.errors import RealnetError
+
+    data = make_mvtec_tree(tmp_path / "data", "widget", n_train=10, n_test_good=2, size=(64, 64))
+    request = tiny_request(data, tmp_path / "run")
+    killed_after_checkpoints(monkeypatch, request, 1)
+    image = next((data / "widget" / "train" / "good").iterdir())
+    original = image.read_bytes()
+    shutil.copy(data / "widget" / "test" / "good" / "000.png", image)
+    with pytest.raises(RealnetError, match=r"started on other inputs: training_images_sha256 '[0-9a-f]{64}' \(now '"):
+        fit(replace(request, resume=True))
+    image.write_bytes(original)
     assert fit(replace(request, resume=True))["fit"]["steps"] == 12
 
 

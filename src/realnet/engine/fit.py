@@ -3,6 +3,7 @@ held-out normal training images. No test image is seen unless `select_on_test` i
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import sys
@@ -747,6 +748,10 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
     rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
     images = load_training_images(request, records, rule)
+    # by content: `test` finds them in any test split (renamed, copied, or moved there by a folder
+    # dataset's split when files are added), and --resume refuses a training set changed meanwhile
+    training_contents = sorted({digest for digest in contents_sha256(
+        record.image for record in records if record.split == "train" and record.label == 0) if digest})
     model = build_model(config, backbone).to(device)
     distributed.synchronize_batchnorm(model.trainable_modules(), context)  # before the optimizer takes the parameters
     synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
@@ -763,7 +768,8 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     # the weights too, not only the config's name or path for them: a file replaced at the same path,
     # or another download, would train on with another backbone than AFS chose the channels on
     inputs = {**run_inputs(request, len(images.fit) + len(images.holdout), context.world_size),
-              "backbone_sha256": backbone.identity["sha256"]}
+              "backbone_sha256": backbone.identity["sha256"],
+              "training_images_sha256": hashlib.sha256("".join(training_contents).encode()).hexdigest()}
     if resume_state is not None:
         check_resumable(request, resume_state, inputs, len(images.fit))
         adopt_thread_count(resume_state.get("threads"), device, warn=main_process)
@@ -836,11 +842,6 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     threshold, threshold_source = calibrate_fusion_and_threshold(model, images.fit, images.holdout, config, device,
                                                                  progress)
     validation = validate_on_painted_defects(model, images.holdout, config, device)
-    # by content, so that `test` finds them in any test split: renamed, copied, or moved there by a
-    # folder dataset's split when files are added
-    training_contents = sorted({digest for digest in contents_sha256(
-        record.image for record in records if record.split == "train" and record.label == 0) if digest}
-        if main_process else ())
     meta = {
         "config": config.to_dict(),
         "preset": config.preset,
