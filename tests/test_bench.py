@@ -218,7 +218,11 @@ def test_tables_show_paper_format_partial_averages_and_statuses():
     trend_md, trend_csv = tables.trend_table(suite, suite.axes[0], cells, statuses)
     assert "| d | a | suite default | 80.00 | 70.00 | 50.00 | 2/2 | (99.00, 98.00, -) |" in trend_md
     assert "| d | b | rrs.mode=max | 100.00 | 80.00 | - | 1/2 |  |" in trend_md
-    assert list(csv.DictReader(trend_csv.splitlines()))[1]["paper_image_auroc"] == ""
+    trend_rows = list(csv.DictReader(trend_csv.splitlines()))
+    columns = ["image_auroc", "pixel_auroc", "aupro", "paper_image_auroc", "paper_pixel_auroc", "paper_aupro"]
+    assert [[row[c] for c in columns] for row in trend_rows] == [
+        [f"{100 * (0.9 + 0.7) / 2:.2f}", f"{100 * (0.8 + 0.6) / 2:.2f}", f"{100 * 0.5:.2f}", "99.00", "98.00", ""],
+        [f"{100 * 1.0:.2f}", f"{100 * 0.8:.2f}", "", "", "", ""]]
 
 
 def test_efficiency_of_a_config_in_its_own_process_matches_the_model(tmp_path):
@@ -240,6 +244,22 @@ def test_efficiency_of_a_config_in_its_own_process_matches_the_model(tmp_path):
     markdown, text = tables.efficiency_table([{**result, "name": "tiny"}])
     assert markdown.splitlines()[2].startswith(f"| tiny | {result['detector_params'] / 1e6:.2f} |")
     assert list(csv.DictReader(text.splitlines()))[0]["checkpoint_mb"] == str(result["checkpoint_mb"])
+
+
+def test_the_efficiency_table_puts_each_measurement_under_its_own_column():
+    """Each Markdown column and each CSV column holds the row's value for that column (bs 1 and bs 8 apart)."""
+    row = {"name": "tiny", "detector_params": 2_500_000, "backbone_params": 11_000_000, "checkpoint_mb": 9.5,
+           "peak_rss_mb": 300.0, "images_per_s_bs1": 11.5, "images_per_s_bs8": 80.25,
+           "backbone_images_per_s_bs1": 40.0, "backbone_images_per_s_bs8": 200.0, "time_ratio_bs1": 3.48,
+           "time_ratio_bs8": 2.49, "image_size": 64, "device": "cpu", "threads": 2, "n_images": 8, "repeats": 3}
+    markdown, text = tables.efficiency_table([row])
+    header, _, values = ([cell.strip() for cell in line.strip("|").split("|")] for line in markdown.splitlines()[:3])
+    assert dict(zip(header, values)) == {
+        "configuration": "tiny", "detector params (M)": f"{2.5:.2f}", "backbone params (M)": f"{11.0:.2f}",
+        "checkpoint MB": "9.5", "peak RSS MB": "300.0", "img/s bs 1": "11.5", "img/s bs 8": "80.25",
+        "backbone img/s bs 1": "40.0", "backbone img/s bs 8": "200.0",
+        "time / backbone bs 1": "3.48", "time / backbone bs 8": "2.49"}
+    assert list(csv.DictReader(text.splitlines())) == [{key: str(value) for key, value in row.items()}]
 
 
 def fake_complete_cell(folder: Path, config: dict, data_root: Path, image_auroc: float) -> None:

@@ -20,6 +20,7 @@ def test_paper_preset_matches_the_paper():
     assert (config.train.image_size, config.train.batch_size, config.train.learning_rate) == (256, 16, 1e-4)
     assert config.train.epochs == 1000 and config.reconstruction.arch == "A"
     assert config.train.lr_schedule == "constant"
+    assert config.train.score_kernel == 16
 
 
 def test_file_and_overrides_apply_in_order(tmp_path):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import shutil
 from collections import Counter
@@ -393,6 +394,20 @@ def test_folder_split_of_a_file_does_not_depend_on_other_files(tmp_path):
     after = {r.image.name: r.split for r in load_folder(root / "normal", test_ratio=0.5)}
     moved = [name for name in before if before[name] != after[name]]
     assert len(moved) <= 1
+
+
+def test_folder_split_hashes_the_names_alone_wherever_the_folder_is(tmp_path):
+    """Test images are the round(0.2 n) smallest sha256(f"{seed}:" + name) keys, the same in a copied tree."""
+    root = make_folder_tree(tmp_path / "here", n_normal=10, n_abnormal=0)
+    shutil.copytree(root, tmp_path / "elsewhere" / "deeper")
+
+    def test_names(folder):
+        return {r.image.name for r in load_folder(folder, seed=0) if r.split == "test"}
+
+    names = [path.name for path in (root / "normal").iterdir()]
+    by_key = sorted(names, key=lambda name: hashlib.sha256(b"0:" + name.encode()).hexdigest())
+    assert test_names(root / "normal") == set(by_key[:2])
+    assert test_names(tmp_path / "elsewhere" / "deeper" / "normal") == set(by_key[:2])
 
 
 def test_folder_ratio_rules(tmp_path):

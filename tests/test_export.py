@@ -357,3 +357,11 @@ def test_an_out_path_on_a_file_of_the_run_is_refused(tiny_run, tmp_path, capsys)
         f"realnet: error: --out {run_dir / 'model.safetensors'}: model.safetensors is a file of the run being "
         "exported; give a path outside the run folder or a new name"]
     assert (run_dir / "model.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize("map_difference, score_difference", [(0.0, 1.0), (1.0, 0.0)])
+def test_parity_fails_when_only_the_map_or_only_the_score_is_off(map_difference, score_difference):
+    """A report passes only when both the map and the score are within their tolerances."""
+    report = onnx_export.ParityReport(1, "random images", (1,), map_difference, score_difference, 1e-3, 1e-3)
+    assert not report.passed
+    assert onnx_export.ParityReport(1, "random images", (1,), 0.0, 0.0, 1e-3, 1e-3).passed

@@ -27,14 +27,14 @@ def test_bf16_is_available_on_gpus_and_cpus_with_native_kernels(monkeypatch, nat
     assert not bf16_autocast_available(torch.device("mps"))
 
 
-def tiny_fit(tmp_path, name, *overrides):
+def tiny_fit(tmp_path, name, *overrides, category="widget"):
     from dataset_fixtures import make_mvtec_tree
 
     data_root = tmp_path / "data"
     if not data_root.exists():
-        make_mvtec_tree(data_root, "widget", n_train=10, n_test_good=2, defects={"scratch": 2}, size=(64, 64))
+        make_mvtec_tree(data_root, category, n_train=10, n_test_good=2, defects={"scratch": 2}, size=(64, 64))
     config = load_config("tiny", overrides=["train.steps=4", *overrides])
-    fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category="widget",
+    fit_module.fit(fit_module.FitRequest(config=config, data_root=data_root, category=category,
                                          out=tmp_path / name, device="cpu", progress=False))
     return json.loads((tmp_path / name / "model.json").read_text())["fit"]
 
@@ -298,6 +298,28 @@ def test_threshold_is_the_configured_quantile_of_the_held_out_normal_scores(fuse
     assert abs(meta["threshold"] - float(np.quantile(fit_scores.astype(np.float64), quantile))) > 1e-4
 
 
+def test_fit_crops_the_training_images_with_the_categorys_tabled_foreground_rule(tmp_path, monkeypatch):
+    """synthesis.foreground=rule hands the table's rule for the category to the image loading."""
+    from realnet.synthesis.foreground import foreground_rule
+
+    class Loaded(Exception):
+        pass
+
+    load = fit_module.load_training_images
+    used = []
+
+    def recording_load(request, records, rule):
+        used.append((rule, load(request, records, rule)))
+        raise Loaded  # the images are all this test needs
+
+    monkeypatch.setattr(fit_module, "load_training_images", recording_load)
+    with pytest.raises(Loaded):
+        tiny_fit(tmp_path, "run", "synthesis.foreground=rule", category="bottle")
+    [(rule, images)] = used
+    assert rule == foreground_rule("mvtec", "bottle") and rule.method == "otsu"
+    assert images.foreground.any() and not images.foreground.all()
+
+
 def test_fit_seeds_everything_from_the_configured_seed(tmp_path, monkeypatch):
     seeds = []
     monkeypatch.setattr(fit_module, "seed_everything", seeds.append)
@@ -367,6 +389,17 @@ def test_the_synthesizer_gets_the_configured_normal_probability():
     images = np.zeros((4, config.train.image_size, config.train.image_size, 3), np.uint8)
     synthesizer = build_synthesizer(config, NO_FOREGROUND, None, "widget", images)
     assert synthesizer.config.normal_probability == 0.2
+
+
+def test_the_paper_presets_synthesizer_draws_the_papers_perlin_masks():
+    """Perlin scales 2^k with k in [0, 6), rotation U(-90, 90) degrees, threshold 0.5 (REFERENCE_NOTES)."""
+    from realnet.engine.fit import build_synthesizer
+    from realnet.synthesis.foreground import NO_FOREGROUND
+
+    config = load_config("paper", overrides=["synthesis.sources={cutpaste: 1}"])  # SIA would need its image bank
+    images = np.zeros((4, config.train.image_size, config.train.image_size, 3), np.uint8)
+    settings = build_synthesizer(config, NO_FOREGROUND, None, "widget", images).config
+    assert (settings.min_exponent, settings.max_exponent, settings.rotation, settings.threshold) == (0, 6, 90.0, 0.5)
 
 
 @pytest.mark.parametrize("n_train, held_out, consequence", [

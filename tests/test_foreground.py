@@ -161,6 +161,23 @@ def test_auto_rule_falls_back_to_whole_image(rng):
     assert foreground_mask(flat, AUTO_RULE).all()
 
 
+def test_auto_rule_counts_the_left_and_right_border_too(rng):
+    """A band across the full width touches over AUTO_MAX_BORDER of the border (on its sides): whole image."""
+    band = np.zeros((SIZE, SIZE), bool)
+    band[8:40] = True  # 2 x 32 of the 188 border pixels, all in the left and right columns
+    assert foreground_mask(render(band, 200, 40, rng), AUTO_RULE).all()
+
+
+def test_auto_rule_opens_with_a_kernel_of_6_px_per_256(rng):
+    """At 128 px the auto rule's 3 px opening erases one-pixel specks around the object."""
+    obj = disc(radius=30, centre=(64, 64), size=128)
+    specks = np.zeros_like(obj)
+    specks[8::20, 8::20] = True
+    specks &= ~disc(radius=36, centre=(64, 64), size=128)
+    mask = foreground_mask(render(obj | specks, 200, 40, rng), AUTO_RULE)
+    assert specks.sum() > 20 and not mask[specks].any() and iou(mask, obj) > 0.95
+
+
 def test_resolve_foreground_modes():
     assert resolve_foreground("rule", "mvtec", "pill") == foreground_rule("mvtec", "pill")
     assert resolve_foreground("auto", "mvtec", "pill") == AUTO_RULE

@@ -30,6 +30,14 @@ def test_paper_preset_shapes_on_meta_device():
     assert 5e6 < count_parameters(model.discriminator) < 7e6  # notes: about 6M
 
 
+@pytest.mark.parametrize("overrides", [[], ["discriminator.residual_units=3"]], ids=["tiny", "three"])
+def test_the_built_discriminator_has_the_configured_residual_units(overrides):
+    """build_model hands discriminator.residual_units to the discriminator (tiny's 1 is not the default 2)."""
+    config = load_config("tiny", overrides=overrides)
+    model = build_model(config, create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2]))
+    assert len(model.discriminator.residual_units) == config.discriminator.residual_units
+
+
 def test_loss_is_reconstruction_plus_segmentation():
     config = load_config("tiny")
     torch.manual_seed(0)

@@ -229,6 +229,22 @@ def test_self_attention_is_residual():
     torch.testing.assert_close(attention(x), x)
 
 
+def test_self_attention_matches_a_per_head_softmax_reference():
+    """Each head attends with softmax(q k^T / sqrt(d)) over its own channels and mixes its values."""
+    torch.manual_seed(0)
+    attention = SelfAttention(8, 4, 4)  # 2 heads of 4 channels
+    x = torch.randn(2, 8, 3, 5)
+    with torch.no_grad():
+        q, k, v = attention.qkv(attention.norm(x)).flatten(2).split(8, dim=1)  # each (b, c, hw)
+        heads = []
+        for h in range(attention.num_heads):
+            s = slice(4 * h, 4 * h + 4)
+            weights = torch.softmax(q[:, s].transpose(1, 2) @ k[:, s] / 4 ** 0.5, dim=-1)  # (b, hw query, hw key)
+            heads.append((weights @ v[:, s].transpose(1, 2)).transpose(1, 2))
+        expected = x + attention.proj(torch.cat(heads, 1).reshape(x.shape))
+        torch.testing.assert_close(attention(x), expected)
+
+
 def test_unet_downsamples_by_average_pooling_and_upsamples_by_transposed_convs():
     """Notes: down is 2x2 average pooling; up is a transposed conv (k4, s2)."""
     net = ReconstructionUNet(4, 4, **TINY)

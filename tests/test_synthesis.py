@@ -223,6 +223,19 @@ def test_source_weights_choose_the_source():
     assert 0.65 < names.count("b") / len(names) < 0.85
 
 
+def test_each_source_draws_its_opacity_from_its_own_range():
+    """delta ~ U(delta_ranges[source]) of the drawn source, spread over that range, not one fixed value."""
+    ranges = {"a": (0.1, 0.3), "b": (0.6, 0.9)}
+    config = SynthesisConfig(normal_probability=0.0, source_weights={"a": 1.0, "b": 1.0}, delta_ranges=ranges)
+    synth = AnomalySynthesizer(config, {"a": ConstantTexture(0), "b": ConstantTexture(255)}, NO_FOREGROUND)
+    rng = np.random.default_rng(0)
+    samples = [synth(noise_image(), rng) for _ in range(200)]
+    for name, (low, high) in ranges.items():
+        deltas = np.array([s.delta for s in samples if s.source == name])
+        assert len(deltas) > 50 and ((low <= deltas) & (deltas <= high)).all(), name
+        assert np.ptp(deltas) > (high - low) / 2, name
+
+
 def test_the_order_the_sources_are_given_in_does_not_change_the_samples():
     """Regression: {cutpaste, nsa} and {nsa, cutpaste} drew their sources by different indices, so
     two fits differing only in that order trained on different samples (and a resume took either)."""
@@ -385,6 +398,19 @@ def test_each_dtd_augmentation_changes_the_texture(name):
         assert out.shape == image.shape and out.dtype == np.uint8
         changed += np.abs(out.astype(int) - image).mean() > 0.3  # sharpen moves only the edges
     assert changed >= 3
+
+
+def test_gamma_contrast_draws_one_gamma_per_channel():
+    """Each channel of a grey ramp follows its own 255 * (x / 255) ** g, and the three g differ."""
+    levels = np.arange(256.0)
+    ramp = np.repeat(np.arange(256, dtype=np.uint8).reshape(16, 16, 1), 3, axis=2)
+    for seed in range(5):
+        out = DTD_AUGMENTATIONS["gamma_contrast"](ramp, np.random.default_rng(seed)).reshape(256, 3).astype(float)
+        mid = slice(64, 255)  # where log(x / 255) is far from 0 and the rounding down is small
+        gammas = [np.median(np.log((out[mid, c] + 0.5) / 255) / np.log(levels[mid] / 255)) for c in range(3)]
+        for c, g in enumerate(gammas):
+            assert 0.5 <= g <= 2.0 and np.abs(out[:, c] - 255 * (levels / 255) ** g).max() <= 1.5, (seed, c)
+        assert np.ptp(gammas) > 0.01, seed
 
 
 def test_dtd_source_lists_recursively_caches_and_augments(tmp_path, counted_reads):
@@ -859,14 +885,15 @@ def test_nsa_patches_come_from_the_donor_images():
 
 
 def test_nsa_lands_on_the_foreground():
+    """The blended rectangle is centred on the foreground; off the diagonal, so swapped x/y would miss."""
     foreground = np.zeros((SIZE, SIZE), bool)
-    foreground[36:46, 36:46] = True
+    foreground[6:16, 30:40] = True  # rows 6..15, cols 30..39: top right
     source = NSASource([_checkerboard()], SIZE, side=(0.2, 0.25))
     rng = np.random.default_rng(0)
     for _ in range(10):
         out, mask = source.paste(noise_image(), rng, foreground)
         ys, xs = np.nonzero(np.abs(out.astype(int) - noise_image()).max(axis=-1))
-        assert len(ys) and 36 - 8 <= np.median(ys) < 46 + 8 and 36 - 8 <= np.median(xs) < 46 + 8
+        assert len(ys) and 6 - 8 <= np.median(ys) < 16 + 8 and 30 - 8 <= np.median(xs) < 40 + 8
 
 
 def test_the_synthesizer_hands_the_foreground_to_patch_sources():
