@@ -180,7 +180,7 @@ def write_test_outputs(run_dir: Path, metrics: dict, split: TestSplit, maps: np.
             tmp.unlink(missing_ok=True)
 
 
-_NORMAL_SPLIT_OPTIONS = ("normal_dir", "test_ratio", "seed")  # the normal test images as a share of the training folder
+_NORMAL_SPLIT_OPTIONS = frozenset({"normal_dir", "test_ratio", "seed"})  # normal tests as a share of the training folder
 
 
 def merged_folder_options(recorded: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
@@ -194,7 +194,7 @@ def merged_folder_options(recorded: dict[str, Any], given: dict[str, Any]) -> di
         dropped.add("mask_dir")
     if "normal_test_dir" in given:
         dropped.update(_NORMAL_SPLIT_OPTIONS)
-    elif given.keys() & set(_NORMAL_SPLIT_OPTIONS):
+    elif given.keys() & _NORMAL_SPLIT_OPTIONS:
         dropped.add("normal_test_dir")
     return {**{name: value for name, value in recorded.items() if name not in dropped}, **given}
 

@@ -721,8 +721,9 @@ def fit(request: FitRequest) -> dict[str, Any]:
     try:
         return _fit(request)
     except BaseException:
-        # only rank 0 owns the folder, and a finished run (a failure after saving it) is kept
-        if created and launched_rank() == 0 and not any(
+        # only rank 0 owns the folder (prepare_run_dir gives the others none), and a finished run (a
+        # failure after saving it) is kept
+        if created and not any(
                 (request.out / name).exists() for name in (checkpoint.RESUME_STATE, checkpoint.MODEL_META)):
             shutil.rmtree(request.out, ignore_errors=True)
             remove_created_folders(created[1:])  # the parents --out named that did not exist
