@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import realnet
 from dataset_fixtures import make_mvtec_tree
 from realnet.bench import tables
 from realnet.bench.runner import BenchRequest, run_suite
@@ -18,7 +19,7 @@ from realnet.bench.suite import expand, load_suite, parse_suite, select, shipped
 from realnet.cli.main import main
 from realnet.errors import RealnetError
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(realnet.__file__).resolve().parents[1]
 
 
 @pytest.fixture

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import realnet
 from dataset_fixtures import make_mvtec_tree
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(realnet.__file__).resolve().parents[1]
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import tempfile
 import pytest
 import torch
 
+import realnet
 from realnet.errors import RealnetError
 
 
@@ -150,7 +151,7 @@ def test_a_second_ctrl_c_while_an_interrupted_command_exits_prints_no_traceback(
         "code = main()\n"
         "os.kill(os.getpid(), signal.SIGINT)\n"
         "print('exited quietly', code)\n")
-    src = Path(__file__).resolve().parents[1] / "src"
+    src = Path(realnet.__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "PYTHONPATH": str(src)})
     assert result.returncode == 0, result.stderr

@@ -16,10 +16,11 @@ import torch
 from PIL import Image
 
 from dataset_fixtures import normal_image, refuse_listing
+import realnet
 from realnet.cli.main import main
 from realnet.engine import checkpoint
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(realnet.__file__).resolve().parents[1]
 SIZE = 64  # the tiny preset's train.image_size
 KERNEL = 4  # and its train.score_kernel
 

@@ -14,9 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import realnet
 from dataset_fixtures import make_folder_tree, make_mvtec_tree
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(realnet.__file__).resolve().parents[1]
 
 
 def fit_command(data: Path, out: Path, *extra: str) -> list[str]:

@@ -96,7 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     previous_interrupt = signal.getsignal(signal.SIGINT)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # inside the handlers: a reader gone while the output sat in the buffer is a quiet SIGPIPE too
+        return status
     except Terminated:
         print("realnet: terminated", file=sys.stderr)
         return 143
