@@ -509,3 +509,41 @@ def test_float_image_nan_is_black(tmp_path):
     values = np.array([[np.nan, 0.25, np.nan]], dtype=np.float32)
     image = read_image(_save(tmp_path / "nan.tif", Image.fromarray(values)))
     np.testing.assert_array_equal(image[0, :, 0], [0, 64, 0])
+
+
+def test_lossy_mask_threshold_is_at_least_128(tmp_path):
+    # Uniform 8x8 JPEG blocks decode exactly (DC only): 128 is a defect, 127 is not.
+    values = np.zeros((8, 32), np.uint8)
+    values[:, 0:8], values[:, 8:16], values[:, 16:24] = 128, 127, 255
+    path = tmp_path / "m.jpg"
+    Image.fromarray(values).save(path, quality=95)
+    assert (np.asarray(Image.open(path)) == values).all()  # the file holds these values exactly
+    np.testing.assert_array_equal(read_mask(path), values >= 128)
+
+
+def test_lossy_colour_mask_marks_a_defect_where_any_channel_is_high(tmp_path):
+    # A pure red annotation in a JPEG: R about 254, G and B about 0 (their mean is only 85).
+    values = np.zeros((32, 32, 3), np.uint8)
+    values[:, :16] = (255, 0, 0)
+    path = tmp_path / "red.jpg"
+    Image.fromarray(values).save(path, quality=90)
+    mask = read_mask(path)
+    assert mask[:, :14].all() and not mask[:, 18:].any()
+
+
+def test_16_bit_png_every_value_scales_by_65535(tmp_path):
+    values = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    path = tmp_path / "all16.png"
+    Image.fromarray(values).save(path)
+    expected = np.floor(values.astype(np.float64) * 255 / 65535 + 0.5)  # no value lies exactly on .5
+    np.testing.assert_array_equal(read_image(path)[:, :, 0], expected.astype(np.uint8))
+
+
+def test_an_image_of_exactly_the_pixel_limit_is_read(tmp_path, monkeypatch):
+    path = tmp_path / "4x5.png"
+    Image.new("L", (4, 5)).save(path)
+    monkeypatch.setenv("REALNET_MAX_IMAGE_PIXELS", "20")
+    assert read_image(path).shape == (5, 4, 3)
+    monkeypatch.setenv("REALNET_MAX_IMAGE_PIXELS", "19")
+    with pytest.raises(BadFileError, match="decompression bomb"):
+        read_image(path)

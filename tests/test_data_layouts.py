@@ -580,3 +580,46 @@ def test_folder_subfolders_holding_images_are_refused_not_skipped(tmp_path):
     records = load_dataset(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal",
                            mask_dir="abnormal/masks")
     assert sum(r.mask is not None for r in records) == 2
+
+
+def test_visa_category_takes_only_its_own_rows_not_those_whose_name_contains_it(tmp_path):
+    """VisA has both fryum and pipe_fryum."""
+    root = make_visa_tree(tmp_path, categories=("fryum", "pipe_fryum"), n_train=3, n_test_good=1,
+                          n_test_bad=2)
+    records = load_dataset(root, "fryum", "visa")
+    assert len(records) == 3 + 1 + 2
+    assert {r.image.relative_to(root).parts[0] for r in records} == {"fryum"}
+    assert len(load_dataset(root, "pipe_fryum", "visa")) == 6
+
+
+def test_good_test_images_come_before_a_defect_type_that_sorts_before_good(tmp_path):
+    root = make_mvtec_tree(tmp_path, "widget", n_train=1, n_test_good=1, defects={"crack": 1, "scratch": 1})
+    records = load_dataset(root, "widget")
+    assert [(r.split, r.defect) for r in records] == [
+        ("train", "good"), ("test", "good"), ("test", "crack"), ("test", "scratch")]
+
+
+def test_folder_test_count_is_test_ratio_times_n_rounded_to_the_nearest(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=10, n_abnormal=0)
+    for ratio, n_test in ((0.27, 3), (0.24, 2), (0.31, 3), (0.36, 4)):  # 2.7, 2.4, 3.1, 3.6
+        assert Counter(r.split for r in load_folder(root / "normal", test_ratio=ratio)) == {
+            "train": 10 - n_test, "test": n_test}, ratio
+
+
+def test_masks_in_ground_truth_good_without_a_test_good_folder_are_orphans(tmp_path):
+    root = make_mvtec_tree(tmp_path, "widget", n_test_good=0)
+    assert not (root / "widget" / "test" / "good").exists()
+    orphan = save(root / "widget" / "ground_truth" / "good" / "000_mask.png", np.zeros((32, 40), np.uint8))
+    assert find_orphan_masks(root, "widget") == [orphan]
+
+
+def test_an_image_with_mask_inside_its_name_is_an_image_when_masks_share_its_folder(tmp_path):
+    root = make_folder_tree(tmp_path, n_normal=4, n_abnormal=2, mask_suffix="_mask")
+    for mask in (root / "masks").iterdir():
+        mask.rename(root / "abnormal" / mask.name)
+    (root / "abnormal" / "bad_001.png").rename(root / "abnormal" / "bad_mask_area.png")
+    (root / "abnormal" / "bad_001_mask.png").rename(root / "abnormal" / "bad_mask_area_mask.png")
+    records = load_dataset(root, "parts", "folder", normal_dir="normal", abnormal_dir="abnormal",
+                           mask_dir="abnormal")
+    assert [(r.image.name, r.mask.name) for r in records if r.label == 1] == [
+        ("bad_000.png", "bad_000_mask.png"), ("bad_mask_area.png", "bad_mask_area_mask.png")]

@@ -11,7 +11,7 @@ from scipy.stats import special_ortho_group
 
 from dataset_fixtures import normal_image, save
 from realnet.cli.main import main
-from realnet.metrics.fid import fid_from_features, frechet_distance, gaussian_statistics
+from realnet.metrics.fid import fid_from_features, frechet_distance, gaussian_statistics, pooled_features
 from realnet.metrics.lpips import (
     cluster_lpips,
     lpips_embedding,
@@ -136,3 +136,51 @@ def test_quality_command_errors_are_one_line(tmp_path, rng, capsys):
         err = capsys.readouterr().err.splitlines()
         assert err[-1].startswith(f"realnet: error: {tmp_path / bad}: not usable as LPIPS linear weights"), err
         assert "weights_only" not in err[-1]  # regression: PyTorch's advice to load a foreign file unsafely
+
+
+def test_gaussian_statistics_use_the_unbiased_covariance():
+    features = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0]])
+    mean, covariance = gaussian_statistics(features)
+    np.testing.assert_allclose(mean, [2.0, 2.0])
+    centred = features - [2.0, 2.0]
+    np.testing.assert_allclose(covariance, centred.T @ centred / (3 - 1))  # N - 1, as the published FID
+
+
+def test_fid_of_two_tiny_one_dimensional_samples_by_hand():
+    # real {0, 2}: mean 1, unbiased variance 2; fake {0, 4}: mean 2, unbiased variance 8.
+    # d^2 = (1 - 2)^2 + (sqrt 2 - sqrt 8)^2 = 1 + 2 = 3 (a biased covariance would give 2).
+    assert fid_from_features(np.array([[0.0], [2.0]]), np.array([[0.0], [4.0]])) == pytest.approx(3.0, rel=1e-9)
+
+
+def test_pooled_features_average_the_deepest_map_over_its_positions():
+    shallow = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4)
+    deep = torch.zeros(2, 2, 2, 2)
+    deep[0, 0] = torch.tensor([[1.0, 2.0], [3.0, 6.0]])  # mean 3, max 6
+    deep[1, 1] = torch.tensor([[-4.0, 0.0], [0.0, 0.0]])  # mean -1
+    pooled = pooled_features([shallow, deep])
+    torch.testing.assert_close(pooled, torch.tensor([[3.0, 0.0], [0.0, -1.0]]))
+
+
+def test_channels_are_normalised_to_unit_length_at_every_position():
+    torch.manual_seed(0)
+    features = torch.randn(2, 5, 3, 4) * 7.0
+    norms = normalize_channels(features).square().sum(dim=1).sqrt()
+    torch.testing.assert_close(norms, torch.ones(2, 3, 4))
+
+
+def test_lpips_of_a_one_layer_example_by_hand():
+    # Two positions, two channels. Position 0: (3, 4) vs (4, 3) -> unit (0.6, 0.8) vs (0.8, 0.6),
+    # squared difference 0.08. Position 1: (5, 0) vs (0, 2) -> (1, 0) vs (0, 1), 2.
+    # LPIPS = mean over positions = (0.08 + 2) / 2 = 1.04.
+    x = torch.tensor([[3.0, 5.0], [4.0, 0.0]]).reshape(1, 2, 1, 2)
+    y = torch.tensor([[4.0, 0.0], [3.0, 2.0]]).reshape(1, 2, 1, 2)
+    embedded = lpips_embedding([torch.cat([x, y])])
+    assert float(squared_distances(embedded[:1], embedded[1:])[0, 0]) == pytest.approx(1.04, rel=1e-5)
+
+
+def test_squared_distances_are_complete_across_chunks():
+    rng = np.random.default_rng(0)
+    a, b = torch.from_numpy(rng.normal(size=(5, 3))), torch.from_numpy(rng.normal(size=(4, 3)))
+    expected = ((a[:, None, :] - b[None, :, :]) ** 2).sum(dim=2)
+    for chunk in (1, 2, 3, 256):
+        torch.testing.assert_close(squared_distances(a, b, chunk=chunk), expected)
