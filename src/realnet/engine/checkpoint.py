@@ -132,7 +132,7 @@ def read_json(path: Path, missing: str) -> dict[str, Any]:
 
 
 # what test, predict, export and fit --resume read from a run's model.json, and of which type
-_META_FIELDS = {"config": dict, "backbone": dict, "data": dict, "fit": dict, "protocol": str}
+_META_FIELDS = {"config": dict, "backbone": dict, "data": dict, "fit": dict, "protocol": str, "preset": str}
 _META_SUBFIELDS = {("backbone", "name"): str, ("backbone", "sha256"): str, ("data", "root"): str,
                    ("data", "category"): str, ("data", "dataset"): str}
 
