@@ -1,0 +1,35 @@
+"""`run_metadata`: every metadata_props value a deployment reads comes from its own field of the
+run's model.json (checked on a hand-made model.json, without tracing a graph)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("onnx")
+
+from realnet.export.onnx import run_metadata  # noqa: E402
+
+
+def _meta(map_normalization: str = "none") -> dict:
+    return {"realnet_version": "0.0.1", "threshold": 0.3141592653589793,
+            "config": {"train": {"image_size": 96, "map_normalization": map_normalization},
+                       "density": {"weight": 0}, "memory": {"weight": 0}},
+            "backbone": {"name": "wide_resnet50_2", "sha256": "ab" * 32},
+            "data": {"root": "/data", "category": "bottle", "dataset": "mvtec"}}
+
+
+def test_each_value_comes_from_its_own_field():
+    props = run_metadata(_meta())
+    assert float(props["threshold"]) == 0.3141592653589793  # exact (repr), not a float32 rounding
+    assert props["image_size"] == "96"
+    assert props["backbone"] == "wide_resnet50_2" and props["backbone_sha256"] == "ab" * 32
+    assert props["category"] == "bottle"
+    assert props["dataset"] == "mvtec"
+    assert props["run_realnet_version"] == "0.0.1"
+    assert float(props["map_display_max"]) == 1.0  # probability maps: full heat at 1
+
+
+def test_an_unbounded_map_is_drawn_full_at_twice_the_threshold():
+    props = run_metadata(_meta("position"))
+    assert float(props["map_display_max"]) == pytest.approx(2 * 0.3141592653589793)
+    assert "standardised per pixel position" in props["output_format"]
