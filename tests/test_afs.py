@@ -96,3 +96,39 @@ def test_afs_mask_is_resized_with_nearest_neighbour():
     mask[0, 0, 0] = 1.0
     expected = (1 / (1 + 1e-4) - 1) ** 2 / 4  # about 2.5e-9
     assert afs_loss(anomalous, normal, mask).item() == pytest.approx(expected, abs=1e-9)
+
+
+AFS_EPS = 1e-4  # notes: min-max with eps 1e-4
+
+
+def test_afs_min_max_subtracts_the_batch_minimum():
+    normal = torch.zeros(2, 1, 2, 2)
+    anomalous = torch.tensor([[[[2.0, 1.0], [1.0, 1.0]]],   # d = [[4, 1], [1, 1]]: image minimum 1
+                              [[[1.5, 1.5], [1.5, 1.5]]]])  # d = 2.25 everywhere: image minimum 2.25
+    mask = torch.zeros(2, 2, 2)
+    mask[0, 0, 0] = 1.0
+    # batch min 1, max 4: F(d) = (d - 1) / (3 + eps)
+    f0 = torch.tensor([[3.0, 0.0], [0.0, 0.0]]) / (3 + AFS_EPS)
+    f1 = torch.full((2, 2), 1.25 / (3 + AFS_EPS))
+    expected = (((f0 - mask[0]) ** 2).sum() + ((f1 - mask[1]) ** 2).sum()) / 8
+    assert afs_loss(anomalous, normal, mask).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_tied_losses_keep_channel_index_order():
+    losses = torch.zeros(4096)
+    losses[::3] = 1.0
+    losses[5] = float("nan")
+    ties_low = [i for i in range(4096) if i % 3 != 0 and i != 5]
+    ties_high = list(range(0, 4096, 3))
+    assert rank_channels(losses).tolist() == ties_low + ties_high + [5]
+
+
+def test_rdr_subset_depends_only_on_the_generator():
+    torch.manual_seed(1)
+    first = random_subset(64, 8, torch.Generator().manual_seed(5))
+    torch.manual_seed(2)
+    torch.rand(100)
+    second = random_subset(64, 8, torch.Generator().manual_seed(5))
+    assert torch.equal(first, second)
+    expected = torch.sort(torch.randperm(64, generator=torch.Generator().manual_seed(5))[:8]).values
+    assert torch.equal(first, expected)

@@ -123,3 +123,13 @@ def test_tail_runs_at_twice_the_head_resolution_and_output_is_bilinear():
                                                               align_corners=False))
     torch.testing.assert_close(logits, F.interpolate(seen["tail"], size=(40, 40), mode="bilinear",
                                                      align_corners=False))
+
+
+def test_the_last_layer_is_a_conv_and_the_logits_take_both_signs():
+    torch.manual_seed(0)
+    discriminator = Discriminator(6, hidden=(8, 8, 4, 4), num_residual_units=1, output_size=16).eval()
+    last = list(discriminator.tail.children())[-1]
+    assert isinstance(last, nn.Conv2d) and last.out_channels == 2
+    with torch.no_grad():
+        logits = discriminator(torch.randn(2, 6, 4, 4))
+    assert logits.min() < 0 < logits.max()

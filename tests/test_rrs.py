@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals, retained_count, select_residuals
@@ -115,3 +116,48 @@ def test_coarse_residuals_are_upsampled_bilinearly():
     expected = F.interpolate((coarse_f - coarse_g) ** 2, size=(8, 8), mode="bilinear", align_corners=False)
     assert torch.allclose(residuals[:, :2], (fine_f - fine_g) ** 2)
     assert torch.allclose(residuals[:, 2:], expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("total", [5, 7, 10, 24, 1536])
+@pytest.mark.parametrize("ratio", [0.05, 0.3, 1 / 3, 0.5, 1.0])
+def test_max_avg_count_is_even_and_at_least_p_times_the_channels(total, ratio):
+    r = retained_count(total, ratio, "max_avg")
+    assert r % 2 == 0 and r >= 2
+    assert r >= round(ratio * total)  # rounded up to the next even count, never below P
+
+
+@pytest.mark.parametrize("total", [5, 7])
+def test_module_output_matches_the_retained_count_for_odd_totals(total):
+    module = ResidualSelection(total, ratio=1.0, mode="max_avg")
+    out = module(torch.rand(2, total, 4, 4, generator=torch.Generator().manual_seed(0)))
+    assert out.shape[1] == module.retained
+
+
+def _residuals():
+    generator = torch.Generator().manual_seed(0)
+    residuals = 0.01 * torch.rand(2, 2, 8, 8, generator=generator)
+    residuals[:, 0] += 10.0  # the raw maximum, barely above its own batch mean
+    residuals[:, 1, 3, 3] = 1.0  # a lone peak far above its batch mean
+    return residuals
+
+
+def test_eval_mode_ranks_on_running_statistics():
+    residuals = _residuals()
+    module = ResidualSelection(2, ratio=0.5, mode="max").eval()
+    module.norm.running_mean.copy_(torch.tensor([9.0, 0.0]))
+    module.norm.running_var.copy_(torch.tensor([1.0, 1.0]))
+    # standardised with the running statistics: channel 0 max ~1.01, channel 1 max 1.0 -> channel 0
+    # (with the batch's own statistics channel 1 would win; see test_rrs)
+    assert torch.equal(module(residuals), residuals[:, [0]])
+    module.norm.running_mean.copy_(torch.tensor([10.0, 0.0]))
+    assert torch.equal(module(residuals), residuals[:, [1]])
+
+
+def test_eval_mode_selection_of_an_image_does_not_depend_on_its_batch():
+    residuals = _residuals()
+    other = torch.zeros(1, 2, 8, 8)
+    other[:, 1] = 50.0  # an image that would shift channel 1's batch statistics
+    module = ResidualSelection(2, ratio=0.5, mode="max").eval()
+    alone = module(residuals[:1])
+    together = module(torch.cat([residuals[:1], other]))[:1]
+    assert torch.equal(alone, together)

@@ -1,9 +1,12 @@
-"""The painted validation set: normal held-out images, painted copies, and faint copies that keep
-35 % of each painted change; and the val_faint_ metrics are computed on the faint copies."""
+"""The held-out validation (ours): normal held-out images, painted copies, and faint copies that keep
+35 % of each painted change; normal images are the negatives, painted (val_) or faint (val_faint_)
+copies the positives."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
 
 import realnet.engine.fit as fit_module
 
@@ -43,3 +46,27 @@ def test_faint_metrics_are_computed_on_the_faint_copies():
     metrics = fit_module.painted_validation_metrics(maps, scores, masks)
     assert metrics["val_image_auroc"] == 1.0 and metrics["val_pixel_auroc"] == 1.0
     assert metrics["val_faint_pixel_auroc"] < 0.8 and metrics["val_faint_image_auroc"] < 1.0
+
+
+def test_validation_metrics_score_painted_and_faint_parts_against_the_normal_images():
+    n, size = 3, 8
+    masks = np.zeros((n, size, size), bool)
+    masks[:, 2:5, 2:5] = True
+    masks[1, 6, 6] = True
+    rng = np.random.default_rng(0)
+    normal_maps = 0.5 * rng.random((n, size, size))
+    strong_maps = np.where(masks, 0.9, 0.1) + 0.01 * rng.random((n, size, size))
+    faint_maps = rng.random((n, size, size))  # uninformative
+    maps = np.concatenate([normal_maps, strong_maps, faint_maps]).astype(np.float32)
+    scores = np.array([0.2, 0.3, 0.6, 0.9, 0.8, 0.7, 0.1, 0.65, 0.25], np.float32)
+    metrics = fit_module.painted_validation_metrics(maps, scores, masks)
+
+    labels = np.r_[np.zeros(n), np.ones(n)]
+    pixel_labels = np.concatenate([np.zeros_like(masks), masks]).ravel()
+    assert metrics["val_image_auroc"] == pytest.approx(roc_auc_score(labels, scores[:2 * n]))
+    assert metrics["val_image_auroc"] == pytest.approx(1.0)
+    assert metrics["val_faint_image_auroc"] == pytest.approx(roc_auc_score(labels, np.r_[scores[:n], scores[2 * n:]]))
+    assert metrics["val_pixel_auroc"] == pytest.approx(
+        roc_auc_score(pixel_labels, np.concatenate([normal_maps, strong_maps]).ravel()), abs=1e-6)
+    assert metrics["val_faint_pixel_auroc"] == pytest.approx(
+        roc_auc_score(pixel_labels, np.concatenate([normal_maps, faint_maps]).ravel()), abs=1e-6)
