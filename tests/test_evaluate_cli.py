@@ -457,24 +457,33 @@ def test_panels_carry_a_caption_with_the_score_threshold_and_colour_scale():
     assert (strip < 100).any() and (strip == 255).any()  # dark text on white
 
 
+def crack_and_good_split(tmp_path, image: np.ndarray, mask: np.ndarray, size: int):
+    """A test split of one part saved as a crack (with its mask) and as a good case, loaded at
+    size x size (black: panels draw each case from its own files)."""
+    from PIL import Image
+
+    from realnet.data.records import Record
+    from realnet.engine.evaluate import TestSplit
+
+    Image.fromarray(image).save(tmp_path / "part.png")
+    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "part_mask.png")
+    records = [Record(tmp_path / "part.png", tmp_path / "part_mask.png", 1, "crack", "c", "test"),
+               Record(tmp_path / "part.png", None, 0, "good", "c", "test")]
+    return records, TestSplit(np.zeros((2, size, size, 3), np.uint8), np.zeros((2, size, size), bool), records)
+
+
 def test_panels_show_each_case_at_its_own_size_and_aspect(tmp_path):
     """Regression: panels showed the run's square input (a 30x50 part squashed to the run's
     size) and its square ground truth, not the part as the inspector sees it."""
     from PIL import Image
 
-    from realnet.data.records import Record
-    from realnet.engine.evaluate import TestSplit
     from realnet.report.panels import CAPTION_HEIGHT, case_at_input_size, write_panels
 
     image = np.random.default_rng(0).integers(0, 256, (30, 50, 3), dtype=np.uint8)
     mask = np.zeros((30, 50), bool)
     mask[5:9, 40:47] = True  # thin and off-centre: a square resize and back would move its edges
-    Image.fromarray(image).save(tmp_path / "part.png")
-    Image.fromarray(mask.astype(np.uint8) * 255).save(tmp_path / "part_mask.png")
-    records = [Record(tmp_path / "part.png", tmp_path / "part_mask.png", 1, "crack", "c", "test"),
-               Record(tmp_path / "part.png", None, 0, "good", "c", "test")]
+    records, split = crack_and_good_split(tmp_path, image, mask, size=16)
     size = 16
-    split = TestSplit(np.zeros((2, size, size, 3), np.uint8), np.zeros((2, size, size), bool), records)
     maps = np.zeros((2, size, size), np.float32)
     maps[0, :, size // 2:] = 1.0
     written = write_panels(tmp_path / "panels", split, maps, np.array([0.9, 0.1]), count=1)
@@ -713,3 +722,41 @@ def test_a_linked_panels_folder_is_refused_before_scoring(tiny_run, tmp_path, ca
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"realnet: error: {copy / 'panels'} is a symbolic link; test replaces the panels folder whole, so remove "
         "the link (and copy the panels where they are shared after each test)")
+
+
+def _strip(text: str, width: int, height: int) -> np.ndarray:
+    """A caption drawn independently of the panel code: black default-font text on white."""
+    from PIL import Image, ImageDraw
+
+    strip = Image.new("RGB", (width, height), "white")
+    ImageDraw.Draw(strip).text((2, 1), text, fill="black")
+    return np.asarray(strip)
+
+
+def test_a_score_equal_to_the_threshold_is_not_shown_above_it():
+    """A deployment flags score > threshold, so a tie is captioned '<='."""
+    from realnet.report.panels import caption_for
+
+    assert caption_for("good", 0.5, 0.5, 1.0) == "good: score 0.500 <= threshold 0.500; map 0..1"
+    assert caption_for("crack", 0.5001, 0.5, 2.5) == "crack: score 0.500 > threshold 0.500; map 0..2.5"
+
+
+def test_written_panels_are_captioned_with_the_runs_threshold_and_heat_scale(tmp_path):
+    from PIL import Image
+
+    from realnet.report.panels import CAPTION_HEIGHT, write_panels
+
+    image = np.full((20, 120, 3), 90, np.uint8)  # wide enough for the whole caption
+    mask = np.zeros((20, 120), bool)
+    mask[5:9, 10:20] = True
+    _, split = crack_and_good_split(tmp_path, image, mask, size=16)
+    maps = np.zeros((2, 16, 16), np.float32)
+    written = write_panels(tmp_path / "panels", split, maps, np.array([3.0, 0.5]), count=1,
+                           display_max=4.0, threshold=2.0)
+    expected = {"crack": "crack: score 3.000 > threshold 2.000; map 0..4",
+                "good": "good: score 0.500 <= threshold 2.000; map 0..4"}
+    assert len(written) == 3
+    for path in written:
+        pixels = np.asarray(Image.open(path).convert("RGB"))
+        defect = "crack" if "_crack_" in path.name else "good"
+        assert np.array_equal(pixels[:CAPTION_HEIGHT], _strip(expected[defect], pixels.shape[1], CAPTION_HEIGHT))
