@@ -22,13 +22,18 @@ def _edited_run(tiny_run, tmp_path, edit):
     return run
 
 
+def _predict_one_part(run, tmp_path, capsys) -> tuple[int, str, str]:
+    image = tmp_path / "part.png"
+    Image.fromarray(normal_image(np.random.default_rng(0), (80, 96))).save(image)
+    code = main(["predict", "--run", str(run), str(image)])
+    return (code, *capsys.readouterr())
+
+
 @pytest.mark.parametrize("version", [2, 0, None, "1"])
 def test_a_run_of_another_checkpoint_format_is_refused_by_name(tiny_run, tmp_path, capsys, version):
     run = _edited_run(tiny_run, tmp_path, lambda meta: meta.update(format_version=version))
-    image = tmp_path / "part.png"
-    Image.fromarray(normal_image(np.random.default_rng(0), (80, 96))).save(image)
-    assert main(["predict", "--run", str(run), str(image)]) == 2
-    out, err = capsys.readouterr()
+    code, out, err = _predict_one_part(run, tmp_path, capsys)
+    assert code == 2
     assert out == ""
     assert err.splitlines() == [f"realnet: error: {run / 'model.json'}: unsupported checkpoint format {version}"]
 
@@ -37,10 +42,8 @@ def test_a_run_of_another_checkpoint_format_is_refused_by_name(tiny_run, tmp_pat
 def test_a_threshold_that_is_a_boolean_is_refused(tiny_run, tmp_path, capsys, threshold):
     """JSON true is not a number of the score's scale (Python would take it for 1 and pass every part)."""
     run = _edited_run(tiny_run, tmp_path, lambda meta: meta.update(threshold=threshold))
-    image = tmp_path / "part.png"
-    Image.fromarray(normal_image(np.random.default_rng(0), (80, 96))).save(image)
-    assert main(["predict", "--run", str(run), str(image)]) == 2
-    out, err = capsys.readouterr()
+    code, out, err = _predict_one_part(run, tmp_path, capsys)
+    assert code == 2
     assert out == "" and len(err.splitlines()) == 1 and "threshold" in err and "malformed run metadata" in err
 
 
@@ -55,35 +58,28 @@ def test_weights_that_lack_a_tensor_of_the_model_are_refused(tiny_run, tmp_path,
     name = next(k for k in sorted(state) if k.startswith("discriminator.") and state[k].is_floating_point())
     del state[name]
     save_file(state, weights)
-    image = tmp_path / "part.png"
-    Image.fromarray(normal_image(np.random.default_rng(0), (80, 96))).save(image)
-    assert main(["predict", "--run", str(run), str(image)]) == 2
-    out, err = capsys.readouterr()
+    code, out, err = _predict_one_part(run, tmp_path, capsys)
+    assert code == 2
     assert out == "" and len(err.splitlines()) == 1
     assert err.startswith(f"realnet: error: {weights}: does not match the model") and repr(name) in err
 
 
-def test_a_run_without_a_preset_is_tested_or_refused_in_one_line(tiny_run, tmp_path, capsys):
+def test_a_run_without_a_preset_is_refused_in_one_line_before_scoring(tiny_run, tmp_path, capsys):
     """metrics.json records the run's preset; a model.json without one made `test` score the whole
-    split and then end in a KeyError traceback."""
+    split and then end in a KeyError traceback (found by a mutation audit)."""
     run = _edited_run(tiny_run, tmp_path, lambda meta: meta.pop("preset"))
-    code = main(["test", "--run", str(run), "--data", str(tiny_run[0]), "--category", "widget"])
+    assert main(["test", "--run", str(run), "--data", str(tiny_run[0]), "--category", "widget"]) == 2
     err = capsys.readouterr().err
-    if code == 0:
-        assert json.loads((run / "metrics.json").read_text())["preset"] == "tiny"  # from the config it records
-    else:
-        assert code == 2 and "preset" in err and "Traceback" not in err
-        assert [line for line in err.splitlines() if line.startswith("realnet: error:")]
+    assert len(err.splitlines()) == 1 and "preset" in err and "malformed run metadata" in err
+    assert not (run / "metrics.json").exists()
 
 
 def test_a_backbone_that_hashes_otherwise_than_recorded_is_refused_by_test_and_predict(tiny_run, tmp_path, capsys):
     """The backbone is never stored; it is re-created and must hash to the run's sha256, else the
     detector scores features it was never trained on."""
     run = _edited_run(tiny_run, tmp_path, lambda meta: meta["backbone"].update(sha256="0" * 64))
-    image = tmp_path / "part.png"
-    Image.fromarray(normal_image(np.random.default_rng(0), (80, 96))).save(image)
-    assert main(["predict", "--run", str(run), str(image)]) == 2
-    out, err = capsys.readouterr()
+    code, out, err = _predict_one_part(run, tmp_path, capsys)
+    assert code == 2
     assert out == "" and len(err.splitlines()) == 1 and "backbone weights differ" in err and "000000000000" in err
     assert main(["test", "--run", str(run), "--data", str(tiny_run[0]), "--category", "widget"]) == 2
     assert "backbone weights differ" in capsys.readouterr().err
