@@ -49,6 +49,8 @@ def parse_data_roots(specs: list[str]) -> dict[str, Path]:
         key, sep, folder = spec.partition("=")
         if not sep or not key or not folder:
             raise RealnetError(f"--data-root '{spec}' must look like KEY=DIR")
+        if key in roots:  # the last one would silently win, as a repeated --source or --set is refused
+            raise RealnetError(f"--data-root gives '{key}' twice ({roots[key]} and {folder}); give it once")
         roots[key] = Path(folder)
     return roots
 
