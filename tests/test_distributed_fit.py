@@ -207,16 +207,21 @@ def test_devices_that_cannot_work_are_refused_in_one_line(monkeypatch):
     assert current == [torch.device("cuda", 0)]
 
 
+def fake_torchrun_on_gpus(monkeypatch, world_size: int, rank: int, local_rank: int, gpus: int) -> None:
+    """The environment torchrun gives one process, on a machine with `gpus` CUDA devices."""
+    monkeypatch.setenv("WORLD_SIZE", str(world_size))
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+
+
 def test_more_torchrun_ranks_than_gpus_are_refused_in_one_line(monkeypatch):
     """Regression: LOCAL_RANK 1 on a one-GPU machine ended in 'CUDA error: invalid device ordinal'."""
     from realnet.engine import distributed
     from realnet.errors import RealnetError
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("RANK", "1")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    fake_torchrun_on_gpus(monkeypatch, world_size=2, rank=1, local_rank=1, gpus=1)
     with pytest.raises(RealnetError, match="LOCAL_RANK 1, but this machine has 1 CUDA device.*--nproc-per-node"):
         distributed.init_distributed()
 
@@ -472,3 +477,16 @@ def test_scalar_collectives_work_in_a_group_whose_gpu_backend_takes_cuda_tensors
 
     mp.spawn(_cuda_only_group_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
     assert [Path(tmp_path, f"rank{r}").read_text() for r in range(2)] == ["True 0.5"] * 2
+
+
+def test_each_rank_of_a_multi_node_run_takes_the_gpu_of_its_local_rank(monkeypatch):
+    """Rank 3 of two nodes with two GPUs each is LOCAL_RANK 1 on its node: cuda:1, not cuda:3."""
+    from realnet.engine import distributed
+
+    fake_torchrun_on_gpus(monkeypatch, world_size=4, rank=3, local_rank=1, gpus=2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # no process group to join here
+    context = distributed.init_distributed()
+    assert (context.rank, context.local_rank, context.world_size) == (3, 1, 4)
+    assert context.device == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]

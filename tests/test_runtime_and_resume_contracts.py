@@ -141,22 +141,6 @@ def test_only_rank_0_writes_the_resume_state(tmp_path, monkeypatch):
     assert written == []
 
 
-def test_each_rank_of_a_multi_node_run_takes_the_gpu_of_its_local_rank(monkeypatch):
-    """Rank 3 of two nodes with two GPUs each is LOCAL_RANK 1 on its node: cuda:1, not cuda:3."""
-    from realnet.engine import distributed
-
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("RANK", "3")
-    monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    chosen = []
-    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
-    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)  # no process group to join here
-    context = distributed.init_distributed()
-    assert (context.rank, context.local_rank, context.world_size) == (3, 1, 4)
-    assert context.device == torch.device("cuda", 1) and chosen == [torch.device("cuda", 1)]
-
 
 def test_fewer_images_than_the_batch_still_fill_every_batch():
     for step in range(3):
