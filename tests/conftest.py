@@ -25,6 +25,15 @@ def rng() -> np.random.Generator:
 
 
 @pytest.fixture(scope="session")
+def random_lite0():
+    """The tiny preset's backbone (tf_efficientnet_lite0, layers 1 and 2) on random weights, eager:
+    frozen and in eval mode, so tests may share it."""
+    from realnet.model.backbone import create_backbone
+
+    return create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2], frozen_graph=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[Path, Path]:
     """(data_root, run_dir): a fixture MVTec tree (category "widget", 80x96 images, 4 normal and 4
     "scratch" test images) fitted once per session with the tiny preset on the CPU. Shared: read it,

@@ -8,21 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from dataset_fixtures import make_mvtec_tree
+from test_bench import fixture_data, suite_dict  # noqa: F401  (fixture_data: a pytest fixture)
 from realnet.bench import runner
 from realnet.bench.runner import BenchRequest, cell_dir, run_suite
 from realnet.bench.suite import expand, parse_suite
-
-
-def suite_dict(variants, **extra):
-    return {"name": "s", "preset": "tiny",
-            "datasets": [{"name": "fixture", "layout": "mvtec", "root": "fixture", "path": ".", "categories": ["widget"]}],
-            "axes": [{"name": "axis", "variants": variants}], **extra}
-
-
-@pytest.fixture
-def fixture_data(tmp_path):
-    return make_mvtec_tree(tmp_path / "data", "widget", n_train=4, n_test_good=1, defects={"scratch": 1}, size=(32, 32))
 
 
 def _leave(folder: Path, cell, data_root: Path, status: str, metrics: bool) -> None:

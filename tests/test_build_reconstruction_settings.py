@@ -12,7 +12,6 @@ from torch import nn
 
 from realnet.config import load_config
 from realnet.engine.build import build_model
-from realnet.model.backbone import create_backbone
 from realnet.model.reconstruction import ReconstructionNetworks, SelfAttention, _Stage
 
 
@@ -26,11 +25,6 @@ def _structure(network: nn.Module) -> dict[str, int]:
     }
 
 
-@pytest.fixture(scope="module")
-def backbone():
-    return create_backbone("tf_efficientnet_lite0", weights="random", layers=[1, 2], frozen_graph=False)
-
-
 @pytest.mark.parametrize("overrides, expected", [
     # tiny: three levels, one block per level, no attention
     ([], dict(encoder_blocks=3, decoder_blocks=3, poolings=2, upsamplings=2, attentions=0)),
@@ -38,9 +32,9 @@ def backbone():
     (["reconstruction.num_res_blocks=2", "reconstruction.attention=true", "reconstruction.channel_mults=[1, 2]"],
      dict(encoder_blocks=4, decoder_blocks=4, poolings=1, upsamplings=1, attentions=5)),
 ])
-def test_build_model_hands_the_reconstruction_settings_to_every_u_net(backbone, overrides, expected):
+def test_build_model_hands_the_reconstruction_settings_to_every_u_net(random_lite0, overrides, expected):
     config = load_config("tiny", overrides=["backbone.weights=random", *overrides])
-    model = build_model(config, backbone)
+    model = build_model(config, random_lite0)
     assert len(model.reconstruction.networks) == 2  # architecture A, two layers
     for network in model.reconstruction.networks:
         assert _structure(network) == expected
@@ -52,9 +46,9 @@ def test_build_model_hands_the_reconstruction_settings_to_every_u_net(backbone, 
     assert [r.shape for r in model(features).reconstructions] == [f.shape for f in features]
 
 
-def test_build_model_hands_the_architecture_to_the_reconstruction(backbone):
+def test_build_model_hands_the_architecture_to_the_reconstruction(random_lite0):
     config = load_config("tiny", overrides=["backbone.weights=random", "reconstruction.arch=C"])
-    model = build_model(config, backbone)
+    model = build_model(config, random_lite0)
     assert model.reconstruction.groups == ((0, 1),)
     assert model.reconstruction.networks[0].input_conv.in_channels == sum(config.selection.channels)
 
