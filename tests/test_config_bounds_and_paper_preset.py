@@ -6,6 +6,7 @@ bf16, RRS recalibration or another discriminator width without any test failing.
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from realnet.config import load_config
 from realnet.errors import RealnetError
@@ -50,7 +51,11 @@ def test_values_just_outside_each_range_are_refused_by_name(overrides, needle):
     ["discriminator.residual_units=0"], ["train.learning_rate=1"],
 ])
 def test_values_at_the_edge_of_each_range_are_accepted(overrides):
-    load_config("tiny", overrides=overrides)
+    settings = load_config("tiny", overrides=overrides).to_dict()
+    for override in overrides:
+        key, _, text = override.partition("=")
+        section, name = key.split(".")
+        assert settings[section][name] == yaml.safe_load(text), override
 
 
 def test_paper_preset_holds_the_papers_remaining_settings():
