@@ -19,6 +19,11 @@ windows (the paper's 16 is the default `train.score_kernel`), the fusion's scale
 With --image-density-weights W..., each fused run is validated again with its image score taken
 from its maps fused at density weight W (same scales) while its pixel map stays as fitted.
 
+With --score-kernel K, the --density-weights, --fusion-weights and --image-density-weights screens
+run with the image score pooled over K x K windows (the fusion's scales recalibrated for it, as
+`fit` would), so that a window and a weight are screened together; K itself is first validated on
+its own (as --score-kernels K does).
+
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
@@ -54,6 +59,9 @@ held-out split would otherwise name images it was trained on (benchmarks/common.
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_preset12 runs/mt_preset12_s101 \\
         --image-density-weights 0.5 0.625 0.75 0.875 1
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_preset29 runs/mt_preset29_s101 \\
+        --score-kernel 8 --density-weights 0.75 --image-density-weights 0.75
 """
 
 from __future__ import annotations
@@ -123,7 +131,7 @@ def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarr
     calibrate_fusion(model, fit_images, holdout, fused_config, device)
     for density_weight, memory_weight in weight_pairs:
         model.fusion.set_weights(density_weight, memory_weight)
-        variant = (f"density weight {density_weight}, memory weight {memory_weight}, "
+        variant = (f"density weight {density_weight}, memory weight {memory_weight}, score kernel {model.score_kernel}, "
                    f"scales {[round(b, 4) for b in model.fusion.scales.tolist()]}")
         validate_variant(run, model, config, holdout, draws, device, variant)
     model.fusion = fitted_fusion
@@ -146,6 +154,14 @@ def validate_score_kernels(run: Path, model, config: RealNetConfig, holdout: np.
     model.score_kernel = fitted_kernel
     if fusion is not None:
         fusion.calibrate_scales(*fitted_scales.tolist())
+
+
+def set_score_kernel(model, kernel: int, holdout: np.ndarray, batch_size: int, device: torch.device) -> None:
+    """The image score pooled over kernel x kernel windows from now on, the fusion's scales
+    recalibrated for it (a fusion built later calibrates its own with the model's kernel)."""
+    model.score_kernel = kernel
+    if model.fusion is not None:
+        calibrate_fusion_scales(model, holdout, batch_size, device)
 
 
 def validate_variant(run: Path, detector, config: RealNetConfig, holdout: np.ndarray, draws: int,
@@ -224,7 +240,8 @@ def validate_image_weights(run: Path, model, config: RealNetConfig, holdout: np.
         raise SystemExit(f"--image-density-weights: {run} must be fused with the feature density alone")
     for weight in weights:
         detector = ImageWeightDetector(model, weight)
-        variant = f"pixel map at density weight {config.density.weight}, image score at {weight}"
+        variant = (f"pixel map at density weight {config.density.weight}, image score at {weight}, "
+                   f"score kernel {model.score_kernel}")
         report(run, variant, validate_on_painted_defects(detector, holdout, config, device))
         if draws:
             validate_on_draws(run, detector, config, holdout, draws, device, variant)
@@ -267,6 +284,9 @@ def main() -> None:
     parser.add_argument("--score-kernels", type=int, nargs="+", default=[], metavar="K",
                         help="also validate with the image score pooled over K x K windows (the run's fusion "
                              "weights, scales recalibrated), on the painted draws when given")
+    parser.add_argument("--score-kernel", type=int, metavar="K",
+                        help="run the weight screens with the image score pooled over K x K windows instead of "
+                             "the run's own (scales recalibrated)")
     parser.add_argument("--painted-draws", type=int, default=0, metavar="N",
                         help="also validate on N independent draws of the painted defects (N >= 2)")
     parser.add_argument("--ensemble", action="store_true",
@@ -290,6 +310,8 @@ def main() -> None:
         parser.error("--image-density-weights: every weight must be in [0, 1]")
     if any(k < 1 for k in args.score_kernels):
         parser.error("--score-kernels: every kernel must be at least 1")
+    if args.score_kernel is not None and args.score_kernel < 1:
+        parser.error("--score-kernel: the kernel must be at least 1")
     if args.painted_draws == 1 or args.painted_draws < 0:
         parser.error("--painted-draws: give 0 (off) or at least 2 draws")
     if args.recalibrate_rrs < 0:
@@ -310,6 +332,10 @@ def main() -> None:
                validate_on_painted_defects(model, images[holdout_rows], config, device))
         if args.painted_draws:
             validate_on_draws(run, model, config, images[holdout_rows], args.painted_draws, device)
+        if args.score_kernel is not None:
+            validate_score_kernels(run, model, config, images[holdout_rows], [args.score_kernel],
+                                   args.painted_draws, device)
+            set_score_kernel(model, args.score_kernel, images[holdout_rows], tc.batch_size, device)
         if weight_pairs:
             validate_fused(run, model, config, images[fit_rows], images[holdout_rows], weight_pairs,
                            args.painted_draws, device)

@@ -62,6 +62,27 @@ def test_revalidate_recalibrates_rrs_then_the_fusion_scales_as_fit_does(fused_ru
     assert len(recalibrated_scales) == 2  # the score-kernel variant's, then the recalibrated model's
 
 
+def test_revalidate_screens_weights_under_another_score_kernel(fused_run, monkeypatch, capsys):
+    """--score-kernel K: each weight screen pools its image score over K x K with scales calibrated
+    for K, so at the run's own weight both screens reproduce the K-alone row exactly."""
+    _, run_dir, _, _ = fused_run
+    _, meta = load_run(run_dir, torch.device("cpu"))
+    weight = meta["config"]["density"]["weight"]
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--score-kernel", "8", "--density-weights",
+                                      str(weight), "--image-density-weights", str(weight)])
+    revalidate.main()
+    as_fitted, kernel_alone, fused, image_weight = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert kernel_alone["variant"].startswith("score kernel 8")
+    assert "score kernel 8" in fused["variant"] and "score kernel 8" in image_weight["variant"]
+    metrics = [k for k in as_fitted if k.startswith("val")]
+    assert {k: fused[k] for k in metrics} == {k: kernel_alone[k] for k in metrics}
+    assert {k: image_weight[k] for k in metrics} == {k: kernel_alone[k] for k in metrics}
+    kernel_alone_scales = json.loads(kernel_alone["variant"].split("scales ")[1])
+    fitted_scales = load_run(run_dir, torch.device("cpu"))[0].fusion.scales.tolist()
+    assert kernel_alone_scales != [round(b, 4) for b in fitted_scales]  # the kernel reached the scales
+    assert json.loads(fused["variant"].split("scales ")[1]) == kernel_alone_scales
+
+
 def test_revalidate_refuses_position_normalization_on_a_fused_run(fused_run, monkeypatch, capsys):
     _, run_dir, _, _ = fused_run
     monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--position-normalization"])
