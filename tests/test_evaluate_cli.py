@@ -451,9 +451,9 @@ def test_panels_carry_a_caption_with_the_score_threshold_and_colour_scale():
     assert caption_for("good", 0.2, 0.41, 0.82) == "good: score 0.200 <= threshold 0.410; map 0..0.82"
     plain = panel(image, mask, anomaly_map)
     captioned = panel(image, mask, anomaly_map, caption=caption_for("crack", 0.532, 0.41, 1.0))
-    assert captioned.shape == (64 + CAPTION_HEIGHT, plain.shape[1], 3)
-    assert np.array_equal(captioned[CAPTION_HEIGHT:], plain)
-    strip = captioned[:CAPTION_HEIGHT]
+    assert captioned.shape[1:] == plain.shape[1:] and (captioned.shape[0] - 64) % CAPTION_HEIGHT == 0
+    assert np.array_equal(captioned[-64:], plain)
+    strip = captioned[:-64]
     assert (strip < 100).any() and (strip == 255).any()  # dark text on white
 
 
@@ -527,7 +527,7 @@ def test_a_case_whose_file_went_away_after_loading_is_drawn_at_the_runs_size(tmp
 
     from realnet.data.records import Record
     from realnet.engine.evaluate import TestSplit
-    from realnet.report.panels import CAPTION_HEIGHT, write_panels
+    from realnet.report.panels import write_panels
 
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "moved.png")
     records = [Record(tmp_path / "moved.png", None, 0, "good", "c", "test")]
@@ -536,7 +536,7 @@ def test_a_case_whose_file_went_away_after_loading_is_drawn_at_the_runs_size(tmp
     (tmp_path / "moved.png").unlink()
     (written,) = write_panels(tmp_path / "panels", split, np.zeros((1, 16, 16), np.float32), np.array([0.25]),
                               count=1)
-    assert np.array_equal(np.asarray(Image.open(written))[CAPTION_HEIGHT:, :16], loaded[0])
+    assert np.array_equal(np.asarray(Image.open(written))[-16:, :16], loaded[0])  # under a wrapped caption
     assert capsys.readouterr().err.splitlines() == [f"realnet: warning: panel {written.name} drawn at the run's "
                                                     f"image size: {tmp_path / 'moved.png'}: file not found"]
 
@@ -731,6 +731,32 @@ def _strip(text: str, width: int, height: int) -> np.ndarray:
     strip = Image.new("RGB", (width, height), "white")
     ImageDraw.Draw(strip).text((2, 1), text, fill="black")
     return np.asarray(strip)
+
+
+def test_a_narrow_parts_caption_is_wrapped_not_cut():
+    """Regression: the caption was one line cut to the panel's width, so the panel of a part under
+    about 70 px wide lost the threshold and the colour scale at the caption's end."""
+    from PIL import Image, ImageDraw
+
+    from realnet.report.panels import CAPTION_HEIGHT, CAPTION_MARGIN, caption_for, caption_lines, panel
+
+    image = np.full((20, 20, 3), 90, np.uint8)
+    caption = caption_for("crack", 3.0, 2.0, 4.0)
+    captioned = panel(image, np.zeros((20, 20), bool), np.zeros((20, 20), np.float32), 4.0, caption)
+    width = captioned.shape[1]
+    lines = caption_lines(caption, width - CAPTION_MARGIN)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    assert len(lines) > 1 and " ".join(lines) == caption  # every word kept, in order
+    assert all(measure(line) <= width - CAPTION_MARGIN for line in lines)
+    assert all(measure(f"{line} {following.split()[0]}") > width - CAPTION_MARGIN  # each line as full as it can be
+               for line, following in zip(lines, lines[1:]))
+    assert captioned.shape[0] == 20 + CAPTION_HEIGHT * len(lines)
+    for number, line in enumerate(lines):
+        band = captioned[CAPTION_HEIGHT * number:CAPTION_HEIGHT * (number + 1)]
+        assert np.array_equal(band, _strip(line, width, CAPTION_HEIGHT))
+    assert caption_lines(caption, 10_000) == [caption]
+    (cut,) = caption_lines("incomprehensibilities", 30)  # one word wider than the panel: cut to it
+    assert "incomprehensibilities".startswith(cut) and 0 < measure(cut) <= 30 < measure(cut + "i")
 
 
 def test_a_score_equal_to_the_threshold_is_not_shown_above_it():

@@ -80,11 +80,37 @@ def case_at_input_size(record: Record, anomaly_map: np.ndarray,
 
 
 CAPTION_HEIGHT = 14  # one line of Pillow's default bitmap font
+CAPTION_MARGIN = 2  # pixels left of the text
+
+
+def caption_lines(caption: str, width: int) -> list[str]:
+    """The caption wrapped at spaces into lines at most `width` pixels wide in Pillow's default
+    font, so that a narrow part's panel keeps its threshold and colour scale; only a single word
+    wider than the panel is cut."""
+    from PIL import Image, ImageDraw
+
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def fits(text: str) -> bool:
+        return draw.textlength(text) <= width
+
+    def cut(word: str) -> str:
+        while len(word) > 1 and not fits(word):
+            word = word[:-1]
+        return word
+
+    lines: list[str] = []
+    for word in caption.split():
+        if lines and fits(f"{lines[-1]} {word}"):
+            lines[-1] = f"{lines[-1]} {word}"
+        else:
+            lines.append(cut(word))
+    return lines
 
 
 def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, display_max: float = 1.0,
           caption: str | None = None) -> np.ndarray:
-    """image | ground truth | overlay, under an optional one-line caption (cut to the width)."""
+    """image | ground truth | overlay, under an optional caption wrapped to the panel's width."""
     gap = np.full((image.shape[0], 4, 3), 255, np.uint8)
     truth = np.repeat((mask.astype(np.uint8) * 255)[..., None], 3, axis=2)
     row = np.concatenate([image, gap, truth, gap, heatmap_overlay(image, anomaly_map, display_max=display_max)],
@@ -93,8 +119,11 @@ def panel(image: np.ndarray, mask: np.ndarray, anomaly_map: np.ndarray, display_
         return row
     from PIL import Image, ImageDraw
 
-    strip = Image.new("RGB", (row.shape[1], CAPTION_HEIGHT), "white")
-    ImageDraw.Draw(strip).text((2, 1), caption, fill="black")
+    lines = caption_lines(caption, row.shape[1] - CAPTION_MARGIN) or [""]
+    strip = Image.new("RGB", (row.shape[1], CAPTION_HEIGHT * len(lines)), "white")
+    draw = ImageDraw.Draw(strip)
+    for number, line in enumerate(lines):
+        draw.text((CAPTION_MARGIN, 1 + CAPTION_HEIGHT * number), line, fill="black")
     return np.concatenate([np.asarray(strip), row], axis=0)
 
 
