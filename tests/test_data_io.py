@@ -547,3 +547,15 @@ def test_an_image_of_exactly_the_pixel_limit_is_read(tmp_path, monkeypatch):
     monkeypatch.setenv("REALNET_MAX_IMAGE_PIXELS", "19")
     with pytest.raises(BadFileError, match="decompression bomb"):
         read_image(path)
+
+
+@pytest.mark.parametrize("value", ["²", "1²", "10⁶"])
+def test_a_pixel_limit_int_cannot_read_is_a_one_line_error(monkeypatch, value):
+    """Regression: str.isdigit takes characters int() refuses (superscripts), so such a
+    REALNET_MAX_IMAGE_PIXELS ended in a ValueError traceback instead of realnet's one-line error."""
+    from realnet.data.io import max_image_pixels
+    from realnet.errors import RealnetError
+
+    monkeypatch.setenv("REALNET_MAX_IMAGE_PIXELS", value)
+    with pytest.raises(RealnetError, match="REALNET_MAX_IMAGE_PIXELS"):
+        max_image_pixels()

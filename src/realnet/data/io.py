@@ -176,7 +176,7 @@ def max_image_pixels() -> int:
     value = os.environ.get(PIXEL_LIMIT_VARIABLE)
     if value is None:
         return DEFAULT_MAX_IMAGE_PIXELS
-    if not value.strip().isdigit() or int(value) < 1:
+    if not (value.strip().isascii() and value.strip().isdigit()) or int(value) < 1:  # isdigit alone takes '²'
         raise RealnetError(f"{PIXEL_LIMIT_VARIABLE}={value!r}: give the largest number of pixels an image may have")
     return int(value)
 
