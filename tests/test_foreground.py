@@ -77,7 +77,7 @@ def test_closing_fills_holes_and_opening_removes_specks(rng):
     region[5, 5] = region[42, 6] = True  # specks in the background
     image = render(region, 200, 40, rng, noise=0.0)
     raw = foreground_mask(image, ForegroundRule("otsu"))
-    cleaned = foreground_mask(image, ForegroundRule("otsu", closing=5, opening=3))
+    cleaned = foreground_mask(image, ForegroundRule("otsu", closing=27, opening=16))  # 5 and 3 px at 48 px
     assert not raw[23, 23] and raw[5, 5]
     assert cleaned[23, 23] and not cleaned[5, 5] and not cleaned[42, 6]
 
@@ -201,5 +201,26 @@ def test_closing_runs_before_opening():
     region = np.zeros((64, 64), bool)
     region[10:50:2, 10:50:2] = True
     image = np.repeat(np.where(region, 255, 0).astype(np.uint8)[..., None], 3, axis=2)
-    mask = foreground_mask(image, ForegroundRule("otsu", closing=6, opening=6))
+    mask = foreground_mask(image, ForegroundRule("otsu", closing=24, opening=24))  # 6 px at 64 px
     assert mask[12:46, 12:46].all()
+
+
+@pytest.mark.parametrize("size", [64, 128, 256, 512])
+def test_tabled_kernels_scale_with_the_image_like_the_auto_rule(size):
+    """Regression: the table's kernels (the authors' pixels at 256 px) were applied unchanged at
+    any train.image_size, so at 128 px MVTec's 6 px opening erased a thin screw and the anomalies
+    fell back to the whole image, background included."""
+    from skimage import morphology
+
+    scale = size / 256
+    image = np.full((size, size, 3), 220, np.uint8)
+    bar = np.zeros((size, size), bool)
+    bar[round(40 * scale):round(216 * scale), round(124 * scale):round(132 * scale)] = True  # 8 px wide at 256
+    image[bar] = 30
+    speck = round(20 * scale), round(20 * scale)
+    image[speck[0]:speck[0] + round(4 * scale), speck[1]:speck[1] + round(4 * scale)] = 30  # 4 px at 256
+    mask = foreground_mask(image, foreground_rule("mvtec", "screw"))  # dark object, closing/opening 6 at 256
+    kernel = np.ones((max(1, round(6 * scale)),) * 2, bool)
+    dark = image[..., 0] < 128
+    assert np.array_equal(mask, morphology.opening(morphology.closing(dark, kernel), kernel))
+    assert np.array_equal(mask, bar)  # the screw kept, the speck opened away
