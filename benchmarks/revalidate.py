@@ -207,10 +207,10 @@ class EnsembleDetector(torch.nn.Module):
         from realnet.model.discriminator import image_score
 
         features = self.backbone(images)
-        maps = self.probability_maps(features)
+        maps = score_maps = self.probability_maps(features)
         if self.fusion is not None:
-            maps = self.fusion(maps, features)
-        return maps, image_score(maps, self.score_kernel)
+            maps, score_maps = self.fusion(maps, features)
+        return maps, image_score(score_maps, self.score_kernel)
 
 
 class ImageWeightDetector(torch.nn.Module):

@@ -95,7 +95,9 @@ def test_fusion_is_the_weighted_sum_of_the_scaled_maps():
     probabilities, features = torch.rand(2, 8, 8), [torch.randn(2, 3, 2, 2)]
     (distances,) = fusion.branch_maps(features, (8, 8))
     assert distances.shape == (2, 8, 8)
-    torch.testing.assert_close(fusion(probabilities, features), 0.75 * probabilities / 0.1 + 0.25 * distances / 4.0)
+    pixel_map, score_map = fusion(probabilities, features)
+    torch.testing.assert_close(pixel_map, 0.75 * probabilities / 0.1 + 0.25 * distances / 4.0)
+    assert score_map is pixel_map
     with pytest.raises(ValueError, match="positive"):
         fusion.calibrate_scales(0.0, 1.0)
     with pytest.raises(ValueError, match=r"in \[0, 1\]"):
@@ -202,3 +204,47 @@ def test_a_regularization_too_small_for_few_fit_images_is_one_clear_error():
     with pytest.raises(RealnetError, match=r"density.regularization=1e-20 is too small to make the feature covariance "
                                            r"of 3 fit images and \d+ channels invertible"):
         calibrate_fusion(model, images, images, config, torch.device("cpu"))
+
+
+def test_the_image_score_pools_the_maps_fused_at_its_own_density_weight():
+    """density.image_weight: the pixel map keeps w_d, the image score's map is fused at its own
+    weight with the same scales, and `RealNet.predict` scores that map."""
+    from realnet.config import load_config
+    from realnet.errors import RealnetError
+    from realnet.model.discriminator import image_score
+
+    torch.manual_seed(0)
+    fusion = MapFusion(FeatureDensity(3, (2, 2)), density_weight=0.5, image_density_weight=0.75)
+    fusion.calibrate_scales(0.1, 4.0)
+    probabilities, features = torch.rand(2, 8, 8), [torch.randn(2, 3, 2, 2)]
+    (distances,) = fusion.branch_maps(features, (8, 8))
+    pixel_map, score_map = fusion(probabilities, features)
+    torch.testing.assert_close(pixel_map, 0.5 * probabilities / 0.1 + 0.5 * distances / 4.0)
+    torch.testing.assert_close(score_map, 0.25 * probabilities / 0.1 + 0.75 * distances / 4.0)
+
+    fused_maps = fusion
+
+    class Detector(torch.nn.Module):  # RealNet.predict on fixed probabilities and features
+        score_kernel, fusion, map_normalization = 4, fused_maps, torch.nn.Identity()
+
+        def backbone(self, images):
+            return features
+
+        def selector(self, backbone_features):
+            return backbone_features
+
+        def probability_maps(self, selected):
+            return probabilities
+
+    from realnet.model.realnet import RealNet
+
+    maps, scores = RealNet.predict(Detector(), torch.zeros(2, 3, 8, 8))
+    torch.testing.assert_close(maps, pixel_map)
+    torch.testing.assert_close(scores, image_score(score_map, 4))
+    assert not torch.allclose(scores, image_score(pixel_map, 4))
+
+    with pytest.raises(ValueError, match="image density weight"):
+        MapFusion(FeatureDensity(3, (2, 2)), density_weight=0.5, image_density_weight=1.5)
+    with pytest.raises(RealnetError, match="density.image_weight needs density.weight > 0"):
+        load_config("tiny", None, ["density.image_weight=0.75"])
+    assert load_config("tiny", None, ["density.weight=0.5", "density.image_weight=0.75"]).density.image_weight == 0.75

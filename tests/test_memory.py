@@ -117,9 +117,9 @@ def test_three_map_fusion_is_the_weighted_sum_of_the_scaled_maps():
     probabilities, features = torch.rand(2, 8, 8), [torch.randn(2, 3, 2, 2)]
     density, distances = fusion.branch_maps(features, (8, 8))
     expected = 0.25 * probabilities / 0.1 + 0.25 * density / 4.0 + 0.5 * distances / 2.0
-    torch.testing.assert_close(fusion(probabilities, features), expected)
+    torch.testing.assert_close(fusion(probabilities, features)[0], expected)
     fusion.set_weights(0.0, 1.0)
-    torch.testing.assert_close(fusion(probabilities, features), distances / 2.0)
+    torch.testing.assert_close(fusion(probabilities, features)[0], distances / 2.0)
     with pytest.raises(ValueError, match=r"needs 3 mean normal image scores \(discriminator, density, memory\)"):
         fusion.calibrate_scales(0.1, 4.0)
     with pytest.raises(ValueError, match="the memory map's mean normal image score is 0.0"):
@@ -137,7 +137,7 @@ def test_a_memory_only_fusion_scales_the_discriminator_then_the_memory_and_refus
     fusion.calibrate_scales(0.2, 3.0)
     probabilities, features = torch.rand(2, 4, 4), [torch.randn(2, 3, 2, 2)]
     (distances,) = fusion.branch_maps(features, (4, 4))
-    torch.testing.assert_close(fusion(probabilities, features), 0.5 * probabilities / 0.2 + 0.5 * distances / 3.0)
+    torch.testing.assert_close(fusion(probabilities, features)[0], 0.5 * probabilities / 0.2 + 0.5 * distances / 3.0)
     with pytest.raises(ValueError, match="a density weight of 0.25 but no density map"):
         fusion.set_weights(0.25, 0.5)
 

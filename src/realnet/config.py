@@ -104,6 +104,9 @@ class DensityConfig:
     weight: float = 0.0  # w_d in fused = (1 - w_d - w_k) p / b_p + w_d d / b_d + w_k k / b_k (memory.weight)
     channels: int | None = None  # a seeded random subset of the backbone channels (PaDiM); None: all
     regularization: float = 0.01  # added to the diagonal of every covariance
+    # the image score's own w_d (the pixel map keeps `weight`); None: the same as `weight`. The painted
+    # validation has ranked the density above the fused map for image decisions since the eighth session
+    image_weight: float | None = None
 
 
 @dataclass
@@ -460,6 +463,10 @@ def validate_config(config: RealNetConfig) -> None:
          "memory.weight > 0 needs train.holdout_fraction > 0 (on its own fit images the memory map reads about 0, "
          "so its scale needs held-out images)"),
         (0 <= config.density.weight <= 1, "density.weight must be in [0, 1]"),
+        (config.density.image_weight is None or 0 <= config.density.image_weight <= 1,
+         "density.image_weight must be in [0, 1] or null"),
+        (config.density.image_weight is None or (config.density.weight > 0 and config.memory.weight == 0),
+         "density.image_weight needs density.weight > 0 and memory.weight = 0"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
         # far above any useful value (the features' variances are of order 1), and far below where
         # the float32 precision would underflow to zero

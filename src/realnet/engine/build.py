@@ -100,7 +100,7 @@ def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
                 f"density.channels lower (PaDiM keeps 100-550 of them)")
         density = FeatureDensity(total, (side, side), indices)
     memory = FeatureMemory(total, mc.neighbourhood) if mc.weight > 0 else None
-    return MapFusion(density, dc.weight, memory, mc.weight)
+    return MapFusion(density, dc.weight, memory, mc.weight, image_density_weight=dc.image_weight)
 
 
 def build_model(config: RealNetConfig, backbone) -> RealNet:

@@ -34,6 +34,9 @@ def demo_config(category: str, steps: int | None):
     # instead of 0.925 / 0.983 / 0.751.
     config.reconstruction.num_res_blocks = 2
     config.train.bf16 = False
+    # and the image score it was measured with: the maps' own 16 x 16 windows
+    config.density.image_weight = None
+    config.train.score_kernel = 16
     config.train.steps = DEMO_STEPS if steps is None else steps
     config.train.checkpoint_every = 50
     validate_config(config)

@@ -4,7 +4,8 @@ fused = w_p * p / b_p + w_d * d / b_d + w_k * k / b_k, where p is the discrimina
 feature density's (`realnet.model.density`), k the memory bank's (`realnet.model.memory`),
 w_p = 1 - w_d - w_k, and each b the mean image score of held-out normal images under its map,
 so that every map reads about 1 on a normal image. An added constant would change no ranking, so
-no offset is needed.
+no offset is needed. The image score may pool the maps fused at its own density weight (same
+scales), while the pixel map keeps w_d.
 """
 
 from __future__ import annotations
@@ -23,13 +24,20 @@ class MapFusion(nn.Module):
     `calibrate_scales`."""
 
     def __init__(self, density: FeatureDensity | None = None, density_weight: float = 0.0,
-                 memory: FeatureMemory | None = None, memory_weight: float = 0.0):
+                 memory: FeatureMemory | None = None, memory_weight: float = 0.0,
+                 image_density_weight: float | None = None):
         super().__init__()
         if density is None and memory is None:
             raise ValueError("MapFusion: nothing to fuse; give a density, a memory or both")
+        if image_density_weight is not None and (density is None or memory is not None
+                                                 or not 0 <= image_density_weight <= 1):
+            raise ValueError("MapFusion: an image density weight needs a density alone and a weight in [0, 1], "
+                             f"got {image_density_weight}")
         self.density = density
         self.memory = memory
         self.set_weights(density_weight, memory_weight)
+        self.image_weights = (None if image_density_weight is None
+                              else [1 - image_density_weight, image_density_weight])
         self.register_buffer("scales", torch.ones(1 + len(self.branches())))
 
     def named_branches(self) -> list[tuple[str, nn.Module]]:
@@ -72,6 +80,9 @@ class MapFusion(nn.Module):
         """sum of w * m / b over the maps in `scales` order (the module docstring's formula)."""
         return sum(w * m / b for w, m, b in zip(weights, maps, self.scales))
 
-    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> Tensor:
+    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """The fused pixel map and the map the image score pools (the same one unless the image
+        score has its own density weight)."""
         maps = [anomaly_map] + self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
-        return self.weighted_sum(maps, self.weights)
+        fused = self.weighted_sum(maps, self.weights)
+        return fused, fused if self.image_weights is None else self.weighted_sum(maps, self.image_weights)

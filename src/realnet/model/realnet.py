@@ -67,10 +67,10 @@ class RealNet(nn.Module):
         standardised scores when the detector has a `PositionNormalization`; fused scores that
         read about 1 on normal images when it has a `MapFusion`."""
         backbone_features = self.backbone(images)
-        maps = self.map_normalization(self.probability_maps(self.selector(backbone_features)))
+        maps = score_maps = self.map_normalization(self.probability_maps(self.selector(backbone_features)))
         if self.fusion is not None:
-            maps = self.fusion(maps, backbone_features)
-        return maps, image_score(maps, self.score_kernel)
+            maps, score_maps = self.fusion(maps, backbone_features)
+        return maps, image_score(score_maps, self.score_kernel)
 
     def trainable_modules(self) -> nn.ModuleDict:
         """What fit optimises and checkpoints (the backbone is never stored)."""
