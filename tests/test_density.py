@@ -245,6 +245,15 @@ def test_the_image_score_pools_the_maps_fused_at_its_own_density_weight():
 
     with pytest.raises(ValueError, match="image density weight"):
         MapFusion(FeatureDensity(3, (2, 2)), density_weight=0.5, image_density_weight=1.5)
-    with pytest.raises(RealnetError, match="density.image_weight needs density.weight > 0"):
+    with pytest.raises(RealnetError, match="density.image_weight=0.75 needs density.weight > 0"):
         load_config("tiny", None, ["density.image_weight=0.75"])
     assert load_config("tiny", None, ["density.weight=0.5", "density.image_weight=0.75"]).density.image_weight == 0.75
+
+
+def test_turning_the_cpu_presets_density_off_names_the_image_weight_to_clear():
+    """The cpu preset sets density.image_weight, so `density.weight=0` alone (the paper's maps,
+    or position normalisation) is refused with the override that completes it, which then loads."""
+    with pytest.raises(RealnetError, match=r"add --set density.image_weight=null"):
+        load_config("cpu", None, ["density.weight=0"])
+    config = load_config("cpu", None, ["density.weight=0", "density.image_weight=null"])
+    assert config.density.weight == 0 and config.density.image_weight is None

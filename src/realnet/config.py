@@ -466,7 +466,8 @@ def validate_config(config: RealNetConfig) -> None:
         (config.density.image_weight is None or 0 <= config.density.image_weight <= 1,
          "density.image_weight must be in [0, 1] or null"),
         (config.density.image_weight is None or (config.density.weight > 0 and config.memory.weight == 0),
-         "density.image_weight needs density.weight > 0 and memory.weight = 0"),
+         f"density.image_weight={config.density.image_weight} needs density.weight > 0 and memory.weight = 0 "
+         "(add --set density.image_weight=null to score images from the pixel map)"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
         # far above any useful value (the features' variances are of order 1), and far below where
         # the float32 precision would underflow to zero
