@@ -127,6 +127,7 @@ def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarr
     # a branch is built when any pair uses it; its weight is then set pair by pair
     fused_config.density.weight = 0.5 if any(d > 0 for d, _ in weight_pairs) else 0.0
     fused_config.memory.weight = 0.5 if any(k > 0 for _, k in weight_pairs) else 0.0
+    fused_config.density.image_weight = None  # each pair's image score pools the map that pair fuses
     model.fusion = build_fusion(fused_config, model.backbone).to(device)
     calibrate_fusion(model, fit_images, holdout, fused_config, device)
     for density_weight, memory_weight in weight_pairs:

@@ -83,6 +83,24 @@ def test_revalidate_screens_weights_under_another_score_kernel(fused_run, monkey
     assert json.loads(fused["variant"].split("scales ")[1]) == kernel_alone_scales
 
 
+def test_revalidate_fusion_weights_on_a_run_with_an_image_weight_score_each_pairs_own_map(image_weight_run,
+                                                                                         monkeypatch, capsys):
+    """--fusion-weights on a run fitted with density.image_weight raised (the memory branch was
+    built beside the run's image weight). Each pair scores the map it fuses, so the run as fitted
+    (heatmap at 0.5, image score from the density alone) has pair (0.5, 0)'s pixel metrics and
+    pair (1, 0)'s image metrics."""
+    _, run_dir, _, _ = image_weight_run
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--fusion-weights", "0.5,0", "1,0", "0.25,0.25"])
+    revalidate.main()
+    as_fitted, heatmap_pair, image_pair, memory_pair = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert memory_pair["variant"].startswith("density weight 0.25, memory weight 0.25")
+    pixel_keys = [k for k in as_fitted if k.startswith("val") and "pixel" in k]
+    image_keys = [k for k in as_fitted if k.startswith("val") and "image" in k]
+    assert pixel_keys and image_keys
+    assert {k: as_fitted[k] for k in pixel_keys} == {k: heatmap_pair[k] for k in pixel_keys}
+    assert {k: as_fitted[k] for k in image_keys} == {k: image_pair[k] for k in image_keys}
+
+
 def test_revalidate_refuses_position_normalization_on_a_fused_run(fused_run, monkeypatch, capsys):
     _, run_dir, _, _ = fused_run
     monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--position-normalization"])

@@ -217,14 +217,13 @@ def test_a_run_with_fused_density_and_memory_exports_with_a_dynamic_batch(memory
         assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
 
 
-def test_a_run_whose_image_score_has_its_own_density_weight_keeps_it_through_load_and_export(tmp_path):
+def test_a_run_whose_image_score_has_its_own_density_weight_keeps_it_through_load_and_export(image_weight_run,
+                                                                                              tmp_path):
     """density.image_weight reaches the loaded run and the ONNX graph: the exported score pools
     the maps fused at that weight, not the heatmap."""
-    from dataset_fixtures import fit_tiny_widget_run
-
     from realnet.model.discriminator import image_score
 
-    data_root, run_dir, *_ = fit_tiny_widget_run(tmp_path, ["density.weight=0.5", "density.image_weight=1.0"])
+    data_root, run_dir, *_ = image_weight_run
     model, meta = load_run(run_dir, torch.device("cpu"))
     assert model.fusion.weights == [0.5, 0.5] and model.fusion.image_weights == [0.0, 1.0]
     images = read_test_images(data_root)
