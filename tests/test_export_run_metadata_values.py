@@ -33,3 +33,16 @@ def test_an_unbounded_map_is_drawn_full_at_twice_the_threshold():
     props = run_metadata(_meta("position"))
     assert float(props["map_display_max"]) == pytest.approx(2 * 0.3141592653589793)
     assert "standardised per pixel position" in props["output_format"]
+
+
+def test_the_score_format_says_what_the_score_pools():
+    """A deployment that pools anomaly_map itself must learn the window, and that a run with
+    density.image_weight scores another fusion of the same maps."""
+    meta = _meta()
+    meta["config"]["train"]["score_kernel"] = 8
+    assert "the max of the 8 x 8 mean of anomaly_map;" in run_metadata(meta)["output_format"]
+    meta["config"]["density"] = {"weight": 0.5, "image_weight": 0.75}
+    format_ = run_metadata(meta)["output_format"]
+    assert "8 x 8 mean of the maps fused at density weight 0.75 (anomaly_map is fused at 0.5" in format_
+    del meta["config"]["train"]["score_kernel"]  # a model.json from before the option: the paper's 16
+    assert "16 x 16 mean" in run_metadata(meta)["output_format"]

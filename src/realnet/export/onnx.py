@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from realnet import __version__
-from realnet.config import map_kind
+from realnet.config import TrainConfig, map_kind
 from realnet.errors import RealnetError
 from realnet.files import cut_to_bytes, missing_folders, remove_stale_staging, removed_on_failure
 from realnet.model.realnet import RealNet
@@ -59,7 +59,18 @@ MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0,
                "fused": ("anomaly_map float32 (B, S, S), discriminator probability fused with the "
                          "feature-density and/or memory-bank distances, about 1 on held-out normal "
                          "training images")}
-SCORE_FORMAT = "score float32 (B,), anomalous when score > threshold"
+
+
+def score_format(config: Mapping) -> str:
+    """How the exported score is computed, so a deployment that pools anomaly_map itself knows
+    when it cannot (density.image_weight scores another fusion of the same maps)."""
+    kernel = int(config["train"].get("score_kernel", TrainConfig.score_kernel))
+    image_weight = config.get("density", {}).get("image_weight")
+    pooled = ("anomaly_map" if image_weight is None else
+              f"the maps fused at density weight {image_weight:g} (anomaly_map is fused at "
+              f"{config['density']['weight']:g}, so the score is not anomaly_map's)")
+    return (f"score float32 (B,), the max of the {kernel} x {kernel} mean of {pooled}; "
+            "anomalous when score > threshold")
 
 
 class InferenceGraph(nn.Module):
@@ -161,8 +172,7 @@ def run_metadata(meta: Mapping) -> dict[str, str]:
         "category": str(data.get("category", "")),
         "dataset": str(data.get("dataset", "")),
         "input_format": INPUT_FORMAT,
-        "output_format": (f"{MAP_FORMATS[map_kind(meta['config'])]}; "
-                          f"{SCORE_FORMAT}"),
+        "output_format": f"{MAP_FORMATS[map_kind(meta['config'])]}; {score_format(meta['config'])}",
     }
 
 
