@@ -7,7 +7,10 @@ statistics pooled over a neighbourhood of positions); each map is divided by the
 of the held-out normal images, as `fit` calibrates the fusion. Then the fused map is varied on the
 run's own density settings: weight, Gaussian smoothing, fusion rule, a separate weight for the image score,
 the image score's mean-filter size. One JSON line per variant with the six validation numbers
-and their mean. The ninth session's screens in docs/results.md are its output:
+and their mean. A run fitted with `density.image_weight` W (or --image-weight W) scores every
+weighted-sum variant's images on (1 - W) p + W d with that variant's density d, so the run's own
+row equals its fit-time validation; the max and sqrt fusion rules pool their own map. The ninth
+session's screens in docs/results.md are its output:
 
     PYTHONPATH=src .venv/bin/python benchmarks/screen_density.py --data ../shared/data \\
         --category magnetic_tile runs/mt_fused2
@@ -103,6 +106,8 @@ def main() -> None:
     parser.add_argument("--category", help="refuse a run fitted on another category")
     parser.add_argument("--weight", type=float, help="density weight of the density variants (default: the "
                                                      "run's density.weight, else 0.5)")
+    parser.add_argument("--image-weight", type=float, help="density weight of the image score's map (default: the "
+                                                           "run's density.image_weight; none: each variant's own map)")
     args = parser.parse_args()
     model, meta = load_run(args.run, torch.device("cpu"))
     model.eval()
@@ -111,6 +116,10 @@ def main() -> None:
         args.weight = config.density.weight or 0.5
     if not 0 < args.weight <= 1:
         parser.error(f"--weight {args.weight}: must be in (0, 1]")
+    image_weight = config.density.image_weight if args.image_weight is None else args.image_weight
+    if image_weight is not None and not 0 <= image_weight <= 1:
+        parser.error(f"--image-weight {image_weight}: must be in [0, 1]")
+    image_label = "" if image_weight is None else f", image score at w {image_weight}"
     tc = config.train
     normal = normal_training_images(args.run, meta, tc.image_size, args.data, args.category)
     fit_rows, holdout_rows = split_holdout(len(normal), tc.holdout_fraction, tc.holdout_seed)
@@ -126,6 +135,9 @@ def main() -> None:
         print(json.dumps({"run": str(args.run), "variant": variant, **metrics,
                           "mean": round(float(np.mean(list(metrics.values()))), 4)}), flush=True)
 
+    def score_maps_for(density: torch.Tensor) -> torch.Tensor | None:
+        return None if image_weight is None else (1 - image_weight) * p + image_weight * density
+
     with torch.no_grad():
         p = scaled(torch.cat([model.probability_maps(model.select_features(x)) for x in batches(images, tc.batch_size)]))
     report("discriminator alone", p)
@@ -138,19 +150,25 @@ def main() -> None:
                                 tc.seed, tc.batch_size))
         own_density = d if own_density is None else own_density
         report(f"layers {layers or 'run'}, channels {channels or 'all'}, regularisation {regularization}, "
-               f"neighbourhood {neighbourhood or 1}, w {args.weight}", (1 - args.weight) * p + args.weight * d)
+               f"neighbourhood {neighbourhood or 1}, w {args.weight}{image_label}",
+               (1 - args.weight) * p + args.weight * d, score_maps_for(d))
     d = own_density
     for weight in (0.25, 0.75, 1.0):
-        report(f"w {weight}", (1 - weight) * p + weight * d)
+        report(f"w {weight}{image_label}", (1 - weight) * p + weight * d, score_maps_for(d))
     fused = (1 - args.weight) * p + args.weight * d
+    own_score_maps = score_maps_for(d)
     for sigma in BLUR_SIGMAS:
-        report(f"density blurred, sigma {sigma}", (1 - args.weight) * p + args.weight * blur(d, sigma))
-        report(f"fused map blurred, sigma {sigma}", blur(fused, sigma))
-    report("max(p, d)", torch.maximum(p, d))
-    report("sqrt(p d)", (p * d).sqrt())
-    report("image score from w 0.75", fused, score_maps=0.25 * p + 0.75 * d)
+        blurred = blur(d, sigma)
+        report(f"density blurred, sigma {sigma}{image_label}", (1 - args.weight) * p + args.weight * blurred,
+               score_maps_for(blurred))
+        report(f"fused map blurred, sigma {sigma}{image_label}", blur(fused, sigma),
+               None if own_score_maps is None else blur(own_score_maps, sigma))
+    report("max(p, d), image score from it", torch.maximum(p, d))
+    report("sqrt(p d), image score from it", (p * d).sqrt())
+    if image_weight is None:
+        report("image score from w 0.75", fused, score_maps=0.25 * p + 0.75 * d)
     for kernel in SCORE_KERNELS:
-        report(f"image score kernel {kernel}", fused, kernel=kernel)
+        report(f"image score kernel {kernel}{image_label}", fused, own_score_maps, kernel=kernel)
 
 
 if __name__ == "__main__":

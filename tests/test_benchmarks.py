@@ -86,19 +86,45 @@ def test_revalidate_screens_weights_under_another_score_kernel(fused_run, monkey
 def test_revalidate_fusion_weights_on_a_run_with_an_image_weight_score_each_pairs_own_map(image_weight_run,
                                                                                          monkeypatch, capsys):
     """--fusion-weights on a run fitted with density.image_weight raised (the memory branch was
-    built beside the run's image weight). Each pair scores the map it fuses, so the run as fitted
-    (heatmap at 0.5, image score from the density alone) has pair (0.5, 0)'s pixel metrics and
-    pair (1, 0)'s image metrics."""
+    built beside the run's image weight). Each pair scores the map it fuses: pair (0.5, 0) has the
+    run's pixel metrics but not its image metrics (the run scores images on the discriminator's map)."""
     _, run_dir, _, _ = image_weight_run
-    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--fusion-weights", "0.5,0", "1,0", "0.25,0.25"])
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--fusion-weights", "0.5,0", "0.25,0.25"])
     revalidate.main()
-    as_fitted, heatmap_pair, image_pair, memory_pair = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    as_fitted, heatmap_pair, memory_pair = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert memory_pair["variant"].startswith("density weight 0.25, memory weight 0.25")
     pixel_keys = [k for k in as_fitted if k.startswith("val") and "pixel" in k]
     image_keys = [k for k in as_fitted if k.startswith("val") and "image" in k]
     assert pixel_keys and image_keys
     assert {k: as_fitted[k] for k in pixel_keys} == {k: heatmap_pair[k] for k in pixel_keys}
-    assert {k: as_fitted[k] for k in image_keys} == {k: image_pair[k] for k in image_keys}
+    assert {k: as_fitted[k] for k in image_keys} != {k: heatmap_pair[k] for k in image_keys}
+
+
+def test_revalidate_image_density_weights_reproduce_the_runs_own_image_weight(image_weight_run, monkeypatch, capsys):
+    _, run_dir, _, _ = image_weight_run
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--image-density-weights", "0", "0.5"])
+    revalidate.main()
+    as_fitted, own_weight, other_weight = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    metrics = [k for k in as_fitted if k.startswith("val")]
+    assert {k: own_weight[k] for k in metrics} == {k: as_fitted[k] for k in metrics}
+    assert {k: other_weight[k] for k in metrics} != {k: as_fitted[k] for k in metrics}
+
+
+def test_screen_density_reproduces_the_runs_own_validation_with_its_image_weight(image_weight_run, monkeypatch, capsys):
+    """The screen's row for the run's own density settings scored images on the fused pixel map,
+    so on a run fitted with density.image_weight it did not reproduce the run's validation."""
+    import screen_density
+
+    _, run_dir, _, _ = image_weight_run
+    _, meta = load_run(run_dir, torch.device("cpu"))
+    monkeypatch.setattr(sys, "argv", ["screen_density.py", str(run_dir)])
+    screen_density.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    own = rows[1]
+    assert own["variant"].startswith("layers run, channels all") and "image score at w 0.0" in own["variant"]
+    fitted = {k: round(v, 4) for k, v in meta["fit"]["validation"].items() if not k.startswith("val_n_")}
+    assert {k: own[k] for k in fitted} == fitted
+    assert fitted["val_image_auroc"] < 1  # an image score from the fused map reads 1 here
 
 
 def test_revalidate_refuses_position_normalization_on_a_fused_run(fused_run, monkeypatch, capsys):

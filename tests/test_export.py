@@ -225,7 +225,7 @@ def test_a_run_whose_image_score_has_its_own_density_weight_keeps_it_through_loa
 
     data_root, run_dir, *_ = image_weight_run
     model, meta = load_run(run_dir, torch.device("cpu"))
-    assert model.fusion.weights == [0.5, 0.5] and model.fusion.image_weights == [0.0, 1.0]
+    assert model.fusion.weights == [0.5, 0.5] and model.fusion.image_weights == [1.0, 0.0]
     images = read_test_images(data_root)
     out = tmp_path / "image_weight.onnx"
     onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),

@@ -44,5 +44,7 @@ def test_the_score_format_says_what_the_score_pools():
     meta["config"]["density"] = {"weight": 0.5, "image_weight": 0.75}
     format_ = run_metadata(meta)["output_format"]
     assert "8 x 8 mean of the maps fused at density weight 0.75 (anomaly_map is fused at 0.5" in format_
+    meta["config"]["density"]["image_weight"] = 0.5  # the same fusion: the score is anomaly_map's
+    assert "8 x 8 mean of anomaly_map;" in run_metadata(meta)["output_format"]
     del meta["config"]["train"]["score_kernel"]  # a model.json from before the option: the paper's 16
     assert "16 x 16 mean" in run_metadata(meta)["output_format"]
