@@ -48,3 +48,5 @@ def test_the_score_format_says_what_the_score_pools():
     assert "8 x 8 mean of anomaly_map;" in run_metadata(meta)["output_format"]
     del meta["config"]["train"]["score_kernel"]  # a model.json from before the option: the paper's 16
     assert "16 x 16 mean" in run_metadata(meta)["output_format"]
+    del meta["config"]["density"]  # nor the density fusion (export raised KeyError: 'density')
+    assert "16 x 16 mean of anomaly_map;" in run_metadata(meta)["output_format"]

@@ -707,7 +707,7 @@ def fit(request: FitRequest) -> dict[str, Any]:
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
         # the fused maps are calibrated once, after training; mid-run test scores would not be the fused ones
         raise RealnetError("--select-on-test reproduces the paper's protocol and needs density.weight=0 and "
-                           "memory.weight=0")
+                           "memory.weight=0 (with the cpu preset: --set density.weight=0 --set density.image_weight=null)")
     if request.select_on_test and request.config.train.ema_decay is not None:
         raise RealnetError("--select-on-test keeps the best live weights; it cannot be combined with train.ema_decay")
     if request.select_on_test and request.config.train.map_normalization != "none":

@@ -65,10 +65,11 @@ def score_format(config: Mapping) -> str:
     """How the exported score is computed, so a deployment that pools anomaly_map itself knows
     when it cannot (density.image_weight scores another fusion of the same maps)."""
     kernel = int(config["train"].get("score_kernel", TrainConfig.score_kernel))
-    image_weight = config.get("density", {}).get("image_weight")
-    pooled = ("anomaly_map" if image_weight in (None, config["density"].get("weight")) else
+    density = config.get("density", {})  # runs fitted before the density fusion have no section
+    image_weight = density.get("image_weight")
+    pooled = ("anomaly_map" if image_weight in (None, density.get("weight")) else
               f"the maps fused at density weight {image_weight:g} (anomaly_map is fused at "
-              f"{config['density']['weight']:g}, so the score is not anomaly_map's)")
+              f"{density['weight']:g}, so the score is not anomaly_map's)")
     return (f"score float32 (B,), the max of the {kernel} x {kernel} mean of {pooled}; "
             "anomalous when score > threshold")
 
