@@ -281,6 +281,14 @@ def test_overlays_without_a_maps_folder_are_refused(predict, tiny_run, awkward, 
                                                     "them into"]
 
 
+@pytest.mark.parametrize("size", ["input", "run"])
+def test_a_map_size_without_a_maps_folder_is_refused(predict, tiny_run, awkward, capsys, size):
+    """--map-size sizes the saved maps; without --save-maps it was accepted and did nothing."""
+    assert predict(tiny_run[1], awkward["gray"], "--map-size", size) == 2
+    assert capsys.readouterr().err.splitlines() == [f"realnet: error: --map-size {size} needs --save-maps DIR "
+                                                    "(it sizes the saved maps)"]
+
+
 def test_batches_score_like_single_images_and_keep_input_order(predict, tiny_run, awkward, tmp_path, capsys):
     """Scoring 3 images per batch with a broken file in the middle gives each image the score it
     gets alone, lines in input order, and the broken one still named."""

@@ -108,3 +108,17 @@ def test_a_resume_state_lacking_one_of_its_entries_is_refused(tmp_path):
             checkpoint.load_resume_state(tmp_path)
     torch.save({key: 1 for key in checkpoint.RESUME_KEYS}, tmp_path / checkpoint.RESUME_STATE)
     assert set(checkpoint.load_resume_state(tmp_path)) == set(checkpoint.RESUME_KEYS)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda meta: meta["config"]["train"].pop("image_size"), "config.train.image_size"),
+    (lambda meta: meta["config"].pop("train"), "config.train"),
+])
+def test_a_run_without_its_image_size_is_one_line_for_test_predict_and_export(tiny_run, tmp_path, capsys, edit, field):
+    """predict, test and export read the size from model.json's raw config: a KeyError traceback."""
+    run = _edited_run(tiny_run, tmp_path, edit)
+    code, out, err = _predict_one_part(run, tmp_path, capsys)
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and field in err and "malformed run metadata" in err
+    assert main(["test", "--run", str(run), "--data", str(tiny_run[0]), "--category", "widget"]) == 2
+    assert "malformed run metadata" in capsys.readouterr().err

@@ -55,7 +55,7 @@ def register(subparsers) -> None:
     predict.add_argument("--overwrite", action="store_true",
                          help="with --save-maps: use DIR although it holds files, deleting the maps an earlier "
                               "predict wrote there (without it, a DIR that holds files is refused)")
-    predict.add_argument("--map-size", choices=("input", "run"), default="input",
+    predict.add_argument("--map-size", choices=("input", "run"), default=None,
                          help="saved maps (and overlays) at each input's own size (default) or at the run's "
                               "square image size")
     predict.add_argument("--overlays", action="store_true",

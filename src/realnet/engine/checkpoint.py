@@ -134,7 +134,7 @@ def read_json(path: Path, missing: str) -> dict[str, Any]:
 # what test, predict, export and fit --resume read from a run's model.json, and of which type
 _META_FIELDS = {"config": dict, "backbone": dict, "data": dict, "fit": dict, "protocol": str, "preset": str}
 _META_SUBFIELDS = {("backbone", "name"): str, ("backbone", "sha256"): str, ("data", "root"): str,
-                   ("data", "category"): str, ("data", "dataset"): str}
+                   ("data", "category"): str, ("data", "dataset"): str, ("config", "train"): dict}
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
@@ -145,6 +145,10 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     wrong = [key for key, kind in _META_FIELDS.items() if not isinstance(meta.get(key), kind)]
     wrong += [f"{section}.{key}" for (section, key), kind in _META_SUBFIELDS.items()
               if section not in wrong and not isinstance(meta[section].get(key), kind)]
+    # the size every reader resizes to; a config default would score at another size than was fitted
+    image_size = meta["config"]["train"].get("image_size") if "config.train" not in wrong and "config" not in wrong else 0
+    if isinstance(image_size, bool) or not isinstance(image_size, int):
+        wrong.append("config.train.image_size")
     threshold = meta.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         wrong.append("threshold")

@@ -182,7 +182,7 @@ def _save_png(path: Path, pixels: np.ndarray) -> Path:
     return path
 
 
-def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str = "input",
+def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, map_size: str | None = None,
             overlays: bool = False, overwrite: bool = False, batch_size: int = 8, device: str = "auto",
             threshold: float | None = None, out=None, err=None) -> int:
     """Prints one JSON line per image, in input order; returns the number of images that failed
@@ -196,6 +196,9 @@ def predict(run_dir: Path, inputs: list[str], *, save_maps: Path | None = None, 
 
     from realnet.report.panels import heatmap_overlay, map_at_input_size, map_display_max, map_to_uint8
 
+    if map_size is not None and save_maps is None:
+        raise RealnetError(f"--map-size {map_size} needs --save-maps DIR (it sizes the saved maps)")
+    map_size = map_size or "input"
     if map_size not in MAP_SIZES:
         raise RealnetError(f"--map-size {map_size}: choose one of {', '.join(MAP_SIZES)}")
     if batch_size < 1:  # the CLI refuses it too; a Python caller got a silent empty run (or a range() traceback)
