@@ -98,7 +98,8 @@ def add_data_arguments(parser: argparse.ArgumentParser, *, default_dataset: str 
     """--data, --category, --dataset and the folder-dataset options. With default_dataset=None
     the dataset may be left out (e.g. `test`, which defaults to the run's own data)."""
     parser.add_argument("--data", type=path_argument, help="dataset root (folder dataset: base for its relative dirs; "
-                                                  "for test, the run's own root when left out)")
+                                                  "for test, the run's own root when left out, or the current "
+                                                  "folder for --dataset folder on a run of another layout)")
     parser.add_argument("--category", help="category name (folder dataset: any name, default 'custom')")
     parser.add_argument("--dataset", choices=DATASETS, default=default_dataset,
                         help="layout: mvtec (also MPDD and magnetic_tile), btad, visa, folder"

@@ -63,13 +63,16 @@ class _Scan:
 
 
 def load_dataset(
-    root: str | Path, category: str, dataset: str = "mvtec", **folder_options
+    root: str | Path, category: str, dataset: str = "mvtec", *, test_only: bool = False, **folder_options
 ) -> list[Record]:
     """All records of one category, sorted; `folder_options` (see `load_folder`) only for 'folder'.
 
-    For ``dataset="folder"`` relative folder options are resolved against `root`.
+    For ``dataset="folder"`` relative folder options are resolved against `root`. With `test_only`
+    the test records alone, and an MVTec-style tree needs no training folder (a new batch of parts
+    to test is often laid out as test/ and ground_truth/ alone).
     """
-    return _scan(root, category, dataset, folder_options).records
+    records = _scan(root, category, dataset, folder_options, test_only).records
+    return [r for r in records if r.split == "test"] if test_only else records
 
 
 def find_orphan_masks(
@@ -141,7 +144,7 @@ def load_folder(
     return sort_records(records)
 
 
-def _scan(root: str | Path, category: str, dataset: str, folder_options: dict) -> _Scan:
+def _scan(root: str | Path, category: str, dataset: str, folder_options: dict, test_only: bool = False) -> _Scan:
     root = Path(root)
     _check_dataset_name(dataset)
     unknown = sorted(set(folder_options) - set(FOLDER_OPTIONS))
@@ -165,18 +168,20 @@ def _scan(root: str | Path, category: str, dataset: str, folder_options: dict) -
     if dataset == "visa":
         return _scan_visa(root, category)
     if dataset == "btad":
-        return _scan_mvtec_like(_btad_base(root), category, normal="ok")
-    return _scan_mvtec_like(_require_dir(root, "data root"), category, normal=GOOD)
+        return _scan_mvtec_like(_btad_base(root), category, normal="ok", test_only=test_only)
+    return _scan_mvtec_like(_require_dir(root, "data root"), category, normal=GOOD, test_only=test_only)
 
 
-def _scan_mvtec_like(base: Path, category: str, *, normal: str) -> _Scan:
+def _scan_mvtec_like(base: Path, category: str, *, normal: str, test_only: bool = False) -> _Scan:
     """MVTec/MPDD (normal folder ``good``) and BTAD (``ok``; anomalous folder ``ko``). A category
-    without a test folder has training records only: `fit` needs no more, and `test` says so."""
+    without a test folder has training records only: `fit` needs no more, and `test` says so.
+    With `test_only`, no training folder is needed and none is read."""
     category_dir = _require_category(base, category)
-    train_dir = _require_dir(category_dir / "train" / normal, "training folder")
     test_dir = category_dir / "test"
     truth_dir = category_dir / "ground_truth"
-    records = [_normal(path, category, "train") for path in _images_in(train_dir)]
+    records = [] if test_only else [
+        _normal(path, category, "train") for path in _images_in(_require_dir(category_dir / "train" / normal,
+                                                                             "training folder"))]
     orphans: list[Path] = []
     defect_dirs = {entry.name: entry for entry in _subdirs(test_dir)} if test_dir.is_dir() else {}
     for defect, folder in sorted(defect_dirs.items()):

@@ -52,8 +52,7 @@ class TestSplit:
 
 def load_test_split(data_root, category: str, dataset: str, size: int, folder_options: dict | None = None,
                     *, skip_bad: bool = False, progress: bool = True) -> TestSplit:
-    records = [r for r in load_dataset(data_root, category, dataset, **(folder_options or {}))
-               if r.split == "test"]
+    records = load_dataset(data_root, category, dataset, test_only=True, **(folder_options or {}))
     if not records:
         raise RealnetError(f"{data_root}: category '{category}' has no test images (for the MVTec layout: "
                            f"{category}/test/good and {category}/test/<defect type> folders)")
@@ -208,7 +207,7 @@ def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any]
     A fixed layout's own split (MVTec, VisA, BTAD) that holds a copy of a training image is the
     dataset's, so that is a warning."""
     tests = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
-                                                     **tested["folder_options"]) if record.split == "test"]
+                                                     test_only=True, **tested["folder_options"])]
     contents = meta["fit"].get("training_image_sha256")
     if contents is not None:
         known = set(contents)
