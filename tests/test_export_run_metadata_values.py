@@ -50,3 +50,32 @@ def test_the_score_format_says_what_the_score_pools():
     assert "16 x 16 mean" in run_metadata(meta)["output_format"]
     del meta["config"]["density"]  # nor the density fusion (export raised KeyError: 'density')
     assert "16 x 16 mean of anomaly_map;" in run_metadata(meta)["output_format"]
+
+
+def test_the_input_format_states_the_rules_read_image_applies_to_wide_and_float_images(tmp_path):
+    """A deployment follows input_format to feed the graph; it described 16-bit colour images with
+    the grey rule (round(v * 255 / 65535)) while they are read at their high byte, and said nothing
+    of float images."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    from realnet.data.io import read_image
+    from realnet.export.onnx import INPUT_FORMAT
+
+    samples = np.array([[[0, 255, 256], [511, 32767, 65535], [40000, 128, 1000]]], np.uint16)
+    cv2.imwrite(str(tmp_path / "colour16.png"), samples[:, :, ::-1])  # OpenCV writes BGR
+    assert "high byte (v >> 8" in INPUT_FORMAT
+    assert np.array_equal(read_image(tmp_path / "colour16.png"), (samples >> 8).astype(np.uint8))
+
+    grey = samples[:, :, 0]
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    assert "grey integer images wider than 8 bits scaled by round(v * 255 / (2**bits - 1))" in INPUT_FORMAT
+    expected = np.rint(grey.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.array_equal(read_image(tmp_path / "grey16.png"), np.repeat(expected[:, :, None], 3, axis=2))
+
+    values = np.array([[-0.5, 0.2, 0.5, 1.7]], np.float32)
+    Image.fromarray(values).save(tmp_path / "float.tif")
+    assert "float images clipped to [0, 1] and scaled by round(v * 255)" in INPUT_FORMAT
+    expected = np.rint(np.clip(values, 0, 1).astype(np.float64) * 255).astype(np.uint8)
+    assert np.array_equal(read_image(tmp_path / "float.tif"), np.repeat(expected[:, :, None], 3, axis=2))

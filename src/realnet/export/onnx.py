@@ -51,8 +51,10 @@ INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each 8-bit image str
                 "S x S as PIL.Image.resize does with Image.BILINEAR, which antialiases when shrinking "
                 "(cv2.resize INTER_LINEAR does not, and shifts the scores). Read as realnet predict reads "
                 "files (realnet.data.io.read_image): EXIF orientation applied; transparency composited on "
-                "black (each channel times alpha / 255, rounded); grey replicated to RGB; integer images "
-                "wider than 8 bits scaled by round(v * 255 / (2**bits - 1))")
+                "black (each channel times alpha / 255, rounded); grey replicated to RGB; grey integer images "
+                "wider than 8 bits scaled by round(v * 255 / (2**bits - 1)); colour images of 16 bits a "
+                "sample keep the high byte (v >> 8, as Pillow decodes them); float images clipped to [0, 1] "
+                "and scaled by round(v * 255)")
 MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0, 1]",
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
                             "normal training images"),
