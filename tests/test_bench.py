@@ -513,6 +513,25 @@ def test_tables_only_on_an_out_folder_with_no_cells_is_refused(tmp_path, capsys)
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_device_the_machine_lacks_is_refused_before_any_cell(tmp_path, fixture_data):
+    """A bad --device failed every cell one by one and left their folders and tables behind."""
+    with pytest.raises(RealnetError, match="'bogus' is not a device"):
+        run_suite(BenchRequest(suite=load_suite("tiny"), out=tmp_path / "out", data=fixture_data, device="bogus"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_yaml_syntax_error_in_a_suite_or_config_file_names_its_line_and_column(tmp_path):
+    from realnet.config import load_config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\npreset: tiny\ndatasets: [\n")
+    with pytest.raises(RealnetError, match=r"bad\.yaml: not valid YAML at line 4, column 1 \(expected the node content"):
+        load_suite(path)
+    path.write_text("train:\n  steps: 3\n bad: 1\n")
+    with pytest.raises(RealnetError, match=r"bad\.yaml: not valid YAML at line 3, column 2 \("):
+        load_config("tiny", path)
+
+
 def test_a_suite_file_is_read_as_config_files_are(tmp_path):
     """Regression: a suite file was read with YAML 1.1's rules, so a second `axes:` silently replaced
     the first and `train.seed: 010` was the seed 8."""

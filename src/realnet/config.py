@@ -279,6 +279,15 @@ def read_config_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)
 
 
+def yaml_error_text(error: yaml.YAMLError) -> str:
+    """One line for a file's YAML error: where it is and what is wrong (PyYAML's own message spans
+    lines and quotes the text)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(error, "problem", None) or error.__class__.__name__
+    return f"not valid YAML{where} ({problem})"
+
+
 def load_config(
     preset: str = "paper", config_file: str | Path | None = None, overrides: list[str] = ()
 ) -> RealNetConfig:
@@ -298,7 +307,7 @@ def load_config(
         try:
             values = read_config_yaml(text) or {}
         except yaml.YAMLError as error:
-            raise RealnetError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+            raise RealnetError(f"{path}: {yaml_error_text(error)}") from None
         except RealnetError as error:
             raise RealnetError(f"{path}: {error}") from None
         if isinstance(values, dict) and "preset" in values:

@@ -94,6 +94,13 @@ def check_data(cells: list[Cell], roots: dict[str, Path]) -> None:
         raise RealnetError(f"missing data: {'; '.join(missing)} (run the others with --only)")
 
 
+def check_device(device: str) -> None:
+    """A device this machine lacks is one line before the first fit, not one failure per cell."""
+    from realnet.engine.runtime import resolve_device  # torch is imported once the suite is known good
+
+    resolve_device(device)
+
+
 def check_folders(dtd: Path | None, sia: Path | None) -> dict[str, str]:
     """The --sia / --dtd folders that were given, checked, as template values."""
     folders = {}
@@ -203,6 +210,7 @@ def run_suite(request: BenchRequest, report: Callable[[str], None] = lambda line
     for cell in chosen:  # a missing DTD folder is one line before the first fit, not one failure per cell
         if not any(n not in folders for n in cell.needs):
             cell_inputs(cell, roots[cell.dataset.name], folders)
+    check_device(request.device)
     others = [c for c in cells if c not in chosen and c.dataset.name in roots]
     check_identities(chosen, request.out, suite, roots, folders, others)
 

@@ -47,7 +47,7 @@ from typing import Any
 
 import yaml
 
-from realnet.config import PRESETS, flat_config, load_config, read_config_yaml, setting_covers
+from realnet.config import PRESETS, flat_config, load_config, read_config_yaml, setting_covers, yaml_error_text
 from realnet.config import parse_override as parse_config_override
 from realnet.errors import RealnetError
 from realnet.files import read_utf8_text
@@ -172,7 +172,7 @@ def load_suite(name_or_file: str | Path) -> Suite:
     try:
         raw = read_config_yaml(text)
     except yaml.YAMLError as error:
-        raise RealnetError(f"{source}: not valid YAML ({error.__class__.__name__})") from None
+        raise RealnetError(f"{source}: {yaml_error_text(error)}") from None
     except RealnetError as error:  # a key given twice
         raise RealnetError(f"{source}: {error}") from None
     return parse_suite(raw, source)
