@@ -35,6 +35,26 @@ def test_a_file_named_near_the_limit_is_written_and_a_failed_write_leaves_no_fol
     assert not (tmp_path / "a").exists()
 
 
+def test_a_full_disk_while_saving_safetensors_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
+    """safetensors reports a full disk as SafetensorError, not OSError: `fit` and `sdas train` ended
+    in a traceback (exit 1)."""
+    import safetensors.torch
+
+    from realnet.engine.checkpoint import atomic_write
+
+    def full_disk(tensors, filename, metadata=None):
+        open(filename, "wb").close()
+        raise safetensors.SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    target = tmp_path / "run" / "model.safetensors"
+    with pytest.raises(RealnetError) as raised:
+        atomic_write(target, lambda tmp: safetensors.torch.save_file({"w": torch.zeros(2)}, str(tmp)))
+    assert str(raised.value) == (f"{target}: cannot write there (Error while serializing: I/O error: "
+                                 "No space left on device (os error 28))")
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_unwritable_folder_is_named_not_the_temporary_file(tmp_path, monkeypatch):
     from realnet.engine.checkpoint import atomic_write
 

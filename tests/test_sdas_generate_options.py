@@ -69,3 +69,16 @@ def test_every_index_has_its_own_noise(two_category_model, tmp_path):
                              strength=(0.15, 0.15), progress=False))
     images = [read(tmp_path / "a", i) for i in range(4)]
     assert all(not np.array_equal(images[i], images[j]) for i in range(4) for j in range(i))
+
+
+@pytest.mark.parametrize("model", ["data_folder", "missing"])
+def test_generate_from_a_folder_that_is_no_sdas_model_says_so(tmp_path, model):
+    """The weights file was looked for first, so the message was "ema.safetensors: No such file or
+    directory" and the hint to train a model never showed."""
+    from realnet.errors import RealnetError
+
+    folder = make_mvtec_tree(tmp_path / "data", "widget", n_train=1) if model == "data_folder" else tmp_path / "nowhere"
+    with pytest.raises(RealnetError, match=r"not an SDAS model folder .*realnet sdas train"):
+        generate(GenerateRequest(model=folder, category="widget", count=1, out=tmp_path / "bank", device="cpu",
+                                 progress=False))
+    assert not (tmp_path / "bank").exists()

@@ -35,7 +35,7 @@ import torch
 
 from realnet.diffusion.network import make_denoiser
 from realnet.diffusion.sampler import DDIM_VARIANCES, SAMPLERS, sdas_sample
-from realnet.diffusion.train import EMA_WEIGHTS, diffusion_for, load_sdas_model, run_device, save_png, to_uint8
+from realnet.diffusion.train import EMA_WEIGHTS, diffusion_for, load_sdas_model, read_model_meta, run_device, save_png, to_uint8
 from realnet.engine.checkpoint import read_json
 from realnet.errors import RealnetError
 from realnet.files import file_sha256, missing_folders, remove_created_folders
@@ -148,6 +148,7 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     try:
         device = run_device(context, request.device, request.bf16)
         weights = Path(request.model) / EMA_WEIGHTS
+        read_model_meta(request.model)  # "not an SDAS model folder" before the weights file is looked for
         identity = _file_identity(weights)  # training saves by atomic replace: a new inode and mtime
         model_sha256 = file_sha256(weights)
         unet, meta = load_sdas_model(request.model, device)

@@ -17,6 +17,7 @@ from pathlib import Path, PurePath
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from realnet import __version__
@@ -53,6 +54,8 @@ def write_beside(path: Path, write) -> Path:
         remove_created_folders(created)
         if isinstance(error, OSError):
             raise RealnetError(f"{path}: cannot write there ({error.strerror or error})") from None
+        if isinstance(error, SafetensorError):  # safetensors reports a full disk as its own error type
+            raise RealnetError(f"{path}: cannot write there ({str(error).splitlines()[0]})") from None
         raise
 
 
