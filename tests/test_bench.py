@@ -532,6 +532,21 @@ def test_a_yaml_syntax_error_in_a_suite_or_config_file_names_its_line_and_column
         load_config("tiny", path)
 
 
+def test_a_bad_setting_is_blamed_on_where_it_was_given(tmp_path):
+    """A bad --set or suite-wide `set:` value was reported as the first variant's
+    ("axis ..., variant ...: unknown config key")."""
+    with pytest.raises(RealnetError, match=r"^--set: unknown config key 'train.stepz'"):
+        load_suite("tiny").with_overrides([("train.stepz", 3)])
+    with pytest.raises(RealnetError, match=r"^--set: train.steps must be >= 1"):
+        load_suite("tiny").with_overrides([("train.steps", -1)])
+    path = tmp_path / "suite.yaml"
+    path.write_text("name: s\npreset: tiny\nset: {train.steps: 0}\n"
+                    "datasets: [{name: A, layout: mvtec, root: a, path: ., categories: [widget]}]\n"
+                    "axes: [{name: ax, variants: [{name: v, set: {rrs.ratio: 0.5}}]}]\n")
+    with pytest.raises(RealnetError, match=r"suite\.yaml: set: train.steps must be >= 1"):
+        load_suite(path)
+
+
 def test_a_suite_file_is_read_as_config_files_are(tmp_path):
     """Regression: a suite file was read with YAML 1.1's rules, so a second `axes:` silently replaced
     the first and `train.seed: 010` was the seed 8."""

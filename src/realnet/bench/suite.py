@@ -129,6 +129,7 @@ class Suite:
                                            f"of {self.source}")
         merged = dict(self.overrides)
         merged.update(overrides)
+        _check_settings(self.preset, tuple(merged.items()), "--set")
         return replace(self, overrides=tuple(merged.items()))
 
 
@@ -192,8 +193,16 @@ def parse_suite(raw: Any, source: str) -> Suite:
     axes = tuple(_parse_axis(a, f"{where}: axes[{i}]", datasets, known_keys)
                  for i, a in enumerate(_list(raw["axes"], f"{where}: axes")))
     _unique([a.name for a in axes], f"{where}: axis names")
-    return Suite(name, _text(raw, "description", ""), raw["preset"], _parse_set(raw.get("set"), f"{where}: set"),
-                 datasets, axes, source)
+    suite_set = _parse_set(raw.get("set"), f"{where}: set")
+    _check_settings(raw["preset"], suite_set, f"{where}: set")  # before a variant is blamed for it
+    return Suite(name, _text(raw, "description", ""), raw["preset"], suite_set, datasets, axes, source)
+
+
+def _check_settings(preset: str, overrides: tuple[Override, ...], where: str) -> None:
+    try:
+        load_config(preset, None, override_strings(overrides))
+    except RealnetError as error:
+        raise RealnetError(f"{where}: {error}") from None
 
 
 def _parse_dataset(raw: Any, where: str) -> DatasetSpec:
