@@ -290,6 +290,26 @@ def test_cells_of_another_configuration_are_stale_and_left_out_of_the_averages(t
     assert "stale" in table and "50.00" not in table
 
 
+def test_a_cell_retested_by_hand_is_stale_in_the_tables_and_tested_again(tmp_path, fixture_data):
+    """Tables read cell.json, so after `realnet test` on a cell's folder (other data) they showed
+    figures its metrics.json no longer held, and the next suite run kept the cell."""
+    from realnet.bench.runner import cell_dir, collect_statuses, is_complete, read_status, write_reports
+
+    suite = parse_suite(suite_dict([{"name": "reference"}, {"name": "p05", "set": {"rrs.ratio": 0.5}}]), "s.yaml")
+    reference, p05 = expand(suite)
+    fake_complete_cell(cell_dir(tmp_path, suite, reference), reference.config, fixture_data, 0.9)
+    fake_complete_cell(cell_dir(tmp_path, suite, p05), p05.config, fixture_data, 0.5)
+    retested = cell_dir(tmp_path, suite, p05)
+    (retested / "metrics.json").write_text(json.dumps({"image_auroc": 0.7, "pixel_auroc": 0.5, "aupro": 0.5}))
+    statuses = collect_statuses(suite, [reference, p05], tmp_path)
+    assert statuses[reference.id]["status"] == "complete"
+    assert statuses[p05.id]["status"] == "stale" and "rewritten by another test" in statuses[p05.id]["reason"]
+    assert not is_complete(retested, read_status(retested))
+    write_reports(suite, [reference, p05], tmp_path)
+    table = (tmp_path / "s/tables/axis.md").read_text()
+    assert "stale" in table and "50.00" not in table and "70.00" not in table
+
+
 def test_a_rerun_on_other_data_refuses_to_keep_the_old_cells(tmp_path, fixture_data):
     """Regression: a complete cell was kept, and reported, when the suite was rerun on another
     --data root (the identity was the configuration alone)."""

@@ -44,7 +44,9 @@ def test_a_resume_reruns_every_cell_but_the_complete_ones(tmp_path, fixture_data
 
     def fit_and_test(cell, folder, data_root, folders, request):
         ran.append(cell.variant)
-        return {"metrics": {"image_auroc": 0.9, "pixel_auroc": 0.9, "aupro": 0.9}, "device": "cpu",
+        metrics = {"image_auroc": 0.9, "pixel_auroc": 0.9, "aupro": 0.9}
+        (folder / "metrics.json").write_text(json.dumps(metrics))  # as `realnet test` writes it
+        return {"metrics": metrics, "device": "cpu",
                 "fit_wall_s": 1.0, "fit_steps": 1, "test_wall_s": 1.0, "backbone_weights_sha256": "x"}
 
     monkeypatch.setattr(runner, "fit_and_test", fit_and_test)

@@ -172,8 +172,23 @@ def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str
             raise RealnetError(f"{folder} holds a run on other inputs ({shown}); choose another --out or delete it")
 
 
+RETESTED = "its metrics.json was removed or rewritten by another test; rerun the suite to test it on the suite's data again"
+
+
 def is_complete(folder: Path, status: dict[str, Any] | None) -> bool:
-    return status is not None and status.get("status") == "complete" and (folder / "metrics.json").is_file()
+    return (status is not None and status.get("status") == "complete" and (folder / "metrics.json").is_file()
+            and not retested(folder, status))
+
+
+def retested(folder: Path, status: dict[str, Any]) -> bool:
+    """A `realnet test` run on the cell's folder since (on other data, say) replaced the metrics
+    the tables would show from cell.json; the next suite run tests the cell again."""
+    try:
+        measured = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    recorded = status.get("metrics") or {}
+    return not isinstance(measured, dict) or any(measured.get(name) != recorded.get(name) for name in METRICS)
 
 
 def collect_statuses(suite: Suite, cells: list[Cell], out: Path,
@@ -183,9 +198,12 @@ def collect_statuses(suite: Suite, cells: list[Cell], out: Path,
     or 'pending' (not run yet)."""
     statuses = {}
     for cell in cells:
-        status = read_status(cell_dir(out, suite, cell))
+        folder = cell_dir(out, suite, cell)
+        status = read_status(folder)
         if status is not None and differing_settings(status.get("config") or {}, cell.config):
             status = {"status": "stale", "reason": "run under another configuration; rerun it or delete its folder"}
+        elif status is not None and status.get("status") == "complete" and retested(folder, status):
+            status = {"status": "stale", "reason": RETESTED}
         if status is None:
             unmet = [n for n in cell.needs if n not in (folders or {})]
             status = ({"status": "skipped", "reason": "needs " + ", ".join(NEEDS_FLAG[n] for n in unmet)}
