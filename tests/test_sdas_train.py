@@ -479,3 +479,23 @@ def test_to_uint8_inverts_the_training_scaling():
     images = (k / 127.5 - 1.0).float().reshape(1, 1, 16, 16)
     np.testing.assert_array_equal(to_uint8(images)[0, ..., 0].reshape(-1), np.arange(256))
     assert to_uint8(torch.tensor([-3.0, 3.0]).reshape(1, 1, 1, 2)).reshape(-1).tolist() == [0, 255]
+
+
+def test_a_resume_trains_with_the_thread_count_the_killed_run_had(gray_data, tmp_path, capsys):
+    """The thread count changes how CPU kernels round, and sdas train did not record it, so a resume
+    at another --threads drifted from the uninterrupted run (fit adopts the recorded count)."""
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train(request(gray_data, tmp_path / "straight"))
+        train(request(gray_data, tmp_path / "resumed", steps=2))
+        assert json.loads((tmp_path / "resumed" / "model.json").read_text())["cpu_threads"] == 1
+        torch.set_num_threads(2)
+        train(request(gray_data, tmp_path / "resumed", resume=True))
+        assert torch.get_num_threads() == 1
+        assert "--resume trains with the 1 CPU thread(s) the run started with (not 2)" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    straight = load_file(tmp_path / "straight" / TRAIN_STATE)
+    resumed = load_file(tmp_path / "resumed" / TRAIN_STATE)
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)

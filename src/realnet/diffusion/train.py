@@ -38,7 +38,7 @@ from realnet.diffusion.gaussian import DEFAULT_TIMESTEPS, SCHEDULES, GaussianDif
 from realnet.diffusion.network import PRESETS, create_unet, make_denoiser, unet_config
 from realnet.diffusion.sampler import sdas_sample
 from realnet.engine.checkpoint import atomic_write, read_json, remove_stale_temporaries, unreadable_resume_state
-from realnet.engine.runtime import batch_indices
+from realnet.engine.runtime import adopt_thread_count, batch_indices
 from realnet.engine.distributed import DistributedContext, launched_rank
 from realnet.errors import BadFileError, RealnetError
 from realnet.files import missing_folders, openable_file
@@ -448,6 +448,9 @@ def train(request: TrainRequest) -> dict[str, Any]:
         }
         out = Path(request.out)
         _prepare_out(request, meta)
+        if request.resume:  # bit for bit only at the killed run's thread count (None: not recorded, older)
+            adopt_thread_count(resume_meta(out).get("cpu_threads"), device, warn=main)
+        meta["cpu_threads"] = torch.get_num_threads() if device.type == "cpu" else None
         diffusion = diffusion_for(meta)
         torch.manual_seed(request.seed)
         unet = create_unet(meta["unet"])

@@ -25,6 +25,7 @@ from realnet.engine.build import build_backbone, build_model
 from realnet.engine.distributed import launched_rank
 from realnet.engine.runtime import (
     adam,
+    adopt_thread_count,
     batch_indices,
     bf16_autocast_available,
     compute_environment,
@@ -531,18 +532,6 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
     check_same_evaluation_steps(request, state.get("select_on_test", {}).get("every"), n_fit_images, "the killed run",
                                 "resume it with --eval-every {every}")
     check_same_inputs(request, state.get("inputs"), inputs, "the killed run was started on")
-
-
-def adopt_thread_count(threads: int | None, device: torch.device, warn: bool) -> None:
-    """A resumed CPU fit trains with the thread count the killed run had (None: an older realnet did
-    not record it): another count splits the kernels' sums differently, so the weights would round
-    away from an uninterrupted run's."""
-    if device.type != "cpu" or threads is None or threads == torch.get_num_threads():
-        return
-    if warn:
-        tqdm.write(f"realnet: --resume trains with the {threads} CPU thread(s) the run started with (not "
-                   f"{torch.get_num_threads()}): the thread count changes how the kernels round", file=sys.stderr)
-    torch.set_num_threads(threads)
 
 
 BF16, FP32 = "bf16 autocast", "fp32"  # the precision a run trained in, as model.json and resume.pt name it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import random
+import sys
 from enum import IntEnum
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -163,3 +164,15 @@ def load_samples(
             pass
     kept = [r for r, good in zip(records, ok) if good]
     return images[ok], masks[ok], kept, [errors[i] for i in sorted(errors)]  # record order, not finishing order
+
+
+def adopt_thread_count(threads: int | None, device: torch.device, warn: bool) -> None:
+    """A resumed CPU run (fit, sdas train) trains with the thread count the killed run had (None: an older realnet did
+    not record it): another count splits the kernels' sums differently, so the weights would round
+    away from an uninterrupted run's."""
+    if device.type != "cpu" or threads is None or threads == torch.get_num_threads():
+        return
+    if warn:
+        tqdm.write(f"realnet: --resume trains with the {threads} CPU thread(s) the run started with (not "
+                   f"{torch.get_num_threads()}): the thread count changes how the kernels round", file=sys.stderr)
+    torch.set_num_threads(threads)
