@@ -279,13 +279,16 @@ def read_config_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """What is wrong, in a few words (PyYAML's own message spans lines and quotes the text)."""
+    return getattr(error, "problem", None) or error.__class__.__name__
+
+
 def yaml_error_text(error: yaml.YAMLError) -> str:
-    """One line for a file's YAML error: where it is and what is wrong (PyYAML's own message spans
-    lines and quotes the text)."""
+    """One line for a file's YAML error: where it is and what is wrong."""
     mark = getattr(error, "problem_mark", None)
     where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-    problem = getattr(error, "problem", None) or error.__class__.__name__
-    return f"not valid YAML{where} ({problem})"
+    return f"not valid YAML{where} ({yaml_problem(error)})"
 
 
 def load_config(
@@ -366,9 +369,8 @@ def parse_override(override: str) -> tuple[str, Any]:
         raise RealnetError(f"--set {override}: empty value; write null for none")
     try:
         return key.strip(), read_config_yaml(value)
-    except yaml.YAMLError as error:  # PyYAML's message spans lines and points into the value
-        problem = getattr(error, "problem", None) or error.__class__.__name__
-        raise RealnetError(f"--set {override}: not a valid YAML value ({problem})") from None
+    except yaml.YAMLError as error:
+        raise RealnetError(f"--set {override}: not a valid YAML value ({yaml_problem(error)})") from None
     except RealnetError as error:
         raise RealnetError(f"--set {override}: {error}") from None
 

@@ -378,8 +378,9 @@ def _logged_step(line: str) -> float:
         return math.inf
 
 
-def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
-    """Refuse to overwrite a run by accident, and to resume one trained with other settings."""
+def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> dict[str, Any] | None:
+    """Refuse to overwrite a run by accident, and to resume one trained with other settings.
+    Returns the metadata of the run a resume continues (None for a new run)."""
     out = Path(request.out)
     has_state = (out / TRAIN_STATE).is_file()
     if not request.resume:
@@ -389,7 +390,7 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
                                "choose a new --out")
         if out.is_dir():
             remove_stale_temporaries(out)  # of a run killed in its first save, which left nothing to resume
-        return
+        return None
     if not has_state:
         raise RealnetError(f"{out}: nothing to resume (no {TRAIN_STATE})")
     previous = resume_meta(out)
@@ -402,6 +403,7 @@ def _prepare_out(request: TrainRequest, meta: dict[str, Any]) -> None:
         raise RealnetError(f"{out} is already at step {previous['step']}; --steps {request.steps} would not train "
                            "it (give more steps, or use the model as it is)")
     remove_stale_temporaries(out)  # of a run killed while it wrote a checkpoint
+    return previous
 
 
 def run_device(context: DistributedContext, name: str, bf16: bool) -> torch.device:
@@ -447,9 +449,9 @@ def train(request: TrainRequest) -> dict[str, Any]:
             "world_size": context.world_size, "device": device.type, "bf16": request.bf16, "init": None,
         }
         out = Path(request.out)
-        _prepare_out(request, meta)
-        if request.resume:  # bit for bit only at the killed run's thread count (None: not recorded, older)
-            adopt_thread_count(resume_meta(out).get("cpu_threads"), device, warn=main)
+        previous = _prepare_out(request, meta)
+        if previous is not None:  # bit for bit only at the killed run's thread count (None: not recorded, older)
+            adopt_thread_count(previous.get("cpu_threads"), device, warn=main)
         meta["cpu_threads"] = torch.get_num_threads() if device.type == "cpu" else None
         diffusion = diffusion_for(meta)
         torch.manual_seed(request.seed)
@@ -460,8 +462,8 @@ def train(request: TrainRequest) -> dict[str, Any]:
         ema = copy.deepcopy(unet).requires_grad_(False).eval()
         optimizer = torch.optim.Adam(unet.parameters(), lr=request.lr)
         start = load_train_state(out, unet, ema, optimizer) if request.resume else 0
-        if request.resume:
-            meta["init"] = resume_meta(out).get("init")
+        if previous is not None:
+            meta["init"] = previous.get("init")
         created = missing_folders(out) if main else []
         if main:
             out.mkdir(parents=True, exist_ok=True)

@@ -148,10 +148,11 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     wrong = [key for key, kind in _META_FIELDS.items() if not isinstance(meta.get(key), kind)]
     wrong += [f"{section}.{key}" for (section, key), kind in _META_SUBFIELDS.items()
               if section not in wrong and not isinstance(meta[section].get(key), kind)]
-    # the size every reader resizes to; a config default would score at another size than was fitted
-    image_size = meta["config"]["train"].get("image_size") if "config.train" not in wrong and "config" not in wrong else 0
-    if isinstance(image_size, bool) or not isinstance(image_size, int):
-        wrong.append("config.train.image_size")
+    if "config" not in wrong and "config.train" not in wrong:
+        # the size every reader resizes to; a config default would score at another size than was fitted
+        image_size = meta["config"]["train"].get("image_size")
+        if isinstance(image_size, bool) or not isinstance(image_size, int):
+            wrong.append("config.train.image_size")
     threshold = meta.get("threshold")
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
         wrong.append("threshold")
