@@ -24,6 +24,14 @@ run with the image score pooled over K x K windows (the fusion's scales recalibr
 `fit` would), so that a window and a weight are screened together; K itself is first validated on
 its own (as --score-kernels K does).
 
+With --image-density-weight W, each fused run is validated with its image score taken from its
+maps fused at density weight W (as `density.image_weight` does), and the --heatmap-flips screen
+then runs so.
+
+With --heatmap-flips N..., each run is validated again with its heatmap's discriminator map
+averaged over N mirrored copies of the images (2: left-right; 4: also up-down and both), the
+image score unchanged.
+
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
@@ -62,6 +70,9 @@ held-out split would otherwise name images it was trained on (benchmarks/common.
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_preset29 runs/mt_preset29_s101 \\
         --score-kernel 8 --density-weights 0.75 --image-density-weights 0.75
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_preset29x runs/mt_preset29_s101 \\
+        --score-kernel 8 --image-density-weight 0.75 --heatmap-flips 2 4
 """
 
 from __future__ import annotations
@@ -92,6 +103,7 @@ from realnet.engine.fit import (
     validate_on_painted_defects,
 )
 from realnet.model.discriminator import PositionNormalization
+from realnet.model.realnet import HEATMAP_FLIPS
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
@@ -214,38 +226,44 @@ class EnsembleDetector(torch.nn.Module):
         return maps, image_score(score_maps, self.score_kernel)
 
 
-class ImageWeightDetector(torch.nn.Module):
-    """A fitted, fused RealNet whose image score comes from the map fused at another density
-    weight than its pixel map (same scales): the pixel map is left exactly as fitted."""
-
-    def __init__(self, model, image_density_weight: float):
-        super().__init__()
-        self.model = model
-        self.image_density_weight = image_density_weight
-
-    @torch.no_grad()
-    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from realnet.model.discriminator import image_score
-
-        model, fusion = self.model, self.model.fusion
-        features = model.backbone(images)
-        probabilities = model.map_normalization(model.probability_maps(model.selector(features)))
-        maps = [probabilities] + fusion.branch_maps(features, tuple(probabilities.shape[-2:]))
-        image_maps = fusion.weighted_sum(maps, [1 - self.image_density_weight, self.image_density_weight])
-        return fusion.weighted_sum(maps, fusion.weights), image_score(image_maps, model.score_kernel)
-
-
 def validate_image_weights(run: Path, model, config: RealNetConfig, holdout: np.ndarray, weights: list[float],
                            draws: int, device: torch.device) -> None:
-    if model.fusion is None or config.memory.weight > 0:
-        raise SystemExit(f"--image-density-weights: {run} must be fused with the feature density alone")
+    """Validation with the image score taken from the maps fused at each density weight (same
+    scales), the pixel map as fitted; the run's own image weight is put back afterwards."""
+    fitted_weight = require_density_alone(run, model, "--image-density-weights")
     for weight in weights:
-        detector = ImageWeightDetector(model, weight)
+        model.fusion.set_image_weight(weight)
         variant = (f"pixel map at density weight {config.density.weight}, image score at {weight}, "
                    f"score kernel {model.score_kernel}")
-        report(run, variant, validate_on_painted_defects(detector, holdout, config, device))
+        report(run, variant, validate_on_painted_defects(model, holdout, config, device))
         if draws:
-            validate_on_draws(run, detector, config, holdout, draws, device, variant)
+            validate_on_draws(run, model, config, holdout, draws, device, variant)
+    model.fusion.set_image_weight(fitted_weight)
+
+
+def require_density_alone(run: Path, model, option: str) -> float | None:
+    """The run's image density weight, after checking that it is fused with the density alone."""
+    if model.fusion is None or model.fusion.memory is not None:
+        raise SystemExit(f"{option}: {run} must be fused with the feature density alone")
+    return image_weight_of(model)
+
+
+def validate_heatmap_flips(run: Path, model, config: RealNetConfig, holdout: np.ndarray, counts: list[int],
+                           draws: int, device: torch.device) -> None:
+    """Validation with the heatmap's discriminator map averaged over each number of mirrored
+    copies (the image score as the model has it); the run's own count is put back afterwards."""
+    fitted_count = model.heatmap_flips
+    for count in counts:
+        model.heatmap_flips = count
+        validate_variant(run, model, config, holdout, draws, device,
+                         f"heatmap over {count} flips, image weight {image_weight_of(model)}, "
+                         f"score kernel {model.score_kernel}")
+    model.heatmap_flips = fitted_count
+
+
+def image_weight_of(model) -> float | None:
+    fusion = model.fusion
+    return None if fusion is None or fusion.image_weights is None else fusion.image_weights[1]
 
 
 def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig, np.ndarray]], draws: int,
@@ -282,6 +300,12 @@ def main() -> None:
     parser.add_argument("--image-density-weights", type=float, nargs="+", default=[], metavar="W",
                         help="also validate with the image score taken from the map fused at density weight W, "
                              "the pixel map as fitted (fused runs), on the painted draws when given")
+    parser.add_argument("--image-density-weight", type=float, metavar="W",
+                        help="validate with the image score taken from the maps fused at density weight W, "
+                             "then run the --heatmap-flips screen so (fused runs)")
+    parser.add_argument("--heatmap-flips", type=int, nargs="+", default=[], choices=sorted(HEATMAP_FLIPS),
+                        metavar="N", help="also validate with the heatmap's discriminator map averaged over N "
+                                          "mirrored copies (1, 2 or 4), on the painted draws when given")
     parser.add_argument("--score-kernels", type=int, nargs="+", default=[], metavar="K",
                         help="also validate with the image score pooled over K x K windows (the run's fusion "
                              "weights, scales recalibrated), on the painted draws when given")
@@ -309,6 +333,8 @@ def main() -> None:
         weight_pairs.append((density_weight, memory_weight))
     if any(not 0 <= w <= 1 for w in args.image_density_weights):
         parser.error("--image-density-weights: every weight must be in [0, 1]")
+    if args.image_density_weight is not None and not 0 <= args.image_density_weight <= 1:
+        parser.error("--image-density-weight: the weight must be in [0, 1]")
     if any(k < 1 for k in args.score_kernels):
         parser.error("--score-kernels: every kernel must be at least 1")
     if args.score_kernel is not None and args.score_kernel < 1:
@@ -342,6 +368,15 @@ def main() -> None:
                            args.painted_draws, device)
         if args.image_density_weights:
             validate_image_weights(run, model, config, images[holdout_rows], args.image_density_weights,
+                                   args.painted_draws, device)
+        if args.image_density_weight is not None:
+            require_density_alone(run, model, "--image-density-weight")
+            model.fusion.set_image_weight(args.image_density_weight)
+            validate_variant(run, model, config, images[holdout_rows], args.painted_draws, device,
+                             f"image score at density weight {args.image_density_weight}, "
+                             f"score kernel {model.score_kernel}")
+        if args.heatmap_flips:
+            validate_heatmap_flips(run, model, config, images[holdout_rows], args.heatmap_flips,
                                    args.painted_draws, device)
         if args.score_kernels:
             validate_score_kernels(run, model, config, images[holdout_rows], args.score_kernels, args.painted_draws,

@@ -177,3 +177,32 @@ def test_bench_efficiency_takes_the_chosen_datasets_own_first_category(tmp_path)
     assert list(bench_efficiency.suite_cells(suite, args)) == [second.id]
     with pytest.raises(RealnetError, match="--dataset third: not a dataset of s.yaml"):
         bench_efficiency.suite_cells(suite, argparse.Namespace(dataset="third", category=None, out=tmp_path))
+
+
+def test_revalidate_heatmap_flips_keep_the_image_score_and_one_flip_reproduces_the_model(image_weight_run,
+                                                                                       monkeypatch, capsys):
+    """--image-density-weight at the run's own weight and --heatmap-flips 1 reproduce the run's
+    validation; more flips move the pixel metrics only, and the model is put back afterwards."""
+    _, run_dir, _, _ = image_weight_run
+    kernel = load_run(run_dir, torch.device("cpu"))[1]["config"]["train"]["score_kernel"]
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--image-density-weight", "0",
+                                      "--heatmap-flips", "1", "4", "--score-kernels", str(kernel)])
+    revalidate.main()
+    as_fitted, own_weight, one_flip, four_flips, after = [json.loads(line) for line in
+                                                          capsys.readouterr().out.splitlines()]
+    assert after["variant"].startswith(f"score kernel {kernel}")  # screened after the flips, as fitted
+    assert four_flips["variant"].startswith("heatmap over 4 flips, image weight 0.0")
+    metrics = [k for k in as_fitted if k.startswith("val")]
+    image_keys = [k for k in metrics if "image" in k]
+    pixel_keys = [k for k in metrics if k not in image_keys]
+    for row in (own_weight, one_flip, after):
+        assert {k: row[k] for k in metrics} == {k: as_fitted[k] for k in metrics}
+    assert {k: four_flips[k] for k in image_keys} == {k: as_fitted[k] for k in image_keys}
+    assert {k: four_flips[k] for k in pixel_keys} != {k: as_fitted[k] for k in pixel_keys}
+
+
+def test_revalidate_refuses_an_image_density_weight_on_a_run_without_the_density(memory_run, monkeypatch):
+    _, run_dir, _, _ = memory_run
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--image-density-weight", "0.5"])
+    with pytest.raises(SystemExit, match="--image-density-weight: .* must be fused with the feature density alone"):
+        revalidate.main()

@@ -29,15 +29,10 @@ class MapFusion(nn.Module):
         super().__init__()
         if density is None and memory is None:
             raise ValueError("MapFusion: nothing to fuse; give a density, a memory or both")
-        if image_density_weight is not None and (density is None or memory is not None
-                                                 or not 0 <= image_density_weight <= 1):
-            raise ValueError("MapFusion: an image density weight needs a density alone and a weight in [0, 1], "
-                             f"got {image_density_weight}")
         self.density = density
         self.memory = memory
         self.set_weights(density_weight, memory_weight)
-        self.image_weights = (None if image_density_weight is None
-                              else [1 - image_density_weight, image_density_weight])
+        self.set_image_weight(image_density_weight)
         self.register_buffer("scales", torch.ones(1 + len(self.branches())))
 
     def named_branches(self) -> list[tuple[str, nn.Module]]:
@@ -60,6 +55,15 @@ class MapFusion(nn.Module):
                              f"density {density_weight}, memory {memory_weight}")
         self.weights = [max(0.0, 1 - sum(branch_weights))] + branch_weights
 
+    def set_image_weight(self, image_density_weight: float | None) -> None:
+        """The density weight of the map the image score pools; None: the pixel map's."""
+        if image_density_weight is not None and (self.density is None or self.memory is not None
+                                                 or not 0 <= image_density_weight <= 1):
+            raise ValueError("MapFusion: an image density weight needs a density alone and a weight in [0, 1], "
+                             f"got {image_density_weight}")
+        self.image_weights = (None if image_density_weight is None
+                              else [1 - image_density_weight, image_density_weight])
+
     def branch_maps(self, features: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
         """d and/or k at image resolution, each (B, H, W)."""
         return [F.interpolate(branch(features).unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -80,9 +84,15 @@ class MapFusion(nn.Module):
         """sum of w * m / b over the maps in `scales` order (the module docstring's formula)."""
         return sum(w * m / b for w, m, b in zip(weights, maps, self.scales))
 
-    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def forward(self, anomaly_map: Tensor, features: list[Tensor],
+                pixel_anomaly_map: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The fused pixel map and the map the image score pools (the same one unless the image
-        score has its own density weight)."""
-        maps = [anomaly_map] + self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
-        fused = self.weighted_sum(maps, self.weights)
-        return fused, fused if self.image_weights is None else self.weighted_sum(maps, self.image_weights)
+        score has its own density weight or the pixel map its own discriminator map,
+        `pixel_anomaly_map`, e.g. averaged over flips)."""
+        branch_maps = self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
+        image_maps = [anomaly_map] + branch_maps
+        if pixel_anomaly_map is None:
+            fused = self.weighted_sum(image_maps, self.weights)
+            return fused, fused if self.image_weights is None else self.weighted_sum(image_maps, self.image_weights)
+        fused = self.weighted_sum([pixel_anomaly_map] + branch_maps, self.weights)
+        return fused, self.weighted_sum(image_maps, self.image_weights or self.weights)
