@@ -102,8 +102,7 @@ from realnet.engine.fit import (
     split_holdout,
     validate_on_painted_defects,
 )
-from realnet.model.discriminator import PositionNormalization
-from realnet.model.realnet import HEATMAP_FLIPS
+from realnet.model.discriminator import PositionNormalization, image_score
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
 
 
@@ -217,8 +216,6 @@ class EnsembleDetector(torch.nn.Module):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from realnet.model.discriminator import image_score
-
         features = self.backbone(images)
         maps = score_maps = self.probability_maps(features)
         if self.fusion is not None:
@@ -248,17 +245,45 @@ def require_density_alone(run: Path, model, option: str) -> float | None:
     return image_weight_of(model)
 
 
+# the mirrorings whose maps the flipped heatmap averages, by count: image dims flipped (none,
+# left-right, up-down, both)
+HEATMAP_FLIPS = {1: ((),), 2: ((), (-1,)), 4: ((), (-1,), (-2,), (-2, -1))}
+
+
+class FlippedHeatmapDetector(torch.nn.Module):
+    """A fitted RealNet whose pixel map takes the mean of the discriminator's maps over `count`
+    mirrored copies of the images (each mirrored back), fused as fitted (the per-position density
+    of the unmirrored images); the image score is left exactly as fitted."""
+
+    def __init__(self, model, count: int):
+        super().__init__()
+        self.model = model
+        self.flips = HEATMAP_FLIPS[count]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        model, batch = self.model, images.shape[0]
+        views = torch.cat([images.flip(dims) if dims else images for dims in self.flips])
+        features = model.backbone(views)  # one pass over every copy
+        maps = model.probability_maps(model.selector(features)).split(batch)
+        mirrored_mean = torch.stack([m.flip(dims) if dims else m for m, dims in zip(maps, self.flips)]).mean(0)
+        pixel_map, image_map = model.map_normalization(mirrored_mean), model.map_normalization(maps[0])
+        fusion = model.fusion
+        if fusion is not None:
+            branch_maps = fusion.branch_maps([f[:batch] for f in features], tuple(pixel_map.shape[-2:]))
+            pixel_map, image_map = (fusion.weighted_sum([pixel_map] + branch_maps, fusion.weights),
+                                    fusion.weighted_sum([image_map] + branch_maps, fusion.image_weights or fusion.weights))
+        return pixel_map, image_score(image_map, model.score_kernel)
+
+
 def validate_heatmap_flips(run: Path, model, config: RealNetConfig, holdout: np.ndarray, counts: list[int],
                            draws: int, device: torch.device) -> None:
     """Validation with the heatmap's discriminator map averaged over each number of mirrored
-    copies (the image score as the model has it); the run's own count is put back afterwards."""
-    fitted_count = model.heatmap_flips
+    copies, the image score as the model has it."""
     for count in counts:
-        model.heatmap_flips = count
-        validate_variant(run, model, config, holdout, draws, device,
+        validate_variant(run, FlippedHeatmapDetector(model, count), config, holdout, draws, device,
                          f"heatmap over {count} flips, image weight {image_weight_of(model)}, "
                          f"score kernel {model.score_kernel}")
-    model.heatmap_flips = fitted_count
 
 
 def image_weight_of(model) -> float | None:

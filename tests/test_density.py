@@ -225,7 +225,7 @@ def test_the_image_score_pools_the_maps_fused_at_its_own_density_weight():
     fused_maps = fusion
 
     class Detector(torch.nn.Module):  # RealNet.predict on fixed probabilities and features
-        score_kernel, fusion, map_normalization, heatmap_flips = 4, fused_maps, torch.nn.Identity(), 1
+        score_kernel, fusion, map_normalization = 4, fused_maps, torch.nn.Identity()
 
         def backbone(self, images):
             return features

@@ -84,15 +84,9 @@ class MapFusion(nn.Module):
         """sum of w * m / b over the maps in `scales` order (the module docstring's formula)."""
         return sum(w * m / b for w, m, b in zip(weights, maps, self.scales))
 
-    def forward(self, anomaly_map: Tensor, features: list[Tensor],
-                pixel_anomaly_map: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, anomaly_map: Tensor, features: list[Tensor]) -> tuple[Tensor, Tensor]:
         """The fused pixel map and the map the image score pools (the same one unless the image
-        score has its own density weight or the pixel map its own discriminator map,
-        `pixel_anomaly_map`, e.g. averaged over flips)."""
-        branch_maps = self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
-        image_maps = [anomaly_map] + branch_maps
-        if pixel_anomaly_map is None:
-            fused = self.weighted_sum(image_maps, self.weights)
-            return fused, fused if self.image_weights is None else self.weighted_sum(image_maps, self.image_weights)
-        fused = self.weighted_sum([pixel_anomaly_map] + branch_maps, self.weights)
-        return fused, self.weighted_sum(image_maps, self.image_weights or self.weights)
+        score has its own density weight)."""
+        maps = [anomaly_map] + self.branch_maps(features, tuple(anomaly_map.shape[-2:]))
+        fused = self.weighted_sum(maps, self.weights)
+        return fused, fused if self.image_weights is None else self.weighted_sum(maps, self.image_weights)

@@ -17,10 +17,6 @@ from realnet.model.reconstruction import aligned_targets
 from realnet.model.rrs import ResidualSelection, reconstruction_residuals
 
 
-# the mirrorings whose maps the heatmap averages, by count: image dims flipped (none, left-right, up-down, both)
-HEATMAP_FLIPS = {1: ((),), 2: ((), (-1,)), 4: ((), (-1,), (-2,), (-2, -1))}
-
-
 @dataclass
 class RealNetOutput:
     reconstructions: list[Tensor]
@@ -38,7 +34,6 @@ class RealNet(nn.Module):
         score_kernel: int = 16,
         map_normalization: PositionNormalization | None = None,
         fusion: MapFusion | None = None,
-        heatmap_flips: int = 1,
     ):
         super().__init__()
         self.backbone = backbone
@@ -49,7 +44,6 @@ class RealNet(nn.Module):
         self.score_kernel = score_kernel
         self.map_normalization = map_normalization or nn.Identity()
         self.fusion = fusion
-        self.heatmap_flips = heatmap_flips
 
     @torch.no_grad()
     def select_features(self, images: Tensor) -> list[Tensor]:
@@ -71,34 +65,12 @@ class RealNet(nn.Module):
     def predict(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """Anomaly maps (B, H, W) and image scores (B,). The maps are probabilities in [0, 1];
         standardised scores when the detector has a `PositionNormalization`; fused scores that
-        read about 1 on normal images when it has a `MapFusion`. With `heatmap_flips` > 1 the
-        maps take the mean of the discriminator's maps over mirrored copies of the images; the
-        image scores pool the unmirrored map."""
-        if self.heatmap_flips == 1:
-            backbone_features = self.backbone(images)
-            probabilities = self.probability_maps(self.selector(backbone_features))
-            pixel_probabilities = None
-        else:
-            backbone_features, probabilities, pixel_probabilities = self.mirrored_probability_maps(images)
-            pixel_probabilities = self.map_normalization(pixel_probabilities)
-        maps = score_maps = self.map_normalization(probabilities)
+        read about 1 on normal images when it has a `MapFusion`."""
+        backbone_features = self.backbone(images)
+        maps = score_maps = self.map_normalization(self.probability_maps(self.selector(backbone_features)))
         if self.fusion is not None:
-            maps, score_maps = self.fusion(maps, backbone_features, pixel_probabilities)
-        elif pixel_probabilities is not None:
-            maps = pixel_probabilities
+            maps, score_maps = self.fusion(maps, backbone_features)
         return maps, image_score(score_maps, self.score_kernel)
-
-    def mirrored_probability_maps(self, images: Tensor) -> tuple[list[Tensor], Tensor, Tensor]:
-        """One backbone pass over the images and their `heatmap_flips` - 1 mirrored copies: the
-        unmirrored images' backbone features and probability map, and the mean of all the copies'
-        maps, each mirrored back (B, H, W)."""
-        flips = HEATMAP_FLIPS[self.heatmap_flips]
-        views = torch.cat([images.flip(dims) if dims else images for dims in flips])
-        backbone_features = self.backbone(views)
-        batch = images.shape[0]
-        maps = self.probability_maps(self.selector(backbone_features)).split(batch)
-        mean_map = torch.stack([m.flip(dims) if dims else m for m, dims in zip(maps, flips)]).mean(0)
-        return [f[:batch] for f in backbone_features], maps[0], mean_map
 
     def trainable_modules(self) -> nn.ModuleDict:
         """What fit optimises and checkpoints (the backbone is never stored)."""
