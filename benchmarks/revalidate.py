@@ -32,6 +32,10 @@ With --heatmap-flips N..., each run is validated again with its heatmap's discri
 averaged over N mirrored copies of the images (2: left-right; 4: also up-down and both), the
 image score unchanged.
 
+With --density-neighbourhoods N..., each fused run is validated again with its density refitted
+on each layer's features averaged over N x N positions (`density.neighbourhood`), under the
+image weight and window the model has by then.
+
 With --painted-draws N, each run is also validated on N independent draws of the painted defects
 (seeds seed + 1000·k, the same held-out images), to see how much the draw alone moves the numbers
 and whether a difference between runs holds draw by draw.
@@ -73,6 +77,9 @@ held-out split would otherwise name images it was trained on (benchmarks/common.
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_preset29x runs/mt_preset29_s101 \\
         --score-kernel 8 --image-density-weight 0.75 --heatmap-flips 2 4
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_preset29x runs/mt_preset29_s101 \\
+        --score-kernel 8 --image-density-weight 0.75 --density-neighbourhoods 1 3 5
 """
 
 from __future__ import annotations
@@ -146,6 +153,25 @@ def validate_fused(run: Path, model, config: RealNetConfig, fit_images: np.ndarr
         variant = (f"density weight {density_weight}, memory weight {memory_weight}, score kernel {model.score_kernel}, "
                    f"scales {[round(b, 4) for b in model.fusion.scales.tolist()]}")
         validate_variant(run, model, config, holdout, draws, device, variant)
+    model.fusion = fitted_fusion
+
+
+def validate_density_neighbourhoods(run: Path, model, config: RealNetConfig, fit_images: np.ndarray,
+                                   holdout: np.ndarray, sizes: list[int], draws: int, device: torch.device) -> None:
+    """Validation with the density refitted on features aggregated over each n x n neighbourhood
+    (`density.neighbourhood`), under the model's weights, image weight and window, calibrated as
+    `fit` does it; the run's own fusion is put back afterwards."""
+    fitted_fusion = model.fusion
+    image_weight = require_density_alone(run, model, "--density-neighbourhoods")
+    for size in sizes:
+        aggregated = RealNetConfig.from_dict(config.to_dict())
+        aggregated.density.neighbourhood = size
+        aggregated.density.image_weight = image_weight
+        model.fusion = build_fusion(aggregated, model.backbone).to(device)
+        calibrate_fusion(model, fit_images, holdout, aggregated, device)
+        validate_variant(run, model, config, holdout, draws, device,
+                         f"density neighbourhood {size}, image weight {image_weight}, score kernel {model.score_kernel}, "
+                         f"scales {[round(b, 4) for b in model.fusion.scales.tolist()]}")
     model.fusion = fitted_fusion
 
 
@@ -331,6 +357,9 @@ def main() -> None:
     parser.add_argument("--heatmap-flips", type=int, nargs="+", default=[], choices=sorted(HEATMAP_FLIPS),
                         metavar="N", help="also validate with the heatmap's discriminator map averaged over N "
                                           "mirrored copies (1, 2 or 4), on the painted draws when given")
+    parser.add_argument("--density-neighbourhoods", type=int, nargs="+", default=[], metavar="N",
+                        help="also validate with the density refitted on each layer's features averaged over "
+                             "N x N positions (odd N; fused runs, the model's image weight and window)")
     parser.add_argument("--score-kernels", type=int, nargs="+", default=[], metavar="K",
                         help="also validate with the image score pooled over K x K windows (the run's fusion "
                              "weights, scales recalibrated), on the painted draws when given")
@@ -360,6 +389,8 @@ def main() -> None:
         parser.error("--image-density-weights: every weight must be in [0, 1]")
     if args.image_density_weight is not None and not 0 <= args.image_density_weight <= 1:
         parser.error("--image-density-weight: the weight must be in [0, 1]")
+    if any(n < 1 or n % 2 == 0 for n in args.density_neighbourhoods):
+        parser.error("--density-neighbourhoods: every neighbourhood must be an odd number >= 1")
     if any(k < 1 for k in args.score_kernels):
         parser.error("--score-kernels: every kernel must be at least 1")
     if args.score_kernel is not None and args.score_kernel < 1:
@@ -400,6 +431,9 @@ def main() -> None:
             validate_variant(run, model, config, images[holdout_rows], args.painted_draws, device,
                              f"image score at density weight {args.image_density_weight}, "
                              f"score kernel {model.score_kernel}")
+        if args.density_neighbourhoods:
+            validate_density_neighbourhoods(run, model, config, images[fit_rows], images[holdout_rows],
+                                            args.density_neighbourhoods, args.painted_draws, device)
         if args.heatmap_flips:
             validate_heatmap_flips(run, model, config, images[holdout_rows], args.heatmap_flips,
                                    args.painted_draws, device)

@@ -14,7 +14,8 @@ from realnet.engine.evaluate import load_run
 from realnet.errors import RealnetError
 from realnet.model.density import FeatureDensity
 from realnet.model.fusion import MapFusion
-from realnet.model.memory import FeatureMemory, greedy_coreset, local_embedding, squared_distances
+from realnet.model.density import local_embedding
+from realnet.model.memory import FeatureMemory, greedy_coreset, squared_distances
 
 
 def brute_force_greedy(points: np.ndarray, size: int, first: int) -> list[int]:

@@ -104,6 +104,9 @@ class DensityConfig:
     weight: float = 0.0  # w_d in fused = (1 - w_d - w_k) p / b_p + w_d d / b_d + w_k k / b_k (memory.weight)
     channels: int | None = None  # a seeded random subset of the backbone channels (PaDiM); None: all
     regularization: float = 0.01  # added to the diagonal of every covariance
+    # each layer's features averaged over n x n positions before the Gaussian (PatchCore's local
+    # aggregation); 1: none, as PaDiM
+    neighbourhood: int = 1
     # the image score's own w_d (the pixel map keeps `weight`); None: the same as `weight`. The painted
     # validation has ranked the density above the fused map for image decisions since the eighth session
     image_weight: float | None = None
@@ -491,6 +494,8 @@ def validate_config(config: RealNetConfig) -> None:
          "memory.projection_dim must be >= 1 or null"),
         (config.memory.neighbourhood >= 1 and config.memory.neighbourhood % 2 == 1,
          "memory.neighbourhood must be an odd number >= 1"),
+        (config.density.neighbourhood >= 1 and config.density.neighbourhood % 2 == 1,
+         "density.neighbourhood must be an odd number >= 1"),
         (config.density.weight + config.memory.weight == 0 or config.train.map_normalization == "none",
          "density.weight or memory.weight > 0 needs train.map_normalization: none (the fusion scales a "
          "probability map)"),

@@ -81,7 +81,8 @@ def density_channel_subset(total: int, channels: int | None, seed: int) -> torch
 def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
     """The fused maps (density.weight > 0 and/or memory.weight > 0), uncalibrated: the density
     on a seeded random subset of `density.channels` backbone channels (all when unset) on the
-    finest feature grid; the memory on all channels, locally aggregated."""
+    finest feature grid, aggregated over `density.neighbourhood`; the memory on all channels,
+    aggregated over `memory.neighbourhood`."""
     dc, mc = config.density, config.memory
     if dc.weight == 0 and mc.weight == 0:
         return None
@@ -98,7 +99,7 @@ def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
             raise RealnetError(
                 f"density: {side}x{side} positions x {kept}^2 covariances need {needed_gb:.0f} GB; set "
                 f"density.channels lower (PaDiM keeps 100-550 of them)")
-        density = FeatureDensity(total, (side, side), indices)
+        density = FeatureDensity(total, (side, side), indices, dc.neighbourhood)
     memory = FeatureMemory(total, mc.neighbourhood) if mc.weight > 0 else None
     return MapFusion(density, dc.weight, memory, mc.weight, image_density_weight=dc.image_weight)
 

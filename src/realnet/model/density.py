@@ -27,6 +27,16 @@ def feature_embedding(features: list[Tensor], channel_indices: Tensor | None = N
     return embedding if channel_indices is None else embedding.index_select(1, channel_indices)
 
 
+def local_embedding(features: list[Tensor], neighbourhood: int, channel_indices: Tensor | None = None) -> Tensor:
+    """Each layer's features averaged over a neighbourhood x neighbourhood window of positions
+    (PatchCore's local aggregation, so that a position also sees its surroundings; 1: none), then
+    `feature_embedding`: (B, C, h, w)."""
+    if neighbourhood > 1:
+        features = [F.avg_pool2d(f.float(), neighbourhood, 1, neighbourhood // 2, count_include_pad=False)
+                    for f in features]
+    return feature_embedding(features, channel_indices)
+
+
 def gaussian_statistics(embeddings: Iterable[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-position mean (h, w, C) and unbiased covariance (h, w, C, C) of batches of
     embeddings (B, C, h, w), accumulated in float64 so that any number of images needs one
@@ -58,11 +68,16 @@ def mahalanobis_map(embedding: Tensor, mean: Tensor, precision: Tensor) -> Tenso
 
 
 class FeatureDensity(nn.Module):
-    """Per-position Gaussian of the normal backbone features; returns the Mahalanobis distance
-    map (B, h, w). Identity statistics (zero mean, unit precision) until `calibrate`."""
+    """Per-position Gaussian of the normal backbone features, each layer's optionally averaged
+    over a `neighbourhood` of positions first; returns the Mahalanobis distance map (B, h, w).
+    Identity statistics (zero mean, unit precision) until `calibrate`."""
 
-    def __init__(self, channels: int, grid: tuple[int, int], channel_indices: Tensor | None = None):
+    def __init__(self, channels: int, grid: tuple[int, int], channel_indices: Tensor | None = None,
+                 neighbourhood: int = 1):
         super().__init__()
+        if neighbourhood < 1 or neighbourhood % 2 == 0:
+            raise ValueError(f"FeatureDensity: the neighbourhood must be an odd number >= 1, got {neighbourhood}")
+        self.neighbourhood = neighbourhood
         kept = channels if channel_indices is None else int(channel_indices.numel())
         self.register_buffer("channel_indices", torch.arange(channels) if channel_indices is None
                              else channel_indices.long().clone())
@@ -70,7 +85,7 @@ class FeatureDensity(nn.Module):
         self.register_buffer("precision", torch.eye(kept).expand(*grid, kept, kept).clone())
 
     def embed(self, features: list[Tensor]) -> Tensor:
-        return feature_embedding(features, self.channel_indices)
+        return local_embedding(features, self.neighbourhood, self.channel_indices)
 
     @torch.no_grad()
     def calibrate(self, mean: Tensor, covariance: Tensor, regularization: float) -> None:

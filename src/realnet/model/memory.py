@@ -12,24 +12,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from realnet.model.density import feature_embedding
+from realnet.model.density import local_embedding
 
 
 DISTANCE_BLOCK_ELEMENTS = 2**24  # 64 MB of float32 distances at a time
 PROJECTION_BLOCK_ROWS = 2**16  # rows projected at a time, so that no float32 copy of all points is made
-
-
-def local_embedding(features: list[Tensor], neighbourhood: int) -> Tensor:
-    """Each layer's features averaged over a neighbourhood x neighbourhood window (PatchCore's
-    local aggregation, so that a patch also sees its surroundings), then concatenated at the
-    finest layer's resolution: (B, C, h, w)."""
-    if neighbourhood > 1:
-        features = [F.avg_pool2d(f.float(), neighbourhood, 1, neighbourhood // 2, count_include_pad=False)
-                    for f in features]
-    return feature_embedding(features)
 
 
 def squared_distances(points: Tensor, centres: Tensor) -> Tensor:
