@@ -206,3 +206,32 @@ def test_revalidate_refuses_an_image_density_weight_on_a_run_without_the_density
     monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--image-density-weight", "0.5"])
     with pytest.raises(SystemExit, match="--image-density-weight: .* must be fused with the feature density alone"):
         revalidate.main()
+
+
+def test_revalidate_density_neighbourhoods_refit_the_density_and_one_reproduces_the_run(image_weight_run,
+                                                                                        monkeypatch, capsys):
+    """--density-neighbourhoods 1 refits the run's own density (same scales, same validation);
+    3 refits it on aggregated features under the run's image weight; the run's fusion is put
+    back for the screens after it."""
+    _, run_dir, _, _ = image_weight_run
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    kernel = meta["config"]["train"]["score_kernel"]
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--density-neighbourhoods", "1", "3",
+                                      "--score-kernels", str(kernel)])
+    revalidate.main()
+    as_fitted, own, aggregated, after = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert own["variant"].startswith("density neighbourhood 1, image weight 0.0")
+    assert aggregated["variant"].startswith("density neighbourhood 3, image weight 0.0")
+    metrics = [k for k in as_fitted if k.startswith("val")]
+    for row in (own, after):
+        assert {k: row[k] for k in metrics} == {k: as_fitted[k] for k in metrics}
+    assert json.loads(own["variant"].split("scales ")[1]) == [round(b, 4) for b in model.fusion.scales.tolist()]
+    assert {k: aggregated[k] for k in metrics} != {k: as_fitted[k] for k in metrics}
+
+
+def test_revalidate_refuses_an_even_density_neighbourhood(image_weight_run, monkeypatch, capsys):
+    _, run_dir, _, _ = image_weight_run
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(run_dir), "--density-neighbourhoods", "2"])
+    with pytest.raises(SystemExit):
+        revalidate.main()
+    assert "--density-neighbourhoods: every neighbourhood must be an odd number >= 1" in capsys.readouterr().err

@@ -62,3 +62,36 @@ def test_build_fusion_scores_images_at_the_configured_image_density_weight(rando
     assert fusion.weights == [0.5, 0.5] and fusion.image_weights == [0.25, 0.75]
     config.density.image_weight = None
     assert build_fusion(config, random_lite0).image_weights is None
+
+
+def test_the_density_neighbourhood_reaches_the_density_and_averages_each_layer_before_the_gaussian(random_lite0):
+    """density.neighbourhood: each layer's features are averaged over n x n positions (count
+    excluding the padding) before they are concatenated, so the Gaussian sees aggregated features;
+    1 (the default) is the plain PaDiM embedding."""
+    import torch.nn.functional as F
+
+    from realnet.engine.build import build_fusion
+    from realnet.model.density import feature_embedding
+
+    config = load_config("tiny", overrides=["backbone.weights=random", "density.weight=0.5", "density.neighbourhood=3"])
+    density = build_fusion(config, random_lite0).density
+    assert density.neighbourhood == 3
+    torch.manual_seed(0)
+    first, *rest = random_lite0.channels
+    features = [torch.randn(2, first, 8, 8)] + [torch.randn(2, c, 4, 4) for c in rest]
+    ones = torch.ones(1, 1, 8, 8)
+    counts = F.conv2d(F.pad(ones, (1, 1, 1, 1)), torch.ones(1, 1, 3, 3))  # in-image neighbours of each position
+    by_hand = F.conv2d(F.pad(features[0], (1, 1, 1, 1)), torch.ones(first, 1, 3, 3), groups=first) / counts
+    embedding = density.embed(features)
+    torch.testing.assert_close(embedding[:, :first], by_hand)
+    assert not torch.allclose(embedding, feature_embedding(features))
+
+    config.density.neighbourhood = 1
+    plain = build_fusion(config, random_lite0).density
+    assert torch.equal(plain.embed(features), feature_embedding(features))
+
+
+@pytest.mark.parametrize("value", ["0", "2", "-1"])
+def test_a_density_neighbourhood_that_is_not_odd_and_positive_is_one_clear_error(value):
+    with pytest.raises(RealnetError, match="density.neighbourhood must be an odd number >= 1"):
+        load_config("tiny", overrides=["density.weight=0.5", f"density.neighbourhood={value}"])
