@@ -385,3 +385,20 @@ def test_parity_fails_when_only_the_map_or_only_the_score_is_off(map_difference,
     report = onnx_export.ParityReport(1, "random images", (1,), map_difference, score_difference, 1e-3, 1e-3)
     assert not report.passed
     assert onnx_export.ParityReport(1, "random images", (1,), 0.0, 0.0, 1e-3, 1e-3).passed
+
+
+def test_a_density_on_aggregated_features_exports_with_parity(image_weight_run, tmp_path):
+    """density.neighbourhood's window average is part of the graph: onnxruntime matches predict."""
+    data_root, run_dir, *_ = image_weight_run
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    model.fusion.density.neighbourhood = 3
+    images = read_test_images(data_root)
+    out = tmp_path / "aggregated.onnx"
+    onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),
+                            parity_images=images[:2], dynamic_batch=True)
+    maps, scores = session(out).run(None, {"image": images.numpy()})
+    expected_maps, expected_scores = model.predict(images)
+    assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
+    assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
+    model.fusion.density.neighbourhood = 1
+    assert not torch.allclose(model.predict(images)[0], expected_maps)  # the window reached the map
