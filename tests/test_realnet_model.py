@@ -141,3 +141,37 @@ def test_image_size_check_follows_the_u_nets_levels_and_groups(size, strides, ar
     context = contextlib.nullcontext() if ok else pytest.raises(RealnetError, match=f"train.image_size={size}")
     with context:
         check_image_size(size, strides, arch, mults)
+
+
+def test_the_focal_loss_is_cross_entropy_at_gamma_0_and_weighs_hard_pixels_above_easy_ones():
+    """train.focal_gamma: -(1 - p_t)^gamma log p_t, by hand; gamma 0 is the paper's cross-entropy."""
+    from realnet.model.realnet import segmentation_loss
+
+    torch.manual_seed(0)
+    logits, masks = torch.randn(2, 2, 4, 4), torch.rand(2, 4, 4) > 0.5
+    torch.testing.assert_close(segmentation_loss(logits, masks, 0.0), segmentation_loss(logits, masks))
+    p_true = torch.where(masks, logits.softmax(1)[:, 1], logits.softmax(1)[:, 0])
+    torch.testing.assert_close(segmentation_loss(logits, masks, 2.0), (-(1 - p_true) ** 2 * p_true.log()).mean())
+    easy, hard = torch.tensor([[[[4.0]], [[-4.0]]]]), torch.tensor([[[[0.2]], [[-0.2]]]])  # class 0 logits lead
+    normal = torch.zeros(1, 1, 1, dtype=torch.bool)
+    ratio_focal = segmentation_loss(hard, normal, 2.0) / segmentation_loss(easy, normal, 2.0)
+    assert ratio_focal > 100 * segmentation_loss(hard, normal) / segmentation_loss(easy, normal)
+
+
+def test_a_training_step_uses_the_configured_segmentation_loss(monkeypatch):
+    from realnet.engine import fit
+    from realnet.errors import RealnetError
+
+    assert load_config("tiny", overrides=["train.focal_gamma=2"]).train.focal_gamma == 2
+    with pytest.raises(RealnetError, match="train.focal_gamma must be in"):
+        load_config("tiny", overrides=["train.focal_gamma=-1"])
+    gammas = []
+    weight = torch.nn.Parameter(torch.ones(1))
+    monkeypatch.setattr(fit, "realnet_loss", lambda output, normal, masks, gamma: (
+        gammas.append(gamma) or (weight * output).sum(), {}))
+    optimizer = torch.optim.SGD([weight], lr=0.0)
+    fit.train_step(lambda features: features[0], optimizer, [], [torch.ones(1)], torch.zeros(1),
+                   contextlib.nullcontext, lambda: None, 2.0)
+    fit.train_step(lambda features: features[0], optimizer, [], [torch.ones(1)], torch.zeros(1),
+                   contextlib.nullcontext, lambda: None)
+    assert gammas == [2.0, None]

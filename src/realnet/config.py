@@ -141,6 +141,8 @@ class TrainConfig:
     feature_cache_gb: float = 4.0  # cache the normal images' backbone features when they fit
     bf16: bool = False  # autocast of the trainable part, on CUDA and on CPUs with native bf16
     score_kernel: int = 16  # image score = max of the k x k mean-filtered anomaly map
+    # the discriminator's loss: null, the paper's cross-entropy | gamma, the focal loss (ours)
+    focal_gamma: float | None = None
     # exponential moving average of the trainable weights, calibrated and saved instead of the last
     # step's (ours; null: the paper's final weights); needs rrs.recalibration_batches > 0 so that the
     # RRS statistics are recomputed for the averaged weights
@@ -471,6 +473,8 @@ def validate_config(config: RealNetConfig) -> None:
         (config.train.validation_seed is None or 0 <= config.train.validation_seed <= MAX_SEED,
          f"train.validation_seed must be in [0, {MAX_SEED}] or null"),
         (config.train.ema_decay is None or 0 < config.train.ema_decay < 1, "train.ema_decay must be in (0, 1) or null"),
+        (config.train.focal_gamma is None or 0 <= config.train.focal_gamma <= 10,
+         "train.focal_gamma must be in [0, 10] or null"),
         (config.train.ema_decay is None or config.rrs.recalibration_batches > 0,
          "train.ema_decay needs rrs.recalibration_batches > 0 (the RRS statistics must be the averaged weights' own)"),
         (config.memory.weight == 0 or config.train.holdout_fraction > 0,

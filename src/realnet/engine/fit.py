@@ -292,11 +292,12 @@ class TrainingFeatures:
 
 def train_step(model: RealNet, optimizer: torch.optim.Optimizer, normal_features: list[torch.Tensor],
                features: list[torch.Tensor], masks: torch.Tensor,
-               autocast: Callable[[], Any], reduce_gradients: Callable[[], None]) -> dict[str, float]:
+               autocast: Callable[[], Any], reduce_gradients: Callable[[], None],
+               focal_gamma: float | None = None) -> dict[str, float]:
     """One step of Eq. 6 on the training samples' features and masks."""
     with autocast():
         output = model(features)
-        loss, parts = realnet_loss(output, normal_features, masks)
+        loss, parts = realnet_loss(output, normal_features, masks, focal_gamma)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     reduce_gradients()
@@ -794,7 +795,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate_at(step, total_steps, tc.learning_rate, tc.lr_schedule)
         losses = train_step(model, optimizer, *training_features(batch), torch.from_numpy(batch.masks).to(device),
-                            autocast, reduce_gradients)
+                            autocast, reduce_gradients, tc.focal_gamma)
         distributed.broadcast_buffers(trainable, context)
         if averaged is not None:
             averaged.update_parameters(trainable)

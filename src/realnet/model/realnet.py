@@ -90,15 +90,20 @@ def reconstruction_loss(reconstructions: list[Tensor], normal_features: list[Ten
     return sum(F.mse_loss(g.float(), target.float()) for g, target in zip(reconstructions, targets))
 
 
-def segmentation_loss(logits: Tensor, masks: Tensor) -> Tensor:
-    """L_seg: 2-class cross-entropy over all pixels against the synthetic anomaly mask."""
-    return F.cross_entropy(logits.float(), masks.long())
+def segmentation_loss(logits: Tensor, masks: Tensor, focal_gamma: float | None = None) -> Tensor:
+    """L_seg: 2-class cross-entropy over all pixels against the synthetic anomaly mask; with
+    `focal_gamma` γ, the focal loss -(1 - p_t)^γ log p_t instead (ours, as DRAEM segments), which
+    weighs the pixels the discriminator finds hard above the many easy ones."""
+    if focal_gamma is None:
+        return F.cross_entropy(logits.float(), masks.long())
+    log_p_true = F.log_softmax(logits.float(), dim=1).gather(1, masks.long().unsqueeze(1)).squeeze(1)
+    return -((1 - log_p_true.exp()) ** focal_gamma * log_p_true).mean()
 
 
 def realnet_loss(
-    output: RealNetOutput, normal_features: list[Tensor], masks: Tensor
+    output: RealNetOutput, normal_features: list[Tensor], masks: Tensor, focal_gamma: float | None = None
 ) -> tuple[Tensor, dict[str, float]]:
     """Eq. 6: L = L_recon + L_seg (both weight 1; normal samples count too)."""
     recon = reconstruction_loss(output.reconstructions, normal_features)
-    seg = segmentation_loss(output.logits, masks)
+    seg = segmentation_loss(output.logits, masks, focal_gamma)
     return recon + seg, {"recon": float(recon.detach()), "seg": float(seg.detach())}
