@@ -217,6 +217,19 @@ def test_a_run_with_fused_density_and_memory_exports_with_a_dynamic_batch(memory
         assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
 
 
+def exported_graph_matches_predict(model, meta: dict, images: torch.Tensor, out: Path
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exports the model with a dynamic batch, checks onnxruntime's maps and scores of all the
+    images against `predict`'s, and returns the latter."""
+    onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),
+                            parity_images=images[:2], dynamic_batch=True)
+    maps, scores = session(out).run(None, {"image": images.numpy()})
+    expected_maps, expected_scores = model.predict(images)
+    assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
+    assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
+    return expected_maps, expected_scores
+
+
 def test_a_run_whose_image_score_has_its_own_density_weight_keeps_it_through_load_and_export(image_weight_run,
                                                                                               tmp_path):
     """density.image_weight reaches the loaded run and the ONNX graph: the exported score pools
@@ -227,13 +240,7 @@ def test_a_run_whose_image_score_has_its_own_density_weight_keeps_it_through_loa
     model, meta = load_run(run_dir, torch.device("cpu"))
     assert model.fusion.weights == [0.5, 0.5] and model.fusion.image_weights == [1.0, 0.0]
     images = read_test_images(data_root)
-    out = tmp_path / "image_weight.onnx"
-    onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),
-                            parity_images=images[:2], dynamic_batch=True)
-    maps, scores = session(out).run(None, {"image": images.numpy()})
-    expected_maps, expected_scores = model.predict(images)
-    assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
-    assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
+    expected_maps, expected_scores = exported_graph_matches_predict(model, meta, images, tmp_path / "image_weight.onnx")
     assert not torch.allclose(expected_scores, image_score(expected_maps, model.score_kernel))
 
 
@@ -393,12 +400,6 @@ def test_a_density_on_aggregated_features_exports_with_parity(image_weight_run, 
     model, meta = load_run(run_dir, torch.device("cpu"))
     model.fusion.density.neighbourhood = 3
     images = read_test_images(data_root)
-    out = tmp_path / "aggregated.onnx"
-    onnx_export.export_onnx(model, out, image_size=SIZE, metadata=onnx_export.run_metadata(meta),
-                            parity_images=images[:2], dynamic_batch=True)
-    maps, scores = session(out).run(None, {"image": images.numpy()})
-    expected_maps, expected_scores = model.predict(images)
-    assert np.abs(maps - expected_maps.numpy()).max() <= onnx_export.MAP_TOLERANCE
-    assert np.abs(scores - expected_scores.numpy()).max() <= onnx_export.SCORE_TOLERANCE
+    expected_maps, _ = exported_graph_matches_predict(model, meta, images, tmp_path / "aggregated.onnx")
     model.fusion.density.neighbourhood = 1
     assert not torch.allclose(model.predict(images)[0], expected_maps)  # the window reached the map
