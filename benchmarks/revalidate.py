@@ -25,8 +25,8 @@ run with the image score pooled over K x K windows (the fusion's scales recalibr
 its own (as --score-kernels K does).
 
 With --image-density-weight W, each fused run is validated with its image score taken from its
-maps fused at density weight W (as `density.image_weight` does), and the --heatmap-flips screen
-then runs so.
+maps fused at density weight W (as `density.image_weight` does), and the screens after it
+(--density-neighbourhoods, --heatmap-flips, --score-kernels) run so.
 
 With --heatmap-flips N..., each run is validated again with its heatmap's discriminator map
 averaged over N mirrored copies of the images (2: left-right; 4: also up-down and both), the
@@ -353,7 +353,8 @@ def main() -> None:
                              "the pixel map as fitted (fused runs), on the painted draws when given")
     parser.add_argument("--image-density-weight", type=float, metavar="W",
                         help="validate with the image score taken from the maps fused at density weight W, "
-                             "then run the --heatmap-flips screen so (fused runs)")
+                             "then run the --density-neighbourhoods, --heatmap-flips and --score-kernels "
+                             "screens so (runs fused with the density alone)")
     parser.add_argument("--heatmap-flips", type=int, nargs="+", default=[], choices=sorted(HEATMAP_FLIPS),
                         metavar="N", help="also validate with the heatmap's discriminator map averaged over N "
                                           "mirrored copies (1, 2 or 4), on the painted draws when given")
