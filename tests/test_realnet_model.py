@@ -158,6 +158,21 @@ def test_the_focal_loss_is_cross_entropy_at_gamma_0_and_weighs_hard_pixels_above
     assert ratio_focal > 100 * segmentation_loss(hard, normal) / segmentation_loss(easy, normal)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0])
+def test_the_focal_loss_has_finite_gradients_where_the_discriminator_is_certain(gamma):
+    """Where p_t rounds to 1, (1 - p_t)^gamma had an infinite derivative for gamma < 1 and the
+    fit stopped as "diverged" (NaN) at train.focal_gamma=0.5."""
+    from realnet.model.realnet import segmentation_loss
+
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[:, 0], logits[:, 1] = 30.0, -30.0
+    logits.requires_grad_(True)
+    masks = torch.zeros(1, 4, 4, dtype=torch.bool)
+    masks[0, 0, 0] = True  # one pixel the discriminator gets wrong, so some gradient is not zero
+    segmentation_loss(logits, masks, gamma).backward()
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
+
+
 def test_a_training_step_uses_the_configured_segmentation_loss(monkeypatch):
     from realnet.engine import fit
     from realnet.errors import RealnetError

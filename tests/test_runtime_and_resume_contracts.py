@@ -72,6 +72,20 @@ def test_a_resume_refuses_a_changed_training_setting(changed):
     assert differing_settings(before, after) == [changed[0].split("=")[0]]
 
 
+def test_a_setting_a_run_recorded_before_it_existed_counts_as_its_default():
+    """density.neighbourhood (default 1) was added after runs were saved without it: every such
+    run's --resume and bench cell was refused as "density.neighbourhood=None (now 1)"."""
+    from realnet.config import differing_settings
+
+    now = load_config("cpu").to_dict()
+    recorded = load_config("cpu").to_dict()
+    del recorded["density"]["neighbourhood"]
+    assert differing_settings(recorded, now) == []
+    assert differing_settings(now, recorded) == []
+    aggregated = load_config("cpu", overrides=["density.neighbourhood=3"]).to_dict()
+    assert differing_settings(recorded, aggregated) == ["density.neighbourhood"]
+
+
 class _TrainingDone(BaseException):
     pass
 

@@ -421,10 +421,13 @@ RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_ev
 
 def differing_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
     """The section.key settings whose values differ between two configs (as to_dict gives them),
-    leaving out those that cannot change a run's results."""
+    leaving out those that cannot change a run's results. A setting one of them lacks (a run
+    recorded before the setting existed) counts as its default, which is the behaviour it had."""
     old, new = flat_config(before), flat_config(now)
+    defaults = flat_config(RealNetConfig().to_dict())
     return sorted(k for k in old.keys() | new.keys()
-                  if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS and old.get(k) != new.get(k))
+                  if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS
+                  and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
 
 
 def validate_config(config: RealNetConfig) -> None:

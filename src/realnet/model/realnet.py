@@ -97,7 +97,10 @@ def segmentation_loss(logits: Tensor, masks: Tensor, focal_gamma: float | None =
     if focal_gamma is None:
         return F.cross_entropy(logits.float(), masks.long())
     log_p_true = F.log_softmax(logits.float(), dim=1).gather(1, masks.long().unsqueeze(1)).squeeze(1)
-    return -((1 - log_p_true.exp()) ** focal_gamma * log_p_true).mean()
+    # 1 - p_t kept above 0: where p_t rounds to 1, x^gamma's derivative at 0 is infinite for gamma < 1
+    # and the backward pass would turn it into NaN
+    one_minus_p_true = (-torch.expm1(log_p_true)).clamp_min(torch.finfo(torch.float32).tiny)
+    return -(one_minus_p_true ** focal_gamma * log_p_true).mean()
 
 
 def realnet_loss(
