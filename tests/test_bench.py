@@ -290,6 +290,22 @@ def test_cells_of_another_configuration_are_stale_and_left_out_of_the_averages(t
     assert "stale" in table and "50.00" not in table
 
 
+def test_a_cell_recorded_before_a_new_setting_is_current_and_one_without_a_config_is_stale(tmp_path, fixture_data):
+    """A cell.json written before a setting existed lacks its key; that counts as the default the
+    run had (it was stale as 'density.neighbourhood=None'), while a cell.json with no config at
+    all says nothing of its run and stays stale."""
+    from realnet.bench.runner import cell_dir, collect_statuses
+
+    suite = parse_suite(suite_dict([{"name": "reference"}, {"name": "p05", "set": {"rrs.ratio": 0.5}}]), "s.yaml")
+    reference, p05 = expand(suite)
+    older = json.loads(json.dumps(reference.config))
+    del older["density"]["neighbourhood"]
+    fake_complete_cell(cell_dir(tmp_path, suite, reference), older, fixture_data, 0.9)
+    fake_complete_cell(cell_dir(tmp_path, suite, p05), {}, fixture_data, 0.5)
+    statuses = collect_statuses(suite, [reference, p05], tmp_path)
+    assert statuses[reference.id]["status"] == "complete" and statuses[p05.id]["status"] == "stale"
+
+
 def test_a_cell_retested_by_hand_is_stale_in_the_tables_and_tested_again(tmp_path, fixture_data):
     """Tables read cell.json, so after `realnet test` on a cell's folder (other data) they showed
     figures its metrics.json no longer held, and the next suite run kept the cell."""

@@ -142,6 +142,13 @@ def cell_reads(cell: Cell) -> set[str]:
     return {name for name in ("sia", "dtd") if cell.config["synthesis"]["sources"].get(name, 0) > 0}
 
 
+def recorded_config_changes(status: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The settings a cell's recorded run differs in from `config`; every one when its cell.json
+    records no configuration (a setting it merely lacks counts as its default)."""
+    recorded = status.get("config")
+    return differing_settings(recorded, config) if recorded else sorted(flat_config(config))
+
+
 def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str, Path],
                      folders: dict[str, str], others: list[Cell] = ()) -> None:
     """No cell folder may hold a run of another configuration (a changed suite or --set) or on
@@ -153,7 +160,7 @@ def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str
         status = read_status(folder)
         if status is None:
             continue
-        changed = differing_settings(status.get("config") or {}, cell.config)
+        changed = recorded_config_changes(status, cell.config)
         if cell in others and (changed or any(n not in folders for n in cell.needs)):
             continue  # stale, or its inputs cannot be known now: its table says so
         if changed:
@@ -200,7 +207,7 @@ def collect_statuses(suite: Suite, cells: list[Cell], out: Path,
     for cell in cells:
         folder = cell_dir(out, suite, cell)
         status = read_status(folder)
-        if status is not None and differing_settings(status.get("config") or {}, cell.config):
+        if status is not None and recorded_config_changes(status, cell.config):
             status = {"status": "stale", "reason": "run under another configuration; rerun it or delete its folder"}
         elif status is not None and status.get("status") == "complete" and retested(folder, status):
             status = {"status": "stale", "reason": RETESTED}
