@@ -47,7 +47,7 @@ def main() -> None:
         parser.error(f"{args.out} exists; give a new folder")
     device = torch.device("cpu")
     model, meta = load_run(args.run, device)
-    config = apply_overrides(RealNetConfig.from_dict(meta["config"]), args.overrides)
+    config = apply_overrides(RealNetConfig.from_dict(meta["config"], saved=True), args.overrides)
     tc = config.train
     images = normal_training_images(args.run, meta, tc.image_size, args.data, args.category)
     fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.holdout_seed)

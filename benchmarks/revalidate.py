@@ -407,7 +407,7 @@ def main() -> None:
         if args.position_normalization and model.fusion is not None:
             raise SystemExit(f"--position-normalization: {run} is fused; fit refuses position normalisation "
                              "with density.weight or memory.weight > 0")
-        config = RealNetConfig.from_dict(meta["config"])
+        config = RealNetConfig.from_dict(meta["config"], saved=True)
         tc = config.train
         images = normal_training_images(run, meta, tc.image_size, args.data, args.category)
         fit_rows, holdout_rows = split_holdout(len(images), tc.holdout_fraction, tc.holdout_seed)

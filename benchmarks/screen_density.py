@@ -111,7 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     model, meta = load_run(args.run, torch.device("cpu"))
     model.eval()
-    config = RealNetConfig.from_dict(meta["config"])
+    config = RealNetConfig.from_dict(meta["config"], saved=True)
     if args.weight is None:
         args.weight = config.density.weight or 0.5
     if not 0 < args.weight <= 1:

@@ -446,6 +446,35 @@ def test_a_cell_drawing_from_dtd_records_its_folder_and_refuses_another(tmp_path
                                sia=None, only=[], device="cpu"))  # before any fit, not once per cell
 
 
+def test_a_dtd_cell_recorded_before_its_folder_was_is_kept_and_a_changed_setting_names_its_old_default(
+        tmp_path, fixture_data):
+    """cell.json gained inputs.dtd after cells were recorded without it: such a cell was refused as
+    "other inputs (dtd None -> ...)" although fit resumes a run with the same gap. A setting a cell
+    lacks counts as its default, and the refusal shows that default, not None."""
+    from realnet.bench.runner import cell_dir
+
+    suite = parse_suite(suite_dict([{"name": "d", "set": {"synthesis.sources": {"dtd": 1.0}}}]), "s.yaml")
+    (cell,) = expand(suite)
+    dtd = tmp_path / "dtd"
+    dtd.mkdir()
+    folder = cell_dir(tmp_path / "out", suite, cell)
+    fake_complete_cell(folder, cell.config, fixture_data, 0.9)  # inputs: the data root alone
+    request = BenchRequest(suite=suite, out=tmp_path / "out", data=fixture_data, data_roots={}, dtd=dtd, sia=None,
+                           only=[], device="cpu")
+    run_suite(request)
+    assert read_json(folder / "cell.json")["status"] == "complete"
+
+    status = read_json(folder / "cell.json")
+    del status["config"]["synthesis"]["retry_empty_masks"]
+    (folder / "cell.json").write_text(json.dumps(status))
+    run_suite(request)  # lacking the key is the default, True: the same run
+    changed = parse_suite(suite_dict([{"name": "d", "set": {"synthesis.sources": {"dtd": 1.0},
+                                                              "synthesis.retry_empty_masks": False}}]), "s.yaml")
+    with pytest.raises(RealnetError, match=r"another configuration \(synthesis.retry_empty_masks True -> False\)"):
+        run_suite(BenchRequest(suite=changed, out=tmp_path / "out", data=fixture_data, data_roots={}, dtd=dtd,
+                               sia=None, only=[], device="cpu"))
+
+
 def test_cells_not_run_now_are_checked_for_their_data_too(tmp_path, fixture_data):
     """Regression: only the selected cells' inputs were compared, so --only b on new data put b
     beside an a trained on the old data in one table."""

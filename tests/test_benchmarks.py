@@ -235,3 +235,18 @@ def test_revalidate_refuses_an_even_density_neighbourhood(image_weight_run, monk
     with pytest.raises(SystemExit):
         revalidate.main()
     assert "--density-neighbourhoods: every neighbourhood must be an odd number >= 1" in capsys.readouterr().err
+
+
+def test_the_benchmark_scripts_read_a_run_that_recorded_a_retired_setting(image_weight_run, monkeypatch, capsys,
+                                                                          tmp_path):
+    """train.num_workers was retired and runs that recorded it still load, test and resume, but
+    revalidate.py (and screen_density.py, refuse_run.py) refused them as an unknown config key."""
+    _, run_dir, _, _ = image_weight_run
+    copy = shutil.copytree(run_dir, tmp_path / "run")
+    meta = json.loads((copy / "model.json").read_text())
+    meta["config"]["train"]["num_workers"] = 0
+    (copy / "model.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(sys, "argv", ["revalidate.py", str(copy)])
+    revalidate.main()
+    (row,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert row["run"] == str(copy) and 0 <= row["mean"] <= 1

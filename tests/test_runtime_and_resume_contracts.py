@@ -64,26 +64,27 @@ def test_each_training_sample_draws_from_its_own_step_and_slot():
 @pytest.mark.parametrize("changed", [["train.lr_schedule=cosine"], ["train.ema_decay=0.9"],
                                      ["train.learning_rate=0.01"], ["train.seed=3"], ["train.batch_size=2"]])
 def test_a_resume_refuses_a_changed_training_setting(changed):
-    from realnet.config import differing_settings
+    from realnet.config import setting_changes
 
     common = ["rrs.recalibration_batches=2"]  # train.ema_decay needs it
     before = load_config("tiny", overrides=common).to_dict()
     after = load_config("tiny", overrides=[*common, *changed]).to_dict()
-    assert differing_settings(before, after) == [changed[0].split("=")[0]]
+    assert [name for name, _, _ in setting_changes(before, after)] == [changed[0].split("=")[0]]
 
 
 def test_a_setting_a_run_recorded_before_it_existed_counts_as_its_default():
     """density.neighbourhood (default 1) was added after runs were saved without it: every such
     run's --resume and bench cell was refused as "density.neighbourhood=None (now 1)"."""
-    from realnet.config import differing_settings
+    from realnet.config import setting_changes
 
     now = load_config("cpu").to_dict()
     recorded = load_config("cpu").to_dict()
     del recorded["density"]["neighbourhood"]
-    assert differing_settings(recorded, now) == []
-    assert differing_settings(now, recorded) == []
+    assert setting_changes(recorded, now) == []
+    assert setting_changes(now, recorded) == []
     aggregated = load_config("cpu", overrides=["density.neighbourhood=3"]).to_dict()
-    assert differing_settings(recorded, aggregated) == ["density.neighbourhood"]
+    # the refusal names the value the run had, its default, not None
+    assert setting_changes(recorded, aggregated) == [("density.neighbourhood", 1, 3)]
 
 
 class _TrainingDone(BaseException):

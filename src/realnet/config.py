@@ -419,15 +419,15 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
 RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every", "synthesis.dtd_root"})
 
 
-def differing_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """The section.key settings whose values differ between two configs (as to_dict gives them),
-    leaving out those that cannot change a run's results. A setting one of them lacks (a run
-    recorded before the setting existed) counts as its default, which is the behaviour it had."""
-    old, new = flat_config(before), flat_config(now)
+def setting_changes(before: dict[str, Any], now: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(section.key, value before, value now) for each setting whose value differs between two
+    configs (as to_dict gives them), sorted, leaving out those that cannot change a run's results.
+    A setting one of them lacks (a run recorded before the setting existed) counts as its default,
+    which is the behaviour it had."""
     defaults = flat_config(RealNetConfig().to_dict())
-    return sorted(k for k in old.keys() | new.keys()
-                  if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS
-                  and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k)))
+    old, new = {**defaults, **flat_config(before)}, {**defaults, **flat_config(now)}
+    return [(k, old.get(k), new.get(k)) for k in sorted(old.keys() | new.keys())
+            if k not in RESUME_FREE_SETTINGS | RETIRED_SETTINGS and old.get(k) != new.get(k)]
 
 
 def validate_config(config: RealNetConfig) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from realnet.bench import tables
 from realnet.bench.suite import METRICS, Cell, Suite, expand, override_strings, select, substitute
-from realnet.config import differing_settings, flat_config
+from realnet.config import flat_config, setting_changes
 from realnet.errors import RealnetError
 
 CELL_STATUS = "cell.json"
@@ -142,11 +142,13 @@ def cell_reads(cell: Cell) -> set[str]:
     return {name for name in ("sia", "dtd") if cell.config["synthesis"]["sources"].get(name, 0) > 0}
 
 
-def recorded_config_changes(status: dict[str, Any], config: dict[str, Any]) -> list[str]:
-    """The settings a cell's recorded run differs in from `config`; every one when its cell.json
-    records no configuration (a setting it merely lacks counts as its default)."""
+def recorded_config_changes(status: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(setting, recorded value, value now) for each setting a cell's recorded run differs in
+    from `config`; every one when its cell.json records no configuration (a setting it merely
+    lacks counts as its default)."""
     recorded = status.get("config")
-    return differing_settings(recorded, config) if recorded else sorted(flat_config(config))
+    return (setting_changes(recorded, config) if recorded
+            else [(name, None, value) for name, value in sorted(flat_config(config).items())])
 
 
 def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str, Path],
@@ -164,8 +166,7 @@ def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str
         if cell in others and (changed or any(n not in folders for n in cell.needs)):
             continue  # stale, or its inputs cannot be known now: its table says so
         if changed:
-            before, now = flat_config(status.get("config") or {}), flat_config(cell.config)
-            shown = ", ".join(f"{k} {before.get(k)!r} -> {now.get(k)!r}" for k in changed[:3])
+            shown = ", ".join(f"{k} {before!r} -> {now!r}" for k, before, now in changed[:3])
             raise RealnetError(
                 f"{folder} holds a run of another configuration ({shown}); choose another --out or delete it")
         try:
@@ -173,7 +174,9 @@ def check_identities(cells: list[Cell], out: Path, suite: Suite, roots: dict[str
         except RealnetError:  # no DTD folder: only a cell not run now gets here, and its table marks it
             continue
         recorded = status.get("inputs") or {"data_root": str(Path(status.get("data_root", "")).resolve())}
-        changed = sorted(k for k in now if recorded.get(k) != now[k])
+        # an input a cell was recorded without (one added to the record later) is not compared,
+        # as fit's resume does; the data root always is
+        changed = sorted(k for k in now if (k in recorded or k == "data_root") and recorded.get(k) != now[k])
         if changed:
             shown = ", ".join(f"{k} {recorded.get(k)!r} -> {now[k]!r}" for k in changed)
             raise RealnetError(f"{folder} holds a run on other inputs ({shown}); choose another --out or delete it")

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from realnet.config import RealNetConfig, differing_settings, flat_config
+from realnet.config import RealNetConfig, setting_changes
 from realnet.data.layouts import load_dataset
 from realnet.data.records import Record
 from realnet.data.validate import MIN_TRAINING_IMAGES
@@ -588,12 +588,11 @@ def evaluation_interval(request: FitRequest, n_fit_images: int) -> int:
 
 
 def check_same_settings(request: FitRequest, recorded_config: dict[str, Any], what: str) -> None:
-    differing = differing_settings(recorded_config, request.config.to_dict())
-    before, now = flat_config(recorded_config), flat_config(request.config.to_dict())
-    if differing:
-        shown = ", ".join(f"{k}={before.get(k)!r} (now {now.get(k)!r})" for k in differing[:4])
+    changes = setting_changes(recorded_config, request.config.to_dict())
+    if changes:
+        shown = ", ".join(f"{k}={before!r} (now {now!r})" for k, before, now in changes[:4])
         raise RealnetError(f"{request.out}: {what} other settings: {shown}"
-                           f"{' ...' if len(differing) > 4 else ''}; give the settings it was started with")
+                           f"{' ...' if len(changes) > 4 else ''}; give the settings it was started with")
 
 
 def run_inputs(request: FitRequest, n_images: int | None = None, world_size: int | None = None) -> dict[str, Any]:
