@@ -313,8 +313,7 @@ def validate_heatmap_flips(run: Path, model, config: RealNetConfig, holdout: np.
 
 
 def image_weight_of(model) -> float | None:
-    fusion = model.fusion
-    return None if fusion is None or fusion.image_weights is None else fusion.image_weights[1]
+    return None if model.fusion is None else model.fusion.image_density_weight
 
 
 def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig, np.ndarray]], draws: int,

@@ -148,10 +148,10 @@ def generate(request: GenerateRequest) -> dict[str, Any]:
     try:
         device = run_device(context, request.device, request.bf16)
         weights = Path(request.model) / EMA_WEIGHTS
-        read_model_meta(request.model)  # "not an SDAS model folder" before the weights file is looked for
+        meta = read_model_meta(request.model)  # "not an SDAS model folder" before the weights file is looked for
         identity = _file_identity(weights)  # training saves by atomic replace: a new inode and mtime
         model_sha256 = file_sha256(weights)
-        unet, meta = load_sdas_model(request.model, device)
+        unet, meta = load_sdas_model(request.model, device, meta)
         if _file_identity(weights) != identity:  # a training run still saving into the folder
             raise RealnetError(f"{weights} was replaced while it was loaded (is sdas train still writing to "
                                f"{request.model}?); run generate again")

@@ -124,9 +124,11 @@ def _is_positive_int(value: Any) -> bool:
     return type(value) is int and value >= 1
 
 
-def load_sdas_model(model_dir: Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """The EMA network of a trained model folder, in eval mode, and its metadata."""
-    meta = read_model_meta(model_dir)
+def load_sdas_model(model_dir: Path, device: torch.device | str = "cpu",
+                    meta: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The EMA network of a trained model folder, in eval mode, and its metadata (`meta`: the
+    folder's, already read with `read_model_meta`)."""
+    meta = read_model_meta(model_dir) if meta is None else meta
     unet = create_unet(meta["unet"])
     weights = Path(model_dir) / EMA_WEIGHTS
     try:

@@ -64,6 +64,11 @@ class MapFusion(nn.Module):
         self.image_weights = (None if image_density_weight is None
                               else [1 - image_density_weight, image_density_weight])
 
+    @property
+    def image_density_weight(self) -> float | None:
+        """What `set_image_weight` was given."""
+        return None if self.image_weights is None else self.image_weights[1]
+
     def branch_maps(self, features: list[Tensor], size: tuple[int, int]) -> list[Tensor]:
         """d and/or k at image resolution, each (B, H, W)."""
         return [F.interpolate(branch(features).unsqueeze(1), size=size, mode="bilinear", align_corners=False)[:, 0]
