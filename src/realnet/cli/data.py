@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from realnet.cli.common import add_data_arguments, data_selection
-from realnet.data.layouts import find_orphan_masks, load_dataset
+from realnet.data.layouts import find_orphan_masks, lacks_training_folder, load_dataset
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,10 +31,14 @@ def run_check(args: argparse.Namespace) -> int:
     from realnet.data.validate import check_dataset
 
     root, category, dataset, folder_options = data_selection(args)
-    records = load_dataset(root, category, dataset, **folder_options)
-    orphans = find_orphan_masks(root, category, dataset, **folder_options)
-    # a folder dataset without --normal-dir is a test split of new images (what `test` reads)
-    test_split_only = dataset == "folder" and "normal_dir" not in folder_options
+    # a folder dataset without --normal-dir, or an MVTec-style tree without train/, is a test split
+    # of new images (what `test --data` reads)
+    test_split_only = ((dataset == "folder" and "normal_dir" not in folder_options)
+                       or lacks_training_folder(root, category, dataset))
+    if test_split_only and dataset != "folder":
+        sys.stderr.write(f"realnet: note: {category} has no training folder; checking its test split alone\n")
+    records = load_dataset(root, category, dataset, test_only=test_split_only, **folder_options)
+    orphans = find_orphan_masks(root, category, dataset, test_only=test_split_only, **folder_options)
     report = check_dataset(records, skip_bad=args.skip_bad, orphan_masks=orphans,
                            needs_training=not test_split_only)
     print(json.dumps(report.to_dict(), indent=2) if args.json else report.format())

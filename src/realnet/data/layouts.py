@@ -23,6 +23,9 @@ in ``ground_truth/good`` (``ok`` for BTAD) where there is one, which `realnet da
 marks no defect pixel, else ``None``. Masks without an image are "orphans", returned by
 `find_orphan_masks` so `realnet data check` can report both.
 
+Each layout reads the images directly in its folders; images in a subfolder of one (a folder per
+production line or camera) are refused by name rather than left out.
+
 Records are sorted: train before test, ``good`` before defect types, defect types and file
 names in code-point order.
 """
@@ -33,9 +36,9 @@ import csv
 import hashlib
 import math
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from realnet.data.records import ANOMALOUS, NORMAL, Record
 from realnet.errors import RealnetError
@@ -76,10 +79,20 @@ def load_dataset(
 
 
 def find_orphan_masks(
-    root: str | Path, category: str, dataset: str = "mvtec", **folder_options
+    root: str | Path, category: str, dataset: str = "mvtec", *, test_only: bool = False, **folder_options
 ) -> list[Path]:
-    """Mask files in the category's mask folders that belong to no image, sorted."""
-    return _scan(root, category, dataset, folder_options).orphan_masks
+    """Mask files in the category's mask folders that belong to no image, sorted (`test_only` as
+    in `load_dataset`)."""
+    return _scan(root, category, dataset, folder_options, test_only).orphan_masks
+
+
+def lacks_training_folder(root: str | Path, category: str, dataset: str) -> bool:
+    """An MVTec-style (or BTAD) category folder without its training folder: a test split alone."""
+    if dataset not in ("mvtec", "btad"):
+        return False
+    base = _btad_base(Path(root)) if dataset == "btad" else Path(root)
+    normal = "ok" if dataset == "btad" else GOOD
+    return (base / category).is_dir() and not (base / category / "train" / normal).is_dir()
 
 
 def list_categories(root: str | Path, dataset: str = "mvtec") -> list[str]:
@@ -126,8 +139,8 @@ def load_folder(
     if normal_dir is None and normal_test_dir is None:
         raise RealnetError("dataset 'folder' needs normal_dir (--normal-dir), or normal_test_dir "
                            "(--normal-test-dir) for a test split alone")
-    _refuse_unread_subfolders({"--normal-dir": normal_dir, "--abnormal-dir": abnormal_dir, "--mask-dir": mask_dir,
-                               "--normal-test-dir": normal_test_dir})
+    _refuse_unread_subfolders([("--normal-dir", normal_dir), ("--abnormal-dir", abnormal_dir), ("--mask-dir", mask_dir),
+                               ("--normal-test-dir", normal_test_dir)])
     normal_images = [] if normal_dir is None else _images_in(_require_dir(Path(normal_dir), "normal folder"),
                                                              required=True)
     if normal_test_dir is not None:
@@ -179,11 +192,14 @@ def _scan_mvtec_like(base: Path, category: str, *, normal: str, test_only: bool 
     category_dir = _require_category(base, category)
     test_dir = category_dir / "test"
     truth_dir = category_dir / "ground_truth"
-    records = [] if test_only else [
-        _normal(path, category, "train") for path in _images_in(_require_dir(category_dir / "train" / normal,
-                                                                             "training folder"))]
-    orphans: list[Path] = []
+    train_dir = None if test_only else _require_dir(category_dir / "train" / normal, "training folder")
     defect_dirs = {entry.name: entry for entry in _subdirs(test_dir)} if test_dir.is_dir() else {}
+    truth_dirs = _subdirs(truth_dir) if truth_dir.is_dir() else []
+    _refuse_unread_subfolders([("training folder", train_dir)] + [("test folder", d) for d in defect_dirs.values()]
+                              + [("mask folder", d) for d in truth_dirs],
+                              reader="this layout", remedy="move them up into it")
+    records = [] if train_dir is None else [_normal(path, category, "train") for path in _images_in(train_dir)]
+    orphans: list[Path] = []
     for defect, folder in sorted(defect_dirs.items()):
         # normal test images may have (all-black) masks too, as custom trees often do
         masks, unmatched = _match_masks(_images_in(folder), truth_dir / defect)
@@ -192,10 +208,9 @@ def _scan_mvtec_like(base: Path, category: str, *, normal: str, test_only: bool 
             records += [Record(path, mask, NORMAL, GOOD, category, "test") for path, mask in masks]
         else:
             records += [Record(path, mask, ANOMALOUS, defect, category, "test") for path, mask in masks]
-    if truth_dir.is_dir():
-        for folder in _subdirs(truth_dir):
-            if folder.name not in defect_dirs:
-                orphans += _images_in(folder)
+    for folder in truth_dirs:
+        if folder.name not in defect_dirs:
+            orphans += _images_in(folder)
     return _Scan(sort_records(records), sorted(orphans))
 
 
@@ -215,7 +230,7 @@ def _scan_visa(root: Path, category: str) -> _Scan:
         if split == "train" and label == "anomaly":  # fit would drop it, `data check` count it as a test image
             raise RealnetError(f"{split_file}: line {row['line']} lists anomalous image {row['image']} for training; "
                                "the one-class split trains on normal images only")
-        image = _visa_path(root, row["image"])
+        image = _visa_path(root, row["image"], row["line"])
         if image in first_line:  # counted twice in the metrics, or both normal and anomalous
             raise RealnetError(f"{split_file}: {image.relative_to(root).as_posix()} is listed on lines "
                                f"{first_line[image]} and {row['line']}; list each image once")
@@ -223,7 +238,7 @@ def _scan_visa(root: Path, category: str) -> _Scan:
         records.append(
             Record(
                 image=image,
-                mask=_visa_path(root, mask) if mask else None,
+                mask=_visa_path(root, mask, row["line"]) if mask else None,
                 label=NORMAL if label == "normal" else ANOMALOUS,
                 defect=GOOD if label == "normal" else FOLDER_ANOMALY,
                 category=category,
@@ -313,10 +328,14 @@ def _read_visa_rows(root: Path) -> list[dict[str, str | int]]:
         raise RealnetError(f"{split_file}: not a readable CSV file ({error})") from None
 
 
-def _visa_path(root: Path, listed: str) -> Path:
+def _visa_path(root: Path, listed: str, line: int) -> Path:
     """A split file's path under root. Windows backslashes become "/", which pathlib takes as the
     separator on every platform (on POSIX a backslash would stay part of a file name)."""
-    return root / listed.replace("\\", "/")
+    relative = PurePosixPath(listed.replace("\\", "/"))
+    if relative.is_absolute() or PureWindowsPath(listed).drive:
+        raise RealnetError(f"{root / VISA_SPLIT_FILE}: line {line} lists {listed}, an absolute path; list paths "
+                           "relative to the data root, as VisA's split files do")
+    return root / relative
 
 
 def _btad_base(root: Path) -> Path:
@@ -333,20 +352,20 @@ def _require_category(base: Path, category: str) -> Path:
     return category_dir
 
 
-def _refuse_unread_subfolders(folders: dict[str, str | Path | None]) -> None:
-    """The folder dataset reads the images directly in each folder; images in their subfolders (a
-    folder per production line) would be left out of training or testing without a word. A
-    subfolder that is itself one of the given folders (masks inside the abnormal folder) is read."""
-    given = {Path(folder).resolve() for folder in folders.values() if folder is not None}
-    for flag, folder in folders.items():
+def _refuse_unread_subfolders(folders: Sequence[tuple[str, str | Path | None]], reader: str = "the folder dataset",
+                              remedy: str = "move them up into it, or give the subfolder itself") -> None:
+    """Every layout reads the images directly in each of its folders; images in their subfolders (a
+    folder per production line or camera) would be left out of training or testing without a word.
+    A subfolder that is itself one of the given folders (masks inside the abnormal folder) is read."""
+    given = {Path(folder).resolve() for _, folder in folders if folder is not None}
+    for label, folder in folders:
         if folder is None or not Path(folder).is_dir():
             continue  # a missing folder is named where it is read
         unread = [sub for sub in _subdirs(Path(folder)) if sub.resolve() not in given and _holds_images(sub)]
         if unread:
             names = ", ".join(f"{sub.name}/" for sub in unread[:3]) + (" ..." if len(unread) > 3 else "")
-            raise RealnetError(f"{flag} {folder}: its subfolder(s) {names} hold images, which the folder dataset "
-                               "does not read (only the images directly in the folder); move them up into it, "
-                               "or give the subfolder itself")
+            raise RealnetError(f"{label} {folder}: its subfolder(s) {names} hold images, which {reader} "
+                               f"does not read (only the images directly in the folder); {remedy}")
 
 
 def _holds_images(folder: Path) -> bool:

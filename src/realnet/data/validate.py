@@ -2,8 +2,8 @@
 
 Problems (make `realnet data check` exit 1): anomalous images without a mask, masks without an
 image, masks whose size differs from their image's, one mask file shared by several images,
-normal images whose mask marks defect pixels, an image in both the training and the test split,
-and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum;
+normal images whose mask marks defect pixels, an image in both the training and the test split
+(the same file, or a test image whose bytes equal a training image's: a copy), and a category with fewer than `MIN_TRAINING_IMAGES` readable training images (fit's minimum;
 not for records that are a test split alone, ``needs_training=False``).
 Files that cannot be decoded stop the check with a `BadFileError` naming the first one (in record
 order), or with ``skip_bad=True`` are skipped and listed. Anomalous images whose mask marks no
@@ -23,6 +23,7 @@ from realnet.data.io import read_image, read_mask
 from realnet.data.layouts import sort_records
 from realnet.data.records import ANOMALOUS, Record
 from realnet.errors import BadFileError
+from realnet.files import file_sha256
 
 _SHOWN_PER_LIST = 20
 MIN_TRAINING_IMAGES = 2  # fit holds some out and needs normal images on both sides
@@ -58,6 +59,7 @@ class DatasetReport:
     shared_masks: dict[Path, list[Path]] = field(default_factory=dict)  # mask -> the images naming it
     normal_with_defect_mask: list[Path] = field(default_factory=list)
     in_both_splits: list[Path] = field(default_factory=list)
+    copies_across_splits: list[tuple[Path, Path]] = field(default_factory=list)  # (test image, training image)
     too_few_training_images: dict[str, int] = field(default_factory=dict)  # category -> count
     skipped: list[SkippedFile] = field(default_factory=list)
     kept: list[Record] = field(default_factory=list, repr=False)  # decoded, sizes agree
@@ -80,6 +82,7 @@ class DatasetReport:
                   for mask, images in self.shared_masks.items()]
         lines += [f"normal image with defect pixels in its mask: {path}" for path in self.normal_with_defect_mask]
         lines += [f"image in both the train and the test split: {path}" for path in self.in_both_splits]
+        lines += [f"test image {test} is a copy of training image {train}" for test, train in self.copies_across_splits]
         lines += [f"category {category}: {count} readable training image(s); fit needs at least {MIN_TRAINING_IMAGES}"
                   for category, count in self.too_few_training_images.items()]
         return lines
@@ -109,6 +112,7 @@ class DatasetReport:
             "shared_masks": {str(mask): [str(p) for p in images] for mask, images in self.shared_masks.items()},
             "normal_with_defect_mask": [str(path) for path in self.normal_with_defect_mask],
             "in_both_splits": [str(path) for path in self.in_both_splits],
+            "copies_across_splits": [{"test": str(test), "train": str(train)} for test, train in self.copies_across_splits],
             "too_few_training_images": self.too_few_training_images,
             "skipped": [{"path": str(s.path), "reason": s.reason} for s in self.skipped],
             "problems": self.problems,
@@ -168,6 +172,7 @@ def check_dataset(
     empty_masks: list[Path] = []
     normal_with_defect_mask: list[Path] = []
     skipped: list[SkippedFile] = []
+    digests: dict[Path, str] = {}
     executor = ThreadPoolExecutor(max_workers=workers)
     try:
         for record, outcome in zip(records, executor.map(_inspect, records)):
@@ -177,7 +182,7 @@ def check_dataset(
                 skipped.append(SkippedFile(outcome.path, outcome.reason))
                 continue
             counted.append(record)
-            image_size, mask_size, mask_empty = outcome
+            image_size, mask_size, mask_empty, digests[record.image] = outcome
             if record.mask is None:
                 if record.label == ANOMALOUS:
                     missing_masks.append(record.image)
@@ -202,6 +207,10 @@ def check_dataset(
         if record.mask is not None:
             by_mask.setdefault(Path(os.path.realpath(record.mask)), []).append(record.image)
     training = Counter(r.category for r in counted if r.split == "train")
+    in_both_splits = sorted(path for path, splits in splits_of.items() if {"train", "test"} <= splits)
+    trained = {digests[r.image]: r.image for r in counted if r.split == "train"}
+    copies = [(r.image, trained[digests[r.image]]) for r in counted if r.split == "test"
+              and digests[r.image] in trained and Path(os.path.realpath(r.image)) not in in_both_splits]
     return DatasetReport(
         categories=categories,
         counts=counts,
@@ -214,7 +223,8 @@ def check_dataset(
         empty_masks=empty_masks,
         shared_masks={mask: images for mask, images in by_mask.items() if len(images) > 1},
         normal_with_defect_mask=normal_with_defect_mask,
-        in_both_splits=sorted(path for path, splits in splits_of.items() if {"train", "test"} <= splits),
+        in_both_splits=in_both_splits,
+        copies_across_splits=copies,
         too_few_training_images={c: training[c] for c in categories
                                  if needs_training and training[c] < MIN_TRAINING_IMAGES},
         skipped=skipped,
@@ -223,13 +233,15 @@ def check_dataset(
 
 
 def _inspect(record: Record):
-    """(image (w, h), mask (w, h) or None, mask has no defect pixel), or the BadFileError."""
+    """(image (w, h), mask (w, h) or None, mask has no defect pixel, the image file's sha256), or
+    the BadFileError."""
     try:
         height, width = read_image(record.image).shape[:2]
+        digest = file_sha256(record.image)  # it decoded, so it can be read
         if record.mask is None:
-            return (width, height), None, False
+            return (width, height), None, False, digest
         mask = read_mask(record.mask)
-        return (width, height), (mask.shape[1], mask.shape[0]), not mask.any()
+        return (width, height), (mask.shape[1], mask.shape[0]), not mask.any(), digest
     except BadFileError as error:
         return error
 

@@ -204,8 +204,10 @@ def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any]
     since fit, which reshuffle a folder dataset's split): its scores on them say nothing about new
     parts. Found by content where the run recorded its training images' sha256 (model.json), else
     by path while the run's data is still there (runs of earlier versions, not their own split).
-    A fixed layout's own split (MVTec, VisA, BTAD) that holds a copy of a training image is the
-    dataset's, so that is a warning."""
+    A copy of a training image in the run's own dataset is the dataset's, so that is a warning: in a
+    fixed layout's own split (MVTec, VisA, BTAD), and in any split of a dataset whose training split
+    holds what the run was fitted on (a moved dataset; duplicate files a folder dataset's split put
+    on both sides)."""
     tests = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
                                                      test_only=True, **tested["folder_options"])]
     contents = meta["fit"].get("training_image_sha256")
@@ -225,13 +227,26 @@ def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any]
         seen = sorted(path for path in tests if path.resolve() in trained)
     if not seen:
         return
-    if own_split and tested["dataset"] != "folder":
+    if (own_split and tested["dataset"] != "folder") or _holds_training_split(tested, contents):
         sys.stderr.write(f"realnet: warning: {len(seen)} of the dataset's test images are copies of its training "
                          f"images (first: {seen[0]}); their scores say little about new parts\n")
         return
     raise RealnetError(f"{len(seen)} of the test images are normal training images of this run (first: {seen[0]}"
                        f"{', the folder changed since fit' if own_split else ''}): its scores on them say nothing "
                        "about new parts; test on images it was not fitted on")
+
+
+def _holds_training_split(tested: dict[str, Any], contents: list[str] | None) -> bool:
+    """Whether the tested dataset's training split is, file for file, the images the run was
+    fitted and calibrated on (`contents`: their sha256, as fit records them)."""
+    if contents is None:
+        return False
+    try:
+        trained = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
+                                                           **tested["folder_options"]) if record.split == "train"]
+    except (RealnetError, OSError):
+        return False
+    return sorted({digest for digest in contents_sha256(trained) if digest}) == sorted(contents)
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,
