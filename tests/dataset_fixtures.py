@@ -9,6 +9,8 @@ to pass as ``--data`` / ``load_dataset(root, ...)``.
 from __future__ import annotations
 
 import csv
+import struct
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -228,3 +230,16 @@ def legacy_encoded(folder: Path, name: bytes) -> Path:
     except OSError as error:
         pytest.skip(f"the file system refuses a name that is not UTF-8 ({error.strerror})")
     return path
+
+
+def handmade_png(width: int, height: int, bit_depth: int = 8, colour_type: int = 0, scanlines: bytes = b"") -> bytes:
+    """A PNG made by hand (8-bit grey by default), for what Pillow cannot write (16-bit grey + alpha,
+    broken headers); without `scanlines` its header only. Each scanline starts with its filter byte."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + checksum
+
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    signature = b"\x89PNG\r\n\x1a\n"
+    pixels = zlib.compress(scanlines)
+    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")

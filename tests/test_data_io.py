@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from dataset_fixtures import handmade_png
 from PIL import Image
 
 from realnet.data.io import (
@@ -203,23 +203,11 @@ def test_a_tiff_pillow_would_scramble_is_refused_when_libtiff_cannot_read_it(tmp
 # --- failures ------------------------------------------------------------------------------
 
 
-def _png(width: int, height: int, bit_depth: int = 8, colour_type: int = 0, scanlines: bytes = b"") -> bytes:
-    """A PNG made by hand (8-bit grey by default); without `scanlines` its header only."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        checksum = struct.pack(">I", zlib.crc32(kind + data))
-        return struct.pack(">I", len(data)) + kind + data + checksum
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    signature = b"\x89PNG\r\n\x1a\n"
-    pixels = zlib.compress(scanlines)
-    return signature + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(b"IEND", b"")
-
-
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
 @pytest.mark.parametrize("side", [13_400, 30_000])  # just above realnet's default limit (Pillow's error level), far above
 def test_decompression_bomb_is_refused_before_decoding(tmp_path, side):
     path = tmp_path / "bomb.png"
-    path.write_bytes(_png(side, side))
+    path.write_bytes(handmade_png(side, side))
     with pytest.raises(BadFileError, match="decompression bomb") as caught:
         read_image(path)
     assert caught.value.path == path
@@ -353,7 +341,7 @@ def test_16_bit_grey_alpha_png_mask_small_labels_count(tmp_path):
     alpha[1, 2] = 0  # transparent: no defect whatever its grey value
     rows = np.dstack([grey, alpha]).astype(">u2")
     path = tmp_path / "m16la.png"
-    path.write_bytes(_png(3, 2, 16, 4, b"".join(b"\0" + row.tobytes() for row in rows)))
+    path.write_bytes(handmade_png(3, 2, 16, 4, b"".join(b"\0" + row.tobytes() for row in rows)))
     np.testing.assert_array_equal(read_mask(path), [[False, True, False], [True, False, False]])
 
 

@@ -386,6 +386,18 @@ def test_an_out_path_on_a_file_of_the_run_is_refused(tiny_run, tmp_path, capsys)
     assert (run_dir / "model.safetensors").read_bytes() == weights
 
 
+def test_an_earlier_export_into_the_run_folder_is_replaced(tiny_run, tmp_path, capsys):
+    """Regression: a second export to RUN/model.onnx (another opset, a dynamic batch) was refused as
+    "a file of the run being exported"."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(tiny_run[1], run_dir)
+    assert main(["export", "--run", str(run_dir), "--out", str(run_dir / "model.onnx")]) == 0
+    first = (run_dir / "model.onnx").read_bytes()
+    assert main(["export", "--run", str(run_dir), "--out", str(run_dir / "model.onnx"), "--batch-size-dynamic"]) == 0
+    assert (run_dir / "model.onnx").read_bytes() != first
+    capsys.readouterr()
+
+
 @pytest.mark.parametrize("map_difference, score_difference", [(0.0, 1.0), (1.0, 0.0)])
 def test_parity_fails_when_only_the_map_or_only_the_score_is_off(map_difference, score_difference):
     """A report passes only when both the map and the score are within their tolerances."""

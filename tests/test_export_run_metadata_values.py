@@ -4,6 +4,7 @@ run's model.json (checked on a hand-made model.json, without tracing a graph).""
 from __future__ import annotations
 
 import pytest
+from dataset_fixtures import handmade_png
 
 pytest.importorskip("onnx")
 
@@ -74,8 +75,19 @@ def test_the_input_format_states_the_rules_read_image_applies_to_wide_and_float_
     expected = np.rint(grey.astype(np.float64) * 255 / 65535).astype(np.uint8)
     assert np.array_equal(read_image(tmp_path / "grey16.png"), np.repeat(expected[:, :, None], 3, axis=2))
 
+    # regression: 16-bit grey with alpha (PNG colour type 4, opaque) is read at its high byte, which
+    # the text did not say
+    opaque = np.stack([grey, np.full_like(grey, 65535)], axis=2).astype(">u2")
+    (tmp_path / "grey_alpha16.png").write_bytes(handmade_png(
+        grey.shape[1], grey.shape[0], 16, 4, b"".join(b"\x00" + row.tobytes() for row in opaque)))
+    assert Image.open(tmp_path / "grey_alpha16.png").mode == "RGBA"  # how Pillow decodes it
+    assert "colour images, and grey ones with alpha, of 16 bits a sample keep the high byte" in INPUT_FORMAT
+    assert np.array_equal(read_image(tmp_path / "grey_alpha16.png"), np.repeat((grey >> 8).astype(np.uint8)[:, :, None],
+                                                                               3, axis=2))
+
     values = np.array([[-0.5, 0.2, 0.5, 1.7]], np.float32)
     Image.fromarray(values).save(tmp_path / "float.tif")
     assert "float images clipped to [0, 1] and scaled by round(v * 255)" in INPUT_FORMAT
     expected = np.rint(np.clip(values, 0, 1).astype(np.float64) * 255).astype(np.uint8)
     assert np.array_equal(read_image(tmp_path / "float.tif"), np.repeat(expected[:, :, None], 3, axis=2))
+

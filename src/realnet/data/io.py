@@ -23,6 +23,9 @@ Rules (the same for every caller, so training, testing and `data check` see iden
     2**(bits - 1) - 1 when its SampleFormat says signed), else 16 (16-bit PNG, and 16-bit PGM,
     which Pillow opens as I). A TIFF's WhiteIsZero samples are inverted first, v = top - v (Pillow
     inverts those of 8 bits and fewer itself), for masks too.
+  - Colour images of 16 bits a sample, and 16-bit grey with alpha (a PNG of colour type 4), keep
+    the high byte, v8 = v >> 8: Pillow decodes them so. Without alpha, the same grey picture is
+    scaled as above and may read one level higher.
   - Float images (mode F) are taken as intensities in [0, 1]: v8 = round(clip(v, 0, 1) * 255),
     NaN becomes 0.
 - Masks: a lossless file stores its values exactly, so any nonzero value is a deliberate mark.

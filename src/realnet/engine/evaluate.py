@@ -32,7 +32,8 @@ class TestSplit:
     images: np.ndarray  # (N, S, S, 3) uint8
     masks: np.ndarray  # (N, S, S) bool
     records: list[Record]
-    skipped: list[str] = field(default_factory=list)  # unreadable images left out (--skip-bad)
+    skipped: list[str] = field(default_factory=list)  # images left out (--skip-bad): theirs or their mask unreadable
+    normal_with_marked_mask: int = 0  # normal images whose mask marked pixels, cleared (a normal image has no defect)
 
     @property
     def labels(self) -> np.ndarray:
@@ -58,9 +59,15 @@ def load_test_split(data_root, category: str, dataset: str, size: int, folder_op
                            f"{category}/test/good and {category}/test/<defect type> folders)")
     images, masks, kept, skipped = load_samples(records, size, skip_bad=skip_bad, desc="loading test images",
                                                 progress=progress)
-    for error in skipped if launched_rank() == 0 else ():  # under torchrun every rank reads the split
-        sys.stderr.write(f"realnet: skipped {error}\n")
-    split = TestSplit(images, masks, kept, [str(error.path) for error in skipped])
+    kept_images = {record.image for record in kept}
+    left_out = [record.image for record in records if record.image not in kept_images]  # in `skipped`'s order
+    for image, error in zip(left_out, skipped) if launched_rank() == 0 else ():  # under torchrun every rank reads
+        sys.stderr.write(f"realnet: skipped {error}\n" if error.path == image else
+                         f"realnet: skipped {BadFileError(image, f'its mask {error}')}\n")
+    normal = np.array([record.label != 1 for record in kept], dtype=bool)
+    marked = normal & masks.any(axis=(1, 2))
+    masks[normal] = False
+    split = TestSplit(images, masks, kept, [str(image) for image in left_out], int(marked.sum()))
     if not kept:
         raise RealnetError(f"{data_root}: none of the {len(records)} test images of category '{category}' "
                            "could be read (each is named above)")
@@ -302,6 +309,11 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
         metrics["warning"] = "model selected on the test set (paper protocol); not an unbiased estimate"
     if split.skipped:
         metrics["skipped_images"] = split.skipped  # the metrics are over fewer images than the split has
+    if split.normal_with_marked_mask:
+        metrics["normal_with_marked_mask"] = split.normal_with_marked_mask
+        sys.stderr.write(f"realnet: warning: {split.normal_with_marked_mask} normal test image(s) have a mask that "
+                         "marks pixels; a normal image has no defect, so the pixel metrics count all their pixels as "
+                         "normal (`realnet data check` lists them)\n")
     # with no defect pixel at all the pixel metrics are undefined (null), not computed over normal pixels
     consequence = ("the pixel metrics count all their pixels as normal" if metrics["pixel_auroc"] is not None
                    else "no test pixel is marked, so the pixel metrics are null")

@@ -52,8 +52,8 @@ INPUT_FORMAT = ("float32 RGB in [0, 1], shape (B, 3, S, S), each 8-bit image str
                 "(cv2.resize INTER_LINEAR does not, and shifts the scores). Read as realnet predict reads "
                 "files (realnet.data.io.read_image): EXIF orientation applied; transparency composited on "
                 "black (each channel times alpha / 255, rounded); grey replicated to RGB; grey integer images "
-                "wider than 8 bits scaled by round(v * 255 / (2**bits - 1)); colour images of 16 bits a "
-                "sample keep the high byte (v >> 8, as Pillow decodes them); float images clipped to [0, 1] "
+                "wider than 8 bits scaled by round(v * 255 / (2**bits - 1)); colour images, and grey ones with "
+                "alpha, of 16 bits a sample keep the high byte (v >> 8, as Pillow decodes them); float images clipped to [0, 1] "
                 "and scaled by round(v * 255)")
 MAP_FORMATS = {"probability": "anomaly_map float32 (B, S, S), probability in [0, 1]",
                "position": ("anomaly_map float32 (B, S, S), standardised per pixel position against "
@@ -144,9 +144,11 @@ def _refuse_a_folder(out: Path) -> None:
 
 
 def _refuse_overwriting_the_run(run_dir: Path, out: Path) -> None:
-    """--out runs/x/model.safetensors replaced the run's trained weights with the ONNX graph."""
+    """--out runs/x/model.safetensors replaced the run's trained weights with the ONNX graph. An
+    earlier export into the run folder (a run writes no .onnx file itself) may be replaced."""
     for target in (out, out.with_name(out.name + ".data")):  # the graph and its external weights
-        if target.exists() and target.resolve().parent == run_dir.resolve():
+        earlier_export = target.name.lower().endswith((".onnx", ".onnx.data"))
+        if target.exists() and not earlier_export and target.resolve().parent == run_dir.resolve():
             raise RealnetError(f"--out {out}: {target.name} is a file of the run being exported; give a path "
                                "outside the run folder or a new name")
 
