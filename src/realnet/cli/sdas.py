@@ -64,7 +64,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     quality.add_argument("--fake", type=path_argument, nargs="+", required=True, help="folders of synthetic images")
     quality.add_argument("--features", default="tf_efficientnet_lite0",
                          help="backbone for the features (default tf_efficientnet_lite0)")
-    quality.add_argument("--weights", default="auto", help="backbone weights: auto, timm, torchvision or a file")
+    quality.add_argument("--backbone-weights", "--weights", dest="weights", default="auto",
+                         help="backbone weights: auto, timm, torchvision or a file (the name fit takes; --weights "
+                              "is the same option)")
     quality.add_argument("--lpips-weights", type=path_argument, help="official LPIPS linear-layer weights; default uniform")
     quality.add_argument("--size", type=positive_int, default=256, help="images are resized to SIZE x SIZE (default 256)")
     quality.add_argument("--batch", type=positive_int, default=16, help="images per forward pass (default 16)")

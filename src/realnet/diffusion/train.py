@@ -129,13 +129,22 @@ def load_sdas_model(model_dir: Path, device: torch.device | str = "cpu",
     """The EMA network of a trained model folder, in eval mode, and its metadata (`meta`: the
     folder's, already read with `read_model_meta`)."""
     meta = read_model_meta(model_dir) if meta is None else meta
-    unet = create_unet(meta["unet"])
+    try:
+        unet = create_unet(meta["unet"])
+    except (TypeError, ValueError) as error:  # an unknown key or a wrong value (an edit, a newer realnet)
+        raise BadFileError(Path(model_dir) / MODEL_META, f"malformed SDAS model description (unet: "
+                                                         f"{str(error).splitlines()[0]}); it was edited or damaged") from None
     weights = Path(model_dir) / EMA_WEIGHTS
     try:
-        unet.load_state_dict(load_file(openable_file(weights)))
+        state = load_file(openable_file(weights))
+        unet.load_state_dict(state)
     except (OSError, RuntimeError, SafetensorError) as error:
         reason = str(error).splitlines()[0]
         raise BadFileError(weights, f"cannot be loaded into the network of {MODEL_META} ({reason})") from None
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if broken:  # every image it generated would be black
+        raise BadFileError(weights, f"{len(broken)} tensors hold NaN or infinite values ('{broken[0]}' first): the "
+                                    "weights are broken, e.g. by a diverged training; train the model again")
     return unet.to(device).eval(), meta
 
 
@@ -372,6 +381,19 @@ def keep_log_until(path: Path, step: int) -> None:
         atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
+def keep_samples_until(folder: Path, step: int) -> None:
+    """Remove the sample grids after `step`, the last saved one, for the reason `keep_log_until`
+    drops log records: after a fresh start they would be another run's. Also the temporaries of
+    grids a kill cut short."""
+    if not folder.is_dir():
+        return
+    remove_stale_temporaries(folder)
+    for grid in folder.glob("step_*.png"):
+        number = grid.stem.removeprefix("step_")
+        if number.isdigit() and int(number) > step:
+            grid.unlink()
+
+
 def _logged_step(line: str) -> float:
     """A log record's step; a line torn by a kill mid-write counts as after every save."""
     try:
@@ -470,6 +492,7 @@ def train(request: TrainRequest) -> dict[str, Any]:
         if main:
             out.mkdir(parents=True, exist_ok=True)
             keep_log_until(out / TRAIN_LOG, start)
+            keep_samples_until(out / SAMPLES_DIR, start)
         try:
             summary = _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, start, device,
                                   context, tqdm)
@@ -510,10 +533,15 @@ def _train_loop(request, meta, diffusion, images, labels, unet, ema, optimizer, 
         torch.nn.utils.clip_grad_norm_(unet.parameters(), request.grad_clip)
         optimizer.step()
         update_ema(ema, unet, meta["ema_decay"])
-        for name in totals:
-            totals[name] += terms[name].mean().item()
-        logged_steps += 1
+        step_terms = {name: terms[name].mean().item() for name in totals}
         done = step + 1
+        if not math.isfinite(step_terms["loss"]):  # before this step's save: the last saved weights are still finite
+            raise RealnetError(f"{out}: training diverged: the loss is {step_terms['loss']} at step {done}; lower "
+                               f"--lr (now {request.lr:g}){' or leave out --bf16' if request.bf16 else ''} and train "
+                               "again (a --resume would diverge the same way)")
+        for name in totals:
+            totals[name] += step_terms[name]
+        logged_steps += 1
         bar.update(1)
         log_now = done % request.log_every == 0 or done == request.steps
         if log_now:
