@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 from collections import Counter
+from collections.abc import Collection
 from pathlib import Path
 
 from realnet.cli.common import add_data_arguments, data_selection, file_to_write, path_argument, seed_int
 from realnet.errors import RealnetError
 
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+JPEG_MAX_SIDE = 65500  # libjpeg's largest side, as OpenCV enforces it
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,12 +57,14 @@ def _source_weights(args: argparse.Namespace) -> dict[str, float]:
     return weights
 
 
-def _delta_ranges(values: list[str]) -> dict[str, tuple[float, float]]:
-    """Overrides of the default opacity ranges, from --delta-range SOURCE=LOW,HIGH."""
+def _delta_ranges(values: list[str], drawn: Collection[str]) -> dict[str, tuple[float, float]]:
+    """Overrides of the default opacity ranges, from --delta-range SOURCE=LOW,HIGH, each for one of
+    the `drawn` sources, once."""
     from realnet.config import SOURCE_NAMES, is_opacity_range
     from realnet.synthesis.synthesizer import SynthesisConfig
 
     ranges = dict(SynthesisConfig().delta_ranges)
+    given: set[str] = set()
     for value in values:
         name, _, bounds = value.partition("=")
         try:
@@ -69,10 +73,29 @@ def _delta_ranges(values: list[str]) -> dict[str, tuple[float, float]]:
             raise RealnetError(f"--delta-range {value!r}: expected SOURCE=LOW,HIGH, e.g. dtd=0.05,1.0") from None
         if name not in SOURCE_NAMES:  # a misspelt name would leave the source at its default range
             raise RealnetError(f"--delta-range {value!r}: unknown source {name!r}; choose from {', '.join(SOURCE_NAMES)}")
+        if name in given:  # the last would win in silence
+            raise RealnetError(f"--delta-range {value!r}: a range for {name} was given already; give each source once")
+        if name not in drawn:  # it would change nothing the grid shows
+            raise RealnetError(f"--delta-range {value!r}: {name} is not among the sources drawn "
+                               f"({', '.join(sorted(drawn))}); add it to --source")
+        given.add(name)
         if not is_opacity_range(low, high):
             raise RealnetError(f"--delta-range {value!r}: needs 0 <= LOW <= HIGH <= 1 and HIGH > 0")
         ranges[name] = (low, high)
     return ranges
+
+
+def _refuse_unwritable_grid(path: Path, count: int, size: int) -> None:
+    """Before any synthesis: a format the grid cannot be written in, or a JPEG taller than the
+    format allows (OpenCV would fail only after the whole grid was made)."""
+    from realnet.synthesis.preview import grid_shape
+
+    if path.suffix.lower() not in GRID_SUFFIXES:
+        raise RealnetError(f"--out {path}: use one of {', '.join(GRID_SUFFIXES)}")
+    height = grid_shape(count, size)[0]
+    if path.suffix.lower() in (".jpg", ".jpeg") and height > JPEG_MAX_SIDE:
+        raise RealnetError(f"--out {path}: {count} samples of {size} px make a grid {height} px tall, above JPEG's "
+                           f"{JPEG_MAX_SIDE} px; write a .png, or fewer samples")
 
 
 def _write_image_atomically(path: Path, rgb) -> None:
@@ -80,8 +103,6 @@ def _write_image_atomically(path: Path, rgb) -> None:
 
     from realnet.engine.checkpoint import atomic_write
 
-    if path.suffix.lower() not in GRID_SUFFIXES:
-        raise RealnetError(f"--out {path}: use one of {', '.join(GRID_SUFFIXES)}")
     ok, encoded = cv2.imencode(path.suffix.lower(), rgb[..., ::-1])
     if not ok:
         raise RealnetError(f"--out {path}: cannot encode the grid")
@@ -96,11 +117,12 @@ def run_preview(args: argparse.Namespace) -> int:
     from realnet.data.records import NORMAL
     from realnet.synthesis.foreground import resolve_foreground
     from realnet.synthesis.preview import preview_grid
-    from realnet.synthesis.sources import find_dtd_root
+    from realnet.synthesis.sources import find_dtd_root, refuse_texture_folders_holding_the_data, texture_folders
     from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
     if args.count < 1 or args.size < 8:
         raise RealnetError(f"--count must be >= 1 and --size >= 8, got {args.count} and {args.size}")
+    _refuse_unwritable_grid(args.out, args.count, args.size)
     root, category, dataset, folder_options = data_selection(args)
     weights = _source_weights(args)
     records = load_dataset(root, category, dataset, **folder_options)
@@ -108,10 +130,11 @@ def run_preview(args: argparse.Namespace) -> int:
     if not train:
         raise RealnetError(f"{root}: category '{category}' has no normal training images")
 
+    names = [name for name, weight in weights.items() if weight > 0]
     config = SynthesisConfig(source_weights=weights, match_gray=not args.colour_textures,
-                             delta_ranges=_delta_ranges(args.delta_range))
-    names = [name for name, weight in config.source_weights.items() if weight > 0]
+                             delta_ranges=_delta_ranges(args.delta_range, names))
     dtd_root = find_dtd_root(args.dtd, root) if "dtd" in names else None  # where fit looks, too
+    refuse_texture_folders_holding_the_data(texture_folders(names, category, dtd_root, args.sia), records)
     sources = build_sources(names, size=args.size, category=category, dtd_root=dtd_root,
                             sia_root=args.sia, normal_images=train)
     synthesizer = AnomalySynthesizer(config, sources, resolve_foreground(args.foreground, dataset, category))
@@ -119,7 +142,7 @@ def run_preview(args: argparse.Namespace) -> int:
     picks = rng.choice(len(train), size=args.count, replace=args.count > len(train))
     loaded = {int(i): resize_image(read_image(train[int(i)]), args.size) for i in set(picks.tolist())}
     samples = [synthesizer(loaded[int(i)], rng, force_anomalous=True) for i in picks]
-    _write_image_atomically(args.out, preview_grid(samples))
+    _write_image_atomically(args.out, preview_grid(samples, opacity_sources=config.delta_ranges))
     made = Counter(sample.source for sample in samples)
     deltas = [sample.delta for sample in samples if sample.source in config.delta_ranges]
     opacity = f"; opacity d {min(deltas):.3f} to {max(deltas):.3f}" if deltas else ""

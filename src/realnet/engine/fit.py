@@ -8,6 +8,7 @@ import math
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import Any, Callable, NamedTuple
@@ -44,7 +45,7 @@ from realnet.model.realnet import RealNet, realnet_loss
 from realnet.model.rrs import reconstruction_residuals
 from realnet.synthesis.feature_noise import add_feature_noise, channel_std
 from realnet.synthesis.foreground import foreground_mask, resolve_foreground
-from realnet.synthesis.sources import find_dtd_root
+from realnet.synthesis.sources import find_dtd_root, refuse_texture_folders_holding_the_data, texture_folders
 
 
 @dataclass
@@ -139,17 +140,19 @@ class SyntheticBatches:
         return "feature_noise" in self.synthesizer.names
 
 
-def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_images: np.ndarray):
+def build_synthesizer(config: RealNetConfig, rule, data_root: Path, category: str, normal_images: np.ndarray,
+                      records: Sequence[Record] = ()):
     """The training-time anomaly synthesizer (Eq. 3) with the configured sources; NSA takes its
-    donor patches from the other normal fit images."""
+    donor patches from the other normal fit images. A texture folder holding any of the dataset's
+    `records` is refused."""
     from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
     weights = {name: w for name, w in config.synthesis.sources.items() if w > 0}
-    sources = build_sources(
-        list(weights), size=config.train.image_size, category=category,
-        dtd_root=find_dtd_root(config.synthesis.dtd_root, data_root) if "dtd" in weights else None,
-        sia_root=config.synthesis.sia_root, normal_images=normal_images,
-    )
+    dtd_root = find_dtd_root(config.synthesis.dtd_root, data_root) if "dtd" in weights else None
+    refuse_texture_folders_holding_the_data(texture_folders(weights, category, dtd_root, config.synthesis.sia_root),
+                                            records)
+    sources = build_sources(list(weights), size=config.train.image_size, category=category, dtd_root=dtd_root,
+                            sia_root=config.synthesis.sia_root, normal_images=normal_images)
     settings = SynthesisConfig(normal_probability=config.synthesis.normal_probability, source_weights=weights,
                                match_gray=config.synthesis.match_gray,
                                retry_empty_masks=config.synthesis.retry_empty_masks,
@@ -744,7 +747,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
         record.image for record in records if record.split == "train" and record.label == 0) if digest})
     model = build_model(config, backbone).to(device)
     distributed.synchronize_batchnorm(model.trainable_modules(), context)  # before the optimizer takes the parameters
-    synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit)
+    synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit, records)
     batches = SyntheticBatches(synthesizer, images, tc.batch_size, tc.seed)
     trainable = model.trainable_modules()
     optimizer = adam(trainable.parameters(), tc.learning_rate, device)

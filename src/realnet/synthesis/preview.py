@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import cv2
 import numpy as np
 
+from realnet.config import AUTHORS_DELTA_RANGES
 from realnet.synthesis.synthesizer import SynthesizedSample
 
 MASK_TINT = np.array([255, 0, 0], np.float32)  # red, RGB
@@ -33,25 +34,40 @@ def _caption(image: np.ndarray, text: str) -> np.ndarray:
     return out
 
 
-def preview_grid(samples: Sequence[SynthesizedSample], *, columns: int = 8, gap: int = 4) -> np.ndarray:
+def grid_shape(count: int, size: int, *, columns: int = 8, gap: int = 4) -> tuple[int, int]:
+    """(height, width) of `preview_grid`'s grid of `count` samples of `size` px."""
+    columns = min(columns, count)
+    groups = -(-count // columns)
+    return groups * 2 * size + (groups * 2 - 1) * gap, columns * size + (columns - 1) * gap
+
+
+def sample_caption(sample: SynthesizedSample, opacity_sources: Collection[str]) -> str:
+    """The source's name, with the Eq. 3 opacity d for a source blended with one, and the noise
+    strength for feature noise; patch and own-pixel sources (cutpaste, nsa, shade, crack) have no
+    opacity, so they show no d."""
+    if sample.label and sample.source in opacity_sources:
+        return f"{sample.source} d={sample.delta:.2f}"
+    if sample.label and sample.noise_seed is not None:
+        return f"{sample.source} sigma={sample.delta:.2f}"
+    return sample.source
+
+
+def preview_grid(samples: Sequence[SynthesizedSample], *, opacity_sources: Collection[str] = AUTHORS_DELTA_RANGES,
+                 columns: int = 8, gap: int = 4) -> np.ndarray:
     """RGB uint8 grid: per group of up to `columns` samples, a row of the synthetic images (captioned
-    with source and opacity delta) above a row of the same images with their masks overlaid.
+    by `sample_caption`) above a row of the same images with their masks overlaid.
     Cells are separated by `gap` white pixels. All samples must have the same size."""
     if not samples:
         raise ValueError("preview_grid needs at least one sample")
     size = samples[0].image.shape[0]
     columns = min(columns, len(samples))
-    groups = -(-len(samples) // columns)
-    height = groups * 2 * size + (groups * 2 - 1) * gap
-    width = columns * size + (columns - 1) * gap
-    grid = np.full((height, width, 3), BACKGROUND, np.uint8)
+    grid = np.full((*grid_shape(len(samples), size, columns=columns, gap=gap), 3), BACKGROUND, np.uint8)
     for index, sample in enumerate(samples):
         if sample.image.shape != (size, size, 3):
             raise ValueError(f"sample {index} is {sample.image.shape}, expected {(size, size, 3)}")
         group, column = divmod(index, columns)
         top, left = group * 2 * (size + gap), column * (size + gap)
-        caption = f"{sample.source} d={sample.delta:.2f}" if sample.label else sample.source
-        grid[top:top + size, left:left + size] = _caption(sample.image, caption)
+        grid[top:top + size, left:left + size] = _caption(sample.image, sample_caption(sample, opacity_sources))
         lower = top + size + gap
         grid[lower:lower + size, left:left + size] = mask_overlay(sample.image, sample.mask)
     return grid

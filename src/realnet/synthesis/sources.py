@@ -14,7 +14,7 @@ in memory (`cache=True`, about 200 KB per image at 256 px), so later draws touch
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from realnet.data.io import read_image, resize_image
 from realnet.data.layouts import IMAGE_EXTENSIONS
+from realnet.data.records import Record
 from realnet.errors import RealnetError
 from realnet.synthesis.perlin import perlin_mask
 
@@ -71,12 +72,19 @@ def collect_images(root_or_items: str | Path | Sequence[str | Path | np.ndarray]
 
 
 def _image_files_below(root: Path, what: str) -> Iterator[Path]:
-    """Image files below `root`, linked folders not entered (as Path.rglob); a folder that cannot be
-    listed is an error naming it, not a silent gap in the source."""
+    """Image files below `root`, linked folders entered (a class folder linked in from elsewhere),
+    each real folder once (a link to a folder above would loop); a folder that cannot be listed is
+    an error naming it, not a silent gap in the source."""
     def unlistable(error: OSError) -> None:
         raise RealnetError(f"{what} folder {error.filename}: cannot list it ({error.strerror or error})")
 
-    for folder, _dirs, names in os.walk(root, onerror=unlistable):
+    visited: set[str] = set()
+    for folder, dirs, names in os.walk(root, onerror=unlistable, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:
+            dirs[:] = []
+            continue
+        visited.add(real)
         for name in names:
             path = Path(folder) / name
             if path.suffix.lower() in IMAGE_EXTENSIONS and not name.startswith(".") and path.is_file():
@@ -111,6 +119,34 @@ def find_dtd_root(given: str | Path | None, data_root: Path) -> Path:
         "the dtd synthesis source needs the Describable Textures Dataset: pass --dtd DIR, set "
         f"REALNET_DTD, or place it at {Path(data_root) / 'dtd'}"
     )
+
+
+_OWN_FOLDER = {"dtd": "--dtd the DTD folder itself", "sia": "--sia the SDAS image bank `realnet sdas generate` wrote"}
+
+
+def texture_folders(names: Iterable[str], category: str, dtd_root: Path | None,
+                    sia_root: str | Path | None) -> dict[str, Path]:
+    """The folders whose images the named sources blend in: DTD's, and the SIA bank's category folder."""
+    folders = {"dtd": dtd_root, "sia": None if sia_root is None else Path(sia_root) / category}
+    return {name: folders[name] for name in names if folders.get(name) is not None}
+
+
+def refuse_texture_folders_holding_the_data(folders: dict[str, Path], records: Iterable[Record]) -> None:
+    """Every image below a texture folder is blended in as an anomaly, so one that holds the
+    dataset's images or masks (--dtd DATA/CATEGORY, --sia DATA) would train on its test images."""
+    roots = {name: os.path.realpath(folder) for name, folder in folders.items() if Path(folder).is_dir()}
+    if not roots:
+        return
+    for record in records:
+        for path in (record.image, record.mask):
+            if path is None:
+                continue
+            real = os.path.realpath(path)
+            for name, root in roots.items():
+                if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                    raise RealnetError(f"the {name} folder {folders[name]} holds the dataset's {path}: every image "
+                                       "below it becomes a texture, test images and masks included; give "
+                                       f"{_OWN_FOLDER[name]}")
 
 
 def resize_texture(image: np.ndarray, size: int) -> np.ndarray:
