@@ -79,6 +79,7 @@ def test_lite0_random_shapes_and_stride_32_on_request():
         ("resnet34", [64, 128, 256, 512], [4, 8, 16, 32]),
         ("resnet50", [256, 512, 1024, 2048], [4, 8, 16, 32]),
         ("tf_efficientnet_b4", [32, 56, 160, 448], [4, 8, 16, 32]),
+        ("efficientnet_b4", [24, 32, 56, 160], [2, 4, 8, 16]),  # the paper's m_k are these layers' widths
         ("tf_efficientnet_lite1", [24, 40, 112], [4, 8, 16]),
         ("tf_efficientnet_lite2", [24, 48, 120], [4, 8, 16]),
     ],

@@ -68,7 +68,8 @@ class RRSConfig:
     """Reconstruction residual selection (paper Sec. 3.3, Fig. 5)."""
 
     mode: str = "max_avg"  # "max" | "avg" | "max_avg" | "all" (no RRS: every residual, Tab. 5a)
-    ratio: float = 1 / 3  # retention ratio P = r / sum(m_k); 1.0 keeps every residual
+    ratio: float = 1 / 3  # retention ratio P = r / sum(m_k); 1.0 keeps every residual with max or avg, while
+    # max_avg then takes r/2 by max and r/2 by mean, rankings that overlap: some channels twice, others never
     # 0: inference ranks channels with the BatchNorm's running statistics, which momentum 0.9 makes
     # almost those of the last training batch (the authors'). N > 0 (ours): after training, they
     # are recomputed as the average over N training batches (see ResidualSelection.recalibrate).

@@ -205,16 +205,17 @@ def merged_folder_options(recorded: dict[str, Any], given: dict[str, Any]) -> di
     return {**{name: value for name, value in recorded.items() if name not in dropped}, **given}
 
 
-def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any], own_split: bool) -> None:
+def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any], own: dict[str, Any]) -> None:
     """The test split may hold images the run was fitted or calibrated on (another split seed or
     ratio of the same folder, the training folder given as a test folder, files renamed or added
     since fit, which reshuffle a folder dataset's split): its scores on them say nothing about new
     parts. Found by content where the run recorded its training images' sha256 (model.json), else
     by path while the run's data is still there (runs of earlier versions, not their own split).
     A copy of a training image in the run's own dataset is the dataset's, so that is a warning: in a
-    fixed layout's own split (MVTec, VisA, BTAD), and in any split of a dataset whose training split
-    holds what the run was fitted on (a moved dataset; duplicate files a folder dataset's split put
-    on both sides)."""
+    fixed layout's own split (MVTec, VisA, BTAD), and in the run's category and layout wherever their
+    root is now, when its training split holds what the run was fitted on (a moved dataset;
+    duplicate files a folder dataset's split put on both sides)."""
+    own_split = tested == own
     tests = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
                                                      test_only=True, **tested["folder_options"])]
     contents = meta["fit"].get("training_image_sha256")
@@ -234,7 +235,7 @@ def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any]
         seen = sorted(path for path in tests if path.resolve() in trained)
     if not seen:
         return
-    if (own_split and tested["dataset"] != "folder") or _holds_training_split(tested, contents):
+    if (own_split and tested["dataset"] != "folder") or _is_the_runs_dataset(tested, own, contents):
         sys.stderr.write(f"realnet: warning: {len(seen)} of the dataset's test images are copies of its training "
                          f"images (first: {seen[0]}); their scores say little about new parts\n")
         return
@@ -243,10 +244,11 @@ def refuse_training_images_as_tests(meta: dict[str, Any], tested: dict[str, Any]
                        "about new parts; test on images it was not fitted on")
 
 
-def _holds_training_split(tested: dict[str, Any], contents: list[str] | None) -> bool:
-    """Whether the tested dataset's training split is, file for file, the images the run was
-    fitted and calibrated on (`contents`: their sha256, as fit records them)."""
-    if contents is None:
+def _is_the_runs_dataset(tested: dict[str, Any], own: dict[str, Any], contents: list[str] | None) -> bool:
+    """Whether the tested data is the run's own category and layout, wherever its root is now, with a
+    training split that is, file for file, the images the run was fitted and calibrated on
+    (`contents`: their sha256, as fit records them)."""
+    if contents is None or any(tested[key] != own[key] for key in ("category", "dataset", "folder_options")):
         return False
     try:
         trained = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
@@ -285,7 +287,7 @@ def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, data
               "dataset": tested_dataset, "folder_options": merged_folder_options(recorded, folder_options or {})}
     own = {"root": str(Path(data["root"]).resolve()), "category": data["category"], "dataset": data["dataset"],
            "folder_options": data.get("folder_options") or {}}
-    refuse_training_images_as_tests(meta, tested, own_split=tested == own)
+    refuse_training_images_as_tests(meta, tested, own)
     split = load_test_split(tested["root"], tested["category"], tested["dataset"], size, tested["folder_options"],
                             skip_bad=skip_bad, progress=progress)
     started = time.time()

