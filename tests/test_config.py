@@ -263,7 +263,8 @@ def test_image_bank_folders_from_set_or_config_are_recorded_absolute(tmp_path, m
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "banks.yaml").write_text("synthesis:\n  dtd_root: textures\n  sia_root: bank\n")
-    fit = ["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny"]
+    fit = ["fit", "--data", "d", "--category", "c", "--out", "o", "--preset", "tiny", "--set",
+           "synthesis.sources={dtd: 1, sia: 1}"]  # sources that read both folders
     for given in (["--config", "banks.yaml"], ["--set", "synthesis.dtd_root=textures", "--set", "synthesis.sia_root=bank"],
                   ["--dtd", "textures", "--sia", "bank"]):
         synthesis = config_from_args(build_parser().parse_args(fit + given)).synthesis

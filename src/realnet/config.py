@@ -412,9 +412,11 @@ def flat_config(config: dict[str, Any]) -> dict[str, Any]:
             for key, value in values.items()}
 
 
-# settings that change how a run is carried out, never what it computes: a resume may change them and a
+# settings that change how a run is carried out, not what it computes: a resume may change them and a
 # finished bench cell keeps its figures (--select-on-test's evaluation steps, which checkpoint_every sets
-# without --eval-every, are checked apart)
+# without --eval-every, are checked apart). train.feature_cache_gb decides whether the normal images'
+# features come from a cache filled in chunks or per training batch, which round differently in the
+# last bits: `fit` says so when a resume changes it
 # synthesis.dtd_root: --dtd, $REALNET_DTD and <data root>/dtd find the same folder three ways; the
 # folder found is what a resume checks (fit's run inputs), so the way it was given may change
 RESUME_FREE_SETTINGS = frozenset({"train.feature_cache_gb", "train.checkpoint_every", "synthesis.dtd_root"})
@@ -515,6 +517,9 @@ def validate_config(config: RealNetConfig) -> None:
         raise RealnetError("synthesis.sources must map source names to finite, non-negative weights")
     if sum(config.synthesis.sources.values()) <= 0:
         raise RealnetError("synthesis.sources must give at least one source a positive weight")
+    if not math.isfinite(sum(config.synthesis.sources.values())):  # each finite, their sum beyond float's range
+        raise RealnetError("synthesis.sources: the weights sum to more than a float holds; give smaller weights "
+                           "(only their ratios matter)")
     for name, bounds in config.synthesis.delta_ranges.items():
         if (not isinstance(bounds, (list, tuple)) or len(bounds) != 2
                 or not all(isinstance(b, (int, float)) for b in bounds) or not is_opacity_range(*bounds)):

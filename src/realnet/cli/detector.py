@@ -142,8 +142,28 @@ def config_from_args(args):
                                               for root in (synthesis.dtd_root, synthesis.sia_root))
     if args.bf16:
         config.train.bf16 = True
+    refuse_unread_settings(args, config)
     validate_config(config)
     return config
+
+
+def refuse_unread_settings(args, config) -> None:
+    """A texture folder no drawn source reads, and epochs under a step budget, would be recorded in
+    model.json as if they had shaped the run, while it trained without them."""
+    from realnet.config import load_config
+    from realnet.errors import RealnetError
+
+    for source, flag in (("sia", "--sia"), ("dtd", "--dtd")):
+        given = getattr(args, source) or getattr(config.synthesis, f"{source}_root")
+        if given is not None and config.synthesis.sources.get(source, 0) <= 0:
+            how = flag if getattr(args, source) else f"synthesis.{source}_root"
+            raise RealnetError(f"{how} is read by the {source} source only, which this run does not draw (sources: "
+                               f"{', '.join(name for name, w in config.synthesis.sources.items() if w > 0)}); add "
+                               f"--source {source} (with the others it should draw) or leave {how} out")
+    train = config.train
+    if train.steps is not None and train.epochs != load_config(args.preset).train.epochs:
+        raise RealnetError(f"train.epochs={train.epochs} has no effect while train.steps={train.steps} sets the "
+                           "budget; add --set train.steps=null to train by epochs")
 
 
 def run_fit(args) -> int:

@@ -522,6 +522,40 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
                                                                      "val_n_painted": len(holdout)}
 
 
+def training_image_digests(records: list[Record]) -> list[str]:
+    """The sorted sha256 of the normal training images, as model.json records them: by content,
+    `test` finds them in any test split (renamed, copied, or moved there by a folder dataset's split
+    when files are added), and --resume refuses a training set changed meanwhile."""
+    return sorted({digest for digest in contents_sha256(
+        record.image for record in records if record.split == "train" and record.label == 0) if digest})
+
+
+def check_finished_run_inputs(request: FitRequest, meta: dict[str, Any]) -> None:
+    """--resume on a finished run returns it only for the training images and backbone weights it
+    was trained on (a run of an older realnet that recorded no image digests: the images unchecked)."""
+    recorded = meta["fit"].get("training_image_sha256")
+    if recorded is not None:
+        records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
+        now = training_image_digests(records)
+        if now != recorded:
+            counts = f"{len(recorded)} then, {len(now)} now" if len(now) != len(recorded) else "as many, other contents"
+            raise RealnetError(f"{request.out}: the finished run was trained on other training images ({counts}); "
+                               "give the same ones or choose another --out")
+    if build_backbone(request.config).identity["sha256"] != meta["backbone"]["sha256"]:
+        raise RealnetError(f"{request.out}: the finished run was trained with other backbone weights; give the same "
+                           "ones or choose another --out")
+
+
+def warn_of_rounding_changes(request: FitRequest, started_with: dict[str, Any]) -> None:
+    """A resume may change train.feature_cache_gb, but whether the normal images' features come from
+    the cache changes their last bits, so the weights end close to, not equal to, an uninterrupted run's."""
+    before = started_with.get("train", {}).get("feature_cache_gb", request.config.train.feature_cache_gb)
+    if before != request.config.train.feature_cache_gb and launched_rank() == 0:
+        tqdm.write(f"realnet: train.feature_cache_gb changed ({before:g} -> {request.config.train.feature_cache_gb:g}); "
+                   "cached and uncached features round differently, so the weights will end close to, not bit for "
+                   "bit equal to, an uninterrupted run's", file=sys.stderr)
+
+
 def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str, Any], n_fit_images: int) -> None:
     """A killed run continues only with the settings and data it was started with: another
     seed, step budget, architecture or dataset would silently mix two runs in one set of weights."""
@@ -530,6 +564,7 @@ def check_resumable(request: FitRequest, state: dict[str, Any], inputs: dict[str
         raise RealnetError(f"{request.out / checkpoint.RESUME_STATE} was written by an older realnet that did not "
                            "record the run's settings; delete it to start the run again, or choose another --out")
     check_same_settings(request, started_with, "the killed run was started with")
+    warn_of_rounding_changes(request, started_with)
     if ("select_on_test" in state) != request.select_on_test:
         raise RealnetError(f"{request.out}: the killed run was started {'with' if 'select_on_test' in state else 'without'}"
                            " --select-on-test; resume it the same way")
@@ -693,6 +728,7 @@ def fit(request: FitRequest) -> dict[str, Any]:
         check_same_evaluation_steps(request, meta["fit"].get("eval_every"), meta["fit"]["n_fit_images"],
                                     "the finished run", "choose another --out to select among other steps")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
+        check_finished_run_inputs(request, meta)
         if (request.out / checkpoint.RESUME_STATE).exists():  # a kill after the model was saved (unlink of a missing
             (request.out / checkpoint.RESUME_STATE).unlink()  # file fails on read-only media, where a run is kept)
         return meta
@@ -741,10 +777,7 @@ def _fit(request: FitRequest) -> dict[str, Any]:
     records = load_dataset(request.data_root, request.category, request.dataset, **request.folder_options)
     rule = resolve_foreground(config.synthesis.foreground, request.dataset, request.category)
     images = load_training_images(request, records, rule)
-    # by content: `test` finds them in any test split (renamed, copied, or moved there by a folder
-    # dataset's split when files are added), and --resume refuses a training set changed meanwhile
-    training_contents = sorted({digest for digest in contents_sha256(
-        record.image for record in records if record.split == "train" and record.label == 0) if digest})
+    training_contents = training_image_digests(records)
     model = build_model(config, backbone).to(device)
     distributed.synchronize_batchnorm(model.trainable_modules(), context)  # before the optimizer takes the parameters
     synthesizer = build_synthesizer(config, rule, request.data_root, request.category, images.fit, records)
