@@ -216,7 +216,7 @@ def test_tables_show_paper_format_partial_averages_and_statuses():
     assert "| d | x | (90.00, 80.00, -) | failed |" in markdown
     # regression: a metric that one category lacks (no masks) was averaged over the other without a star
     assert "| d | **AVG** | (80.00, 70.00, 50.00)* | (100.00, 80.00, -)* |" in markdown
-    assert list(csv.reader(text.splitlines()))[3] == ["d", "AVG", "80.00", "70.00", "50.00", "100.00", "80.00", ""]
+    assert list(csv.reader(text.splitlines()))[3] == ["d", "AVG*", "80.00", "70.00", "50.00", "100.00", "80.00", ""]
     trend_md, trend_csv = tables.trend_table(suite, suite.axes[0], cells, statuses)
     assert "| d | a | suite default | 80.00 | 70.00 | 50.00 | 2/2 | (99.00, 98.00, -) |" in trend_md
     assert "| d | b | rrs.mode=max | 100.00 | 80.00 | - | 1/2 |  |" in trend_md

@@ -120,9 +120,16 @@ def read_status(folder: Path) -> dict[str, Any] | None:
         status = json.loads(path.read_text(encoding="utf-8"))
     except ValueError:  # not JSON, or not UTF-8
         status = None
-    if not isinstance(status, dict):
+    if not isinstance(status, dict) or not _has_status_types(status):
         raise RealnetError(f"{path}: unreadable cell status; delete that cell folder to rerun it")
     return status
+
+
+def _has_status_types(status: dict[str, Any]) -> bool:
+    """The fields the runner and the tables read have the types run_cell writes (a hand edit or
+    another program's file may not)."""
+    kinds = {"config": dict, "metrics": dict, "inputs": dict, "status": str, "data_root": str}
+    return all(status.get(key) is None or isinstance(status[key], kind) for key, kind in kinds.items())
 
 
 def cell_inputs(cell: Cell, data_root: Path, folders: dict[str, str]) -> dict[str, str]:
@@ -132,8 +139,8 @@ def cell_inputs(cell: Cell, data_root: Path, folders: dict[str, str]) -> dict[st
     from realnet.synthesis.sources import find_dtd_root
 
     inputs = {"data_root": str(Path(data_root).resolve()), **{name: folders[name] for name in cell.needs if name in folders}}
-    if "dtd" in cell_reads(cell) and cell.config["synthesis"]["dtd_root"] is None:
-        inputs["dtd"] = str(find_dtd_root(folders.get("dtd"), data_root).resolve())
+    if "dtd" in cell_reads(cell):  # given by --dtd, a suite's or --set's synthesis.dtd_root, or found
+        inputs["dtd"] = str(find_dtd_root(run_config(cell, folders).synthesis.dtd_root, data_root).resolve())
     return inputs
 
 

@@ -56,6 +56,7 @@ LAYOUTS = ("mvtec", "mpdd", "btad", "visa")
 TEMPLATES = ("sia", "dtd")
 METRICS = ("image_auroc", "pixel_auroc", "aupro")
 _NAME = re.compile(r"^[A-Za-z0-9_.+-]+$")
+RESERVED_TABLE_NAMES = {"results", "readme", "efficiency"}  # tables/results.csv, README.md, efficiency.md
 _SUITE_KEYS = {"name", "description", "preset", "set", "datasets", "axes"}
 _DATASET_KEYS = {"name", "layout", "root", "path", "categories"}
 _AXIS_KEYS = {"name", "paper", "title", "datasets", "plot", "variants"}
@@ -193,6 +194,11 @@ def parse_suite(raw: Any, source: str) -> Suite:
     axes = tuple(_parse_axis(a, f"{where}: axes[{i}]", datasets, known_keys)
                  for i, a in enumerate(_list(raw["axes"], f"{where}: axes")))
     _unique([a.name for a in axes], f"{where}: axis names")
+    trend_names = {f"{axis.name}_trend" for axis in axes}
+    for axis in axes:  # each axis writes tables/<name>.{md,csv} and <name>_trend.{md,csv} beside the index files
+        if axis.name.lower() in RESERVED_TABLE_NAMES or axis.name in trend_names:
+            raise RealnetError(f"{where}: axis name '{axis.name}' would share its table files with the index's or "
+                               "another axis's trend table; rename it")
     suite_set = _parse_set(raw.get("set"), f"{where}: set")
     _check_settings(raw["preset"], suite_set, f"{where}: set")  # before a variant is blamed for it
     return Suite(name, _text(raw, "description", ""), raw["preset"], suite_set, datasets, axes, source)
@@ -277,7 +283,13 @@ def parse_override(text: str) -> Override:
 
 def override_strings(overrides: tuple[Override, ...] | list[Override]) -> list[str]:
     """The `load_config` form; values are written as JSON, which YAML reads back unchanged."""
-    return [f"{key}={json.dumps(value)}" for key, value in overrides]
+    strings = []
+    for key, value in overrides:
+        try:
+            strings.append(f"{key}={json.dumps(value)}")
+        except (TypeError, ValueError):  # a YAML date, binary or set; a nan is written as NaN, which YAML reads
+            raise RealnetError(f"{key}: {value!r} is no value a setting takes (quote it to give text)") from None
+    return strings
 
 
 def substitute(overrides: tuple[Override, ...], folders: dict[str, str]) -> tuple[Override, ...]:

@@ -8,7 +8,7 @@ out).
 - Every cell in one long CSV (results.csv).
 
 A cell that is not complete shows its status (failed, needs --sia, pending); an average over
-fewer categories than the axis has is marked with '*'.
+fewer categories than the axis has is marked with '*' (in the CSV, its row is AVG*).
 """
 
 from __future__ import annotations
@@ -114,7 +114,7 @@ def category_table(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[s
                 shown.append(triple(averages) + star if done else "-")
                 numbers += [csv_percent(v) for v in averages]
             md.append(f"| {dataset_name} | **AVG** | " + " | ".join(shown) + " |")
-            writer.writerow([dataset_name, "AVG"] + numbers)
+            writer.writerow([dataset_name, "AVG*" if any(cell.endswith("*") for cell in shown) else "AVG"] + numbers)
     if partial:
         md += ["", "\\* average over fewer categories than the dataset has: those completed so far, and for a "
                "pixel metric those with masks."]
