@@ -12,7 +12,7 @@ For one configuration (a finished run, or a config with freshly initialised weig
   (detector time / backbone time): what RealNet costs over the backbone pass it cannot avoid.
 
 Timing: `warmup` untimed passes, then `repeats` timed passes over all `n_images` inputs; the
-median pass gives images/s. On CUDA the device is synchronised before each clock reading.
+median pass gives images/s. On CUDA and MPS the device is synchronised before each clock reading.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 def images_per_second(forward: Callable[[torch.Tensor], Any], images: torch.Tensor, batch_size: int,
                       warmup: int, repeats: int) -> float:
     """Median-pass throughput of `forward` over `images` in batches of `batch_size`."""
-    synchronize = (lambda: torch.cuda.synchronize(images.device)) if images.device.type == "cuda" else (lambda: None)
+    # accelerators run kernels asynchronously: the clock must wait for them, or it times the queueing
+    synchronize = {"cuda": lambda: torch.cuda.synchronize(images.device),
+                   "mps": lambda: torch.mps.synchronize()}.get(images.device.type, lambda: None)
     batches = list(images.split(batch_size))
 
     def one_pass() -> float:

@@ -729,8 +729,10 @@ def fit(request: FitRequest) -> dict[str, Any]:
                                     "the finished run", "choose another --out to select among other steps")
         check_same_inputs(request, meta["data"], run_inputs(request), "the finished run was trained on")
         check_finished_run_inputs(request, meta)
-        if (request.out / checkpoint.RESUME_STATE).exists():  # a kill after the model was saved (unlink of a missing
-            (request.out / checkpoint.RESUME_STATE).unlink()  # file fails on read-only media, where a run is kept)
+        # a kill after the model was saved; one rank removes it (all at once would race), and only when it is
+        # there (unlink of a missing file fails on read-only media, where a finished run is kept)
+        if launched_rank() == 0 and (request.out / checkpoint.RESUME_STATE).exists():
+            (request.out / checkpoint.RESUME_STATE).unlink()
         return meta
     if request.select_on_test and (request.config.density.weight > 0 or request.config.memory.weight > 0):
         # the fused maps are calibrated once, after training; mid-run test scores would not be the fused ones

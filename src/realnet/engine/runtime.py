@@ -81,7 +81,7 @@ def compute_environment(device: torch.device) -> dict[str, object]:
     environment: dict[str, object] = {
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "processor": processor_name(), "threads": torch.get_num_threads(),
-        "native_bf16": bf16_autocast_available(torch.device("cpu")),
+        "native_bf16": bf16_autocast_available(device),  # of the device the fit trained on, not the host CPU
     }
     if device.type == "cuda":
         environment["accelerator"] = torch.cuda.get_device_name(device)
