@@ -94,7 +94,8 @@ def test_a_jpeg_grid_too_tall_for_the_format_is_refused_before_synthesis(data, t
     monkeypatch.setattr(synthesizer, "build_sources", lambda *a, **k: pytest.fail("synthesis started"))
     assert main(["synth", "preview", "--data", str(data), "--category", "widget", "--size", "32", "--count", "7300",
                  "--source", "cutpaste", "--out", str(tmp_path / "big.jpg")]) == 2
-    assert "above JPEG's 65500 px; write a .png" in capsys.readouterr().err
+    # 913 groups of 8: 2 * 913 * 32 + 1825 * 4 = 65732 tall, 8 * 32 + 7 * 4 = 284 wide
+    assert "make a grid of 284 x 65732 px, above JPEG's 65500 px a side; write a .png" in capsys.readouterr().err
 
 
 def test_texture_folder_check_takes_masks_and_ignores_missing_folders(tmp_path):

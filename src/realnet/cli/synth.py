@@ -92,10 +92,10 @@ def _refuse_unwritable_grid(path: Path, count: int, size: int) -> None:
 
     if path.suffix.lower() not in GRID_SUFFIXES:
         raise RealnetError(f"--out {path}: use one of {', '.join(GRID_SUFFIXES)}")
-    height = grid_shape(count, size)[0]
-    if path.suffix.lower() in (".jpg", ".jpeg") and height > JPEG_MAX_SIDE:
-        raise RealnetError(f"--out {path}: {count} samples of {size} px make a grid {height} px tall, above JPEG's "
-                           f"{JPEG_MAX_SIDE} px; write a .png, or fewer samples")
+    height, width = grid_shape(count, size)
+    if path.suffix.lower() in (".jpg", ".jpeg") and max(height, width) > JPEG_MAX_SIDE:
+        raise RealnetError(f"--out {path}: {count} samples of {size} px make a grid of {width} x {height} px, above "
+                           f"JPEG's {JPEG_MAX_SIDE} px a side; write a .png, or fewer or smaller samples")
 
 
 def _write_image_atomically(path: Path, rgb) -> None:
