@@ -104,17 +104,18 @@ def category_table(suite: Suite, axis: Axis, cells: list[Cell], statuses: dict[s
             md.append(f"| {dataset_name} | {category} | " + " | ".join(shown) + " |")
             writer.writerow([dataset_name, category] + numbers)
         if len(categories) > 1:
-            shown, numbers = [], []
+            shown, numbers, row_partial = [], [], False
             for name in names:
                 done = per_variant[name]
                 counted = [sum(v is not None for v in column) for column in zip(*done)]  # per metric
                 star = "*" if any(0 < n < len(categories) for n in counted) else ""
-                partial |= bool(star)
+                row_partial |= bool(star)
                 averages = mean_metrics(done)
                 shown.append(triple(averages) + star if done else "-")
                 numbers += [csv_percent(v) for v in averages]
+            partial |= row_partial
             md.append(f"| {dataset_name} | **AVG** | " + " | ".join(shown) + " |")
-            writer.writerow([dataset_name, "AVG*" if any(cell.endswith("*") for cell in shown) else "AVG"] + numbers)
+            writer.writerow([dataset_name, "AVG*" if row_partial else "AVG"] + numbers)
     if partial:
         md += ["", "\\* average over fewer categories than the dataset has: those completed so far, and for a "
                "pixel metric those with masks."]

@@ -153,9 +153,8 @@ def refuse_unread_settings(args, config) -> None:
     from realnet.config import load_config
     from realnet.errors import RealnetError
 
-    for source, flag in (("sia", "--sia"), ("dtd", "--dtd")):
-        given = getattr(args, source) or getattr(config.synthesis, f"{source}_root")
-        if given is not None and config.synthesis.sources.get(source, 0) <= 0:
+    for source, flag in (("sia", "--sia"), ("dtd", "--dtd")):  # the flags have set the roots by now
+        if getattr(config.synthesis, f"{source}_root") is not None and config.synthesis.sources.get(source, 0) <= 0:
             how = flag if getattr(args, source) else f"synthesis.{source}_root"
             raise RealnetError(f"{how} is read by the {source} source only, which this run does not draw (sources: "
                                f"{', '.join(name for name, w in config.synthesis.sources.items() if w > 0)}); add "

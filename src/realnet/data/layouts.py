@@ -90,8 +90,7 @@ def lacks_training_folder(root: str | Path, category: str, dataset: str) -> bool
     """An MVTec-style (or BTAD) category folder without its training folder: a test split alone."""
     if dataset not in ("mvtec", "btad"):
         return False
-    base = _btad_base(Path(root)) if dataset == "btad" else Path(root)
-    normal = "ok" if dataset == "btad" else GOOD
+    base, normal = _mvtec_like_base(Path(root), dataset)
     return (base / category).is_dir() and not (base / category / "train" / normal).is_dir()
 
 
@@ -180,9 +179,15 @@ def _scan(root: str | Path, category: str, dataset: str, folder_options: dict, t
         raise RealnetError(f"{', '.join(given)} only apply to dataset 'folder', not '{dataset}'")
     if dataset == "visa":
         return _scan_visa(root, category)
+    base, normal = _mvtec_like_base(root, dataset)
+    return _scan_mvtec_like(base, category, normal=normal, test_only=test_only)
+
+
+def _mvtec_like_base(root: Path, dataset: str) -> tuple[Path, str]:
+    """The folder holding an MVTec-style layout's categories, and its normal folders' name."""
     if dataset == "btad":
-        return _scan_mvtec_like(_btad_base(root), category, normal="ok", test_only=test_only)
-    return _scan_mvtec_like(_require_dir(root, "data root"), category, normal=GOOD, test_only=test_only)
+        return _btad_base(root), "ok"
+    return _require_dir(root, "data root"), GOOD
 
 
 def _scan_mvtec_like(base: Path, category: str, *, normal: str, test_only: bool = False) -> _Scan:

@@ -209,8 +209,9 @@ def check_dataset(
     training = Counter(r.category for r in counted if r.split == "train")
     in_both_splits = sorted(path for path, splits in splits_of.items() if {"train", "test"} <= splits)
     trained = {digests[r.image]: r.image for r in counted if r.split == "train"}
+    same_file = set(in_both_splits)
     copies = [(r.image, trained[digests[r.image]]) for r in counted if r.split == "test"
-              and digests[r.image] in trained and Path(os.path.realpath(r.image)) not in in_both_splits]
+              and digests[r.image] in trained and Path(os.path.realpath(r.image)) not in same_file]
     return DatasetReport(
         categories=categories,
         counts=counts,

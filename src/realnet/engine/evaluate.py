@@ -21,7 +21,7 @@ from realnet.data.records import Record
 from realnet.engine import checkpoint
 from realnet.engine.build import build_backbone, build_model
 from realnet.engine.distributed import launched_rank
-from realnet.engine.runtime import load_samples, resolve_device
+from realnet.engine.runtime import load_samples, resolve_device, training_image_digests
 from realnet.errors import BadFileError, RealnetError
 from realnet.files import contents_sha256, remove_stale_staging, staging_dir
 from realnet.model.realnet import RealNet
@@ -251,11 +251,10 @@ def _is_the_runs_dataset(tested: dict[str, Any], own: dict[str, Any], contents: 
     if contents is None or any(tested[key] != own[key] for key in ("category", "dataset", "folder_options")):
         return False
     try:
-        trained = [record.image for record in load_dataset(tested["root"], tested["category"], tested["dataset"],
-                                                           **tested["folder_options"]) if record.split == "train"]
+        records = load_dataset(tested["root"], tested["category"], tested["dataset"], **tested["folder_options"])
     except (RealnetError, OSError):
         return False
-    return sorted({digest for digest in contents_sha256(trained) if digest}) == sorted(contents)
+    return training_image_digests(records) == sorted(contents)
 
 
 def evaluate(run_dir: Path, *, data_root=None, category: str | None = None, dataset: str | None = None,

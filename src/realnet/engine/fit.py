@@ -37,9 +37,10 @@ from realnet.engine.runtime import (
     Stream,
     stream_rng,
     to_tensor,
+    training_image_digests,
 )
 from realnet.errors import RealnetError
-from realnet.files import contents_sha256, missing_folders, remove_created_folders
+from realnet.files import missing_folders, remove_created_folders
 from realnet.model.afs import afs_loss, init_random_projection, random_subset, rank_channels
 from realnet.model.realnet import RealNet, realnet_loss
 from realnet.model.rrs import reconstruction_residuals
@@ -520,14 +521,6 @@ def validate_on_painted_defects(model: RealNet, holdout: np.ndarray, config: Rea
     maps, scores = score_images(model, images, device, config.train.batch_size)
     return painted_validation_metrics(maps, scores, defect_masks) | {"val_n_normal": len(holdout),
                                                                      "val_n_painted": len(holdout)}
-
-
-def training_image_digests(records: list[Record]) -> list[str]:
-    """The sorted sha256 of the normal training images, as model.json records them: by content,
-    `test` finds them in any test split (renamed, copied, or moved there by a folder dataset's split
-    when files are added), and --resume refuses a training set changed meanwhile."""
-    return sorted({digest for digest in contents_sha256(
-        record.image for record in records if record.split == "train" and record.label == 0) if digest})
 
 
 def check_finished_run_inputs(request: FitRequest, meta: dict[str, Any]) -> None:

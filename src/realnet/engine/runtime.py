@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from realnet.data.io import load_sample
 from realnet.data.records import Record
 from realnet.errors import BadFileError, RealnetError
+from realnet.files import contents_sha256
 
 
 def _mps_available() -> bool:
@@ -164,6 +165,14 @@ def load_samples(
             pass
     kept = [r for r, good in zip(records, ok) if good]
     return images[ok], masks[ok], kept, [errors[i] for i in sorted(errors)]  # record order, not finishing order
+
+
+def training_image_digests(records: list[Record]) -> list[str]:
+    """The sorted sha256 of the normal training images, as model.json records them: by content,
+    `test` finds them in any test split (renamed, copied, or moved there by a folder dataset's split
+    when files are added), and --resume refuses a training set changed meanwhile."""
+    return sorted({digest for digest in contents_sha256(
+        record.image for record in records if record.split == "train" and record.label == 0) if digest})
 
 
 def adopt_thread_count(threads: int | None, device: torch.device, warn: bool) -> None:

@@ -134,19 +134,15 @@ def texture_folders(names: Iterable[str], category: str, dtd_root: Path | None,
 def refuse_texture_folders_holding_the_data(folders: dict[str, Path], records: Iterable[Record]) -> None:
     """Every image below a texture folder is blended in as an anomaly, so one that holds the
     dataset's images or masks (--dtd DATA/CATEGORY, --sia DATA) would train on its test images."""
-    roots = {name: os.path.realpath(folder) for name, folder in folders.items() if Path(folder).is_dir()}
+    roots = {name: Path(os.path.realpath(folder)) for name, folder in folders.items() if Path(folder).is_dir()}
     if not roots:
         return
-    for record in records:
-        for path in (record.image, record.mask):
-            if path is None:
-                continue
-            real = os.path.realpath(path)
-            for name, root in roots.items():
-                if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
-                    raise RealnetError(f"the {name} folder {folders[name]} holds the dataset's {path}: every image "
-                                       "below it becomes a texture, test images and masks included; give "
-                                       f"{_OWN_FOLDER[name]}")
+    for path in (path for record in records for path in (record.image, record.mask) if path is not None):
+        real = Path(os.path.realpath(path))
+        holder = next((name for name, root in roots.items() if real.is_relative_to(root)), None)
+        if holder is not None:
+            raise RealnetError(f"the {holder} folder {folders[holder]} holds the dataset's {path}: every image below "
+                               f"it becomes a texture, test images and masks included; give {_OWN_FOLDER[holder]}")
 
 
 def resize_texture(image: np.ndarray, size: int) -> np.ndarray:
