@@ -87,8 +87,8 @@ def find_orphan_masks(
 
 
 def lacks_training_folder(root: str | Path, category: str, dataset: str) -> bool:
-    """An MVTec-style (or BTAD) category folder without its training folder: a test split alone."""
-    if dataset not in ("mvtec", "btad"):
+    """An MVTec-style (MVTec, MPDD, BTAD) category folder without its training folder: a test split alone."""
+    if dataset not in ("mvtec", "mpdd", "btad"):
         return False
     base, normal = _mvtec_like_base(Path(root), dataset)
     return (base / category).is_dir() and not (base / category / "train" / normal).is_dir()
