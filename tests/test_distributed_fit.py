@@ -74,6 +74,7 @@ def _broadcast_worker(rank: int, world_size: int, init_file: str) -> None:
         gathered = [torch.empty(3) for _ in range(world_size)]
         dist.all_gather(gathered, norm.running_mean)
         assert torch.equal(gathered[0], gathered[1]) and not torch.equal(gathered[0], torch.zeros(3))
+        dist.barrier()  # every rank done before any tears its gloo connections down
     finally:
         dist.destroy_process_group()
 
@@ -139,6 +140,7 @@ def _state_worker(rank: int, world_size: int, init_file: str) -> None:
         assert average_scalars({"loss": float(rank), "seg": 2.0}, context) == {"loss": 0.5, "seg": 2.0}
         # a rank that found no resume.pt (-1) while the other resumes at step 8: both must stop
         assert all_ranks_agree(8, context) and not all_ranks_agree(8 if rank == 0 else -1, context)
+        dist.barrier()  # every rank done before any tears its gloo connections down
     finally:
         dist.destroy_process_group()
 
@@ -321,6 +323,7 @@ def _sync_bn_worker(rank: int, world_size: int, init_file: str, out_file: str) -
         state = _two_steps(network, shard, context)
         if rank == 0:
             torch.save(state, out_file)
+        dist.barrier()  # every rank done before any tears its gloo connections down
     finally:
         dist.destroy_process_group()
 
@@ -415,6 +418,7 @@ def _recalibration_worker(rank: int, world_size: int, init_file: str, out_file: 
         model = _RecalibrationStub()
         synchronize_batchnorm(model, context)
         torch.save(_recalibrate(model, context), f"{out_file}.{rank}")
+        dist.barrier()  # every rank done before any tears its gloo connections down
     finally:
         dist.destroy_process_group()
 
@@ -452,6 +456,7 @@ def _cuda_only_group_worker(rank: int, init_file: str, results: str) -> None:
     agreed = distributed.all_ranks_agree(7, context)
     mean = distributed.average_scalars({"loss": float(rank)}, context)["loss"]
     Path(results, f"rank{rank}").write_text(f"{agreed} {mean}")
+    dist.barrier()  # every rank done before any tears its gloo connections down
     dist.destroy_process_group()
 
 

@@ -59,6 +59,7 @@ def _worker(rank: int, world_size: int, init_file: str, out_file: str) -> None:
             shard = slice(start, start + rows[rank])
             results[name] = _run(_layer(SyncBatchNorm2d, options, dtype), batch[shard], output_grad[shard], forwards)
         torch.save(results, f"{out_file}.{rank}")
+        dist.barrier()  # every rank done before any tears its gloo connections down
     finally:
         dist.destroy_process_group()
 
