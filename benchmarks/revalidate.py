@@ -47,7 +47,7 @@ draws when given).
 
 With --position-normalization, runs fitted without it (and without fused maps) are validated a
 second time after a `PositionNormalization` is calibrated on their fit images exactly as `fit`
-does it (how that option was assessed; see docs/results.md).
+does it (how that option was assessed; see docs/results-history.md).
 
 Each run's normal training images are read from the data root, layout and category it recorded
 (--data only when the root moved), and the run is refused unless they number as at fit: its

@@ -10,7 +10,7 @@ the image score's mean-filter size. One JSON line per variant with the six valid
 and their mean. A run fitted with `density.image_weight` W (or --image-weight W) scores every
 weighted-sum variant's images on (1 - W) p + W d with that variant's density d, so the run's own
 row equals its fit-time validation; the max and sqrt fusion rules pool their own map. The ninth
-session's screens in docs/results.md are its output:
+session's screens in docs/results-history.md are its output:
 
     PYTHONPATH=src .venv/bin/python benchmarks/screen_density.py --data ../shared/data \\
         --category magnetic_tile runs/mt_fused2

@@ -78,7 +78,7 @@ def processor_name() -> str:
 def compute_environment(device: torch.device) -> dict[str, object]:
     """What a run's floating-point results depend on besides its seed: a seeded fit repeats bit
     for bit on the same machine and software, but another CPU model or PyTorch version picks
-    other oneDNN / cuDNN kernels, which round differently (docs/results.md measures how much)."""
+    other oneDNN / cuDNN kernels, which round differently (docs/results-history.md measures how much)."""
     environment: dict[str, object] = {
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "processor": processor_name(), "threads": torch.get_num_threads(),

@@ -106,7 +106,7 @@ class PositionNormalization(nn.Module):
     unusual; their normal level is subtracted so a faint defect elsewhere can outrank them.
     MIN_STD (in probability units) keeps positions that are always ~0 from amplifying noise.
     It assumes a position is the same place on every image; on crops of varying framing it can
-    hurt (Magnetic Tile: docs/results.md). Until `calibrate` is called it is the identity.
+    hurt (Magnetic Tile: docs/results-history.md). Until `calibrate` is called it is the identity.
     """
 
     MIN_STD = 0.01
