@@ -415,3 +415,17 @@ def test_a_density_on_aggregated_features_exports_with_parity(image_weight_run, 
     expected_maps, _ = exported_graph_matches_predict(model, meta, images, tmp_path / "aggregated.onnx")
     model.fusion.density.neighbourhood = 1
     assert not torch.allclose(model.predict(images)[0], expected_maps)  # the window reached the map
+
+
+def test_a_run_whose_density_reads_some_layers_fits_loads_and_exports_them(tmp_path):
+    """density.layers reaches the fitted statistics, the loaded run and the ONNX graph: the
+    Gaussian is that of the coarser layer's features alone, on that layer's grid."""
+    from dataset_fixtures import fit_tiny_widget_run
+
+    data_root, run_dir, fit_images, _ = fit_tiny_widget_run(tmp_path, ["density.weight=0.5", "density.layers=[2]"])
+    model, meta = load_run(run_dir, torch.device("cpu"))
+    assert meta["config"]["density"]["layers"] == [2] and model.fusion.density.feature_indices == (1,)
+    coarse = model.backbone(to_tensor(fit_images))[1]
+    assert model.fusion.density.mean.shape == (*coarse.shape[2:], coarse.shape[1])
+    torch.testing.assert_close(model.fusion.density.mean, coarse.mean(0).permute(1, 2, 0), atol=1e-4, rtol=1e-4)
+    exported_graph_matches_predict(model, meta, read_test_images(data_root), tmp_path / "layers.onnx")

@@ -104,6 +104,9 @@ class DensityConfig:
 
     weight: float = 0.0  # w_d in fused = (1 - w_d - w_k) p / b_p + w_d d / b_d + w_k k / b_k (memory.weight)
     channels: int | None = None  # a seeded random subset of the backbone channels (PaDiM); None: all
+    # the backbone.layers whose features the density reads, so that the detector may add a layer the
+    # per-position covariances could not afford; None: all of them
+    layers: list[int] | None = None
     regularization: float = 0.01  # added to the diagonal of every covariance
     # each layer's features averaged over n x n positions before the Gaussian (PatchCore's local
     # aggregation); 1: none, as PaDiM
@@ -493,6 +496,9 @@ def validate_config(config: RealNetConfig) -> None:
          f"density.image_weight={config.density.image_weight} needs density.weight > 0 and memory.weight = 0 "
          "(add --set density.image_weight=null to score images from the pixel map)"),
         (config.density.channels is None or config.density.channels >= 1, "density.channels must be >= 1 or null"),
+        (config.density.layers is None or (len(config.density.layers) >= 1
+                                           and len(set(config.density.layers)) == len(config.density.layers)),
+         "density.layers must name each layer once, or be null (all of backbone.layers)"),
         # far above any useful value (the features' variances are of order 1), and far below where
         # the float32 precision would underflow to zero
         (0 < config.density.regularization <= MAX_DENSITY_REGULARIZATION,

@@ -78,28 +78,44 @@ def density_channel_subset(total: int, channels: int | None, seed: int) -> torch
     return torch.sort(torch.randperm(total, generator=generator)[:channels]).values
 
 
+def density_feature_indices(density_layers: list[int] | None, backbone_layers: list[int]) -> tuple[int, ...] | None:
+    """Where `density.layers` stand in the backbone's feature list; None when they are all of them."""
+    if density_layers is None:
+        return None
+    missing = [layer for layer in density_layers if layer not in backbone_layers]
+    if missing:
+        raise RealnetError(f"density.layers={density_layers} names layers the backbone does not return "
+                           f"(backbone.layers: {backbone_layers})")
+    indices = tuple(sorted(backbone_layers.index(layer) for layer in density_layers))
+    return None if indices == tuple(range(len(backbone_layers))) else indices
+
+
 def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
     """The fused maps (density.weight > 0 and/or memory.weight > 0), uncalibrated: the density
     on a seeded random subset of `density.channels` backbone channels (all when unset) on the
-    finest feature grid, aggregated over `density.neighbourhood`; the memory on all channels,
-    aggregated over `memory.neighbourhood`."""
+    finest grid of the layers it reads (`density.layers`), aggregated over `density.neighbourhood`;
+    the memory on all channels, aggregated over `memory.neighbourhood`."""
     dc, mc = config.density, config.memory
     if dc.weight == 0 and mc.weight == 0:
         return None
     total = sum(backbone.channels)
     density = None
     if dc.weight > 0:
-        if dc.channels is not None and dc.channels > total:
-            raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {total} channels")
-        indices = density_channel_subset(total, dc.channels, config.train.seed)
-        kept = total if indices is None else dc.channels
-        side = config.train.image_size // min(backbone.strides)
+        feature_indices = density_feature_indices(dc.layers, list(backbone.layers))
+        layers = range(len(backbone.layers)) if feature_indices is None else feature_indices
+        density_total = sum(backbone.channels[i] for i in layers)
+        if dc.channels is not None and dc.channels > density_total:
+            raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {density_total} channels"
+                               + ("" if feature_indices is None else f" in density.layers={dc.layers}"))
+        indices = density_channel_subset(density_total, dc.channels, config.train.seed)
+        kept = density_total if indices is None else dc.channels
+        side = config.train.image_size // min(backbone.strides[i] for i in layers)
         needed_gb = side * side * kept * kept * 8 / 2**30
         if needed_gb > DENSITY_MEMORY_LIMIT_GB:
             raise RealnetError(
                 f"density: {side}x{side} positions x {kept}^2 covariances need {needed_gb:.0f} GB; set "
-                f"density.channels lower (PaDiM keeps 100-550 of them)")
-        density = FeatureDensity(total, (side, side), indices, dc.neighbourhood)
+                f"density.channels lower (PaDiM keeps 100-550 of them) or read fewer density.layers")
+        density = FeatureDensity(density_total, (side, side), indices, dc.neighbourhood, feature_indices)
     memory = FeatureMemory(total, mc.neighbourhood) if mc.weight > 0 else None
     return MapFusion(density, dc.weight, memory, mc.weight, image_density_weight=dc.image_weight)
 

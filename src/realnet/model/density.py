@@ -68,16 +68,18 @@ def mahalanobis_map(embedding: Tensor, mean: Tensor, precision: Tensor) -> Tenso
 
 
 class FeatureDensity(nn.Module):
-    """Per-position Gaussian of the normal backbone features, each layer's optionally averaged
-    over a `neighbourhood` of positions first; returns the Mahalanobis distance map (B, h, w).
+    """Per-position Gaussian of the normal backbone features (those of the layers at
+    `feature_indices` of the backbone's list, all when None), each layer's optionally averaged over
+    a `neighbourhood` of positions first; returns the Mahalanobis distance map (B, h, w).
     Identity statistics (zero mean, unit precision) until `calibrate`."""
 
     def __init__(self, channels: int, grid: tuple[int, int], channel_indices: Tensor | None = None,
-                 neighbourhood: int = 1):
+                 neighbourhood: int = 1, feature_indices: tuple[int, ...] | None = None):
         super().__init__()
         if neighbourhood < 1 or neighbourhood % 2 == 0:
             raise ValueError(f"FeatureDensity: the neighbourhood must be an odd number >= 1, got {neighbourhood}")
         self.neighbourhood = neighbourhood
+        self.feature_indices = None if feature_indices is None else tuple(feature_indices)
         kept = channels if channel_indices is None else int(channel_indices.numel())
         self.register_buffer("channel_indices", torch.arange(channels) if channel_indices is None
                              else channel_indices.long().clone())
@@ -85,6 +87,8 @@ class FeatureDensity(nn.Module):
         self.register_buffer("precision", torch.eye(kept).expand(*grid, kept, kept).clone())
 
     def embed(self, features: list[Tensor]) -> Tensor:
+        if self.feature_indices is not None:
+            features = [features[i] for i in self.feature_indices]
         return local_embedding(features, self.neighbourhood, self.channel_indices)
 
     @torch.no_grad()
