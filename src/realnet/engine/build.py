@@ -85,7 +85,7 @@ def density_feature_indices(density_layers: list[int] | None, backbone_layers: l
     missing = [layer for layer in density_layers if layer not in backbone_layers]
     if missing:
         raise RealnetError(f"density.layers={density_layers} names layers the backbone does not return "
-                           f"(backbone.layers: {backbone_layers})")
+                           f"({missing}; backbone.layers: {backbone_layers})")
     indices = tuple(sorted(backbone_layers.index(layer) for layer in density_layers))
     return None if indices == tuple(range(len(backbone_layers))) else indices
 
@@ -102,14 +102,14 @@ def build_fusion(config: RealNetConfig, backbone) -> MapFusion | None:
     density = None
     if dc.weight > 0:
         feature_indices = density_feature_indices(dc.layers, list(backbone.layers))
-        layers = range(len(backbone.layers)) if feature_indices is None else feature_indices
-        density_total = sum(backbone.channels[i] for i in layers)
+        read = feature_indices or range(len(backbone.layers))  # never empty: validate_config refuses []
+        density_total = sum(backbone.channels[i] for i in read)
         if dc.channels is not None and dc.channels > density_total:
             raise RealnetError(f"density.channels={dc.channels} exceeds the backbone's {density_total} channels"
                                + ("" if feature_indices is None else f" in density.layers={dc.layers}"))
         indices = density_channel_subset(density_total, dc.channels, config.train.seed)
         kept = density_total if indices is None else dc.channels
-        side = config.train.image_size // min(backbone.strides[i] for i in layers)
+        side = config.train.image_size // min(backbone.strides[i] for i in read)
         needed_gb = side * side * kept * kept * 8 / 2**30
         if needed_gb > DENSITY_MEMORY_LIMIT_GB:
             raise RealnetError(
