@@ -23,6 +23,7 @@ def demo_config(category: str, steps: int | None):
     # The demo ships no texture dataset: anomalies come from the images themselves.
     config.synthesis.sources = {"cutpaste": 0.5, "nsa": 0.5}
     config.synthesis.foreground = "none"
+    config.synthesis.normal_probability = 0.5  # the share the demo was measured with
     # At 128 px the preset's strides 8/16 leave 16x16 and 8x8 maps, too coarse for thin scratches
     # and cracks; the stride-4 layer (32x32) is affordable at this size.
     config.backbone.layers = [1, 2, 3]
