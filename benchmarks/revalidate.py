@@ -19,10 +19,13 @@ windows (the paper's 16 is the default `train.score_kernel`), the fusion's scale
 With --image-density-weights W..., each fused run is validated again with its image score taken
 from its maps fused at density weight W (same scales) while its pixel map stays as fitted.
 
-With --score-kernel K, the --density-weights, --fusion-weights and --image-density-weights screens
-run with the image score pooled over K x K windows (the fusion's scales recalibrated for it, as
-`fit` would), so that a window and a weight are screened together; K itself is first validated on
-its own (as --score-kernels K does).
+With --pixel-density-weights W..., the same the other way round: the heatmap fused at density
+weight W, the image score (and so the image metrics) as fitted.
+
+With --score-kernel K, the --density-weights, --fusion-weights, --image-density-weights and
+--pixel-density-weights screens run with the image score pooled over K x K windows (the fusion's
+scales recalibrated for it, as `fit` would), so that a window and a weight are screened together;
+K itself is first validated on its own (as --score-kernels K does).
 
 With --image-density-weight W, each fused run is validated with its image score taken from its
 maps fused at density weight W (as `density.image_weight` does), and the screens after it
@@ -80,6 +83,9 @@ held-out split would otherwise name images it was trained on (benchmarks/common.
     PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
         --category magnetic_tile --painted-draws 5 runs/mt_preset29x runs/mt_preset29_s101 \\
         --score-kernel 8 --image-density-weight 0.75 --density-neighbourhoods 1 3 5
+    PYTHONPATH=src .venv/bin/python benchmarks/revalidate.py --data ../shared/data \\
+        --category magnetic_tile --painted-draws 5 runs/mt_s35 runs/mt_s35_s101 \\
+        --pixel-density-weights 0.25 0.375 0.625 0.75
 """
 
 from __future__ import annotations
@@ -249,19 +255,26 @@ class EnsembleDetector(torch.nn.Module):
         return maps, image_score(score_maps, self.score_kernel)
 
 
-def validate_image_weights(run: Path, model, config: RealNetConfig, holdout: np.ndarray, weights: list[float],
-                           draws: int, device: torch.device) -> None:
-    """Validation with the image score taken from the maps fused at each density weight (same
-    scales), the pixel map as fitted; the run's own image weight is put back afterwards."""
-    fitted_weight = require_density_alone(run, model, "--image-density-weights")
+def validate_split_weights(run: Path, model, config: RealNetConfig, holdout: np.ndarray, weights: list[float],
+                           draws: int, device: torch.device, screened: str) -> None:
+    """Validation with one of the two fused maps (screened: "image", the map the image score
+    pools, or "pixel", the heatmap) at each density weight, the other as fitted and the scales
+    unchanged; the run's own weights are put back afterwards."""
+    fitted_image_weight = require_density_alone(run, model, f"--{screened}-density-weights")
+    fitted_pixel_weight = config.density.weight
+    # an image score that pools the pixel map is pinned to it, so a pixel screen leaves it as fitted
+    image_weight = fitted_pixel_weight if fitted_image_weight is None else fitted_image_weight
     for weight in weights:
-        model.fusion.set_image_weight(weight)
-        variant = (f"pixel map at density weight {config.density.weight}, image score at {weight}, "
-                   f"score kernel {model.score_kernel}")
+        pixel_weight = weight if screened == "pixel" else fitted_pixel_weight
+        model.fusion.set_weights(pixel_weight, 0.0)
+        model.fusion.set_image_weight(weight if screened == "image" else image_weight)
+        variant = (f"pixel map at density weight {pixel_weight}, image score at "
+                   f"{model.fusion.image_density_weight}, score kernel {model.score_kernel}")
         report(run, variant, validate_on_painted_defects(model, holdout, config, device))
         if draws:
             validate_on_draws(run, model, config, holdout, draws, device, variant)
-    model.fusion.set_image_weight(fitted_weight)
+    model.fusion.set_weights(fitted_pixel_weight, 0.0)
+    model.fusion.set_image_weight(fitted_image_weight)
 
 
 def require_density_alone(run: Path, model, option: str) -> float | None:
@@ -350,6 +363,9 @@ def main() -> None:
     parser.add_argument("--image-density-weights", type=float, nargs="+", default=[], metavar="W",
                         help="also validate with the image score taken from the map fused at density weight W, "
                              "the pixel map as fitted (fused runs), on the painted draws when given")
+    parser.add_argument("--pixel-density-weights", type=float, nargs="+", default=[], metavar="W",
+                        help="also validate with the heatmap fused at density weight W, the image score as "
+                             "fitted (runs fused with the density alone), on the painted draws when given")
     parser.add_argument("--image-density-weight", type=float, metavar="W",
                         help="validate with the image score taken from the maps fused at density weight W, "
                              "then run the --density-neighbourhoods, --heatmap-flips and --score-kernels "
@@ -385,8 +401,9 @@ def main() -> None:
                 density_weight + memory_weight == 0):
             parser.error(f"--fusion-weights: {pair}: the weights must be >= 0 with a sum in (0, 1]")
         weight_pairs.append((density_weight, memory_weight))
-    if any(not 0 <= w <= 1 for w in args.image_density_weights):
-        parser.error("--image-density-weights: every weight must be in [0, 1]")
+    for option, weights in (("image", args.image_density_weights), ("pixel", args.pixel_density_weights)):
+        if any(not 0 <= w <= 1 for w in weights):
+            parser.error(f"--{option}-density-weights: every weight must be in [0, 1]")
     if args.image_density_weight is not None and not 0 <= args.image_density_weight <= 1:
         parser.error("--image-density-weight: the weight must be in [0, 1]")
     if any(n < 1 or n % 2 == 0 for n in args.density_neighbourhoods):
@@ -423,8 +440,11 @@ def main() -> None:
             validate_fused(run, model, config, images[fit_rows], images[holdout_rows], weight_pairs,
                            args.painted_draws, device)
         if args.image_density_weights:
-            validate_image_weights(run, model, config, images[holdout_rows], args.image_density_weights,
-                                   args.painted_draws, device)
+            validate_split_weights(run, model, config, images[holdout_rows], args.image_density_weights,
+                                   args.painted_draws, device, "image")
+        if args.pixel_density_weights:
+            validate_split_weights(run, model, config, images[holdout_rows], args.pixel_density_weights,
+                                   args.painted_draws, device, "pixel")
         if args.image_density_weight is not None:
             require_density_alone(run, model, "--image-density-weight")
             model.fusion.set_image_weight(args.image_density_weight)
