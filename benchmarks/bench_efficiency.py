@@ -22,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from common import one_line_errors
+from common import run_as_command
 
 from realnet.bench import tables
 from realnet.bench.efficiency import measure_in_subprocess
@@ -61,7 +61,7 @@ def config_specs(args) -> list[tuple[str, dict]]:
     return specs
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)

@@ -21,7 +21,7 @@ import tracemalloc
 import numpy as np
 from scipy import ndimage
 
-from common import one_line_errors
+from common import run_as_command
 
 from realnet.cli.common import positive_int
 from realnet.metrics import aupro, pixel_auroc
@@ -55,7 +55,7 @@ def measure(metric, maps: np.ndarray, masks: np.ndarray, repeats: int) -> tuple[
     return value, times, peak / 2**20
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=positive_int, default=500, help="number of maps (default 500)")

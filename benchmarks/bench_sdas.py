@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from common import one_line_errors
+from common import run_as_command
 
 from realnet.cli.common import positive_int
 from realnet.diffusion.gaussian import GaussianDiffusion, linear_betas
@@ -110,7 +110,7 @@ def cpu_table(threads: int, train_steps: int, images: int, batch: int) -> str:
     ])
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=positive_int, default=1)

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import torch
 
-from common import median_seconds, one_line_errors
+from common import median_seconds, run_as_command
 
 from realnet.cli.common import positive_int
 from realnet.config import load_config
@@ -29,7 +29,7 @@ from realnet.synthesis.foreground import NO_FOREGROUND
 from realnet.synthesis.synthesizer import AnomalySynthesizer, SynthesisConfig, build_sources
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="cpu")

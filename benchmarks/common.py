@@ -1,6 +1,6 @@
 """What the benchmark scripts share: the normal training images a finished run was fitted on
 (for revalidate.py, screen_density.py and refuse_run.py, which re-score its held-out validation;
-never the test split), a median timer, and one-line errors for bad input.
+never the test split), a median timer, and a main that runs as `realnet` commands do.
 
 The held-out split is a seeded permutation of the run's normal training images, so it only
 names the same images if they are read from the same layout and number the same; anything else
@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from realnet.allocator import keep_freed_memory
 from realnet.data.layouts import load_dataset
 from realnet.engine.runtime import load_samples
 from realnet.errors import RealnetError
@@ -56,9 +57,12 @@ def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> f
     return statistics.median(times)
 
 
-def one_line_errors(main: Callable[[], None]) -> Callable[[], None]:
-    """A realnet input error (bad run, option or data) as one line and exit status 2."""
+def run_as_command(main: Callable[[], None]) -> Callable[[], None]:
+    """Runs a benchmark's main as `realnet` runs a command: with freed memory kept for reuse
+    (`realnet.allocator`, so speeds match the CLI's), and a realnet input error (bad run, option or
+    data) as one line and exit status 2."""
     def wrapped() -> None:
+        keep_freed_memory()
         try:
             main()
         except RealnetError as error:

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from common import one_line_errors
+from common import run_as_command
 
 from realnet.config import PRESETS, load_config
 from realnet.engine.build import build_model
@@ -38,7 +38,7 @@ def measure(preset: str, arch: str | None = None, overrides: list[str] = ()) -> 
     }
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import torch
 
-from common import median_seconds, one_line_errors
+from common import median_seconds, run_as_command
 
 from realnet.cli.common import positive_int
 from realnet.engine.evaluate import load_run
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import normal_training_images, one_line_errors
+from common import normal_training_images, run_as_command
 
 from realnet.config import RealNetConfig, apply_overrides
 from realnet.engine import checkpoint
@@ -31,7 +31,7 @@ from realnet.engine.fit import calibrate_fusion_and_threshold, split_holdout, va
 RUN_FILES = ("afs.json",)  # what the copy keeps besides the rewritten model files
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)

@@ -97,7 +97,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import normal_training_images, one_line_errors
+from common import normal_training_images, run_as_command
 
 from realnet.config import RealNetConfig
 from realnet.engine.build import build_fusion
@@ -346,7 +346,7 @@ def validate_ensemble(loaded: list[tuple[Path, object, RealNetConfig, np.ndarray
         validate_on_draws(name, ensemble, config, images[holdout_rows], draws, device, "ensemble")
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)

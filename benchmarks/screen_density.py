@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.functional import gaussian_blur
 
-from common import normal_training_images, one_line_errors
+from common import normal_training_images, run_as_command
 
 from realnet.config import RealNetConfig
 from realnet.engine.build import density_channel_subset
@@ -98,7 +98,7 @@ def blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     return gaussian_blur(maps.unsqueeze(1), [side, side], [sigma, sigma])[:, 0]
 
 
-@one_line_errors
+@run_as_command
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)

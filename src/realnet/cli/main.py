@@ -14,6 +14,7 @@ import threading
 import traceback
 
 from realnet import __version__
+from realnet.allocator import keep_freed_memory
 from realnet.errors import RealnetError
 
 COMMAND_MODULES = ("data", "detector", "synth", "sdas", "export", "bench")
@@ -91,6 +92,7 @@ def _allocation_failure(error: RuntimeError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     _escape_undecodable_names()
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
