@@ -145,11 +145,13 @@ def measure_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 def measure_in_subprocess(spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
     """`measure_spec` in a fresh Python process, so its peak RSS belongs to this configuration
-    alone. Raises RealnetError with the child's last error line when it fails."""
+    alone, with malloc set up as `realnet` commands set it. Raises RealnetError with the child's
+    last error line when it fails."""
     from realnet.errors import RealnetError
 
-    code = ("import json, sys\nfrom realnet.bench.efficiency import measure_spec\n"
-            "print(json.dumps(measure_spec(json.loads(sys.argv[1]))))")
+    code = ("import json, sys\nfrom realnet.allocator import keep_freed_memory\n"
+            "from realnet.bench.efficiency import measure_spec\n"
+            "keep_freed_memory()\nprint(json.dumps(measure_spec(json.loads(sys.argv[1]))))")
     package_root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
