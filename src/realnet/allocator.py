@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from collections.abc import Mapping
 
 # mallopt parameter numbers (glibc's malloc.h)
 M_TRIM_THRESHOLD = -1
@@ -49,7 +50,7 @@ def glibc_library():
     return libc
 
 
-def keep_freed_memory(environ: os._Environ | dict[str, str] = os.environ) -> list[str]:
+def keep_freed_memory(environ: Mapping[str, str] = os.environ) -> list[str]:
     """Raise glibc's mmap, trim and top-pad thresholds, except those set in `environ`. Returns the
     names of the environment variables whose settings were applied (empty off glibc)."""
     libc = glibc_library()
