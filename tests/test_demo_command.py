@@ -99,8 +99,9 @@ def test_a_demo_run_folder_holding_someone_elses_files_or_run_is_refused(tmp_pat
 
 
 def test_demo_keeps_the_settings_its_figures_were_measured_with_where_the_cpu_preset_moved():
-    """docs/results.md's demo figures were measured with half the samples normal and the maps' own
-    16 x 16 image score; the `cpu` preset has since moved both."""
+    """docs/results.md's demo figures were measured with half the samples normal, the maps' own
+    16 x 16 image score and U-Nets at width factor 0.5; the `cpu` preset has since moved all three."""
     preset, demo = load_config("cpu"), demo_config("brick", None)
     assert preset.synthesis.normal_probability != 0.5 and demo.synthesis.normal_probability == 0.5
     assert demo.density.image_weight is None and demo.train.score_kernel == 16
+    assert preset.reconstruction.width_factor != 0.5 and demo.reconstruction.width_factor == 0.5
